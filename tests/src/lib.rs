@@ -1,0 +1,2 @@
+//! The network-namespace lab: topology builder with RAII teardown, lab servers and
+//! benchmark drivers.

@@ -11,3 +11,4 @@
 //!   worker threads.
 
 pub mod model;
+pub mod stats;

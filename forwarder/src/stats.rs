@@ -52,7 +52,10 @@ pub struct RealRegistry {
 
 impl RealRegistry {
     pub fn new(slots: usize) -> Self {
-        assert!(slots <= usize::from(RealSlot::MAX) + 1, "slot index must fit a u16");
+        assert!(
+            slots <= usize::from(RealSlot::MAX) + 1,
+            "slot index must fit a u16"
+        );
         RealRegistry {
             slots: (0..slots).map(|_| RealCounters::default()).collect(),
         }

@@ -1,0 +1,590 @@
+//! AF_PACKET I/O: TPACKET_V3 receive rings (one per worker and interface, joined in a
+//! PACKET_FANOUT group so the kernel spreads flows over workers) and a batched transmitter
+//! (`sendmmsg`) whose iovecs point straight into the receive ring, so a forwarded frame is
+//! rewritten in place and never copied in userspace.
+//!
+//! Every socket uses `PACKET_VNET_HDR`: the kernel puts a virtio-net header before each
+//! received frame and reads one before each sent frame. That carries GSO super-frames
+//! (a 64 KiB TCP burst from a local stack or a GRO'd burst from a NIC) and partial
+//! checksums (CHECKSUM_PARTIAL on veth) through the datapath intact: the engine adjusts the
+//! pseudo-header seed instead of the final checksum, and the egress device segments and
+//! checksums as it would have for the original sender.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, Ordering};
+
+const SOL_PACKET: libc::c_int = 263;
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_STATISTICS: libc::c_int = 6;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const TPACKET_V3: libc::c_int = 2;
+const PACKET_FANOUT_HASH: u32 = 0;
+const ETH_P_ALL: u16 = 0x0003;
+const ETH_P_IP: u16 = 0x0800;
+
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+/// The frame was longer than the ring slot and was truncated.
+pub const TP_STATUS_COPY: u32 = 1 << 1;
+/// The frame carries a VLAN tag that the device stripped into the header.
+pub const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+
+/// `struct virtio_net_hdr` (legacy, 10 bytes, host byte order).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    pub const LEN: usize = 10;
+    /// The L4 checksum is partial: the field holds the pseudo-header sum; the device fills
+    /// in the rest from `csum_start`.
+    pub const F_NEEDS_CSUM: u8 = 1;
+    /// The checksum was verified by the device or the kernel.
+    pub const F_DATA_VALID: u8 = 2;
+    pub const GSO_NONE: u8 = 0;
+
+    pub fn needs_csum(&self) -> bool {
+        self.flags & Self::F_NEEDS_CSUM != 0
+    }
+
+    pub fn data_valid(&self) -> bool {
+        self.flags & Self::F_DATA_VALID != 0
+    }
+
+    pub fn is_gso(&self) -> bool {
+        self.gso_type != Self::GSO_NONE
+    }
+
+    /// The header to send with a frame: DATA_VALID is a receive-side hint only.
+    pub fn for_transmit(mut self) -> VnetHdr {
+        self.flags &= Self::F_NEEDS_CSUM;
+        self
+    }
+}
+
+#[repr(C)]
+struct TpacketReq3 {
+    tp_block_size: u32,
+    tp_block_nr: u32,
+    tp_frame_size: u32,
+    tp_frame_nr: u32,
+    tp_retire_blk_tov: u32,
+    tp_sizeof_priv: u32,
+    tp_feature_req_word: u32,
+}
+
+/// `struct tpacket_block_desc` with its `tpacket_hdr_v1`.
+#[repr(C)]
+struct BlockDesc {
+    version: u32,
+    offset_to_priv: u32,
+    block_status: u32,
+    num_pkts: u32,
+    offset_to_first_pkt: u32,
+    blk_len: u32,
+    seq_num: u64,
+    ts_first: [u32; 2],
+    ts_last: [u32; 2],
+}
+
+/// `struct tpacket3_hdr`.
+#[repr(C)]
+struct Tpacket3Hdr {
+    tp_next_offset: u32,
+    tp_sec: u32,
+    tp_nsec: u32,
+    tp_snaplen: u32,
+    tp_len: u32,
+    tp_status: u32,
+    tp_mac: u16,
+    tp_net: u16,
+    tp_rxhash: u32,
+    tp_vlan_tci: u32,
+    tp_vlan_tpid: u16,
+    tp_padding: u16,
+    tp_padding2: [u8; 8],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TpacketStats {
+    tp_packets: u32,
+    tp_drops: u32,
+    tp_freeze_q_cnt: u32,
+}
+
+/// Geometry of a receive ring.
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    /// Bytes per block; must hold the largest frame (a 64 KiB GSO frame plus headers).
+    pub block_size: u32,
+    pub block_nr: u32,
+    /// A partly filled block is handed to userspace after this many milliseconds.
+    pub retire_ms: u32,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            block_size: 1 << 17,
+            block_nr: 32,
+            retire_ms: 1,
+        }
+    }
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live T of the given size for the duration of the call.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the returned fd is owned below.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::c_int::from(protocol.to_be()),
+        )
+    })?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr_ll(ifindex: u32, protocol: u16, dst: Option<[u8; 6]>) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = protocol.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    if let Some(mac) = dst {
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&mac);
+    }
+    sll
+}
+
+/// One received frame in a ring block. Valid until the block is released.
+pub struct RxFrame {
+    hdr: NonNull<Tpacket3Hdr>,
+}
+
+impl RxFrame {
+    fn hdr(&self) -> &Tpacket3Hdr {
+        // SAFETY: the header lies inside a block that userspace owns until release, and
+        // the kernel validated its offsets.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.hdr().tp_status
+    }
+
+    /// Length on the wire (before any truncation).
+    pub fn wire_len(&self) -> usize {
+        self.hdr().tp_len as usize
+    }
+
+    /// True when the ring slot held less than the whole frame.
+    pub fn truncated(&self) -> bool {
+        self.hdr().tp_snaplen < self.hdr().tp_len || self.status() & TP_STATUS_COPY != 0
+    }
+
+    /// The virtio-net header the kernel wrote before the frame.
+    pub fn vnet(&self) -> VnetHdr {
+        let mac = usize::from(self.hdr().tp_mac);
+        // SAFETY: with PACKET_VNET_HDR the kernel reserves and fills 10 bytes right before
+        // the MAC header (tp_mac is always at least tpacket3_hdr + 16 bytes in).
+        unsafe {
+            self.hdr
+                .as_ptr()
+                .cast::<u8>()
+                .add(mac - VnetHdr::LEN)
+                .cast::<VnetHdr>()
+                .read_unaligned()
+        }
+    }
+
+    /// The frame from its Ethernet header, as many bytes as were captured.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let mac = usize::from(self.hdr().tp_mac);
+        let len = self.hdr().tp_snaplen as usize;
+        // SAFETY: tp_mac..tp_mac+tp_snaplen lies inside the owned block; the returned slice
+        // borrows `self`, and no other reference to these bytes exists while it lives.
+        unsafe { std::slice::from_raw_parts_mut(self.hdr.as_ptr().cast::<u8>().add(mac), len) }
+    }
+}
+
+/// A TPACKET_V3 receive ring on one interface.
+pub struct RxRing {
+    fd: OwnedFd,
+    map: NonNull<u8>,
+    map_len: usize,
+    cfg: RingConfig,
+    block: usize,
+    ifindex: u32,
+}
+
+// SAFETY: the mapping is owned by this ring alone; moving it to another thread is fine.
+unsafe impl Send for RxRing {}
+
+impl RxRing {
+    /// Open a ring on `ifindex`. With `fanout = Some(group)`, joins that PACKET_FANOUT_HASH
+    /// group so that the rings of several workers share the interface's flows.
+    pub fn open(ifindex: u32, cfg: RingConfig, fanout: Option<u16>) -> io::Result<RxRing> {
+        let fd = packet_socket(ETH_P_ALL)?;
+        let raw = fd.as_raw_fd();
+        setsockopt(raw, SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
+        setsockopt(raw, SOL_PACKET, PACKET_VNET_HDR, &1 as &libc::c_int)?;
+        setsockopt(raw, SOL_PACKET, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int)?;
+        let req = TpacketReq3 {
+            tp_block_size: cfg.block_size,
+            tp_block_nr: cfg.block_nr,
+            tp_frame_size: 2048,
+            tp_frame_nr: cfg.block_size / 2048 * cfg.block_nr,
+            tp_retire_blk_tov: cfg.retire_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(raw, SOL_PACKET, PACKET_RX_RING, &req)?;
+        let map_len = cfg.block_size as usize * cfg.block_nr as usize;
+        // SAFETY: mapping the ring the kernel just allocated for this socket.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_LOCKED | libc::MAP_POPULATE,
+                raw,
+                0,
+            )
+        };
+        let map = if map == libc::MAP_FAILED {
+            // MAP_LOCKED fails without CAP_IPC_LOCK or over RLIMIT_MEMLOCK; retry unlocked.
+            // SAFETY: as above.
+            let m = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    map_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    raw,
+                    0,
+                )
+            };
+            if m == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            m
+        } else {
+            map
+        };
+        let map = NonNull::new(map.cast::<u8>()).expect("mmap never returns null on success");
+        let ring = RxRing {
+            fd,
+            map,
+            map_len,
+            cfg,
+            block: 0,
+            ifindex,
+        };
+        let sll = sockaddr_ll(ifindex, ETH_P_ALL, None);
+        // SAFETY: sll is a valid sockaddr_ll for the duration of the call.
+        cvt(unsafe {
+            libc::bind(
+                raw,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        if let Some(group) = fanout {
+            let arg: u32 = u32::from(group) | (PACKET_FANOUT_HASH << 16);
+            setsockopt(raw, SOL_PACKET, PACKET_FANOUT, &arg)?;
+        }
+        Ok(ring)
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    fn desc(&self, block: usize) -> NonNull<BlockDesc> {
+        // SAFETY: block < block_nr, so the offset stays inside the mapping.
+        unsafe { self.map.add(block * self.cfg.block_size as usize).cast() }
+    }
+
+    /// True when the current block is owned by userspace.
+    pub fn ready(&self) -> bool {
+        let status = self.desc(self.block).as_ptr();
+        // SAFETY: reading a u32 the kernel writes; volatile because the kernel changes it.
+        let s = unsafe { std::ptr::addr_of!((*status).block_status).read_volatile() };
+        s & TP_STATUS_USER != 0
+    }
+
+    /// Process the current block if userspace owns it: `each` is called for every frame,
+    /// then `done` (which must finish every use of the frames, e.g. flush a transmit batch
+    /// that points into them), then the block goes back to the kernel. Returns the number of
+    /// frames, or `None` when no block was ready.
+    pub fn drain_block(
+        &mut self,
+        mut each: impl FnMut(&mut RxFrame),
+        done: impl FnOnce(),
+    ) -> Option<usize> {
+        if !self.ready() {
+            return None;
+        }
+        fence(Ordering::Acquire);
+        let desc = self.desc(self.block);
+        // SAFETY: userspace owns this block until block_status is set back to KERNEL.
+        let (num, first) = unsafe {
+            let d = desc.as_ref();
+            (d.num_pkts as usize, d.offset_to_first_pkt as usize)
+        };
+        let mut off = first;
+        for _ in 0..num {
+            // SAFETY: the kernel laid out `num` frames chained by tp_next_offset inside the block.
+            let hdr = unsafe { desc.cast::<u8>().add(off).cast::<Tpacket3Hdr>() };
+            let next = unsafe { hdr.as_ref().tp_next_offset } as usize;
+            let mut frame = RxFrame { hdr };
+            each(&mut frame);
+            if next == 0 {
+                break;
+            }
+            off += next;
+        }
+        done();
+        fence(Ordering::Release);
+        // SAFETY: handing the block back; nothing references its frames any more.
+        unsafe {
+            std::ptr::addr_of_mut!((*desc.as_ptr()).block_status).write_volatile(TP_STATUS_KERNEL)
+        };
+        self.block = (self.block + 1) % self.cfg.block_nr as usize;
+        Some(num)
+    }
+
+    /// (frames received, frames dropped because the ring was full) since the last call.
+    pub fn take_stats(&self) -> io::Result<(u32, u32)> {
+        let mut st = TpacketStats::default();
+        let mut len = size_of::<TpacketStats>() as libc::socklen_t;
+        // SAFETY: st is a valid out-buffer of `len` bytes.
+        cvt(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                SOL_PACKET,
+                PACKET_STATISTICS,
+                (&mut st as *mut TpacketStats).cast(),
+                &mut len,
+            )
+        })?;
+        Ok((st.tp_packets, st.tp_drops))
+    }
+}
+
+impl AsRawFd for RxRing {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for RxRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what open() mapped; no frame outlives the ring.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
+    }
+}
+
+/// Frames queued for one `sendmmsg`. Holds raw pointers into receive-ring blocks: the
+/// caller flushes before it releases the block (see [`RxRing::drain_block`]).
+pub struct TxBatch {
+    fd: OwnedFd,
+    vnet: Vec<VnetHdr>,
+    addrs: Vec<libc::sockaddr_ll>,
+    iovs: Vec<[libc::iovec; 2]>,
+    msgs: Vec<libc::mmsghdr>,
+    len: usize,
+    /// Frames the kernel refused (e.g. device down, too big); counted, never retried.
+    pub errors: u64,
+    pub sent: u64,
+}
+
+// SAFETY: the raw pointers are only dereferenced by the kernel during flush(), on the thread
+// that owns the batch.
+unsafe impl Send for TxBatch {}
+
+impl TxBatch {
+    pub fn new(capacity: usize) -> io::Result<TxBatch> {
+        // Protocol 0: this socket only sends; it receives nothing.
+        let fd = packet_socket(0)?;
+        setsockopt(
+            fd.as_raw_fd(),
+            SOL_PACKET,
+            PACKET_VNET_HDR,
+            &1 as &libc::c_int,
+        )?;
+        setsockopt(
+            fd.as_raw_fd(),
+            SOL_PACKET,
+            PACKET_QDISC_BYPASS,
+            &1 as &libc::c_int,
+        )?;
+        let empty_iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Ok(TxBatch {
+            fd,
+            vnet: vec![VnetHdr::default(); capacity],
+            addrs: vec![sockaddr_ll(0, ETH_P_IP, None); capacity],
+            iovs: vec![[empty_iov, empty_iov]; capacity],
+            // SAFETY: mmsghdr is plain old data; zero is a valid (empty) value.
+            msgs: (0..capacity).map(|_| unsafe { zeroed() }).collect(),
+            len: 0,
+            errors: 0,
+            sent: 0,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queue `frame` for `ifindex`. Flushes first when the batch is full.
+    pub fn push(&mut self, frame: &mut [u8], vnet: VnetHdr, ifindex: u32) {
+        if self.len == self.msgs.len() {
+            self.flush();
+        }
+        let i = self.len;
+        self.vnet[i] = vnet.for_transmit();
+        self.addrs[i].sll_ifindex = ifindex as i32;
+        self.iovs[i] = [
+            libc::iovec {
+                iov_base: (&mut self.vnet[i] as *mut VnetHdr).cast(),
+                iov_len: VnetHdr::LEN,
+            },
+            libc::iovec {
+                iov_base: frame.as_mut_ptr().cast(),
+                iov_len: frame.len(),
+            },
+        ];
+        let m = &mut self.msgs[i].msg_hdr;
+        m.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_ll).cast();
+        m.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        m.msg_iov = self.iovs[i].as_mut_ptr();
+        m.msg_iovlen = 2;
+        self.len += 1;
+    }
+
+    /// Send everything queued. A frame the kernel rejects is counted and skipped.
+    pub fn flush(&mut self) {
+        let mut start = 0;
+        while start < self.len {
+            // SAFETY: msgs[start..len] point at live headers, addresses and frames (the
+            // caller keeps the ring blocks owned until this returns).
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    self.msgs.as_mut_ptr().add(start),
+                    (self.len - start) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // The first frame failed: count it and go on with the rest.
+                self.errors += 1;
+                start += 1;
+            } else {
+                self.sent += n as u64;
+                start += n as usize;
+            }
+        }
+        self.len = 0;
+    }
+}
+
+/// Wait until one of `fds` is readable or `timeout_ms` passes.
+pub fn wait_readable(
+    fds: &[RawFd],
+    pollfds: &mut Vec<libc::pollfd>,
+    timeout_ms: i32,
+) -> io::Result<()> {
+    pollfds.clear();
+    pollfds.extend(fds.iter().map(|&fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLERR,
+        revents: 0,
+    }));
+    // SAFETY: pollfds is a valid array of pollfd of the given length.
+    let r = unsafe {
+        libc::poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout_ms,
+        )
+    };
+    if r < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_struct_layouts() {
+        assert_eq!(size_of::<VnetHdr>(), VnetHdr::LEN);
+        assert_eq!(size_of::<TpacketReq3>(), 28);
+        assert_eq!(size_of::<BlockDesc>(), 48);
+        assert_eq!(size_of::<Tpacket3Hdr>(), 48);
+        assert_eq!(std::mem::offset_of!(Tpacket3Hdr, tp_mac), 24);
+        assert_eq!(std::mem::offset_of!(BlockDesc, block_status), 8);
+    }
+
+    #[test]
+    fn transmit_header_drops_receive_hints() {
+        let h = VnetHdr {
+            flags: VnetHdr::F_DATA_VALID | VnetHdr::F_NEEDS_CSUM,
+            ..Default::default()
+        };
+        assert_eq!(h.for_transmit().flags, VnetHdr::F_NEEDS_CSUM);
+    }
+}

@@ -1,0 +1,5 @@
+//! The datapath's side effects: AF_PACKET rings, netlink, nftables, worker threads.
+
+pub mod afpacket;
+pub mod netlink;
+pub mod nft;

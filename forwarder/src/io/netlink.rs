@@ -1,0 +1,255 @@
+//! rtnetlink for the datapath: dump links, addresses, routes and neighbours into a
+//! [`Fib`], and ask the kernel to resolve a neighbour.
+//!
+//! Synchronous on purpose: this runs on the datapath's own resolver thread, not on the
+//! tokio runtime, so the datapath keeps working if the control plane is busy.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::fib::{Fib, Interface, Mac, Route};
+
+/// A NETLINK_ROUTE socket for requests (not notifications).
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    pub fn new() -> io::Result<Rtnl> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Rtnl { sock, seq: 0 })
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        req.finalize();
+        let mut buf = vec![0u8; req.buffer_len()];
+        req.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+
+        let mut out = Vec::new();
+        let mut rx = vec![0u8; 1 << 16];
+        loop {
+            let n = self.sock.recv(&mut &mut rx[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n]).map_err(
+                    |e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")),
+                )?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "netlink: zero-length message",
+                    ));
+                }
+                off += len;
+                if msg.header.sequence_number != self.seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                        };
+                    }
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0 {
+                            return Ok(out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.request(msg, NLM_F_REQUEST | NLM_F_DUMP)
+    }
+
+    /// `ip -4 link; ip -4 addr; ip -4 route show table main; ip -4 neigh` in one snapshot.
+    pub fn dump_fib(&mut self) -> io::Result<Fib> {
+        let mut interfaces = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                interfaces.push(interface_from(&l));
+            }
+        }
+        let mut addr_req = AddressMessage::default();
+        addr_req.header.family = AddressFamily::Inet;
+        for m in self.dump(RouteNetlinkMessage::GetAddress(addr_req))? {
+            if let RouteNetlinkMessage::NewAddress(a) = m {
+                let local = a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
+                    _ => None,
+                });
+                let addr = local.or_else(|| {
+                    a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
+                        _ => None,
+                    })
+                });
+                if let (Some(addr), Some(iface)) = (
+                    addr,
+                    interfaces
+                        .iter_mut()
+                        .find(|i: &&mut Interface| i.ifindex == a.header.index),
+                ) {
+                    iface.addrs.push((addr, a.header.prefix_len));
+                }
+            }
+        }
+        let mut route_req = RouteMessage::default();
+        route_req.header.address_family = AddressFamily::Inet;
+        let mut routes = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetRoute(route_req))? {
+            if let RouteNetlinkMessage::NewRoute(r) = m {
+                if let Some(route) = route_from(&r) {
+                    routes.push(route);
+                }
+            }
+        }
+        let mut neigh_req = NeighbourMessage::default();
+        neigh_req.header.family = AddressFamily::Inet;
+        let mut neighbours = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetNeighbour(neigh_req))? {
+            if let RouteNetlinkMessage::NewNeighbour(n) = m {
+                if let Some(entry) = neighbour_from(&n) {
+                    neighbours.push(entry);
+                }
+            }
+        }
+        Ok(Fib::new(interfaces, routes, neighbours))
+    }
+
+    /// Ask the kernel to resolve `addr` on `ifindex` as if traffic were waiting for it
+    /// (`ip neigh replace ADDR dev IF use`): it sends the ARP request and fills its
+    /// neighbour table, which the next [`Rtnl::dump_fib`] picks up.
+    pub fn solicit(&mut self, ifindex: u32, addr: Ipv4Addr) -> io::Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = ifindex;
+        msg.header.state = NeighbourState::None;
+        msg.header.flags = NeighbourFlags::Use;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+}
+
+fn interface_from(l: &LinkMessage) -> Interface {
+    let mut iface = Interface {
+        ifindex: l.header.index,
+        name: String::new(),
+        mac: [0; 6],
+        mtu: 1500,
+        up: l.header.flags.contains(LinkFlags::Up) && l.header.flags.contains(LinkFlags::LowerUp),
+        loopback: l.header.flags.contains(LinkFlags::Loopback),
+        addrs: Vec::new(),
+    };
+    for attr in &l.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => iface.name = n.clone(),
+            LinkAttribute::Address(a) if a.len() == 6 => iface.mac.copy_from_slice(a),
+            LinkAttribute::Mtu(m) => iface.mtu = *m,
+            _ => {}
+        }
+    }
+    iface
+}
+
+fn route_from(r: &RouteMessage) -> Option<Route> {
+    if r.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(r.header.table);
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut metric = 0;
+    for attr in &r.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => metric = *p,
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    Some(Route {
+        dst,
+        prefix_len: r.header.destination_prefix_length,
+        gateway,
+        oif: oif?,
+        metric,
+    })
+}
+
+fn neighbour_from(n: &NeighbourMessage) -> Option<(u32, Ipv4Addr, Mac)> {
+    let usable = matches!(
+        n.header.state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    );
+    if !usable {
+        return None;
+    }
+    let mut addr = None;
+    let mut mac = None;
+    for attr in &n.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(*a),
+            NeighbourAttribute::LinkLocalAddress(l) if l.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(l);
+                mac = Some(m);
+            }
+            _ => {}
+        }
+    }
+    Some((n.header.ifindex, addr?, mac?))
+}

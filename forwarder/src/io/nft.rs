@@ -1,0 +1,179 @@
+//! Interception: keep the kernel's own stack away from the traffic the datapath forwards.
+//!
+//! The AF_PACKET rings see every frame before netfilter, but the kernel still receives its
+//! own copy. Without these rules it would answer a VIP service's SYN with a RST (no local
+//! listener), answer UDP with port-unreachable, and, where forwarding is on, route a second
+//! copy of NAT replies. The rules live in one table, `ip director`, replaced atomically by
+//! `nft -f -` on every apply and deleted on shutdown. They drop, in the prerouting hook at
+//! raw priority (before conntrack, so dropped traffic costs no conntrack entry):
+//! - VIP service traffic (VIP . protocol . port), and fragments to a VIP for TCP/UDP (the
+//!   datapath counts and drops those; the kernel must not reassemble and answer them);
+//! - NAT replies (real . protocol . port) that are not addressed to this box, so the box's
+//!   own health checks to the same real servers still reach their sockets.
+//!
+//! Everything else — SSH, VRRP, sync, ICMP echo to a VIP, health checks — is untouched.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::process::{Command, Stdio};
+
+use crate::model::{Mode, VirtualService};
+
+/// The nftables table the daemon owns.
+pub const TABLE: &str = "director";
+
+/// The ruleset for `services`, as `nft -f` input. The table is created, flushed and
+/// refilled in one transaction, so there is never a moment without rules.
+pub fn ruleset(services: &[VirtualService]) -> String {
+    let mut vips = Vec::new();
+    let mut vip_addrs = Vec::new();
+    let mut reals = Vec::new();
+    for s in services {
+        let proto = s.protocol.as_str();
+        vips.push(format!("{} . {} . {}", s.vip.ip(), proto, s.vip.port()));
+        vip_addrs.push(format!("{} . {}", s.vip.ip(), proto));
+        if s.mode == Mode::Nat {
+            for r in &s.reals {
+                reals.push(format!("{} . {} . {}", r.addr.ip(), proto, r.addr.port()));
+            }
+        }
+    }
+    vips.sort();
+    vips.dedup();
+    vip_addrs.sort();
+    vip_addrs.dedup();
+    reals.sort();
+    reals.dedup();
+    let elements = |v: &[String]| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", v.join(", "))
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "table ip {TABLE} {{}}");
+    let _ = writeln!(out, "delete table ip {TABLE}");
+    let _ = writeln!(out, "table ip {TABLE} {{");
+    let _ = writeln!(
+        out,
+        "  set vip_services {{ type ipv4_addr . inet_proto . inet_service; {} }}",
+        elements(&vips)
+    );
+    let _ = writeln!(
+        out,
+        "  set vip_protos {{ type ipv4_addr . inet_proto; {} }}",
+        elements(&vip_addrs)
+    );
+    let _ = writeln!(
+        out,
+        "  set nat_reals {{ type ipv4_addr . inet_proto . inet_service; {} }}",
+        elements(&reals)
+    );
+    let _ = writeln!(out, "  chain prerouting {{");
+    let _ = writeln!(
+        out,
+        "    type filter hook prerouting priority raw; policy accept;"
+    );
+    let _ = writeln!(
+        out,
+        "    ip daddr . ip protocol @vip_protos ip frag-off & 0x3fff != 0 counter drop"
+    );
+    let _ = writeln!(
+        out,
+        "    ip daddr . meta l4proto . th dport @vip_services counter drop"
+    );
+    let _ = writeln!(
+        out,
+        "    ip saddr . meta l4proto . th sport @nat_reals fib daddr type != local counter drop"
+    );
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "}}");
+    out
+}
+
+fn nft(input: &str) -> io::Result<()> {
+    let mut child = Command::new("nft")
+        .arg("-f")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run nft (is nftables installed?): {e}"),
+            )
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("stdin was piped")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "nft rejected the interception rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Install (or replace) the interception rules for `services`.
+pub fn apply(services: &[VirtualService]) -> io::Result<()> {
+    nft(&ruleset(services))
+}
+
+/// Remove the interception rules (on shutdown). Missing table is not an error.
+pub fn remove() -> io::Result<()> {
+    nft(&format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Protocol, RealServer, SchedulerKind};
+    use std::time::Duration;
+
+    #[test]
+    fn ruleset_names_vips_and_nat_reals_only() {
+        let svc = |name: &str, vip: &str, proto, mode, real: &str| VirtualService {
+            name: name.into(),
+            vip: vip.parse().unwrap(),
+            protocol: proto,
+            mode,
+            scheduler: SchedulerKind::Rr,
+            persistence: Duration::ZERO,
+            reals: vec![RealServer {
+                addr: real.parse().unwrap(),
+                weight: 1,
+            }],
+        };
+        let rules = ruleset(&[
+            svc(
+                "web",
+                "198.18.1.100:80",
+                Protocol::Tcp,
+                Mode::Nat,
+                "198.18.2.11:8080",
+            ),
+            svc(
+                "dns",
+                "198.18.1.100:53",
+                Protocol::Udp,
+                Mode::Dr,
+                "198.18.1.21:53",
+            ),
+        ]);
+        assert!(rules.contains("elements = { 198.18.1.100 . tcp . 80, 198.18.1.100 . udp . 53 }"));
+        assert!(rules.contains("elements = { 198.18.2.11 . tcp . 8080 }"));
+        assert!(
+            !rules.contains("198.18.1.21"),
+            "DR real servers reply directly, no rule needed"
+        );
+        assert!(rules.contains("fib daddr type != local"));
+    }
+}

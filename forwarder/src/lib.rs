@@ -12,3 +12,4 @@
 
 pub mod model;
 pub mod stats;
+pub mod wire;

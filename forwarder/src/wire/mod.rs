@@ -1,0 +1,59 @@
+//! Zero-copy views over the packet formats the datapath reads and rewrites in place.
+//!
+//! Each format is a view `Xxx<T: AsRef<[u8]>>` over a buffer, in the style of smoltcp:
+//! `new_unchecked` wraps any buffer, `new_checked` validates the lengths the accessors rely
+//! on (after it succeeds no accessor panics), getters read fields, and for a mutable buffer
+//! setters write them. Untrusted input is parsed only through `new_checked`.
+//!
+//! - `checksum`: the Internet checksum, full and incremental (RFC 1071, RFC 1624).
+//! - `ethernet`: Ethernet II frames and [`MacAddr`].
+//! - `ipv4`: IPv4 headers, in-place rewrites that keep the header checksum right, and
+//!   [`Ipv4Repr`] to build a fresh header (ICMP errors, IPIP outer headers).
+//! - `tcp`, `udp`, `icmp`: the L4 headers the datapath rewrites or answers.
+
+pub mod checksum;
+
+/// Why a buffer was refused by a `new_checked` constructor or by an `emit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// buffer is shorter than the header or the length it declares
+    #[error("buffer is shorter than the header or the length it declares")]
+    Truncated,
+    /// IP version field is not 4
+    #[error("IP version field is not 4")]
+    BadVersion,
+    /// header length field is below the minimum header size
+    #[error("header length field is below the minimum header size")]
+    BadHeaderLen,
+    /// IPv4 total length is smaller than its header, or too large to encode
+    #[error("IPv4 total length is smaller than its header, or too large to encode")]
+    BadTotalLen,
+    /// UDP length field is below 8 or beyond the end of the datagram
+    #[error("UDP length field is below 8 or beyond the end of the datagram")]
+    BadLength,
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// Marsaglia's xorshift64: deterministic pseudo-random input for the wire tests.
+    pub struct XorShift(u64);
+
+    impl XorShift {
+        pub fn new(seed: u64) -> Self {
+            Self(seed.max(1))
+        }
+
+        pub fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+    }
+}

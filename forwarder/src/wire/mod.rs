@@ -12,6 +12,11 @@
 //! - `tcp`, `udp`, `icmp`: the L4 headers the datapath rewrites or answers.
 
 pub mod checksum;
+pub mod ethernet;
+pub mod ipv4;
+
+pub use ethernet::{EthernetFrame, MacAddr};
+pub use ipv4::{Ipv4Packet, Ipv4Repr};
 
 /// Why a buffer was refused by a `new_checked` constructor or by an `emit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +36,29 @@ pub enum WireError {
     /// UDP length field is below 8 or beyond the end of the datagram
     #[error("UDP length field is below 8 or beyond the end of the datagram")]
     BadLength,
+}
+
+// Field access for the views. The callers index only within lengths that `new_checked` has
+// validated, so the bounds checks here never fail on a checked view.
+
+#[inline]
+fn read_u16(data: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([data[at], data[at + 1]])
+}
+
+#[inline]
+fn read_u32(data: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+}
+
+#[inline]
+fn write_u16(data: &mut [u8], at: usize, value: u16) {
+    data[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+#[inline]
+fn write_u32(data: &mut [u8], at: usize, value: u32) {
+    data[at..at + 4].copy_from_slice(&value.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -54,6 +82,24 @@ pub(crate) mod testutil {
 
         pub fn bytes(&mut self, len: usize) -> Vec<u8> {
             (0..len).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// Calls `f` on every prefix of `packet` and on copies of it with one byte changed to
+    /// random values: `f` parses and reads every field, and must not panic.
+    pub fn mangle(packet: &[u8], seed: u64, mut f: impl FnMut(&[u8])) {
+        for len in 0..=packet.len() {
+            f(&packet[..len]);
+        }
+        let mut rng = XorShift::new(seed);
+        for at in 0..packet.len() {
+            for _ in 0..16 {
+                let mut copy = packet.to_vec();
+                copy[at] = rng.next() as u8;
+                let cut = rng.next() as usize % (copy.len() + 1);
+                f(&copy);
+                f(&copy[..cut]);
+            }
         }
     }
 }

@@ -13,10 +13,16 @@
 
 pub mod checksum;
 pub mod ethernet;
+pub mod icmp;
 pub mod ipv4;
+pub mod tcp;
+pub mod udp;
 
 pub use ethernet::{EthernetFrame, MacAddr};
+pub use icmp::Icmpv4Packet;
 pub use ipv4::{Ipv4Packet, Ipv4Repr};
+pub use tcp::{TcpFlags, TcpPacket};
+pub use udp::UdpPacket;
 
 /// Why a buffer was refused by a `new_checked` constructor or by an `emit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +42,19 @@ pub enum WireError {
     /// UDP length field is below 8 or beyond the end of the datagram
     #[error("UDP length field is below 8 or beyond the end of the datagram")]
     BadLength,
+}
+
+/// Source and destination port of a TCP or UDP header, which both start with them. Works on
+/// the 8 bytes of L4 header quoted in an ICMP error, where a full [`TcpPacket`] does not fit.
+#[inline]
+pub fn l4_ports(l4: &[u8]) -> Option<(u16, u16)> {
+    match l4 {
+        [s0, s1, d0, d1, ..] => Some((
+            u16::from_be_bytes([*s0, *s1]),
+            u16::from_be_bytes([*d0, *d1]),
+        )),
+        _ => None,
+    }
 }
 
 // Field access for the views. The callers index only within lengths that `new_checked` has
@@ -101,5 +120,17 @@ pub(crate) mod testutil {
                 f(&copy[..cut]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn test_l4_ports_needs_four_bytes() {
+        assert_eq!(l4_ports(&[0xd4, 0x31, 0x00, 0x50]), Some((54321, 80)));
+        assert_eq!(l4_ports(&[0xd4, 0x31, 0x00]), None);
+        assert_eq!(l4_ports(&[]), None);
     }
 }

@@ -14,3 +14,4 @@ pub mod fib;
 pub mod io;
 pub mod model;
 pub mod stats;
+pub mod wire;

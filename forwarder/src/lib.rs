@@ -11,4 +11,5 @@
 //!   worker threads.
 
 pub mod model;
+pub mod sched;
 pub mod stats;

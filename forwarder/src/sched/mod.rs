@@ -16,6 +16,7 @@
 
 pub mod hash;
 pub mod mh;
+mod persist;
 mod seq;
 pub mod sh;
 
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use crate::model::SchedulerKind;
 use crate::stats::{RealRegistry, RealSlot};
+pub use persist::{PersistCounters, PersistTable};
 
 use mh::MhTable;
 use seq::{cycle_counts, smooth_sequence, MAX_CYCLE};

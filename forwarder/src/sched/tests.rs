@@ -87,6 +87,7 @@ fn longest_run(seq: &[usize], server: usize, cyclic: bool) -> usize {
 fn scheduler_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Scheduler>();
+    check::<PersistTable>();
 }
 
 #[test]

@@ -13,5 +13,6 @@
 pub mod fib;
 pub mod io;
 pub mod model;
+pub mod sched;
 pub mod stats;
 pub mod wire;

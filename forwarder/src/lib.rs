@@ -10,5 +10,6 @@
 //! - `io`: the side effects: AF_PACKET TPACKET_V3 rings, netlink, nftables interception,
 //!   worker threads.
 
+pub mod conntrack;
 pub mod model;
 pub mod stats;

@@ -8,3 +8,4 @@ mod tcp;
 
 pub use entry::{ConnEntry, ConnState, FlowKey, NewConn, ReplyKey};
 pub use tcp::{tcp_flags, tcp_next_state, Direction};
+mod index;

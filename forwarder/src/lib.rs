@@ -10,6 +10,7 @@
 //! - `io`: the side effects: AF_PACKET TPACKET_V3 rings, netlink, nftables interception,
 //!   worker threads.
 
+pub mod conntrack;
 pub mod fib;
 pub mod io;
 pub mod model;

@@ -11,6 +11,7 @@
 //!   worker threads.
 
 pub mod conntrack;
+pub mod engine;
 pub mod fib;
 pub mod io;
 pub mod model;

@@ -356,10 +356,11 @@ impl RxRing {
     /// then `done` (which must finish every use of the frames, e.g. flush a transmit batch
     /// that points into them), then the block goes back to the kernel. Returns the number of
     /// frames, or `None` when no block was ready.
-    pub fn drain_block(
+    pub fn drain_block<S>(
         &mut self,
-        mut each: impl FnMut(&mut RxFrame),
-        done: impl FnOnce(),
+        state: &mut S,
+        mut each: impl FnMut(&mut S, &mut RxFrame),
+        done: impl FnOnce(&mut S),
     ) -> Option<usize> {
         if !self.ready() {
             return None;
@@ -377,13 +378,13 @@ impl RxRing {
             let hdr = unsafe { desc.cast::<u8>().add(off).cast::<Tpacket3Hdr>() };
             let next = unsafe { hdr.as_ref().tp_next_offset } as usize;
             let mut frame = RxFrame { hdr };
-            each(&mut frame);
+            each(state, &mut frame);
             if next == 0 {
                 break;
             }
             off += next;
         }
-        done();
+        done(state);
         fence(Ordering::Release);
         // SAFETY: handing the block back; nothing references its frames any more.
         unsafe {

@@ -1,5 +1,6 @@
 //! The datapath's side effects: AF_PACKET rings, netlink, nftables, worker threads.
 
 pub mod afpacket;
+pub mod datapath;
 pub mod netlink;
 pub mod nft;

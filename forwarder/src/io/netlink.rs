@@ -6,6 +6,8 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
@@ -252,4 +254,67 @@ fn neighbour_from(n: &NeighbourMessage) -> Option<(u32, Ipv4Addr, Mac)> {
         }
     }
     Some((n.header.ifindex, addr?, mac?))
+}
+
+/// rtnetlink multicast groups (the legacy RTMGRP_* bitmask of `bind`).
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_NEIGH: u32 = 0x4;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+
+/// A subscription to link, address, route and neighbour changes. Only "something changed"
+/// matters: the reader re-dumps the tables, which is simpler and cannot drift.
+pub struct Notifications {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl Notifications {
+    pub fn subscribe() -> io::Result<Notifications> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+        ))?;
+        sock.set_non_blocking(true)?;
+        Ok(Notifications {
+            sock,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// Wait up to `timeout` for notifications; true when any arrived (or some were lost,
+    /// which also calls for a re-dump). Drains everything queued.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        if r <= 0 {
+            return false;
+        }
+        let mut any = false;
+        loop {
+            match self.sock.recv(&mut &mut self.buf[..], 0) {
+                Ok(0) => break,
+                Ok(_) => any = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ENOBUFS: notifications were dropped; a re-dump covers them.
+                Err(_) => {
+                    any = true;
+                    break;
+                }
+            }
+        }
+        any
+    }
 }

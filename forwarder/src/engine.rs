@@ -1,0 +1,941 @@
+//! The packet engine: one received frame + the tables → a verdict, with the frame rewritten
+//! in place. Pure: no sockets, no clock (the caller passes `now`), no allocation.
+//!
+//! Classification of an IPv4 frame, in order:
+//! 1. to a VIP: TCP/UDP to a virtual service → *inbound* (schedule or find the flow,
+//!    rewrite per mode); an ICMP error about a reply we sent toward a client → forwarded to
+//!    the flow's real server; anything else (ICMP echo, SSH to the VIP) → `Pass` to the
+//!    kernel;
+//! 2. from a NAT real server's service port → *reply* (source back to VIP:port) when the
+//!    connection table knows the flow, else `Pass` (the box's own health checks);
+//! 3. an ICMP error quoting a client → NAT-real packet → translated back to the client;
+//! 4. anything else → `Pass`.
+//!
+//! Stated rules for bad or unusual input (all counted, see [`DropReason`]):
+//! - frames too short for the headers they claim, bad IHL, total length past the frame:
+//!   dropped as `Malformed` when addressed to a VIP or from a NAT real server, else passed
+//!   (the kernel decides about the box's own traffic);
+//! - IPv4 header checksum wrong: dropped (`BadIpChecksum`);
+//! - a packet that would create a flow has its TCP/UDP checksum verified unless the kernel
+//!   already did (or the frame is a local one with a partial checksum): wrong → dropped
+//!   (`BadL4Checksum`); packets of existing flows are rewritten with incremental updates,
+//!   which keep an error for the end host to catch;
+//! - IP options are kept and forwarded;
+//! - fragments to a VIP: dropped (`Fragment`) — the datapath does not reassemble;
+//! - TTL ≤ 1 on a packet to forward: dropped (`TtlExceeded`); forwarding decrements TTL as
+//!   any router (and IPVS) does;
+//! - TCP segment without SYN for an unknown flow: dropped (`NoConnection`), never reset;
+//! - a frame larger than the egress MTU (not a GSO frame): dropped (`TooBig`).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::conntrack::{
+    Change, ConnEntry, ConnObserver, ConnTable, DeleteCause, Direction, FlowKey, InsertError,
+    NewConn, ReplyKey,
+};
+use crate::fib::{FastMap, Fib, FibMiss};
+use crate::model::{Mode, Protocol, VirtualService};
+use crate::sched::{Backend, PersistTable, Scheduler};
+use crate::stats::{RealRegistry, RealSlot};
+use crate::wire::checksum;
+use crate::wire::ethernet::{self, EthernetFrame, MacAddr, ETHERTYPE_IPV4};
+use crate::wire::icmp::{self, Icmpv4Packet};
+use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+/// What the worker does with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the (rewritten) frame out of this interface.
+    Forward { ifindex: u32 },
+    /// Not the datapath's: the kernel's copy is the one that counts.
+    Pass,
+    /// Counted and dropped (the kernel's copy is dropped by the interception rules).
+    Drop(DropReason),
+}
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $name:ident => $label:literal,)*) => {
+        /// Why the datapath dropped a frame. Each has a counter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum DropReason { $($(#[doc = $doc])* $name,)* }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            pub const COUNT: usize = DropReason::ALL.len();
+
+            /// The counter's name in `director stats` and the metrics.
+            pub fn label(self) -> &'static str {
+                match self { $(DropReason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Headers shorter or longer than the frame, bad IHL or length fields.
+    Malformed => "malformed",
+    /// The ring slot held only part of the frame.
+    Truncated => "truncated",
+    /// IPv4 header checksum wrong.
+    BadIpChecksum => "bad_ip_checksum",
+    /// TCP/UDP checksum wrong on a packet that would create a flow.
+    BadL4Checksum => "bad_l4_checksum",
+    /// IP fragment to a VIP.
+    Fragment => "fragment",
+    /// TTL would reach zero.
+    TtlExceeded => "ttl_exceeded",
+    /// A TCP segment other than SYN for a flow the table does not know.
+    NoConnection => "no_connection",
+    /// Every real server is quiesced or the service has none.
+    NoRealServer => "no_real_server",
+    /// The connection table is full.
+    TableFull => "table_full",
+    /// No route to the next hop.
+    NoRoute => "no_route",
+    /// The next hop's MAC is not known yet (resolution was requested).
+    NoNeighbour => "no_neighbour",
+    /// Larger than the egress MTU.
+    TooBig => "too_big",
+    /// An ICMP error about a flow the table does not know.
+    IcmpNoConnection => "icmp_no_connection",
+    /// A tagged frame (VLANs are not handled by the datapath).
+    Vlan => "vlan",
+    /// NAT could not keep two flows apart: the same client address and port reaching one
+    /// real server through two VIPs.
+    FlowClash => "flow_clash",
+}
+
+/// Per-worker counters. Written by one worker only (plain load + store), read by anyone.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub rx: AtomicU64,
+    pub passed: AtomicU64,
+    pub forwarded_in: AtomicU64,
+    pub forwarded_out: AtomicU64,
+    pub icmp_forwarded: AtomicU64,
+    pub new_conns: AtomicU64,
+    pub tx_errors: AtomicU64,
+    pub ring_drops: AtomicU64,
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl WorkerCounters {
+    #[inline]
+    pub fn bump(c: &AtomicU64) {
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// What the ring told us about a frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxMeta {
+    /// The L4 checksum field holds only the pseudo-header sum (Linux CHECKSUM_PARTIAL):
+    /// rewrite it as a sum, without ports, and let the egress device finish it.
+    pub csum_partial: bool,
+    /// The kernel or the device has verified the L4 checksum.
+    pub csum_verified: bool,
+    /// A GSO super-frame: it is segmented on egress, so it may exceed the MTU.
+    pub gso: bool,
+    /// Only part of the frame is in the buffer.
+    pub truncated: bool,
+    /// The device stripped a VLAN tag.
+    pub vlan: bool,
+}
+
+/// A neighbour the worker wants resolved.
+pub type Solicit = (u32, Ipv4Addr);
+
+/// Where a worker reports what it saw.
+pub struct WorkerCtx<'a> {
+    pub counters: &'a WorkerCounters,
+    /// Called on a neighbour miss; must not block.
+    pub solicit: &'a dyn Fn(Solicit),
+}
+
+/// One virtual service as the engine runs it.
+pub struct Service {
+    pub id: u16,
+    pub config: VirtualService,
+    pub sched: Scheduler,
+    /// Persistence timeout in seconds, 0 = off.
+    pub persistence: u32,
+}
+
+/// The services, indexed for the per-packet lookups. Immutable; replaced whole on reload.
+pub struct ServiceTable {
+    services: Vec<Service>,
+    by_vip: FastMap<u64, u16>,
+    vips: FastMap<u32, ()>,
+    nat_reals: FastMap<u64, ()>,
+}
+
+fn l4_key(addr: Ipv4Addr, port: u16, proto: u8) -> u64 {
+    (u64::from(u32::from(addr)) << 24) | (u64::from(port) << 8) | u64::from(proto)
+}
+
+impl ServiceTable {
+    /// Index `services`; real server `j` of service `i` uses counter slot `slots[i][j]`.
+    pub fn new(services: Vec<VirtualService>, slots: &[Vec<RealSlot>]) -> ServiceTable {
+        let mut table = ServiceTable {
+            services: Vec::with_capacity(services.len()),
+            by_vip: FastMap::default(),
+            vips: FastMap::default(),
+            nat_reals: FastMap::default(),
+        };
+        for (i, svc) in services.into_iter().enumerate() {
+            let id = u16::try_from(i).expect("at most 65536 services");
+            let backends = svc
+                .reals
+                .iter()
+                .zip(&slots[i])
+                .map(|(r, &slot)| Backend {
+                    addr: r.addr,
+                    weight: r.weight,
+                    slot,
+                })
+                .collect();
+            let proto = svc.protocol as u8;
+            table
+                .by_vip
+                .insert(l4_key(*svc.vip.ip(), svc.vip.port(), proto), id);
+            table.vips.insert(u32::from(*svc.vip.ip()), ());
+            if svc.mode == Mode::Nat {
+                for r in &svc.reals {
+                    table
+                        .nat_reals
+                        .insert(l4_key(*r.addr.ip(), r.addr.port(), proto), ());
+                }
+            }
+            table.services.push(Service {
+                id,
+                sched: Scheduler::new(svc.scheduler, backends),
+                persistence: u32::try_from(svc.persistence.as_secs()).unwrap_or(u32::MAX),
+                config: svc,
+            });
+        }
+        table
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    pub fn get(&self, id: u16) -> Option<&Service> {
+        self.services.get(usize::from(id))
+    }
+
+    #[inline]
+    fn lookup(&self, vip: Ipv4Addr, port: u16, proto: u8) -> Option<&Service> {
+        let id = *self.by_vip.get(&l4_key(vip, port, proto))?;
+        self.services.get(usize::from(id))
+    }
+
+    #[inline]
+    fn is_vip(&self, addr: Ipv4Addr) -> bool {
+        self.vips.contains_key(&u32::from(addr))
+    }
+
+    #[inline]
+    fn is_nat_real(&self, addr: Ipv4Addr, port: u16, proto: u8) -> bool {
+        self.nat_reals.contains_key(&l4_key(addr, port, proto))
+    }
+}
+
+/// The state shared by all workers.
+pub struct Engine {
+    pub conns: ConnTable,
+    pub persist: Arc<PersistTable>,
+    pub reals: Arc<RealRegistry>,
+}
+
+/// The tables a worker reads for one batch of frames.
+pub struct Tables<'a> {
+    pub services: &'a ServiceTable,
+    pub fib: &'a Fib,
+}
+
+/// The L3/L4 facts of a frame, read once.
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    /// Offset of the IPv4 header in the frame.
+    ip: usize,
+    /// Offset of the L4 header in the frame.
+    l4: usize,
+    /// End of the IP packet in the frame (total length; Ethernet padding excluded).
+    end: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    ttl: u8,
+    fragment: bool,
+}
+
+/// L4 ports and TCP flags.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    src: u16,
+    dst: u16,
+    tcp_flags: u8,
+}
+
+use crate::conntrack::tcp_flags::{ACK as TCP_ACK, RST as TCP_RST, SYN as TCP_SYN};
+
+impl Engine {
+    /// An engine with a table of `capacity` connections in `shards` shards.
+    pub fn new(conns: ConnTable, persist: Arc<PersistTable>, reals: Arc<RealRegistry>) -> Engine {
+        Engine {
+            conns,
+            persist,
+            reals,
+        }
+    }
+
+    /// Process one frame (starting at its Ethernet header) at time `now` (engine seconds).
+    pub fn process(
+        &self,
+        frame: &mut [u8],
+        meta: RxMeta,
+        t: &Tables<'_>,
+        now: u32,
+        ctx: &WorkerCtx<'_>,
+    ) -> Verdict {
+        let v = self.classify(frame, meta, t, now, ctx);
+        let c = ctx.counters;
+        WorkerCounters::bump(&c.rx);
+        match v {
+            Verdict::Pass => WorkerCounters::bump(&c.passed),
+            Verdict::Drop(r) => WorkerCounters::bump(&c.drops[r as usize]),
+            Verdict::Forward { .. } => {}
+        }
+        v
+    }
+
+    fn classify(
+        &self,
+        frame: &mut [u8],
+        meta: RxMeta,
+        t: &Tables<'_>,
+        now: u32,
+        ctx: &WorkerCtx<'_>,
+    ) -> Verdict {
+        let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
+            return Verdict::Pass;
+        };
+        if eth.ethertype() != ETHERTYPE_IPV4 {
+            return Verdict::Pass;
+        }
+        let ip_off = ethernet::HEADER_LEN;
+        // The addresses are read before full validation so that a broken packet to a VIP is
+        // counted as ours while a broken packet for the box goes to the kernel.
+        let raw = &frame[ip_off..];
+        if raw.len() < ipv4::HEADER_LEN {
+            return Verdict::Pass;
+        }
+        let raw_src = Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15]);
+        let raw_dst = Ipv4Addr::new(raw[16], raw[17], raw[18], raw[19]);
+        let to_vip = t.services.is_vip(raw_dst);
+        let ours = |reason| {
+            if to_vip || Self::from_nat_real_raw(t, raw_src, raw) {
+                Verdict::Drop(reason)
+            } else {
+                Verdict::Pass
+            }
+        };
+        if meta.vlan {
+            return ours(DropReason::Vlan);
+        }
+        if meta.truncated {
+            return ours(DropReason::Truncated);
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(&frame[ip_off..]) else {
+            return ours(DropReason::Malformed);
+        };
+        let flow = Flow {
+            ip: ip_off,
+            l4: ip_off + usize::from(ip.header_len()),
+            end: ip_off + usize::from(ip.total_len()),
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            proto: ip.protocol(),
+            ttl: ip.ttl(),
+            fragment: ip.is_fragment(),
+        };
+        let checksum_ok = ip.verify_checksum();
+
+        if to_vip {
+            match flow.proto {
+                PROTO_TCP | PROTO_UDP => {}
+                PROTO_ICMP => {
+                    if !checksum_ok {
+                        return Verdict::Drop(DropReason::BadIpChecksum);
+                    }
+                    return self.icmp_to_vip(frame, flow, meta, t, now, ctx);
+                }
+                _ => return Verdict::Pass,
+            }
+            if flow.fragment {
+                return Verdict::Drop(DropReason::Fragment);
+            }
+            let Some(ports) = read_ports(frame, flow) else {
+                return Verdict::Drop(DropReason::Malformed);
+            };
+            let Some(svc) = t.services.lookup(flow.dst, ports.dst, flow.proto) else {
+                return Verdict::Pass;
+            };
+            if !checksum_ok {
+                return Verdict::Drop(DropReason::BadIpChecksum);
+            }
+            return self.inbound(frame, flow, ports, svc, meta, t, now, ctx);
+        }
+
+        match flow.proto {
+            PROTO_TCP | PROTO_UDP if !flow.fragment => {
+                let Some(ports) = read_ports(frame, flow) else {
+                    return Verdict::Pass;
+                };
+                if !t.services.is_nat_real(flow.src, ports.src, flow.proto) {
+                    return Verdict::Pass;
+                }
+                if !checksum_ok {
+                    return Verdict::Drop(DropReason::BadIpChecksum);
+                }
+                self.reply(frame, flow, ports, meta, t, now, ctx)
+            }
+            PROTO_ICMP if checksum_ok => self.icmp_from_real_side(frame, flow, t, now, ctx),
+            _ => Verdict::Pass,
+        }
+    }
+
+    fn from_nat_real_raw(t: &Tables<'_>, src: Ipv4Addr, raw: &[u8]) -> bool {
+        let ihl = usize::from(raw[0] & 0x0f) * 4;
+        let proto = raw[9];
+        if ihl < ipv4::HEADER_LEN || raw.len() < ihl + 2 {
+            return false;
+        }
+        let sport = u16::from_be_bytes([raw[ihl], raw[ihl + 1]]);
+        t.services.is_nat_real(src, sport, proto)
+    }
+
+    /// Client → VIP:port of a service.
+    #[allow(clippy::too_many_arguments)]
+    fn inbound(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        ports: Ports,
+        svc: &Service,
+        meta: RxMeta,
+        t: &Tables<'_>,
+        now: u32,
+        ctx: &WorkerCtx<'_>,
+    ) -> Verdict {
+        if flow.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        let proto = svc.config.protocol;
+        let client = SocketAddrV4::new(flow.src, ports.src);
+        let vip = SocketAddrV4::new(flow.dst, ports.dst);
+        let key = FlowKey { proto, client, vip };
+        let len = flow.end - flow.ip;
+        let syn = ports.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+
+        let real = {
+            let mut shard = self.conns.shard_for(client);
+            let mut found = shard.get_in(&key, now);
+            // A client reusing its port after the old flow closed gets a new scheduling.
+            if let Some(id) = found {
+                if proto == Protocol::Tcp && syn && shard.entry(id).state().reopens_on_syn() {
+                    shard.remove(id, DeleteCause::Removed);
+                    found = None;
+                }
+            }
+            match found {
+                Some(id) => {
+                    shard.update(id, Direction::In, ports.tcp_flags, len, now);
+                    shard.entry(id).real()
+                }
+                None => {
+                    if proto == Protocol::Tcp && !syn {
+                        return Verdict::Drop(DropReason::NoConnection);
+                    }
+                    if !meta.csum_partial && !meta.csum_verified && !l4_checksum_ok(frame, flow) {
+                        return Verdict::Drop(DropReason::BadL4Checksum);
+                    }
+                    let (picked, persistent) = if svc.persistence > 0 {
+                        let p = self.persist.assign(
+                            svc.id,
+                            flow.src,
+                            now,
+                            svc.persistence,
+                            &svc.sched,
+                            &self.reals,
+                        );
+                        (p, p.is_some())
+                    } else {
+                        (svc.sched.pick(client, &self.reals), false)
+                    };
+                    let Some(idx) = picked else {
+                        return Verdict::Drop(DropReason::NoRealServer);
+                    };
+                    let backend = svc.sched.backends()[idx];
+                    let new = NewConn {
+                        proto,
+                        client,
+                        vip,
+                        real: backend.addr,
+                        local: None,
+                        mode: svc.config.mode,
+                        service: svc.id,
+                        real_slot: backend.slot,
+                        flags: if persistent { ConnEntry::PERSISTENT } else { 0 },
+                    };
+                    match shard.insert(&new, now) {
+                        Ok(id) => {
+                            shard.update(id, Direction::In, ports.tcp_flags, len, now);
+                            WorkerCounters::bump(&ctx.counters.new_conns);
+                        }
+                        Err(e) => {
+                            if persistent {
+                                self.persist.release(svc.id, flow.src, now, svc.persistence);
+                            }
+                            return Verdict::Drop(match e {
+                                InsertError::Full => DropReason::TableFull,
+                                // The client:port already talks to this real server through
+                                // another VIP: NAT could not tell the replies apart.
+                                InsertError::Exists(_) | InsertError::ReplyInUse(_) => {
+                                    DropReason::FlowClash
+                                }
+                            });
+                        }
+                    }
+                    backend.addr
+                }
+            }
+        };
+
+        if svc.config.mode == Mode::Nat {
+            rewrite_dst(frame, flow, ports, real, meta);
+        }
+        let v = self.emit(frame, flow, *real.ip(), meta, t, ctx);
+        if matches!(v, Verdict::Forward { .. }) {
+            WorkerCounters::bump(&ctx.counters.forwarded_in);
+        }
+        v
+    }
+
+    /// NAT real server → client: the source becomes VIP:port again.
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        ports: Ports,
+        meta: RxMeta,
+        t: &Tables<'_>,
+        now: u32,
+        ctx: &WorkerCtx<'_>,
+    ) -> Verdict {
+        let proto = Protocol::from_ip_proto(flow.proto).expect("caller checked TCP/UDP");
+        let client = SocketAddrV4::new(flow.dst, ports.dst);
+        let key = ReplyKey {
+            proto,
+            real: SocketAddrV4::new(flow.src, ports.src),
+            peer: client,
+        };
+        let len = flow.end - flow.ip;
+        let vip = {
+            let mut shard = self.conns.shard_for(client);
+            let Some(id) = shard.get_reply(&key, now) else {
+                // Not a flow of ours: e.g. a reply to the box's own health check.
+                return Verdict::Pass;
+            };
+            shard.update(id, Direction::Out, ports.tcp_flags, len, now);
+            shard.entry(id).vip()
+        };
+        if flow.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        rewrite_src(frame, flow, ports, vip, meta);
+        let v = self.emit(frame, flow, flow.dst, meta, t, ctx);
+        if matches!(v, Verdict::Forward { .. }) {
+            WorkerCounters::bump(&ctx.counters.forwarded_out);
+        }
+        v
+    }
+
+    /// An ICMP message to a VIP. Errors quoting a packet VIP:port → client belong to a flow
+    /// and go to its real server; the rest (echo) is the kernel's.
+    fn icmp_to_vip(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        meta: RxMeta,
+        t: &Tables<'_>,
+        now: u32,
+        ctx: &WorkerCtx<'_>,
+    ) -> Verdict {
+        let Some(q) = quoted(frame, flow) else {
+            return Verdict::Pass;
+        };
+        if flow.fragment {
+            return Verdict::Drop(DropReason::Fragment);
+        }
+        // The quoted packet went VIP:vport → client:cport.
+        let Some(proto) = Protocol::from_ip_proto(q.proto) else {
+            return Verdict::Pass;
+        };
+        let key = FlowKey {
+            proto,
+            client: SocketAddrV4::new(q.dst, q.dport),
+            vip: SocketAddrV4::new(q.src, q.sport),
+        };
+        let found = {
+            let mut shard = self.conns.shard_for(key.client);
+            shard.get_in(&key, now).map(|id| {
+                let e = shard.entry(id);
+                (e.real(), e.mode())
+            })
+        };
+        let Some((real, mode)) = found else {
+            return Verdict::Drop(DropReason::IcmpNoConnection);
+        };
+        if flow.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        if mode == Mode::Nat {
+            // Outer destination VIP → real; quoted source VIP:vport → real:rport.
+            set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
+            translate_quoted(frame, flow, q, QuotedSide::Src, real);
+        }
+        let v = self.emit(frame, flow, *real.ip(), meta, t, ctx);
+        if matches!(v, Verdict::Forward { .. }) {
+            WorkerCounters::bump(&ctx.counters.icmp_forwarded);
+        }
+        v
+    }
+
+    /// An ICMP error from the real servers' side quoting client → real (a NAT flow's
+    /// packet): it goes to the client as if the VIP had sent it (as IPVS does).
+    fn icmp_from_real_side(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        t: &Tables<'_>,
+        now: u32,
+        ctx: &WorkerCtx<'_>,
+    ) -> Verdict {
+        let Some(q) = quoted(frame, flow) else {
+            return Verdict::Pass;
+        };
+        if !t.services.is_nat_real(q.dst, q.dport, q.proto) {
+            return Verdict::Pass;
+        }
+        let Some(proto) = Protocol::from_ip_proto(q.proto) else {
+            return Verdict::Pass;
+        };
+        let client = SocketAddrV4::new(q.src, q.sport);
+        let key = ReplyKey {
+            proto,
+            real: SocketAddrV4::new(q.dst, q.dport),
+            peer: client,
+        };
+        let vip = {
+            let mut shard = self.conns.shard_for(client);
+            shard.get_reply(&key, now).map(|id| shard.entry(id).vip())
+        };
+        let Some(vip) = vip else {
+            return Verdict::Pass;
+        };
+        if flow.fragment {
+            return Verdict::Drop(DropReason::Fragment);
+        }
+        if flow.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        set_ip_addr(frame, flow.ip, ADDR_SRC, *vip.ip());
+        translate_quoted(frame, flow, q, QuotedSide::Dst, vip);
+        let v = self.emit(frame, flow, flow.dst, RxMeta::default(), t, ctx);
+        if matches!(v, Verdict::Forward { .. }) {
+            WorkerCounters::bump(&ctx.counters.icmp_forwarded);
+        }
+        v
+    }
+
+    /// Decrement TTL, pick the next hop, write the MACs.
+    fn emit(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        toward: Ipv4Addr,
+        meta: RxMeta,
+        t: &Tables<'_>,
+        ctx: &WorkerCtx<'_>,
+    ) -> Verdict {
+        let hop = match t.fib.resolve(toward) {
+            Ok(hop) => hop,
+            Err(FibMiss::NoRoute) => return Verdict::Drop(DropReason::NoRoute),
+            Err(FibMiss::NoNeighbour { ifindex, addr }) => {
+                (ctx.solicit)((ifindex, addr));
+                return Verdict::Drop(DropReason::NoNeighbour);
+            }
+        };
+        if !meta.gso && flow.end - flow.ip > hop.mtu as usize {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[flow.ip..flow.end]);
+        ip.decrement_ttl_incremental();
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+        eth.set_src_addr(MacAddr(hop.src_mac));
+        eth.set_dst_addr(MacAddr(hop.dst_mac));
+        Verdict::Forward {
+            ifindex: hop.ifindex,
+        }
+    }
+}
+
+fn read_ports(frame: &[u8], flow: Flow) -> Option<Ports> {
+    let l4 = frame.get(flow.l4..flow.end)?;
+    match flow.proto {
+        PROTO_TCP => {
+            let tcp = crate::wire::tcp::TcpPacket::new_checked(l4).ok()?;
+            Some(Ports {
+                src: tcp.src_port(),
+                dst: tcp.dst_port(),
+                tcp_flags: tcp.flags().0,
+            })
+        }
+        PROTO_UDP => {
+            let udp = crate::wire::udp::UdpPacket::new_checked(l4).ok()?;
+            Some(Ports {
+                src: udp.src_port(),
+                dst: udp.dst_port(),
+                tcp_flags: 0,
+            })
+        }
+        _ => None,
+    }
+}
+
+fn l4_checksum_ok(frame: &[u8], flow: Flow) -> bool {
+    let l4 = &frame[flow.l4..flow.end];
+    match flow.proto {
+        PROTO_TCP => {
+            crate::wire::tcp::TcpPacket::new_unchecked(l4).verify_checksum(flow.src, flow.dst)
+        }
+        PROTO_UDP => {
+            crate::wire::udp::UdpPacket::new_unchecked(l4).verify_checksum(flow.src, flow.dst)
+        }
+        _ => true,
+    }
+}
+
+const ADDR_SRC: usize = 12;
+const ADDR_DST: usize = 16;
+
+/// Offset of the TCP/UDP checksum field in the L4 header.
+fn l4_csum_offset(proto: u8) -> usize {
+    if proto == PROTO_TCP {
+        16
+    } else {
+        6
+    }
+}
+
+/// Replace the IPv4 address at `which` (ADDR_SRC/ADDR_DST) of the header at `ip`, fixing the
+/// header checksum. Returns the old address.
+fn set_ip_addr(frame: &mut [u8], ip: usize, which: usize, new: Ipv4Addr) -> u32 {
+    let at = ip + which;
+    let old = u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]]);
+    let new = u32::from(new);
+    frame[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    let c = u16::from_be_bytes([frame[ip + 10], frame[ip + 11]]);
+    frame[ip + 10..ip + 12].copy_from_slice(&checksum::update32(c, old, new).to_be_bytes());
+    old
+}
+
+/// Fix the TCP/UDP checksum at `l4` after the address `old` → `new` and port `old_port` →
+/// `new_port` changed (port change ignored for partial checksums: ports are not in the seed).
+#[allow(clippy::too_many_arguments)]
+fn fix_l4_csum(
+    frame: &mut [u8],
+    proto: u8,
+    l4: usize,
+    old: u32,
+    new: u32,
+    old_port: u16,
+    new_port: u16,
+    partial: bool,
+) {
+    let at = l4 + l4_csum_offset(proto);
+    if frame.len() < at + 2 {
+        return;
+    }
+    let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let c = if partial {
+        checksum::update_partial32(c, old, new)
+    } else if proto == PROTO_UDP {
+        checksum::udp_update16(checksum::udp_update32(c, old, new), old_port, new_port)
+    } else {
+        checksum::update16(checksum::update32(c, old, new), old_port, new_port)
+    };
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// NAT inbound: destination VIP:vport → real:rport.
+fn rewrite_dst(frame: &mut [u8], flow: Flow, ports: Ports, real: SocketAddrV4, meta: RxMeta) {
+    let old = set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
+    frame[flow.l4 + 2..flow.l4 + 4].copy_from_slice(&real.port().to_be_bytes());
+    fix_l4_csum(
+        frame,
+        flow.proto,
+        flow.l4,
+        old,
+        u32::from(*real.ip()),
+        ports.dst,
+        real.port(),
+        meta.csum_partial,
+    );
+}
+
+/// NAT reply: source real:rport → VIP:vport.
+fn rewrite_src(frame: &mut [u8], flow: Flow, ports: Ports, vip: SocketAddrV4, meta: RxMeta) {
+    let old = set_ip_addr(frame, flow.ip, ADDR_SRC, *vip.ip());
+    frame[flow.l4..flow.l4 + 2].copy_from_slice(&vip.port().to_be_bytes());
+    fix_l4_csum(
+        frame,
+        flow.proto,
+        flow.l4,
+        old,
+        u32::from(*vip.ip()),
+        ports.src,
+        vip.port(),
+        meta.csum_partial,
+    );
+}
+
+/// The packet quoted in an ICMP error.
+#[derive(Debug, Clone, Copy)]
+struct Quoted {
+    /// Offset of the ICMP header in the frame.
+    icmp: usize,
+    /// Offset of the quoted IPv4 header.
+    ip: usize,
+    /// Offset of the quoted L4 header.
+    l4: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+}
+
+fn quoted(frame: &[u8], flow: Flow) -> Option<Quoted> {
+    if flow.proto != PROTO_ICMP {
+        return None;
+    }
+    let icmp = Icmpv4Packet::new_checked(frame.get(flow.l4..flow.end)?).ok()?;
+    if !matches!(
+        icmp.msg_type(),
+        icmp::TYPE_DEST_UNREACHABLE
+            | icmp::TYPE_TIME_EXCEEDED
+            | icmp::TYPE_PARAM_PROBLEM
+            | icmp::TYPE_SOURCE_QUENCH
+    ) {
+        return None;
+    }
+    let q_off = flow.l4 + icmp::HEADER_LEN;
+    let q = Ipv4Packet::new_checked_quoted(frame.get(q_off..flow.end)?).ok()?;
+    let q_l4 = q_off + usize::from(q.header_len());
+    let proto = q.protocol();
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let ports = frame.get(q_l4..q_l4 + 4)?;
+    Some(Quoted {
+        icmp: flow.l4,
+        ip: q_off,
+        l4: q_l4,
+        src: q.src_addr(),
+        dst: q.dst_addr(),
+        proto,
+        sport: u16::from_be_bytes([ports[0], ports[1]]),
+        dport: u16::from_be_bytes([ports[2], ports[3]]),
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QuotedSide {
+    Src,
+    Dst,
+}
+
+/// Rewrite one end of the quoted packet to `to`, fix the quoted header checksum and the
+/// quoted L4 checksum where it was quoted, then recompute the ICMP checksum (errors are
+/// small and rare, so a full sum is simplest and exact).
+fn translate_quoted(frame: &mut [u8], flow: Flow, q: Quoted, side: QuotedSide, to: SocketAddrV4) {
+    let (which, port_at, old_port) = match side {
+        QuotedSide::Src => (ADDR_SRC, q.l4, q.sport),
+        QuotedSide::Dst => (ADDR_DST, q.l4 + 2, q.dport),
+    };
+    let old = set_ip_addr(frame, q.ip, which, *to.ip());
+    frame[port_at..port_at + 2].copy_from_slice(&to.port().to_be_bytes());
+    // The quoted L4 checksum is only present if enough of the packet was quoted.
+    let at = q.l4 + l4_csum_offset(q.proto);
+    if at + 2 <= flow.end {
+        let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let c = if q.proto == PROTO_UDP {
+            checksum::udp_update16(
+                checksum::udp_update32(c, old, u32::from(*to.ip())),
+                old_port,
+                to.port(),
+            )
+        } else {
+            checksum::update16(
+                checksum::update32(c, old, u32::from(*to.ip())),
+                old_port,
+                to.port(),
+            )
+        };
+        frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut icmp = Icmpv4Packet::new_unchecked(&mut frame[q.icmp..flow.end]);
+    icmp.fill_checksum();
+}
+
+/// Keeps persistence templates referenced while their connections live, and passes every
+/// change on to a downstream observer (the sync daemon, later).
+pub struct EngineObserver {
+    pub persist: Arc<PersistTable>,
+    pub services: Arc<arc_swap::ArcSwap<ServiceTable>>,
+    pub downstream: Option<Arc<dyn ConnObserver>>,
+}
+
+impl ConnObserver for EngineObserver {
+    fn on_change(&self, change: &Change) {
+        if let Change::Delete(e, _) = change {
+            if e.is_persistent() {
+                let services = self.services.load();
+                if let Some(svc) = services.get(e.service()) {
+                    // The entry's expiry is the latest moment it was alive.
+                    self.persist
+                        .release(svc.id, *e.client().ip(), e.expiry(), svc.persistence);
+                }
+            }
+        }
+        if let Some(d) = &self.downstream {
+            d.on_change(change);
+        }
+    }
+}

@@ -28,6 +28,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => secs(60),
         "h" => secs(3600),
         "" => Err(format!("duration {text:?} has no unit; {ALLOWED_FORMS}")),
+        _ if unit.starts_with('.') => Err(format!(
+            "duration {text:?} is not a whole number; {ALLOWED_FORMS}"
+        )),
         _ => Err(format!(
             "duration {text:?} has an unknown unit {unit:?}; {ALLOWED_FORMS}"
         )),

@@ -52,7 +52,10 @@ fn from_toml_error(e: &toml::de::Error, loc: Locator<'_>) -> ConfigError {
         // "`foo`, expected one of `a`, `b`" or "`foo`, expected `a`"
         match rest.split_once(", expected ") {
             Some((key, allowed)) => {
-                let allowed = allowed.trim_start_matches("one of ").replace('`', "");
+                let allowed = allowed
+                    .trim_start_matches("one of ")
+                    .replace(" or ", ", ")
+                    .replace('`', "");
                 format!("unknown key {key}; allowed keys here: {allowed}")
             }
             None => format!("unknown key {rest}"),
@@ -60,7 +63,13 @@ fn from_toml_error(e: &toml::de::Error, loc: Locator<'_>) -> ConfigError {
     } else if message == "missing field `node`" {
         "missing required table [node]".to_owned()
     } else if let Some(rest) = message.strip_prefix("missing field ") {
-        format!("missing required key {rest}")
+        // The span is the table that lacks the key; name it when it has a header.
+        let start = e.span().map_or(0, |s| s.start).min(loc.text.len());
+        let header = loc.text[start..].lines().next().unwrap_or("").trim();
+        match header.split_once('#').map_or(header, |(h, _)| h).trim() {
+            h if h.starts_with('[') => format!("missing required key {rest} in {h}"),
+            _ => format!("missing required key {rest}"),
+        }
     } else {
         let message = message
             .replace("expected i64", "expected an integer")

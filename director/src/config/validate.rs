@@ -379,7 +379,10 @@ impl Validator<'_> {
             for m in &g.instances {
                 let member = m.get_ref();
                 if !instances.iter().any(|i| &i.name == member) {
-                    let defined: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
+                    let mut defined: Vec<&str> =
+                        instances.iter().map(|i| i.name.as_str()).collect();
+                    defined.sort_unstable();
+                    defined.dedup();
                     self.err(
                         m.span(),
                         format!(
@@ -902,5 +905,102 @@ impl Validator<'_> {
         dp.timeouts.tcp_fin = timeout(&f.tcp_fin_timeout, "tcp_fin_timeout", defaults.tcp_fin);
         dp.timeouts.udp = timeout(&f.udp_timeout, "udp_timeout", defaults.udp);
         (dp, xdp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{parse, Config, ConfigError};
+    use super::*;
+
+    const NODE: &str = "[node]\nname = \"lb-a\"\n";
+    const WEB: &str = "[[service]]\nname = \"web\"\nvip = \"198.18.1.100:80\"\nmode = \"nat\"\n\
+                       [[service.real]]\naddress = \"198.18.2.11:8080\"\n";
+
+    fn check(text: &str) -> Result<Config, Vec<ConfigError>> {
+        parse(text, Path::new("t.toml"))
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        match check(text) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.into_iter().map(|e| e.message).collect(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let c = check(&format!("{NODE}{WEB}")).expect("valid");
+        let vs = &c.services[0].virtual_service;
+        assert_eq!(vs.protocol, Protocol::Tcp);
+        assert_eq!(vs.scheduler, SchedulerKind::Wlc);
+        assert_eq!(vs.persistence, Duration::ZERO);
+        assert_eq!(vs.reals[0].weight, 1);
+        assert_eq!(c.control.socket, Path::new(DEFAULT_SOCKET_PATH));
+        assert_eq!(c.datapath, DatapathConfig::default());
+        assert_eq!(c.xdp, XdpMode::Off);
+        assert!(c.vrrp.is_none() && c.sync.is_none() && c.warnings.is_empty());
+    }
+
+    #[test]
+    fn advert_interval_ranges_follow_the_version() {
+        let vrrp = |version: u8, interval: &str| {
+            messages(&format!(
+                "{NODE}[vrrp]\nversion = {version}\nadvert_interval = \"{interval}\"\n{WEB}"
+            ))
+        };
+        // RFC 9568 §5.2.7: 12-bit centiseconds; RFC 3768 §5.3.7: 8-bit seconds.
+        for ok in ["10ms", "100ms", "40950ms", "1s"] {
+            assert_eq!(vrrp(3, ok), Vec::<String>::new(), "v3 {ok}");
+        }
+        for bad in ["0s", "5ms", "15ms", "40960ms", "41s"] {
+            assert_eq!(vrrp(3, bad).len(), 1, "v3 {bad}");
+        }
+        for ok in ["1s", "3s", "255s"] {
+            assert_eq!(vrrp(2, ok), Vec::<String>::new(), "v2 {ok}");
+        }
+        for bad in ["0s", "1500ms", "256s"] {
+            assert_eq!(vrrp(2, bad).len(), 1, "v2 {bad}");
+        }
+    }
+
+    #[test]
+    fn fullnat_is_refused_only_because_the_datapath_lacks_it() {
+        let text = format!(
+            "{NODE}[[service]]\nname = \"f\"\nvip = \"198.18.1.100:80\"\nmode = \"fullnat\"\n\
+             local_addresses = [\"198.18.2.5\"]\nproxy_protocol = \"v2\"\n"
+        );
+        assert_eq!(
+            messages(&text),
+            ["mode \"fullnat\" is not supported by this build yet (allowed now: nat, dr)"]
+        );
+        assert!(!SUPPORTED_MODES.contains(&Mode::FullNat));
+    }
+
+    #[test]
+    fn errors_come_in_file_order_with_character_columns() {
+        let text = format!(
+            "{NODE}[datapath]\nxdp = \"on\"\n[[service]]\nname = \"wéb\"\nvip = \"x\"\nmode = \"nat\"\n"
+        );
+        let errors = check(&text).expect_err("invalid");
+        let at: Vec<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, [(4, 7), (6, 8), (7, 7)]);
+    }
+
+    #[test]
+    fn odd_input_gives_errors_not_panics() {
+        for text in [
+            "",
+            "\u{feff}",
+            "[",
+            "x",
+            "[node]\nname = \"\"",
+            "[[service]]",
+            "a = 1\n\u{00e9}",
+        ] {
+            assert!(check(text).is_err(), "{text:?}");
+        }
     }
 }

@@ -1,0 +1,105 @@
+//! Every example in `configs/` validates, and the examples mean what their comments say.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use director::config::{self, CheckKind, Config, SyncDestination, VrrpVersion, XdpMode};
+use forwarder::model::{Mode, Protocol, SchedulerKind};
+
+fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+fn load(name: &str) -> Config {
+    let path = configs_dir().join(name);
+    config::load(&path).unwrap_or_else(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        panic!("{} is invalid:\n{}", path.display(), lines.join("\n"))
+    })
+}
+
+#[test]
+fn every_example_config_validates() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(configs_dir()).expect("configs/ exists") {
+        let path = entry.expect("readable directory entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let name = path.file_name().expect("a file name").to_string_lossy();
+            let c = load(&name);
+            assert!(c.warnings.is_empty(), "{name}: {:?}", c.warnings);
+            count += 1;
+        }
+    }
+    assert!(count >= 3, "expected nat, dr and full in configs/");
+}
+
+#[test]
+fn nat_example() {
+    let c = load("nat.toml");
+    assert_eq!(c.node.name, "lb-a");
+    assert!(c.vrrp.is_none() && c.sync.is_none());
+    let web = &c.services[0];
+    assert_eq!(web.virtual_service.vip, "198.18.1.100:80".parse().unwrap());
+    assert_eq!(web.virtual_service.mode, Mode::Nat);
+    assert_eq!(web.virtual_service.scheduler, SchedulerKind::Wlc);
+    assert_eq!(web.virtual_service.reals.len(), 3);
+    assert_eq!(web.virtual_service.reals[2].weight, 2);
+    assert_eq!(web.quorum, Some(2));
+    let check = web.check.as_ref().expect("web has a check");
+    assert_eq!(check.interval, Duration::from_millis(500));
+    assert!(
+        matches!(&check.kind, CheckKind::Http { path, status: None, .. } if path == "/healthz")
+    );
+    let dns = &c.services[1];
+    assert_eq!(dns.virtual_service.protocol, Protocol::Udp);
+    assert_eq!(
+        dns.virtual_service.reals[0].weight, 1,
+        "weight defaults to 1"
+    );
+    assert_eq!(c.datapath.interfaces, ["eth0", "eth1"]);
+    assert_eq!(c.datapath.timeouts.tcp, Duration::from_secs(900));
+    assert_eq!(c.xdp, XdpMode::Off);
+    assert_eq!(c.control.metrics, Some("127.0.0.1:9586".parse().unwrap()));
+    assert_eq!(c.real_server_count(), 5);
+}
+
+#[test]
+fn dr_example() {
+    let c = load("dr.toml");
+    let vrrp = c.vrrp.as_ref().expect("dr.toml has VRRP");
+    assert_eq!(vrrp.version, VrrpVersion::V3);
+    assert_eq!(vrrp.advert_interval, Duration::from_millis(100));
+    let ext = &vrrp.instances[0];
+    assert_eq!((ext.vrid, ext.priority), (51, 150));
+    assert_eq!(ext.vips[0].prefix_len, 24);
+    assert_eq!(ext.preempt_delay, Duration::from_secs(30));
+    assert_eq!(ext.track_interfaces[0].weight, -60);
+    let sync = c.sync.as_ref().expect("dr.toml has sync");
+    assert_eq!(
+        sync.destination,
+        SyncDestination::Peer("198.18.3.3:8848".parse().unwrap())
+    );
+    for s in c.virtual_services() {
+        assert_eq!(s.mode, Mode::Dr);
+        assert!(s.reals.iter().all(|r| r.addr.port() == s.vip.port()));
+    }
+    assert_eq!(
+        c.services[0].virtual_service.persistence,
+        Duration::from_secs(300)
+    );
+    assert_eq!(
+        c.services[1].virtual_service.protocol,
+        Protocol::Tcp,
+        "tcp by default"
+    );
+}
+
+#[test]
+fn full_example_uses_the_defaults_of_config_md() {
+    let c = load("full.toml");
+    let vrrp = c.vrrp.as_ref().expect("full.toml has VRRP");
+    assert_eq!(vrrp.groups[0].instances, ["ext", "int-gw"]);
+    assert_eq!(c.control.socket, Path::new(config::DEFAULT_SOCKET_PATH));
+    assert_eq!(c.control.metrics, None);
+    assert_eq!(c.datapath, forwarder::model::DatapathConfig::default());
+}

@@ -1,2 +1,16 @@
 //! The network-namespace lab: topology builder with RAII teardown, lab servers and
 //! benchmark drivers.
+//!
+//! - `lab`: hosts (network namespaces), bridges, veth links, processes inside hosts,
+//!   captures, and the teardown that removes all of it (see its module docs).
+//! - `pattern`: the deterministic byte stream `labsrv` serves on `/stream`, so a client can
+//!   check that a long-lived connection delivered every byte in order.
+//! - `bin/labsrv`: the real server (HTTP/1.1 + UDP echo) used as a lab real server.
+
+pub mod lab;
+pub mod pattern;
+
+pub use lab::{
+    parse_pcap, preflight, reap_stale, udp_request, under_ci, wait_until, write_file, Bridge,
+    Capture, Cidr, Host, Iface, Lab, Mac, Proc, Signal,
+};

@@ -1,0 +1,328 @@
+//! `labsrv`: the lab's real server, on the kernel's own TCP and UDP stacks.
+//!
+//! ```text
+//! labsrv --name rs1 [--http ADDR]... [--udp ADDR]...
+//! labsrv --udp-client ADDR PAYLOAD [--timeout-ms N]
+//! ```
+//!
+//! HTTP/1.1 (thread per connection, keep-alive unless `Connection: close`):
+//! - `GET /` → 200, body `NAME\n`, headers `X-Real: NAME` and `X-Peer: IP:PORT` (the client
+//!   address this server saw, to tell NAT/DR from FULLNAT);
+//! - `GET /healthz` → 200 `ok\n`;
+//! - `GET /stream?bytes=N&chunk=M&delay_ms=D` → N bytes of `director_lab::pattern`, written M
+//!   at a time with D ms between writes, with `X-Stream-Fnv1a` (the body's digest);
+//! - anything else → 404.
+//!
+//! UDP: every datagram is answered with `NAME ` + payload, from the socket it came in on. For
+//! DR/TUN real servers bind the VIP itself (`--udp VIP:PORT`), so replies leave from the VIP.
+//!
+//! stdout gets one line per accepted TCP connection (`conn peer=… local=…`) and per datagram
+//! (`udp peer=… len=…`), so tests count what reached each real server; `ready` follows once
+//! every socket is bound. SIGTERM/SIGINT end it at once (default disposition, restored at
+//! start in case the parent ignored them).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use director_lab::pattern;
+
+const MAX_LINE: usize = 8192;
+const MAX_HEADERS: usize = 100;
+
+struct Args {
+    name: String,
+    http: Vec<SocketAddr>,
+    udp: Vec<SocketAddr>,
+    udp_client: Option<(SocketAddr, String)>,
+    timeout: Duration,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        name: "labsrv".into(),
+        http: Vec::new(),
+        udp: Vec::new(),
+        udp_client: None,
+        timeout: Duration::from_secs(2),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
+        match flag.as_str() {
+            "--name" => a.name = value()?,
+            "--http" => a.http.push(value()?.parse().context("--http ADDR:PORT")?),
+            "--udp" => a.udp.push(value()?.parse().context("--udp ADDR:PORT")?),
+            "--udp-client" => {
+                let addr = value()?.parse().context("--udp-client ADDR:PORT")?;
+                a.udp_client = Some((addr, value()?));
+            }
+            "--timeout-ms" => a.timeout = Duration::from_millis(value()?.parse()?),
+            "-h" | "--help" => {
+                println!(
+                    "labsrv --name NAME [--http ADDR]... [--udp ADDR]...\n\
+                     labsrv --udp-client ADDR PAYLOAD [--timeout-ms N]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if a.udp_client.is_none() && a.http.is_empty() && a.udp.is_empty() {
+        bail!("nothing to serve: give --http and/or --udp (or --udp-client)");
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    // SAFETY: restoring default dispositions before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("labsrv: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    if let Some((addr, payload)) = &args.udp_client {
+        let reply = udp_client(*addr, payload.as_bytes(), args.timeout)?;
+        println!("{}", String::from_utf8_lossy(&reply));
+        return Ok(());
+    }
+    let name: Arc<str> = args.name.into();
+    let mut threads = Vec::new();
+    for addr in &args.http {
+        let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
+        println!("listening http {}", l.local_addr()?);
+        let name = name.clone();
+        threads.push(std::thread::spawn(move || accept_loop(l, name)));
+    }
+    for addr in &args.udp {
+        let s = UdpSocket::bind(addr).with_context(|| format!("cannot bind udp {addr}"))?;
+        println!("listening udp {}", s.local_addr()?);
+        let name = name.clone();
+        threads.push(std::thread::spawn(move || udp_loop(s, name)));
+    }
+    println!("ready");
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn udp_client(addr: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+    let any = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = UdpSocket::bind(any)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.connect(addr)?;
+    s.send(payload)?;
+    let mut buf = vec![0u8; 65536];
+    let n = s
+        .recv(&mut buf)
+        .with_context(|| format!("no reply from {addr} within {timeout:?}"))?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn udp_loop(s: UdpSocket, name: Arc<str>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, peer) = match s.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("udp recv: {e}");
+                continue;
+            }
+        };
+        println!("udp peer={peer} len={n}");
+        let mut reply = Vec::with_capacity(name.len() + 1 + n);
+        reply.extend_from_slice(name.as_bytes());
+        reply.push(b' ');
+        reply.extend_from_slice(&buf[..n]);
+        if let Err(e) = s.send_to(&reply, peer) {
+            eprintln!("udp reply to {peer}: {e}");
+        }
+    }
+}
+
+fn accept_loop(l: TcpListener, name: Arc<str>) {
+    loop {
+        match l.accept() {
+            Ok((stream, peer)) => {
+                let local = stream
+                    .local_addr()
+                    .map_or_else(|_| "?".into(), |a| a.to_string());
+                println!("conn peer={peer} local={local}");
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = serve(stream, &name, peer) {
+                        eprintln!("conn {peer}: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    target: String,
+    keep_alive: bool,
+}
+
+/// Reads one line (up to `MAX_LINE`), without its CRLF; `None` at a clean EOF.
+fn read_line(r: &mut impl BufRead) -> Result<Option<String>> {
+    let mut line = Vec::new();
+    let n = std::io::Read::take(&mut *r, MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.len() > MAX_LINE || !line.ends_with(b"\n") {
+        bail!("request line or header too long or cut off");
+    }
+    while matches!(line.last(), Some(b'\n' | b'\r')) {
+        line.pop();
+    }
+    Ok(Some(String::from_utf8(line).context("non-UTF-8 request")?))
+}
+
+fn read_request(r: &mut impl BufRead) -> Result<Option<Request>> {
+    let Some(line) = read_line(r)? else {
+        return Ok(None);
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        bail!("bad request line {line:?}");
+    };
+    let mut keep_alive = version == "HTTP/1.1";
+    let mut body_len = 0usize;
+    for _ in 0..=MAX_HEADERS {
+        let h = read_line(r)?.ok_or_else(|| anyhow!("EOF in headers"))?;
+        if h.is_empty() {
+            std::io::copy(
+                &mut std::io::Read::take(&mut *r, body_len as u64),
+                &mut std::io::sink(),
+            )?;
+            return Ok(Some(Request {
+                method: method.into(),
+                target: target.into(),
+                keep_alive,
+            }));
+        }
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("bad header {h:?}"))?;
+        let v = v.trim().to_ascii_lowercase();
+        if k.eq_ignore_ascii_case("connection") {
+            if v.contains("close") {
+                keep_alive = false;
+            } else if v.contains("keep-alive") {
+                keep_alive = true;
+            }
+        } else if k.eq_ignore_ascii_case("content-length") {
+            body_len = v.parse().context("bad Content-Length")?;
+        }
+    }
+    bail!("more than {MAX_HEADERS} headers")
+}
+
+fn query_u64(target: &str, key: &str, default: u64) -> Result<u64> {
+    let Some((_, q)) = target.split_once('?') else {
+        return Ok(default);
+    };
+    for kv in q.split('&') {
+        if let Some((k, v)) = kv.split_once('=') {
+            if k == key {
+                return v.parse().with_context(|| format!("bad {key}={v}"));
+            }
+        }
+    }
+    Ok(default)
+}
+
+fn serve(stream: TcpStream, name: &str, peer: SocketAddr) -> Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut w = stream;
+    loop {
+        let req = match read_request(&mut reader) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let _ = w.write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                return Err(e);
+            }
+        };
+        let conn = if req.keep_alive {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        let path = req.target.split('?').next().unwrap_or("");
+        let head = |status: &str, len: u64, extra: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\nServer: labsrv\r\nX-Real: {name}\r\nX-Peer: {peer}\r\n\
+                 Content-Type: text/plain\r\nContent-Length: {len}\r\nConnection: {conn}\r\n\
+                 {extra}\r\n"
+            )
+        };
+        match (req.method.as_str(), path) {
+            ("GET", "/") => {
+                let body = format!("{name}\n");
+                w.write_all(head("200 OK", body.len() as u64, "").as_bytes())?;
+                w.write_all(body.as_bytes())?;
+            }
+            ("GET", "/healthz") => {
+                w.write_all(head("200 OK", 3, "").as_bytes())?;
+                w.write_all(b"ok\n")?;
+            }
+            ("GET", "/stream") => {
+                let bytes = query_u64(&req.target, "bytes", 1 << 20)?;
+                let chunk = query_u64(&req.target, "chunk", 16384)?.clamp(1, 1 << 20);
+                let delay = Duration::from_millis(query_u64(&req.target, "delay_ms", 0)?);
+                let digest = format!("X-Stream-Fnv1a: {:016x}\r\n", pattern::digest(bytes));
+                w.write_all(head("200 OK", bytes, &digest).as_bytes())?;
+                let mut buf = vec![0u8; chunk as usize];
+                let mut off = 0u64;
+                while off < bytes {
+                    let k = (bytes - off).min(chunk) as usize;
+                    pattern::fill(off, &mut buf[..k]);
+                    w.write_all(&buf[..k])?;
+                    off += k as u64;
+                    if off < bytes && !delay.is_zero() {
+                        std::thread::sleep(delay);
+                    }
+                }
+            }
+            _ => {
+                w.write_all(head("404 Not Found", 10, "").as_bytes())?;
+                w.write_all(b"not found\n")?;
+            }
+        }
+        w.flush()?;
+        if !req.keep_alive {
+            return Ok(());
+        }
+    }
+}

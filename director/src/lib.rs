@@ -5,6 +5,12 @@
 //!   line and column.
 //! - `cli`: the `director` command line (clap), kept apart from `bin/director.rs` so tests
 //!   and the binary share one definition.
+//! - `control`: the root-only unix control socket (server in the daemon, client for the CLI).
+//! - `daemon`: `directord` — builds the datapath from a config and runs it until a signal.
+//! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod logging;

@@ -9,6 +9,7 @@
 
 pub mod lab;
 pub mod pattern;
+pub mod topo;
 
 pub use lab::{
     parse_pcap, preflight, reap_stale, udp_request, under_ci, wait_until, write_file, Bridge,

@@ -1,0 +1,321 @@
+//! The control socket: the `director` CLI's way into the daemon.
+//!
+//! A unix stream socket, mode 0600 (root only). One request per connection: a JSON line
+//! `{"command": "stats"}`, answered by one JSON line `{"ok": true, "data": …}` or
+//! `{"ok": false, "error": "…"}`. The views are read-only snapshots of the datapath's
+//! counters and tables; nothing here is on the packet path.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use forwarder::engine::{DropReason, Engine, ServiceTable, WorkerCounters};
+use forwarder::io::datapath::{Clock, Totals};
+use serde_json::{json, Value};
+
+use crate::daemon::Daemon;
+
+/// What the control socket can show: shared handles on the running datapath.
+#[derive(Clone)]
+pub struct Views {
+    node: String,
+    counters: Vec<Arc<WorkerCounters>>,
+    services: Arc<ArcSwap<ServiceTable>>,
+    engine: Arc<Engine>,
+    clock: Clock,
+    interfaces: Vec<String>,
+}
+
+impl Views {
+    pub fn of(d: &Daemon) -> Views {
+        Views {
+            node: d.config.node.name.clone(),
+            counters: d.datapath.counters.clone(),
+            services: d.datapath.services.clone(),
+            engine: d.datapath.engine.clone(),
+            clock: d.datapath.clock,
+            interfaces: d
+                .datapath
+                .interfaces
+                .iter()
+                .map(|(_, n)| n.clone())
+                .collect(),
+        }
+    }
+
+    fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for c in &self.counters {
+            let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            t.rx += l(&c.rx);
+            t.passed += l(&c.passed);
+            t.forwarded_in += l(&c.forwarded_in);
+            t.forwarded_out += l(&c.forwarded_out);
+            t.icmp_forwarded += l(&c.icmp_forwarded);
+            t.new_conns += l(&c.new_conns);
+            t.tx_errors += l(&c.tx_errors);
+            t.ring_drops += l(&c.ring_drops);
+            for (sum, d) in t.drops.iter_mut().zip(&c.drops) {
+                *sum += l(d);
+            }
+        }
+        t
+    }
+
+    fn stats(&self) -> Value {
+        let t = self.totals();
+        let drops: serde_json::Map<String, Value> = DropReason::ALL
+            .iter()
+            .map(|r| (r.label().to_string(), json!(t.drops[*r as usize])))
+            .collect();
+        let table = self.engine.conns.counters();
+        json!({
+            "node": self.node,
+            "datapath": {
+                "workers": self.counters.len(),
+                "interfaces": self.interfaces,
+                "rx": t.rx,
+                "passed": t.passed,
+                "forwarded_in": t.forwarded_in,
+                "forwarded_out": t.forwarded_out,
+                "icmp_forwarded": t.icmp_forwarded,
+                "new_conns": t.new_conns,
+                "tx_errors": t.tx_errors,
+                "ring_drops": t.ring_drops,
+                "drops": drops,
+            },
+            "connections": {
+                "count": self.engine.conns.len(),
+                "capacity": self.engine.conns.capacity(),
+                "inserts": table.inserts,
+                "deletes": table.deletes,
+                "expired": table.expired,
+                "full": table.full,
+            },
+            "services": self.services_json(),
+        })
+    }
+
+    fn services_json(&self) -> Value {
+        let services = self.services.load();
+        let list: Vec<Value> = services
+            .services()
+            .iter()
+            .map(|s| {
+                let reals: Vec<Value> = s
+                    .sched
+                    .backends()
+                    .iter()
+                    .map(|b| {
+                        let c = self.engine.reals.get(b.slot);
+                        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                        json!({
+                            "address": b.addr.to_string(),
+                            "weight": b.weight,
+                            "active": c.active.load(Ordering::Relaxed),
+                            "inactive": c.inactive.load(Ordering::Relaxed),
+                            "conns": l(&c.conns),
+                            "packets_in": l(&c.packets_in),
+                            "packets_out": l(&c.packets_out),
+                            "bytes_in": l(&c.bytes_in),
+                            "bytes_out": l(&c.bytes_out),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": s.config.name,
+                    "vip": s.config.vip.to_string(),
+                    "protocol": s.config.protocol.as_str(),
+                    "mode": s.config.mode.as_str(),
+                    "scheduler": s.config.scheduler.as_str(),
+                    "persistence": s.persistence,
+                    "reals": reals,
+                })
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    fn conns(
+        &self,
+        limit: usize,
+        service: Option<&str>,
+        client: Option<std::net::Ipv4Addr>,
+    ) -> Value {
+        let now = self.clock.now();
+        let services = self.services.load();
+        let mut list = Vec::new();
+        let mut total = 0usize;
+        self.engine.conns.snapshot(|e| {
+            let name = services
+                .get(e.service())
+                .map(|s| s.config.name.as_str())
+                .unwrap_or("");
+            if service.is_some_and(|want| want != name)
+                || client.is_some_and(|want| want != *e.client().ip())
+            {
+                return;
+            }
+            total += 1;
+            if list.len() < limit {
+                let service = name.to_string();
+                list.push(json!({
+                    "protocol": e.proto().as_str(),
+                    "client": e.client().to_string(),
+                    "vip": e.vip().to_string(),
+                    "real": e.real().to_string(),
+                    "state": e.state().as_str(),
+                    "expires_in": e.expiry().saturating_sub(now),
+                    "service": service,
+                    "packets_in": e.packets_in(),
+                    "packets_out": e.packets_out(),
+                }));
+            }
+        });
+        json!({ "total": total, "shown": list.len(), "connections": list })
+    }
+
+    fn handle(&self, req: &Value) -> Result<Value, String> {
+        match req.get("command").and_then(Value::as_str) {
+            Some("stats") => Ok(self.stats()),
+            Some("services") => Ok(self.services_json()),
+            Some("conns") => {
+                let limit = req.get("limit").and_then(Value::as_u64).unwrap_or(10_000) as usize;
+                let service = req.get("service").and_then(Value::as_str);
+                let client = match req.get("client").and_then(Value::as_str) {
+                    Some(c) => Some(c.parse().map_err(|_| format!("bad client address {c:?}"))?),
+                    None => None,
+                };
+                Ok(self.conns(limit, service, client))
+            }
+            Some(other) => Err(format!(
+                "unknown command {other:?} (allowed: stats, services, conns)"
+            )),
+            None => Err("request has no \"command\"".into()),
+        }
+    }
+}
+
+/// The listening socket and its thread.
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Listen on `path` (replacing a stale socket) and answer requests on a thread.
+pub fn serve(path: &Path, views: Views) -> std::io::Result<ControlServer> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another daemon answers on this socket",
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = answer(stream, &views);
+            }
+        })?;
+    Ok(ControlServer {
+        path: path.to_path_buf(),
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn answer(stream: UnixStream, views: &Views) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Value>(&line) {
+        Ok(req) => match views.handle(&req) {
+            Ok(data) => json!({ "ok": true, "data": data }),
+            Err(e) => json!({ "ok": false, "error": e }),
+        },
+        Err(e) => json!({ "ok": false, "error": format!("bad request: {e}") }),
+    };
+    let mut w = &stream;
+    writeln!(w, "{reply}")
+}
+
+impl ControlServer {
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+/// Why a request to the daemon failed; the CLI maps these to exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// no daemon answers on the control socket
+    #[error("no daemon answers on {0}: {1}")]
+    NoDaemon(PathBuf, std::io::Error),
+    /// the daemon reported an error
+    #[error("{0}")]
+    Daemon(String),
+    /// the exchange itself failed
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Send one request and return the daemon's `data`.
+pub fn request(path: &Path, req: &Value) -> Result<Value, ClientError> {
+    let stream =
+        UnixStream::connect(path).map_err(|e| ClientError::NoDaemon(path.to_path_buf(), e))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = &stream;
+    writeln!(w, "{req}")?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let reply: Value = serde_json::from_str(&line)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if reply.get("ok").and_then(Value::as_bool) == Some(true) {
+        Ok(reply.get("data").cloned().unwrap_or(Value::Null))
+    } else {
+        Err(ClientError::Daemon(
+            reply
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
+                .to_string(),
+        ))
+    }
+}

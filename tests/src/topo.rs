@@ -1,0 +1,393 @@
+//! Load-balancer topologies on top of the lab: a client segment, a director, real servers.
+//!
+//! NAT (`Topo::nat`):
+//! ```text
+//!  client 198.18.1.10 ─┐ ext 198.18.1.0/24        int 198.18.2.0/24 ┌─ rs1 198.18.2.11
+//!                      ├── director ext .1.2 ── director int .2.1 ───┼─ rs2 198.18.2.12
+//!                      │   VIP 198.18.1.100/32                        └─ rs3 198.18.2.13
+//! ```
+//! The real servers' default gateway is the director's internal address.
+//!
+//! DR (`Topo::dr`): one segment 198.18.1.0/24; the real servers 198.18.1.11-13 hold the VIP
+//! on `lo` with `arp_ignore=1`/`arp_announce=2` (the classic LVS-DR recipe), so they accept
+//! VIP traffic but never answer ARP for it, and reply to the client directly.
+//!
+//! Every real server runs `labsrv` (HTTP and UDP on the service port), and the director runs
+//! `directord` with a config written into the lab's directory.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::lab::{wait_until, Host, Lab, Proc};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+
+/// The forwarding mode of a topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Nat,
+    Dr,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dr => "dr",
+        }
+    }
+}
+
+/// A service to put in the director's config.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub protocol: &'static str,
+    pub port: u16,
+    pub scheduler: &'static str,
+    pub persistence: &'static str,
+    /// Weight of each real server, in order rs1, rs2, ...
+    pub weights: Vec<u32>,
+}
+
+impl ServiceSpec {
+    pub fn http(scheduler: &'static str, weights: &[u32]) -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            protocol: "tcp",
+            port: 80,
+            scheduler,
+            persistence: "0s",
+            weights: weights.to_vec(),
+        }
+    }
+
+    pub fn udp(scheduler: &'static str, weights: &[u32]) -> ServiceSpec {
+        ServiceSpec {
+            name: "echo".into(),
+            protocol: "udp",
+            port: 5353,
+            scheduler,
+            persistence: "0s",
+            weights: weights.to_vec(),
+        }
+    }
+}
+
+/// The path of a binary of this workspace (built by `cargo build --workspace`).
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find the {name} binary next to {} — run `cargo build --workspace` first",
+        exe.display()
+    )
+}
+
+/// A built topology with its processes.
+pub struct Topo {
+    pub lab: Lab,
+    pub mode: Mode,
+    pub client: Host,
+    pub director: Host,
+    pub reals: Vec<Host>,
+    pub real_addrs: Vec<Ipv4Addr>,
+    pub servers: Vec<Proc>,
+    pub daemon: Option<Proc>,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Topo {
+    /// The NAT topology with `n` real servers.
+    pub fn nat(lab: Lab, n: usize) -> Result<Topo> {
+        let ext = lab.bridge("ext")?;
+        let int = lab.bridge("int")?;
+        let client = lab.host("client")?;
+        let director = lab.host("director")?;
+        lab.attach(&client, &ext, "eth0", "198.18.1.10/24")?;
+        lab.attach(&director, &ext, "ext", "198.18.1.2/24")?;
+        lab.attach(&director, &int, "int", "198.18.2.1/24")?;
+        director.addr_add("ext", &format!("{VIP}/32"))?;
+        let mut reals = Vec::new();
+        let mut real_addrs = Vec::new();
+        for i in 0..n {
+            let h = lab.host(&format!("rs{}", i + 1))?;
+            let addr = Ipv4Addr::new(198, 18, 2, 11 + i as u8);
+            lab.attach(&h, &int, "eth0", &format!("{addr}/24"))?;
+            h.route_add("default", "198.18.2.1")?;
+            reals.push(h);
+            real_addrs.push(addr);
+        }
+        Topo::finish(lab, Mode::Nat, client, director, reals, real_addrs)
+    }
+
+    /// The DR topology with `n` real servers on the client's segment.
+    pub fn dr(lab: Lab, n: usize) -> Result<Topo> {
+        let ext = lab.bridge("ext")?;
+        let client = lab.host("client")?;
+        let director = lab.host("director")?;
+        lab.attach(&client, &ext, "eth0", "198.18.1.10/24")?;
+        lab.attach(&director, &ext, "ext", "198.18.1.2/24")?;
+        director.addr_add("ext", &format!("{VIP}/32"))?;
+        let mut reals = Vec::new();
+        let mut real_addrs = Vec::new();
+        for i in 0..n {
+            let h = lab.host(&format!("rs{}", i + 1))?;
+            let addr = Ipv4Addr::new(198, 18, 1, 11 + i as u8);
+            h.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+            h.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+            lab.attach(&h, &ext, "eth0", &format!("{addr}/24"))?;
+            h.sysctl("net.ipv4.conf.eth0.arp_ignore", "1")?;
+            h.sysctl("net.ipv4.conf.eth0.arp_announce", "2")?;
+            h.addr_add("lo", &format!("{VIP}/32"))?;
+            reals.push(h);
+            real_addrs.push(addr);
+        }
+        Topo::finish(lab, Mode::Dr, client, director, reals, real_addrs)
+    }
+
+    fn finish(
+        lab: Lab,
+        mode: Mode,
+        client: Host,
+        director: Host,
+        reals: Vec<Host>,
+        real_addrs: Vec<Ipv4Addr>,
+    ) -> Result<Topo> {
+        // The director forwards only what the datapath forwards.
+        director.sysctl("net.ipv4.ip_forward", "0")?;
+        let socket = lab.dir().join("director.sock");
+        let config = lab.dir().join("director.toml");
+        Ok(Topo {
+            lab,
+            mode,
+            client,
+            director,
+            reals,
+            real_addrs,
+            servers: Vec::new(),
+            daemon: None,
+            socket,
+            config,
+        })
+    }
+
+    /// The port a real server listens on for a service port: NAT maps 80 → 8080 to show the
+    /// rewrite; DR cannot change the port.
+    pub fn real_port(&self, port: u16) -> u16 {
+        match self.mode {
+            Mode::Nat => port + 8000,
+            Mode::Dr => port,
+        }
+    }
+
+    /// Start `labsrv` on every real server for these services.
+    pub fn start_servers(&mut self, services: &[ServiceSpec]) -> Result<()> {
+        let labsrv = workspace_bin("labsrv")?;
+        for (i, h) in self.reals.iter().enumerate() {
+            let name = format!("rs{}", i + 1);
+            let mut argv = vec![labsrv.display().to_string(), "--name".into(), name];
+            for s in services {
+                let flag = if s.protocol == "tcp" {
+                    "--http"
+                } else {
+                    "--udp"
+                };
+                argv.push(flag.into());
+                argv.push(format!("0.0.0.0:{}", self.real_port(s.port)));
+            }
+            let proc = h.spawn(&argv)?;
+            self.servers.push(proc);
+        }
+        for (i, s) in services.iter().enumerate() {
+            if s.protocol == "tcp" {
+                for (h, addr) in self.reals.iter().zip(&self.real_addrs) {
+                    h.wait_tcp_listen(
+                        SocketAddr::from((*addr, self.real_port(s.port))),
+                        Duration::from_secs(10),
+                    )
+                    .with_context(|| format!("labsrv for service {i} did not start"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The director's config for these services.
+    pub fn config_text(&self, services: &[ServiceSpec]) -> String {
+        let mut c = String::new();
+        let _ = writeln!(c, "[node]\nname = \"lab-director\"\n");
+        let _ = writeln!(c, "[control]\nsocket = \"{}\"\n", self.socket.display());
+        let ifaces = match self.mode {
+            Mode::Nat => "[\"ext\", \"int\"]",
+            Mode::Dr => "[\"ext\"]",
+        };
+        let _ = writeln!(c, "[datapath]\nworkers = 2\ninterfaces = {ifaces}\n");
+        for s in services {
+            let _ = writeln!(c, "[[service]]");
+            let _ = writeln!(c, "name = \"{}\"", s.name);
+            let _ = writeln!(c, "vip = \"{VIP}:{}\"", s.port);
+            let _ = writeln!(c, "protocol = \"{}\"", s.protocol);
+            let _ = writeln!(c, "mode = \"{}\"", self.mode.as_str());
+            let _ = writeln!(c, "scheduler = \"{}\"", s.scheduler);
+            let _ = writeln!(c, "persistence = \"{}\"\n", s.persistence);
+            for (addr, w) in self.real_addrs.iter().zip(&s.weights) {
+                let _ = writeln!(c, "[[service.real]]");
+                let _ = writeln!(c, "address = \"{addr}:{}\"", self.real_port(s.port));
+                let _ = writeln!(c, "weight = {w}\n");
+            }
+        }
+        c
+    }
+
+    /// Write the config and start `directord` in the director's namespace; wait until its
+    /// control socket answers.
+    pub fn start_director(&mut self, services: &[ServiceSpec]) -> Result<()> {
+        std::fs::write(&self.config, self.config_text(services))?;
+        let directord = workspace_bin("directord")?;
+        let mut cmd = self.director.command([
+            directord.display().to_string(),
+            "--config".into(),
+            self.config.display().to_string(),
+        ]);
+        cmd.env("DIRECTOR_LOG", "info");
+        let proc = self.director.spawn_command("directord", cmd)?;
+        self.daemon = Some(proc);
+        let socket = self.socket.clone();
+        wait_until(Duration::from_secs(15), || {
+            self.director_json("stats").is_ok()
+        })
+        .with_context(|| {
+            format!(
+                "directord did not answer on {}; its log:\n{}",
+                socket.display(),
+                self.daemon
+                    .as_ref()
+                    .and_then(|p| p.stderr().ok())
+                    .unwrap_or_default()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Both: servers, then the director.
+    pub fn start(&mut self, services: &[ServiceSpec]) -> Result<()> {
+        self.start_servers(services)?;
+        self.start_director(services)
+    }
+
+    /// `director CMD --json` against this lab's daemon, parsed.
+    pub fn director_json(&self, cmd: &str) -> Result<serde_json::Value> {
+        let out = self.director_cli(&[cmd, "--json"])?;
+        serde_json::from_str(&out).with_context(|| format!("director {cmd} --json printed: {out}"))
+    }
+
+    /// Run the `director` CLI (outside any namespace: the socket is a file) and return stdout.
+    pub fn director_cli(&self, args: &[&str]) -> Result<String> {
+        let director = workspace_bin("director")?;
+        let out = Command::new(director)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .context("running director")?;
+        if !out.status.success() {
+            bail!(
+                "director {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A drop counter of the datapath.
+    pub fn drop_count(&self, reason: &str) -> Result<u64> {
+        let v = self.director_json("stats")?;
+        v["datapath"]["drops"][reason]
+            .as_u64()
+            .with_context(|| format!("no drop counter {reason} in {v}"))
+    }
+
+    /// `n` HTTP requests from the client with curl, each on a new connection (one curl
+    /// process), optionally from a given source address. Returns the responding server names
+    /// in order.
+    pub fn curl_many(&self, n: usize, source: Option<Ipv4Addr>) -> Result<Vec<String>> {
+        let url = format!("http://{VIP}:80/");
+        let mut argv: Vec<String> = vec![
+            "curl".into(),
+            "-sS".into(),
+            "--max-time".into(),
+            "60".into(),
+            "-H".into(),
+            "Connection: close".into(),
+        ];
+        if let Some(src) = source {
+            argv.push("--interface".into());
+            argv.push(src.to_string());
+        }
+        for _ in 0..n {
+            argv.push(url.clone());
+        }
+        let out = self.client.run_timeout(&argv, Duration::from_secs(120))?;
+        if !out.status.success() {
+            bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect();
+        if names.len() != n {
+            bail!("expected {n} responses, got {}: {names:?}", names.len());
+        }
+        Ok(names)
+    }
+
+    /// The config file path (for reuse by the demo).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Stop the daemon with SIGTERM; returns its stderr.
+    pub fn stop_director(&mut self) -> Result<String> {
+        if let Some(mut p) = self.daemon.take() {
+            p.stop(Duration::from_secs(5));
+            return p.stderr();
+        }
+        Ok(String::new())
+    }
+}
+
+/// Count how many times each name occurs, in server order rs1..rsN.
+pub fn tally(names: &[String], n: usize) -> Vec<usize> {
+    let mut counts = vec![0; n];
+    for name in names {
+        if let Some(i) = name
+            .strip_prefix("rs")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            if (1..=n).contains(&i) {
+                counts[i - 1] += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Socket address of the VIP for a port.
+pub fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, port)
+}

@@ -263,7 +263,10 @@ impl Topo {
             "--config".into(),
             self.config.display().to_string(),
         ]);
-        cmd.env("DIRECTOR_LOG", "info");
+        cmd.env(
+            "DIRECTOR_LOG",
+            std::env::var("DIRECTOR_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let proc = self.director.spawn_command("directord", cmd)?;
         self.daemon = Some(proc);
         let socket = self.socket.clone();

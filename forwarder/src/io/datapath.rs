@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use crate::engine::{
     Engine, RxMeta, ServiceTable, Solicit, Tables, Verdict, WorkerCounters, WorkerCtx,
 };
-use crate::fib::Fib;
+use crate::fib::{Fib, FibMiss};
 use crate::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch};
 use crate::io::netlink::{Notifications, Rtnl};
 
@@ -170,6 +170,7 @@ impl Datapath {
             fib,
             solicit: solicit_rx,
             engine,
+            services,
             stop,
             clock,
         };
@@ -365,6 +366,7 @@ struct Resolver {
     fib: Arc<ArcSwap<Fib>>,
     solicit: Receiver<Solicit>,
     engine: Arc<Engine>,
+    services: Arc<ArcSwap<ServiceTable>>,
     stop: Arc<AtomicBool>,
     clock: Clock,
 }
@@ -392,11 +394,26 @@ impl Resolver {
             while let Ok(s) = self.solicit.try_recv() {
                 want.insert(s);
             }
+            // Real servers are next hops the datapath will need: keep them resolved ahead
+            // of the first packet, as a router keeps its static next hops.
+            {
+                let fib = self.fib.load();
+                for svc in self.services.load().services() {
+                    for b in svc.sched.backends() {
+                        if let Err(FibMiss::NoNeighbour { ifindex, addr }) =
+                            fib.resolve(*b.addr.ip())
+                        {
+                            want.insert((ifindex, addr));
+                        }
+                    }
+                }
+            }
             solicited.retain(|(_, at)| at.elapsed() < SOLICIT_EVERY);
             for s in want {
                 if solicited.iter().any(|(x, _)| *x == s) {
                     continue;
                 }
+                tracing::debug!(ifindex = s.0, addr = %s.1, "soliciting neighbour");
                 if let Err(e) = self.rtnl.solicit(s.0, s.1) {
                     tracing::debug!(ifindex = s.0, addr = %s.1, "neighbour solicit failed: {e}");
                 }

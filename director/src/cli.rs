@@ -57,6 +57,28 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u64,
     },
+    /// Change a real server at runtime.
+    #[command(subcommand)]
+    Real(RealCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RealCommand {
+    /// Set the weight (0..65535) of a real server; 0 quiesces it.
+    ///
+    /// Example: director real weight web 198.18.2.11:8080 3
+    Weight {
+        service: String,
+        real: std::net::SocketAddrV4,
+        weight: u32,
+    },
+    /// Drain a real server: weight 0, no new flows, existing ones finish.
+    ///
+    /// Example: director real drain web 198.18.2.11:8080
+    Drain {
+        service: String,
+        real: std::net::SocketAddrV4,
+    },
 }
 
 /// Runs a parsed command line, writing to `out` and `err`; returns the exit code.
@@ -79,6 +101,18 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Resu
             let req =
                 json!({"command": "conns", "limit": limit, "service": service, "client": client});
             daemon_view(cli, req, render_conns, out, err)
+        }
+        Command::Real(RealCommand::Weight {
+            service,
+            real,
+            weight,
+        }) => {
+            let req = json!({"command": "real-weight", "service": service, "real": real.to_string(), "weight": weight});
+            daemon_view(cli, req, render_ack, out, err)
+        }
+        Command::Real(RealCommand::Drain { service, real }) => {
+            let req = json!({"command": "real-weight", "service": service, "real": real.to_string(), "weight": 0});
+            daemon_view(cli, req, render_ack, out, err)
         }
     }
 }
@@ -109,6 +143,16 @@ fn daemon_view(
             Ok(1)
         }
     }
+}
+
+fn render_ack(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} {}: weight {}",
+        v["service"].as_str().unwrap_or("?"),
+        v["real"].as_str().unwrap_or("?"),
+        v["weight"]
+    )
 }
 
 fn render_stats(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {

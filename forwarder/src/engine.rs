@@ -157,11 +157,19 @@ pub struct RxMeta {
 /// A neighbour the worker wants resolved.
 pub type Solicit = (u32, Ipv4Addr);
 
+/// What a worker offers the engine besides the tables: counters and the way out of a
+/// neighbour miss.
+pub trait NeighbourMiss {
+    /// The MAC of `addr` on `ifindex` if the kernel knows it although the FIB snapshot does
+    /// not yet (it learnt it microseconds ago); otherwise ask for resolution and say `None`.
+    /// Called only on a miss; must be cheap and never block for long.
+    fn on_miss(&mut self, ifindex: u32, addr: Ipv4Addr) -> Option<crate::fib::Mac>;
+}
+
 /// Where a worker reports what it saw.
 pub struct WorkerCtx<'a> {
     pub counters: &'a WorkerCounters,
-    /// Called on a neighbour miss; must not block.
-    pub solicit: &'a dyn Fn(Solicit),
+    pub neighbours: &'a mut dyn NeighbourMiss,
 }
 
 /// One virtual service as the engine runs it.
@@ -230,6 +238,43 @@ impl ServiceTable {
 
     pub fn services(&self) -> &[Service] {
         &self.services
+    }
+
+    /// A new table with the weight of one real server changed (0 = quiesce: no new flows,
+    /// existing ones finish). Counter slots and everything else stay as they are.
+    pub fn with_weight(
+        &self,
+        service: &str,
+        real: SocketAddrV4,
+        weight: u32,
+    ) -> Result<ServiceTable, String> {
+        let svc = self
+            .services
+            .iter()
+            .find(|s| s.config.name == service)
+            .ok_or_else(|| format!("no service named {service:?}"))?;
+        if !svc.config.reals.iter().any(|r| r.addr == real) {
+            return Err(format!("service {service:?} has no real server {real}"));
+        }
+        let mut configs = Vec::with_capacity(self.services.len());
+        let mut slots = Vec::with_capacity(self.services.len());
+        for s in &self.services {
+            let mut c = s.config.clone();
+            if s.config.name == service {
+                for r in c.reals.iter_mut().filter(|r| r.addr == real) {
+                    r.weight = weight;
+                }
+            }
+            configs.push(c);
+            slots.push(
+                s.sched
+                    .backends()
+                    .iter()
+                    .map(|b| b.slot)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        Ok(ServiceTable::new(configs, &slots))
     }
 
     pub fn get(&self, id: u16) -> Option<&Service> {
@@ -309,7 +354,7 @@ impl Engine {
         meta: RxMeta,
         t: &Tables<'_>,
         now: u32,
-        ctx: &WorkerCtx<'_>,
+        ctx: &mut WorkerCtx<'_>,
     ) -> Verdict {
         let v = self.classify(frame, meta, t, now, ctx);
         let c = ctx.counters;
@@ -328,7 +373,7 @@ impl Engine {
         meta: RxMeta,
         t: &Tables<'_>,
         now: u32,
-        ctx: &WorkerCtx<'_>,
+        ctx: &mut WorkerCtx<'_>,
     ) -> Verdict {
         let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
             return Verdict::Pass;
@@ -439,7 +484,7 @@ impl Engine {
         meta: RxMeta,
         t: &Tables<'_>,
         now: u32,
-        ctx: &WorkerCtx<'_>,
+        ctx: &mut WorkerCtx<'_>,
     ) -> Verdict {
         if flow.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
@@ -545,7 +590,7 @@ impl Engine {
         meta: RxMeta,
         t: &Tables<'_>,
         now: u32,
-        ctx: &WorkerCtx<'_>,
+        ctx: &mut WorkerCtx<'_>,
     ) -> Verdict {
         let proto = Protocol::from_ip_proto(flow.proto).expect("caller checked TCP/UDP");
         let client = SocketAddrV4::new(flow.dst, ports.dst);
@@ -584,7 +629,7 @@ impl Engine {
         meta: RxMeta,
         t: &Tables<'_>,
         now: u32,
-        ctx: &WorkerCtx<'_>,
+        ctx: &mut WorkerCtx<'_>,
     ) -> Verdict {
         let Some(q) = quoted(frame, flow) else {
             return Verdict::Pass;
@@ -634,7 +679,7 @@ impl Engine {
         flow: Flow,
         t: &Tables<'_>,
         now: u32,
-        ctx: &WorkerCtx<'_>,
+        ctx: &mut WorkerCtx<'_>,
     ) -> Verdict {
         let Some(q) = quoted(frame, flow) else {
             return Verdict::Pass;
@@ -681,14 +726,24 @@ impl Engine {
         toward: Ipv4Addr,
         meta: RxMeta,
         t: &Tables<'_>,
-        ctx: &WorkerCtx<'_>,
+        ctx: &mut WorkerCtx<'_>,
     ) -> Verdict {
         let hop = match t.fib.resolve(toward) {
             Ok(hop) => hop,
             Err(FibMiss::NoRoute) => return Verdict::Drop(DropReason::NoRoute),
             Err(FibMiss::NoNeighbour { ifindex, addr }) => {
-                (ctx.solicit)((ifindex, addr));
-                return Verdict::Drop(DropReason::NoNeighbour);
+                let Some(dst_mac) = ctx.neighbours.on_miss(ifindex, addr) else {
+                    return Verdict::Drop(DropReason::NoNeighbour);
+                };
+                let Some(iface) = t.fib.interface(ifindex) else {
+                    return Verdict::Drop(DropReason::NoRoute);
+                };
+                crate::fib::NextHop {
+                    ifindex,
+                    src_mac: iface.mac,
+                    dst_mac,
+                    mtu: iface.mtu,
+                }
             }
         };
         if !meta.gso && flow.end - flow.ip > hop.mtu as usize {

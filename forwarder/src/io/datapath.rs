@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -19,9 +20,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::engine::{
-    Engine, RxMeta, ServiceTable, Solicit, Tables, Verdict, WorkerCounters, WorkerCtx,
+    Engine, NeighbourMiss, RxMeta, ServiceTable, Solicit, Tables, Verdict, WorkerCounters,
+    WorkerCtx,
 };
-use crate::fib::{Fib, FibMiss};
+use crate::fib::{FastMap, Fib, FibMiss, Mac};
 use crate::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch};
 use crate::io::netlink::{Notifications, Rtnl};
 
@@ -100,7 +102,7 @@ impl Datapath {
     ) -> io::Result<Datapath> {
         let mut rtnl = Rtnl::new()?;
         let notifications = Notifications::subscribe()?;
-        let fib = rtnl.dump_fib()?;
+        let fib = resolve_reals(&mut rtnl, &services.load(), Duration::from_secs(1))?;
         let interfaces = select_interfaces(&fib, &opts.interfaces)?;
         let fib = Arc::new(ArcSwap::from_pointee(fib));
         let workers = if opts.workers == 0 {
@@ -242,6 +244,43 @@ pub struct Totals {
     pub drops: [u64; crate::engine::DropReason::COUNT],
 }
 
+/// The real servers' next hops that the FIB cannot resolve yet.
+fn unresolved_reals(fib: &Fib, services: &ServiceTable) -> Vec<Solicit> {
+    let mut out = Vec::new();
+    for svc in services.services() {
+        for b in svc.sched.backends() {
+            if let Err(FibMiss::NoNeighbour { ifindex, addr }) = fib.resolve(*b.addr.ip()) {
+                if !out.contains(&(ifindex, addr)) {
+                    out.push((ifindex, addr));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Dump the FIB, solicit the real servers' next hops and wait (up to `limit`) until they
+/// resolve, so the first packet of the first flow finds them. A real server that does not
+/// answer ARP is left to the resolver thread (and to the health checks).
+fn resolve_reals(rtnl: &mut Rtnl, services: &ServiceTable, limit: Duration) -> io::Result<Fib> {
+    let start = Instant::now();
+    let mut fib = rtnl.dump_fib()?;
+    let missing = unresolved_reals(&fib, services);
+    for &(ifindex, addr) in &missing {
+        if let Err(e) = rtnl.solicit(ifindex, addr) {
+            tracing::debug!(ifindex, %addr, "neighbour solicit failed: {e}");
+        }
+    }
+    while !missing.is_empty() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+        fib = rtnl.dump_fib()?;
+        if unresolved_reals(&fib, services).is_empty() {
+            break;
+        }
+    }
+    Ok(fib)
+}
+
 fn select_interfaces(fib: &Fib, names: &[String]) -> io::Result<Vec<(u32, String)>> {
     let mut out = Vec::new();
     if names.is_empty() {
@@ -271,6 +310,56 @@ fn select_interfaces(fib: &Fib, names: &[String]) -> io::Result<Vec<(u32, String
     Ok(out)
 }
 
+/// A worker's way out of a neighbour miss: ask the kernel for that one entry (it may have
+/// learnt it after the FIB snapshot was taken, e.g. from the ARP request a new client just
+/// sent for the VIP), and otherwise have the resolver solicit it. Answers are kept briefly so
+/// that a burst to one unresolved address costs one netlink request, not one per packet; the
+/// cache is reserved up front and cleared when full, so it never allocates.
+struct MissHandler {
+    rtnl: Option<Rtnl>,
+    cache: FastMap<(u32, Ipv4Addr), (Option<Mac>, Instant)>,
+    solicit: SyncSender<Solicit>,
+}
+
+const MISS_CACHE: usize = 1024;
+const MISS_TTL: Duration = Duration::from_millis(100);
+
+impl MissHandler {
+    fn new(solicit: SyncSender<Solicit>) -> MissHandler {
+        let mut cache = FastMap::default();
+        cache.reserve(MISS_CACHE);
+        MissHandler {
+            rtnl: Rtnl::new().ok(),
+            cache,
+            solicit,
+        }
+    }
+}
+
+impl NeighbourMiss for MissHandler {
+    fn on_miss(&mut self, ifindex: u32, addr: Ipv4Addr) -> Option<Mac> {
+        if let Some((mac, at)) = self.cache.get(&(ifindex, addr)) {
+            if at.elapsed() < MISS_TTL {
+                return *mac;
+            }
+        }
+        let mac = self
+            .rtnl
+            .as_mut()
+            .and_then(|r| r.get_neighbour(ifindex, addr).ok().flatten());
+        if mac.is_none() {
+            match self.solicit.try_send((ifindex, addr)) {
+                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+        if self.cache.len() >= MISS_CACHE {
+            self.cache.clear();
+        }
+        self.cache.insert((ifindex, addr), (mac, Instant::now()));
+        mac
+    }
+}
+
 struct Worker {
     rings: Vec<RxRing>,
     tx: TxBatch,
@@ -293,10 +382,7 @@ impl Worker {
         let fds: Vec<RawFd> = self.rings.iter().map(|r| r.as_raw_fd()).collect();
         let mut pollfds = Vec::with_capacity(fds.len());
         let mut last_stats = Instant::now();
-        let solicit = self.solicit.clone();
-        let solicit_fn = move |s: Solicit| match solicit.try_send(s) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-        };
+        let mut misses = MissHandler::new(self.solicit.clone());
         while !self.stop.load(Ordering::Relaxed) {
             self.heartbeat.store(self.clock.millis(), Ordering::Relaxed);
             let now = self.clock.now();
@@ -306,9 +392,9 @@ impl Worker {
                 services: &services,
                 fib: &fib,
             };
-            let ctx = WorkerCtx {
+            let mut ctx = WorkerCtx {
                 counters: &self.counters,
-                solicit: &solicit_fn,
+                neighbours: &mut misses,
             };
             let engine = &*self.engine;
             let mut busy = false;
@@ -328,7 +414,7 @@ impl Worker {
                             };
                             let data = frame.data_mut();
                             if let Verdict::Forward { ifindex } =
-                                engine.process(data, meta, &tables, now, &ctx)
+                                engine.process(data, meta, &tables, now, &mut ctx)
                             {
                                 tx.push(data, vnet, ifindex);
                             }
@@ -396,18 +482,7 @@ impl Resolver {
             }
             // Real servers are next hops the datapath will need: keep them resolved ahead
             // of the first packet, as a router keeps its static next hops.
-            {
-                let fib = self.fib.load();
-                for svc in self.services.load().services() {
-                    for b in svc.sched.backends() {
-                        if let Err(FibMiss::NoNeighbour { ifindex, addr }) =
-                            fib.resolve(*b.addr.ip())
-                        {
-                            want.insert((ifindex, addr));
-                        }
-                    }
-                }
-            }
+            want.extend(unresolved_reals(&self.fib.load(), &self.services.load()));
             solicited.retain(|(_, at)| at.elapsed() < SOLICIT_EVERY);
             for s in want {
                 if solicited.iter().any(|(x, _)| *x == s) {

@@ -154,6 +154,26 @@ impl Rtnl {
         Ok(Fib::new(interfaces, routes, neighbours))
     }
 
+    /// The kernel's current MAC for `addr` on `ifindex` (`ip neigh get ADDR dev IF`), if it
+    /// has a usable entry.
+    pub fn get_neighbour(&mut self, ifindex: u32, addr: Ipv4Addr) -> io::Result<Option<Mac>> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = ifindex;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        match self.request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_REQUEST) {
+            Ok(replies) => Ok(replies.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => neighbour_from(n).map(|(_, _, mac)| mac),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ask the kernel to resolve `addr` on `ifindex` as if traffic were waiting for it
     /// (`ip neigh replace ADDR dev IF use`): it sends the ARP request and fills its
     /// neighbour table, which the next [`Rtnl::dump_fib`] picks up.

@@ -55,6 +55,19 @@ impl Daemon {
     /// Build everything and start the datapath and control socket.
     pub fn start(config: Config) -> Result<Daemon> {
         let services: Vec<VirtualService> = config.virtual_services().cloned().collect();
+        for s in config.services.iter().filter(|s| s.check.is_some()) {
+            tracing::warn!(
+                service = %s.virtual_service.name,
+                "[service.check] is validated but health checks are not run by this build yet; \
+                 every real server is treated as up"
+            );
+        }
+        if config.vrrp.is_some() || config.sync.is_some() {
+            tracing::warn!(
+                "[vrrp] and [sync] are validated but not run by this build yet; \
+                 put the VIPs on the interfaces by hand"
+            );
+        }
         let slots = assign_slots(&services)?;
         let reals = Arc::new(RealRegistry::new(REAL_SLOTS));
         let table = Arc::new(ArcSwap::from_pointee(ServiceTable::new(

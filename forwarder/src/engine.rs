@@ -417,13 +417,12 @@ impl Engine {
             ttl: ip.ttl(),
             fragment: ip.is_fragment(),
         };
-        let checksum_ok = ip.verify_checksum();
 
         if to_vip {
             match flow.proto {
                 PROTO_TCP | PROTO_UDP => {}
                 PROTO_ICMP => {
-                    if !checksum_ok {
+                    if !ip_header_ok(frame, flow) {
                         return Verdict::Drop(DropReason::BadIpChecksum);
                     }
                     return self.icmp_to_vip(frame, flow, meta, t, now, ctx);
@@ -439,7 +438,7 @@ impl Engine {
             let Some(svc) = t.services.lookup(flow.dst, ports.dst, flow.proto) else {
                 return Verdict::Pass;
             };
-            if !checksum_ok {
+            if !ip_header_ok(frame, flow) {
                 return Verdict::Drop(DropReason::BadIpChecksum);
             }
             return self.inbound(frame, flow, ports, svc, meta, t, now, ctx);
@@ -453,12 +452,14 @@ impl Engine {
                 if !t.services.is_nat_real(flow.src, ports.src, flow.proto) {
                     return Verdict::Pass;
                 }
-                if !checksum_ok {
+                if !ip_header_ok(frame, flow) {
                     return Verdict::Drop(DropReason::BadIpChecksum);
                 }
                 self.reply(frame, flow, ports, meta, t, now, ctx)
             }
-            PROTO_ICMP if checksum_ok => self.icmp_from_real_side(frame, flow, t, now, ctx),
+            PROTO_ICMP if ip_header_ok(frame, flow) => {
+                self.icmp_from_real_side(frame, flow, t, now, ctx)
+            }
             _ => Verdict::Pass,
         }
     }
@@ -781,6 +782,12 @@ fn read_ports(frame: &[u8], flow: Flow) -> Option<Ports> {
         }
         _ => None,
     }
+}
+
+/// The IPv4 header checksum, verified only for frames the datapath handles (the kernel checks
+/// its own).
+fn ip_header_ok(frame: &[u8], flow: Flow) -> bool {
+    Ipv4Packet::new_unchecked(&frame[flow.ip..flow.end]).verify_checksum()
 }
 
 fn l4_checksum_ok(frame: &[u8], flow: Flow) -> bool {

@@ -49,27 +49,8 @@ impl Views {
         }
     }
 
-    fn totals(&self) -> Totals {
-        let mut t = Totals::default();
-        for c in &self.counters {
-            let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            t.rx += l(&c.rx);
-            t.passed += l(&c.passed);
-            t.forwarded_in += l(&c.forwarded_in);
-            t.forwarded_out += l(&c.forwarded_out);
-            t.icmp_forwarded += l(&c.icmp_forwarded);
-            t.new_conns += l(&c.new_conns);
-            t.tx_errors += l(&c.tx_errors);
-            t.ring_drops += l(&c.ring_drops);
-            for (sum, d) in t.drops.iter_mut().zip(&c.drops) {
-                *sum += l(d);
-            }
-        }
-        t
-    }
-
     fn stats(&self) -> Value {
-        let t = self.totals();
+        let t = Totals::sum(&self.counters);
         let drops: serde_json::Map<String, Value> = DropReason::ALL
             .iter()
             .map(|r| (r.label().to_string(), json!(t.drops[*r as usize])))

@@ -194,22 +194,7 @@ impl Datapath {
 
     /// Sum of all workers' counters.
     pub fn totals(&self) -> Totals {
-        let mut t = Totals::default();
-        for c in &self.counters {
-            let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            t.rx += l(&c.rx);
-            t.passed += l(&c.passed);
-            t.forwarded_in += l(&c.forwarded_in);
-            t.forwarded_out += l(&c.forwarded_out);
-            t.icmp_forwarded += l(&c.icmp_forwarded);
-            t.new_conns += l(&c.new_conns);
-            t.tx_errors += l(&c.tx_errors);
-            t.ring_drops += l(&c.ring_drops);
-            for (sum, d) in t.drops.iter_mut().zip(&c.drops) {
-                *sum += l(d);
-            }
-        }
-        t
+        Totals::sum(&self.counters)
     }
 
     /// Stop the threads and wait for them.
@@ -242,6 +227,28 @@ pub struct Totals {
     pub tx_errors: u64,
     pub ring_drops: u64,
     pub drops: [u64; crate::engine::DropReason::COUNT],
+}
+
+impl Totals {
+    /// Add up the counters of `workers`.
+    pub fn sum(workers: &[Arc<WorkerCounters>]) -> Totals {
+        let mut t = Totals::default();
+        for c in workers {
+            let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            t.rx += l(&c.rx);
+            t.passed += l(&c.passed);
+            t.forwarded_in += l(&c.forwarded_in);
+            t.forwarded_out += l(&c.forwarded_out);
+            t.icmp_forwarded += l(&c.icmp_forwarded);
+            t.new_conns += l(&c.new_conns);
+            t.tx_errors += l(&c.tx_errors);
+            t.ring_drops += l(&c.ring_drops);
+            for (sum, d) in t.drops.iter_mut().zip(&c.drops) {
+                *sum += l(d);
+            }
+        }
+        t
+    }
 }
 
 /// The real servers' next hops that the FIB cannot resolve yet.

@@ -1,0 +1,439 @@
+//! The engine as directord assembles it (connection table, persistence, real registry,
+//! service table behind an ArcSwap, FIB of the lab's two interfaces), a recording
+//! neighbour-miss handler, and the table runner.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use forwarder::conntrack::{ConnEntry, ConnState, ConnTable, FlowKey};
+use forwarder::engine::{
+    DropReason, Engine, EngineObserver, NeighbourMiss, RxMeta, ServiceTable, Tables, Verdict,
+    WorkerCounters, WorkerCtx,
+};
+use forwarder::fib::{Fib, Interface, Route};
+use forwarder::model::{Mode, Protocol, RealServer, SchedulerKind, Timeouts, VirtualService};
+use forwarder::sched::PersistTable;
+use forwarder::stats::{RealRegistry, RealSlot};
+
+use super::frames::{check_checksums, diff, hexdump, L4Check, Mac};
+
+// ---- the lab's addresses (those of tests/src/topo.rs) ---------------------------------------
+
+pub const EXT: u32 = 2;
+pub const INT: u32 = 3;
+pub const EXT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+pub const INT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x03];
+pub const EXT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const INT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x0a];
+/// The router on the client side (default gateway).
+pub const ROUTER_EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
+pub const ROUTER_EXT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0xfe];
+/// A router on the real servers' side.
+pub const ROUTER_INT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 254);
+pub const ROUTER_INT_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0xfe];
+/// A NAT real server whose MAC the FIB does not know.
+pub const UNRESOLVED_REAL: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 14);
+
+/// NAT real server `i` (1-based): 198.18.2.1i.
+pub fn nat_real(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 2, 10 + i)
+}
+
+pub fn nat_real_mac(i: u8) -> Mac {
+    [0x02, 0, 0, 0, 0x02, 10 + i]
+}
+
+/// DR real server `i` (1-based): 198.18.1.1i (VIP on lo).
+pub fn dr_real(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, 10 + i)
+}
+
+pub fn dr_real_mac(i: u8) -> Mac {
+    [0x02, 0, 0, 0, 0x01, 10 + i]
+}
+
+pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+pub fn service(
+    name: &str,
+    port: u16,
+    protocol: Protocol,
+    mode: Mode,
+    scheduler: SchedulerKind,
+    reals: &[(Ipv4Addr, u16, u32)],
+) -> VirtualService {
+    VirtualService {
+        name: name.into(),
+        vip: sa(VIP, port),
+        protocol,
+        mode,
+        scheduler,
+        persistence: Duration::ZERO,
+        reals: reals
+            .iter()
+            .map(|&(ip, port, weight)| RealServer {
+                addr: sa(ip, port),
+                weight,
+            })
+            .collect(),
+    }
+}
+
+pub fn lab_fib() -> Fib {
+    let iface = |ifindex, name: &str, mac, addr| Interface {
+        ifindex,
+        name: name.into(),
+        mac,
+        mtu: 1500,
+        up: true,
+        loopback: false,
+        addrs: vec![(addr, 24)],
+    };
+    let route = |dst, prefix_len, gateway, oif| Route {
+        dst,
+        prefix_len,
+        gateway,
+        oif,
+        metric: 0,
+    };
+    let mut neigh = vec![
+        (EXT, CLIENT, CLIENT_MAC),
+        (EXT, ROUTER_EXT, ROUTER_EXT_MAC),
+        (INT, ROUTER_INT, ROUTER_INT_MAC),
+    ];
+    for i in 1..=3 {
+        neigh.push((INT, nat_real(i), nat_real_mac(i)));
+        neigh.push((EXT, dr_real(i), dr_real_mac(i)));
+    }
+    Fib::new(
+        vec![
+            iface(EXT, "ext", EXT_MAC, EXT_ADDR),
+            iface(INT, "int", INT_MAC, INT_ADDR),
+        ],
+        vec![
+            route(Ipv4Addr::UNSPECIFIED, 0, Some(ROUTER_EXT), EXT),
+            route(Ipv4Addr::new(198, 18, 1, 0), 24, None, EXT),
+            route(Ipv4Addr::new(198, 18, 2, 0), 24, None, INT),
+        ],
+        neigh,
+    )
+}
+
+/// Records every neighbour miss and knows no MAC the FIB does not.
+#[derive(Default)]
+pub struct Misses(pub Vec<(u32, Ipv4Addr)>);
+
+impl NeighbourMiss for Misses {
+    fn on_miss(&mut self, ifindex: u32, addr: Ipv4Addr) -> Option<Mac> {
+        self.0.push((ifindex, addr));
+        None
+    }
+}
+
+/// One engine with its tables, as one datapath worker sees them.
+pub struct Lab {
+    pub engine: Engine,
+    pub services: Arc<ArcSwap<ServiceTable>>,
+    pub fib: Fib,
+    pub counters: WorkerCounters,
+    pub misses: Misses,
+}
+
+impl Lab {
+    pub fn new(services: Vec<VirtualService>) -> Lab {
+        Lab::with_capacity(services, 4096)
+    }
+
+    /// Assembled as `director::daemon::Daemon::start` does it.
+    pub fn with_capacity(services: Vec<VirtualService>, capacity: u32) -> Lab {
+        let mut next: RealSlot = 0;
+        let slots: Vec<Vec<RealSlot>> = services
+            .iter()
+            .map(|s| {
+                s.reals
+                    .iter()
+                    .map(|_| {
+                        next += 1;
+                        next - 1
+                    })
+                    .collect()
+            })
+            .collect();
+        let reals = Arc::new(RealRegistry::new(256));
+        let table = Arc::new(ArcSwap::from_pointee(ServiceTable::new(services, &slots)));
+        let persist = Arc::new(PersistTable::new(1024, 64));
+        let shards = if capacity < 64 { 1 } else { 16 };
+        let mut conns = ConnTable::new(capacity, shards, Timeouts::default(), reals.clone());
+        conns.set_observer(Arc::new(EngineObserver {
+            persist: persist.clone(),
+            services: table.clone(),
+            downstream: None,
+        }));
+        Lab {
+            engine: Engine::new(conns, persist, reals),
+            services: table,
+            fib: lab_fib(),
+            counters: WorkerCounters::default(),
+            misses: Misses::default(),
+        }
+    }
+
+    pub fn process(&mut self, frame: &mut [u8], meta: RxMeta, now: u32) -> Verdict {
+        let services = self.services.load();
+        let tables = Tables {
+            services: &services,
+            fib: &self.fib,
+        };
+        let mut ctx = WorkerCtx {
+            counters: &self.counters,
+            neighbours: &mut self.misses,
+        };
+        self.engine.process(frame, meta, &tables, now, &mut ctx)
+    }
+
+    /// Swaps in a service table with one real server's weight changed (`director real
+    /// weight`).
+    pub fn set_weight(&self, service: &str, real: SocketAddrV4, weight: u32) {
+        let next = self
+            .services
+            .load()
+            .with_weight(service, real, weight)
+            .expect("service and real exist");
+        self.services.store(Arc::new(next));
+    }
+
+    /// The live entry of a flow, if any (expired but unswept entries included).
+    pub fn conn(
+        &self,
+        proto: Protocol,
+        client: SocketAddrV4,
+        vip: SocketAddrV4,
+    ) -> Option<ConnEntry> {
+        let key = FlowKey { proto, client, vip };
+        let mut found = None;
+        self.engine.conns.snapshot(|e| {
+            if e.flow_key() == key {
+                found = Some(*e);
+            }
+        });
+        found
+    }
+
+    pub fn all_conns(&self) -> Vec<ConnEntry> {
+        let mut all = Vec::new();
+        self.engine.conns.snapshot(|e| all.push(*e));
+        all
+    }
+
+    pub fn counts(&self) -> Counts {
+        let c = &self.counters;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            rx: l(&c.rx),
+            passed: l(&c.passed),
+            forwarded_in: l(&c.forwarded_in),
+            forwarded_out: l(&c.forwarded_out),
+            icmp_forwarded: l(&c.icmp_forwarded),
+            new_conns: l(&c.new_conns),
+            drops: DropReason::ALL
+                .iter()
+                .map(|&r| (r, c.drop_count(r)))
+                .filter(|&(_, n)| n > 0)
+                .collect(),
+        }
+    }
+}
+
+/// The counters `director stats` shows, with only the nonzero drop reasons.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub rx: u64,
+    pub passed: u64,
+    pub forwarded_in: u64,
+    pub forwarded_out: u64,
+    pub icmp_forwarded: u64,
+    pub new_conns: u64,
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+impl Counts {
+    /// Every received frame is accounted for exactly once.
+    pub fn balanced(&self) -> bool {
+        let drops: u64 = self.drops.iter().map(|&(_, n)| n).sum();
+        self.rx
+            == self.passed + self.forwarded_in + self.forwarded_out + self.icmp_forwarded + drops
+    }
+}
+
+// ---- tables -------------------------------------------------------------------------------
+
+/// What the frame must look like after `process`.
+pub enum Out {
+    /// Byte for byte this frame.
+    Frame(Vec<u8>),
+    /// Untouched (the kernel's copy is the one that counts, the engine must not scribble).
+    Unchanged,
+    /// Not looked at (a dropped frame may be half rewritten).
+    Any,
+}
+
+/// What the flow's entry must be after the row.
+pub struct ConnCheck {
+    pub proto: Protocol,
+    pub client: SocketAddrV4,
+    pub vip: SocketAddrV4,
+    /// `None` = no entry.
+    pub want: Option<(ConnState, SocketAddrV4)>,
+}
+
+/// One row: a frame in at `now` → a verdict and a frame out.
+pub struct Row {
+    pub name: String,
+    pub now: u32,
+    pub meta: RxMeta,
+    pub input: Vec<u8>,
+    pub verdict: Verdict,
+    pub out: Out,
+    pub l4: L4Check,
+    pub conn: Option<ConnCheck>,
+}
+
+/// Starts a row; finish it with `forward`, `pass` or `drop`.
+pub fn row(name: &str, now: u32, input: Vec<u8>) -> Row {
+    Row {
+        name: name.into(),
+        now,
+        meta: RxMeta::default(),
+        input,
+        verdict: Verdict::Pass,
+        out: Out::Unchanged,
+        l4: L4Check::Valid,
+        conn: None,
+    }
+}
+
+impl Row {
+    pub fn meta(mut self, meta: RxMeta) -> Row {
+        if meta.csum_partial {
+            self.l4 = L4Check::Partial;
+        }
+        self.meta = meta;
+        self
+    }
+
+    pub fn forward(mut self, ifindex: u32, out: Vec<u8>) -> Row {
+        self.verdict = Verdict::Forward { ifindex };
+        self.out = Out::Frame(out);
+        self
+    }
+
+    pub fn pass(mut self) -> Row {
+        self.verdict = Verdict::Pass;
+        self.out = Out::Unchanged;
+        self
+    }
+
+    pub fn drop(mut self, reason: DropReason) -> Row {
+        self.verdict = Verdict::Drop(reason);
+        self.out = Out::Any;
+        self
+    }
+
+    /// The forwarded frame's L4 checksum is expected wrong (an error passed on).
+    pub fn l4_invalid(mut self) -> Row {
+        self.l4 = L4Check::Invalid;
+        self
+    }
+
+    pub fn conn(
+        mut self,
+        proto: Protocol,
+        client: SocketAddrV4,
+        vip: SocketAddrV4,
+        want: Option<(ConnState, SocketAddrV4)>,
+    ) -> Row {
+        self.conn = Some(ConnCheck {
+            proto,
+            client,
+            vip,
+            want,
+        });
+        self
+    }
+}
+
+/// Runs the rows in order against one engine; returns one readable report per failed row.
+pub fn run_table(lab: &mut Lab, table: &str, rows: Vec<Row>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for r in rows {
+        let mut frame = r.input.clone();
+        let verdict = lab.process(&mut frame, r.meta, r.now);
+        let mut problems = Vec::new();
+        if verdict != r.verdict {
+            problems.push(format!(
+                "  verdict: expected {:?}, got {:?}",
+                r.verdict, verdict
+            ));
+        }
+        match &r.out {
+            Out::Frame(want) if *want != frame => {
+                problems.push(format!("  output frame differs:\n{}", diff(want, &frame)));
+            }
+            Out::Unchanged if r.input != frame => {
+                problems.push(format!(
+                    "  frame was modified although not forwarded:\n{}",
+                    diff(&r.input, &frame)
+                ));
+            }
+            _ => {}
+        }
+        if matches!(verdict, Verdict::Forward { .. }) {
+            let bad = check_checksums(&frame, r.l4);
+            if !bad.is_empty() {
+                problems.push(format!(
+                    "  checksums of the output (full recomputation): {}\n{}",
+                    bad.join("; "),
+                    hexdump(&frame)
+                ));
+            }
+        }
+        if let Some(c) = &r.conn {
+            let got = lab
+                .conn(c.proto, c.client, c.vip)
+                .map(|e| (e.state(), e.real()));
+            if got != c.want {
+                problems.push(format!(
+                    "  connection {} → {}: expected {:?}, got {:?}",
+                    c.client, c.vip, c.want, got
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "[{table}] row {:?}:\n{}\n  input:\n{}",
+                r.name,
+                problems.join("\n"),
+                hexdump(&r.input)
+            ));
+        }
+    }
+    failures
+}
+
+/// Panics with every failure report, if any.
+pub fn assert_no_failures(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} golden row(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}

@@ -21,7 +21,8 @@
 //!   (`BadL4Checksum`); packets of existing flows are rewritten with incremental updates,
 //!   which keep an error for the end host to catch;
 //! - IP options are kept and forwarded;
-//! - fragments to a VIP: dropped (`Fragment`) — the datapath does not reassemble;
+//! - fragments to a VIP, and first fragments of NAT replies: dropped (`Fragment`) — the
+//!   datapath does not reassemble;
 //! - TTL ≤ 1 on a packet to forward: dropped (`TtlExceeded`); forwarding decrements TTL as
 //!   any router (and IPVS) does;
 //! - TCP segment without SYN for an unknown flow: dropped (`NoConnection`), never reset;
@@ -445,12 +446,17 @@ impl Engine {
         }
 
         match flow.proto {
-            PROTO_TCP | PROTO_UDP if !flow.fragment => {
+            PROTO_TCP | PROTO_UDP => {
                 let Some(ports) = read_ports(frame, flow) else {
                     return Verdict::Pass;
                 };
                 if !t.services.is_nat_real(flow.src, ports.src, flow.proto) {
                     return Verdict::Pass;
+                }
+                // A (first) fragment of a NAT reply: the interception rules drop the kernel's
+                // copy and the datapath does not reassemble, so say so in a counter.
+                if flow.fragment {
+                    return Verdict::Drop(DropReason::Fragment);
                 }
                 if !ip_header_ok(frame, flow) {
                     return Verdict::Drop(DropReason::BadIpChecksum);

@@ -1188,8 +1188,6 @@ fn random_mutations_never_panic_and_always_add_up() {
 }
 
 #[test]
-#[ignore = "engine passes a fragment from a NAT real's service port to the kernel, whose \
-            interception rule (real . proto . port) drops it: lost, counted as passed"]
 fn nat_reply_fragment_is_dropped_and_counted() {
     let mut lab = Lab::new(nat_services());
     let web = sa(VIP, 80);

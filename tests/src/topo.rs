@@ -206,10 +206,21 @@ impl Topo {
                 } else {
                     "--udp"
                 };
+                // A UDP socket bound to 0.0.0.0 answers from the interface's address; in DR
+                // the reply must come from the VIP (which the real holds on `lo`), so bind
+                // the VIP itself there.
+                let bind = if s.protocol == "udp" && self.mode == Mode::Dr {
+                    VIP
+                } else {
+                    Ipv4Addr::UNSPECIFIED
+                };
                 argv.push(flag.into());
-                argv.push(format!("0.0.0.0:{}", self.real_port(s.port)));
+                argv.push(format!("{bind}:{}", self.real_port(s.port)));
             }
-            let proc = h.spawn(&argv)?;
+            let mut proc = h.spawn(&argv)?;
+            // `ready` follows once every socket is bound (UDP has no listen to wait for).
+            proc.wait_stdout("ready", Duration::from_secs(10))
+                .with_context(|| format!("labsrv on {} did not start", h.name()))?;
             self.servers.push(proc);
         }
         for (i, s) in services.iter().enumerate() {
@@ -357,6 +368,50 @@ impl Topo {
             bail!("expected {n} responses, got {}: {names:?}", names.len());
         }
         Ok(names)
+    }
+
+    /// The address (as the director's config names it) of real server `i` (0-based) of a
+    /// service port.
+    pub fn real_addr(&self, i: usize, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.real_addrs[i], self.real_port(port))
+    }
+
+    /// The index (0-based) of a real server from the name `labsrv` reports (`rs1` → 0).
+    pub fn real_index(&self, name: &str) -> Option<usize> {
+        let i = name.strip_prefix("rs")?.parse::<usize>().ok()?;
+        (1..=self.reals.len()).contains(&i).then(|| i - 1)
+    }
+
+    /// A per-real field of one service in `director services --json`, in config order.
+    pub fn real_field(&self, service: &str, field: &str) -> Result<Vec<u64>> {
+        let v = self.director_json("services")?;
+        let svc = v
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == service))
+            .with_context(|| format!("no service {service} in {v}"))?;
+        svc["reals"]
+            .as_array()
+            .with_context(|| format!("no reals in {svc}"))?
+            .iter()
+            .map(|r| {
+                r[field]
+                    .as_u64()
+                    .with_context(|| format!("no {field} in {r}"))
+            })
+            .collect()
+    }
+
+    /// The director's per-real connection counters (`conns`) of a service.
+    pub fn real_conns(&self, service: &str) -> Result<Vec<u64>> {
+        self.real_field(service, "conns")
+    }
+
+    /// Adds `addrs` to the client's `eth0` (extra client source addresses on its /24).
+    pub fn add_client_addrs(&self, addrs: &[Ipv4Addr]) -> Result<()> {
+        for a in addrs {
+            self.client.addr_add("eth0", &format!("{a}/24"))?;
+        }
+        Ok(())
     }
 
     /// The config file path (for reuse by the demo).

@@ -30,6 +30,8 @@ pub struct Views {
     engine: Arc<Engine>,
     clock: Clock,
     interfaces: Vec<String>,
+    /// Held while a runtime change builds and swaps a new service table.
+    updates: Arc<std::sync::Mutex<()>>,
 }
 
 impl Views {
@@ -46,6 +48,7 @@ impl Views {
                 .iter()
                 .map(|(_, n)| n.clone())
                 .collect(),
+            updates: Arc::new(std::sync::Mutex::new(())),
         }
     }
 
@@ -162,6 +165,33 @@ impl Views {
         json!({ "total": total, "shown": list.len(), "connections": list })
     }
 
+    /// `director real weight|drain`: a new service table with one weight changed, swapped in
+    /// for the workers' next block. Serialised so that two changes at once both land.
+    fn real_weight(&self, req: &Value) -> Result<Value, String> {
+        let service = req
+            .get("service")
+            .and_then(Value::as_str)
+            .ok_or("real-weight needs \"service\"")?;
+        let real = req
+            .get("real")
+            .and_then(Value::as_str)
+            .ok_or("real-weight needs \"real\"")?;
+        let real: std::net::SocketAddrV4 = real
+            .parse()
+            .map_err(|_| format!("bad real server address {real:?} (want ADDR:PORT)"))?;
+        let weight = req
+            .get("weight")
+            .and_then(Value::as_u64)
+            .and_then(|w| u32::try_from(w).ok())
+            .filter(|w| *w <= 65535)
+            .ok_or("real-weight needs \"weight\" in 0..65535")?;
+        let _guard = self.updates.lock().unwrap_or_else(|e| e.into_inner());
+        let table = self.services.load().with_weight(service, real, weight)?;
+        self.services.store(Arc::new(table));
+        tracing::info!(service, %real, weight, "real server weight changed");
+        Ok(json!({ "service": service, "real": real.to_string(), "weight": weight }))
+    }
+
     fn handle(&self, req: &Value) -> Result<Value, String> {
         match req.get("command").and_then(Value::as_str) {
             Some("stats") => Ok(self.stats()),
@@ -175,8 +205,9 @@ impl Views {
                 };
                 Ok(self.conns(limit, service, client))
             }
+            Some("real-weight") => self.real_weight(req),
             Some(other) => Err(format!(
-                "unknown command {other:?} (allowed: stats, services, conns)"
+                "unknown command {other:?} (allowed: stats, services, conns, real-weight)"
             )),
             None => Err("request has no \"command\"".into()),
         }

@@ -185,13 +185,11 @@ fn quiesce(tag: &str, mode: Mode) {
 }
 
 #[test]
-#[ignore = "directord does not answer the real-weight control command the CLI sends (director/src/control.rs Views::handle); `director real drain/weight` exits 1"]
 fn nat_drain_and_restore() {
     quiesce("nat_quiesce", Mode::Nat);
 }
 
 #[test]
-#[ignore = "directord does not answer the real-weight control command the CLI sends (director/src/control.rs Views::handle); `director real drain/weight` exits 1"]
 fn dr_drain_and_restore() {
     quiesce("dr_quiesce", Mode::Dr);
 }

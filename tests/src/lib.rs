@@ -8,7 +8,9 @@
 //! - `bin/labsrv`: the real server (HTTP/1.1 + UDP echo) used as a lab real server.
 
 pub mod lab;
+pub mod labpkt;
 pub mod pattern;
+pub mod router;
 pub mod topo;
 
 pub use lab::{

@@ -381,6 +381,15 @@ impl Lab {
         lab.switch().sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         lab.switch()
             .sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        // The bridges must carry frames as a switch would. With br_netfilter loaded, a new
+        // namespace starts with bridge-nf-call-* = 1, and the bridge then validates IPv4 (and
+        // drops malformed frames) before any lab host sees them.
+        for table in ["iptables", "ip6tables", "arptables"] {
+            let key = format!("net.bridge.bridge-nf-call-{table}");
+            if lab.switch().sysctl_get(&key).is_ok() {
+                lab.switch().sysctl(&key, "0")?;
+            }
+        }
         Ok(lab)
     }
 

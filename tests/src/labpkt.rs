@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::lab::{wait_until, Host, Lab, Mac};
+use crate::lab::{wait_until, Host, Mac};
 use crate::topo::{workspace_bin, Topo};
 
 /// One run of `labpkt`: `count` frames of `kind` from `src` to `dst`.
@@ -101,32 +101,6 @@ pub fn send(host: &Host, iface: &str, dst_mac: Mac, f: &Frames) -> Result<Sent> 
         sent: field("sent ").with_context(|| format!("labpkt printed {text:?}"))?,
         replies: field("replies "),
     })
-}
-
-/// Makes the lab's bridges pass malformed IPv4 frames on. With `br_netfilter` loaded (the
-/// default on many hosts), a bridge runs bridged IPv4 through `br_validate_ipv4`, which drops
-/// frames with a bad IHL, header checksum or length before they reach any port: crafted
-/// frames would never reach the director. The switch is a namespace of its own, so this
-/// changes nothing outside the lab. Nothing to do where `br_netfilter` is absent.
-pub fn raw_bridges(lab: &Lab) -> Result<()> {
-    let switch = lab
-        .namespaces()
-        .into_iter()
-        .next()
-        .context("the lab has no switch namespace")?;
-    let script = "for k in iptables ip6tables arptables; do \
-                  f=/proc/sys/net/bridge/bridge-nf-call-$k; \
-                  if [ -e $f ]; then echo 0 > $f || exit 1; fi; done";
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &switch, "sh", "-c", script])
-        .output()
-        .context("running ip netns exec")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "cannot turn bridge netfilter off in {switch}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 /// Every drop counter of the director, by label.

@@ -32,7 +32,6 @@ fn rx(topo: &Topo) -> u64 {
 fn nat_topo(tag: &str) -> Option<(Topo, Mac)> {
     let lab = Lab::for_test(tag)?;
     let mut topo = Topo::nat(lab, 3).expect("topology");
-    labpkt::raw_bridges(&topo.lab).expect("bridges that pass malformed frames");
     let svc = [
         ServiceSpec::http("rr", &[1, 1, 1]),
         ServiceSpec::udp("rr", &[1, 1, 1]),

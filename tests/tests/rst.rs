@@ -142,8 +142,6 @@ fn dr_director_sends_no_rsts_for_service_traffic() {
 /// (c) with the real servers drained at run time (`director real drain`), after traffic has
 /// flowed to them.
 #[test]
-#[ignore = "the control socket has no `real-weight` command yet: `director real drain` fails \
-            with 'unknown command \"real-weight\"' (director/src/control.rs, Control::handle)"]
 fn nat_no_rsts_after_runtime_drain() {
     let Some(lab) = Lab::for_test("rst-drain") else {
         return;

@@ -62,8 +62,14 @@ fn main() -> Result<()> {
 
     // SAFETY: installing an async-signal-safe handler that only stores an atomic.
     unsafe {
-        libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGTERM,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 
     let mut ring = RxRing::open(input, RingConfig::default(), None).context("rx ring")?;

@@ -16,7 +16,8 @@
 //! 3. Memory: bytes per connection entry, and `directord`'s resident memory idle and with
 //!    1M entries in its table.
 //!
-//! `bench [--quick] [--only rate,flows,wrk,memory]`
+//! `bench [--quick] [--only rate,flows,wrk,memory] [--perf DIR]` (`--perf`: a `perf record -g`
+//! of the forwarder during each packet-rate and new-flows run, saved in DIR).
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -37,6 +38,37 @@ const FLOWS: usize = 1024;
 const SYN_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 64);
 const SYN_SOURCES: u32 = 64;
 const PORTS_PER_SOURCE: u64 = 64512;
+
+/// `--perf DIR`: record `perf record -g` of the forwarder during each run into DIR.
+static PERF_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Starts `perf record` on `pid` for `secs` when `--perf` was given.
+fn perf_start(pid: u32, name: &str, secs: f64) -> Option<std::process::Child> {
+    let dir = PERF_DIR.get()?;
+    std::process::Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-F",
+            "1999",
+            "-g",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
+        .arg(dir.join(format!("{name}.data")))
+        .args(["--", "sleep", &format!("{secs}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn perf_wait(child: Option<std::process::Child>) {
+    if let Some(mut c) = child {
+        let _ = c.wait();
+    }
+}
 
 struct Opts {
     quick: bool,
@@ -169,7 +201,10 @@ fn tx_dropped(host: &Host, ifname: &str) -> Result<u64> {
 /// `directord` with one worker pinned to FWD_CPU, for `services`.
 fn start_directord(topo: &mut Topo, services: &[ServiceSpec], max_conns: u32) -> Result<()> {
     let text = topo.config_text(services);
-    ensure!(text.contains("workers = 2"), "unexpected lab config:\n{text}");
+    ensure!(
+        text.contains("workers = 2"),
+        "unexpected lab config:\n{text}"
+    );
     let text = text.replace(
         "workers = 2",
         &format!("workers = 1\nmax_connections = {max_conns}"),
@@ -320,18 +355,21 @@ fn packet_rate(path: Path, rps: bool, secs: f64) -> Result<Rate> {
     let dmac = topo.director.mac("ext")?.to_string();
     let mut dst = format!("{VIP}:{UDP_PORT}");
     let mut bare: Option<Proc> = None;
+    let mut fwd_pid = None;
     match path {
         Path::Kernel => {
             topo.director.sysctl("net.ipv4.ip_forward", "1")?;
             dst = format!("{rs_addr}:{real_port}");
-            topo.director.run(["ping", "-c1", "-W2", &rs_addr.to_string()])?;
+            topo.director
+                .run(["ping", "-c1", "-W2", &rs_addr.to_string()])?;
         }
         Path::Bare => {
             nft_drop(
                 &topo.director,
                 &format!("ip daddr {VIP} udp dport {UDP_PORT} counter drop"),
             )?;
-            topo.director.run(["ping", "-c1", "-W2", &rs_addr.to_string()])?;
+            topo.director
+                .run(["ping", "-c1", "-W2", &rs_addr.to_string()])?;
             let bin = workspace_bin("bareforward")?;
             let p = topo.director.spawn([
                 "taskset".to_string(),
@@ -351,10 +389,12 @@ fn packet_rate(path: Path, rps: bool, secs: f64) -> Result<Rate> {
                 p.stderr().is_ok_and(|s| s.contains("ready"))
             })
             .context("bareforward did not start")?;
+            fwd_pid = Some(p.pid());
             bare = Some(p);
         }
         Path::Nat | Path::Dr => {
             start_directord(&mut topo, &[ServiceSpec::udp("rr", &[1])], 1 << 20)?;
+            fwd_pid = topo.daemon.as_ref().map(Proc::pid);
         }
     }
     let s0 = if topo.daemon.is_some() {
@@ -363,9 +403,12 @@ fn packet_rate(path: Path, rps: bool, secs: f64) -> Result<Rate> {
         None
     };
     let rx0 = rx_packets(&rs, "eth0")?;
+    let perf = fwd_pid
+        .and_then(|pid| perf_start(pid, &format!("{}-rps{}", path.tag(), u8::from(rps)), secs));
     let c0 = cpu_times();
     let g = pktgen(&topo, &dmac, &dst, secs, &["--flows", &FLOWS.to_string()])?;
     let c1 = cpu_times();
+    perf_wait(perf);
     std::thread::sleep(Duration::from_millis(300));
     let rx1 = rx_packets(&rs, "eth0")?;
     let mut notes = String::new();
@@ -449,8 +492,13 @@ fn new_flows(secs: f64) -> Result<Flows> {
     let c0 = cpu_times();
     let args = syn_args(SYN_SOURCES);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let perf = topo
+        .daemon
+        .as_ref()
+        .and_then(|p| perf_start(p.pid(), "flows", secs));
     let g = pktgen(&topo, &dmac, &format!("{VIP}:80"), secs, &args)?;
     let c1 = cpu_times();
+    perf_wait(perf);
     std::thread::sleep(Duration::from_millis(300));
     let s1 = stats(&topo)?;
     let d = |p: &[&str]| counter(&s1, p) - counter(&s0, p);
@@ -632,7 +680,12 @@ fn main() -> Result<()> {
                 let v = args.next().context("--only needs a list")?;
                 opts.only = Some(v.split(',').map(str::to_string).collect());
             }
-            _ => bail!("usage: bench [--quick] [--only rate,flows,wrk,memory]"),
+            "--perf" => {
+                let dir = std::path::PathBuf::from(args.next().context("--perf needs a dir")?);
+                std::fs::create_dir_all(&dir)?;
+                let _ = PERF_DIR.set(dir);
+            }
+            _ => bail!("usage: bench [--quick] [--only rate,flows,wrk,memory] [--perf DIR]"),
         }
     }
     director_lab::preflight()
@@ -704,14 +757,20 @@ fn main() -> Result<()> {
     if opts.wants("flows") {
         let secs = if opts.quick { 2.0 } else { 3.0 };
         eprintln!("bench: new flows per second");
-        let _ = writeln!(out, "\n### New flows: SYNs from unique (address, port), NAT, 1 worker\n");
+        let _ = writeln!(
+            out,
+            "\n### New flows: SYNs from unique (address, port), NAT, 1 worker\n"
+        );
         match new_flows(secs) {
             Ok(f) => {
                 let _ = writeln!(
                     out,
                     "| new flows/s (per core) | offered SYN/s | new_conns | forwarded_in | ring_drops | table count | table full | CPU use |"
                 );
-                let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+                let _ = writeln!(
+                    out,
+                    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+                );
                 let _ = writeln!(
                     out,
                     "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",

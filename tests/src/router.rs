@@ -63,23 +63,8 @@ fn topo(
     reals: Vec<Host>,
     real_addrs: Vec<Ipv4Addr>,
 ) -> Result<Topo> {
-    // The director forwards only what the datapath forwards.
-    director.sysctl("net.ipv4.ip_forward", "0")?;
     director.route_add(FAR_NET, &ROUTER_EXT.to_string())?;
-    let socket = lab.dir().join("director.sock");
-    let config = lab.dir().join("director.toml");
-    Ok(Topo {
-        lab,
-        mode,
-        client,
-        director,
-        reals,
-        real_addrs,
-        servers: Vec::new(),
-        daemon: None,
-        socket,
-        config,
-    })
+    Topo::finish(lab, mode, client, director, reals, real_addrs)
 }
 
 /// NAT with `n` real servers and a router whose client-side link has MTU `mtu`.

@@ -108,6 +108,10 @@ pub struct Topo {
     pub daemon: Option<Proc>,
     pub socket: PathBuf,
     pub config: PathBuf,
+    /// `[datapath] workers` of the director's config.
+    pub workers: usize,
+    /// `[datapath] max_connections`, when not the default.
+    pub max_connections: Option<u32>,
 }
 
 impl Topo {
@@ -159,7 +163,8 @@ impl Topo {
         Topo::finish(lab, Mode::Dr, client, director, reals, real_addrs)
     }
 
-    fn finish(
+    /// Common end of every topology builder: director settings and file paths.
+    pub fn finish(
         lab: Lab,
         mode: Mode,
         client: Host,
@@ -182,6 +187,8 @@ impl Topo {
             daemon: None,
             socket,
             config,
+            workers: 2,
+            max_connections: None,
         })
     }
 
@@ -246,7 +253,15 @@ impl Topo {
             Mode::Nat => "[\"ext\", \"int\"]",
             Mode::Dr => "[\"ext\"]",
         };
-        let _ = writeln!(c, "[datapath]\nworkers = 2\ninterfaces = {ifaces}\n");
+        let _ = writeln!(
+            c,
+            "[datapath]\nworkers = {}\ninterfaces = {ifaces}",
+            self.workers
+        );
+        if let Some(max) = self.max_connections {
+            let _ = writeln!(c, "max_connections = {max}");
+        }
+        let _ = writeln!(c);
         for s in services {
             let _ = writeln!(c, "[[service]]");
             let _ = writeln!(c, "name = \"{}\"", s.name);

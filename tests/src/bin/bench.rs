@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use director_lab::topo::{workspace_bin, ServiceSpec, Topo, CLIENT, VIP};
 use director_lab::{wait_until, Host, Lab, Proc};
 use serde_json::Value;
@@ -198,39 +198,11 @@ fn tx_dropped(host: &Host, ifname: &str) -> Result<u64> {
     Ok(v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0))
 }
 
-/// A lab whose bridges do not pass frames through netfilter: with `br_netfilter` loaded,
-/// every bridged frame otherwise takes the switch namespace's IPv4 hooks, a cost of the lab
-/// that no real switch has.
-fn bench_lab(tag: &str) -> Result<Lab> {
-    let lab = Lab::new(tag)?;
-    let switch = lab
-        .namespaces()
-        .first()
-        .cloned()
-        .context("lab has no switch")?;
-    for key in ["iptables", "ip6tables", "arptables"] {
-        let path = format!("/proc/sys/net/bridge/bridge-nf-call-{key}");
-        // Only where br_netfilter is present; per namespace since Linux 5.3.
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &switch, "sh", "-c"])
-            .arg(format!("[ ! -e {path} ] || echo 0 > {path}"))
-            .status();
-    }
-    Ok(lab)
-}
-
 /// `directord` with one worker pinned to FWD_CPU, for `services`.
 fn start_directord(topo: &mut Topo, services: &[ServiceSpec], max_conns: u32) -> Result<()> {
-    let text = topo.config_text(services);
-    ensure!(
-        text.contains("workers = 2"),
-        "unexpected lab config:\n{text}"
-    );
-    let text = text.replace(
-        "workers = 2",
-        &format!("workers = 1\nmax_connections = {max_conns}"),
-    );
-    std::fs::write(&topo.config, text)?;
+    topo.workers = 1;
+    topo.max_connections = Some(max_conns);
+    std::fs::write(&topo.config, topo.config_text(services))?;
     let bin = workspace_bin("directord")?;
     let mut cmd = topo.director.command([
         "taskset".to_string(),
@@ -352,7 +324,7 @@ struct Rate {
 }
 
 fn packet_rate(path: Path, rps: bool, secs: f64) -> Result<Rate> {
-    let lab = bench_lab(path.tag())?;
+    let lab = Lab::new(path.tag())?;
     let mut topo = if path == Path::Dr {
         Topo::dr(lab, 1)?
     } else {
@@ -484,7 +456,7 @@ struct Flows {
 /// A NAT director for the web service with the SYN sink on the real server and the SYN
 /// generator's source addresses on the client.
 fn syn_topo(tag: &str, max_conns: u32) -> Result<Topo> {
-    let lab = bench_lab(tag)?;
+    let lab = Lab::new(tag)?;
     let mut topo = Topo::nat(lab, 1)?;
     nft_drop(
         &topo.reals[0],
@@ -587,7 +559,7 @@ struct Handshakes {
 }
 
 fn handshakes(secs: u32) -> Result<Handshakes> {
-    let lab = bench_lab("b-wrk")?;
+    let lab = Lab::new("b-wrk")?;
     let mut topo = Topo::nat(lab, 3)?;
     let svc = [ServiceSpec::http("rr", &[1, 1, 1])];
     topo.start_servers(&svc)?;

@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 
 use crate::lab::{Host, Lab};
-use crate::topo::{Mode, Topo, VIP};
+use crate::topo::{director_host, dr_reals, nat_reals, Mode, Topo};
 
 /// The client's address behind the router.
 pub const FAR_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 10);
@@ -72,20 +72,8 @@ pub fn nat_via_router(lab: Lab, n: usize, mtu: u32) -> Result<Routed> {
     let ext = lab.bridge("ext")?;
     let int = lab.bridge("int")?;
     let (client, router) = client_and_router(&lab, &ext, mtu)?;
-    let director = lab.host("director")?;
-    lab.attach(&director, &ext, "ext", "198.18.1.2/24")?;
-    lab.attach(&director, &int, "int", "198.18.2.1/24")?;
-    director.addr_add("ext", &format!("{VIP}/32"))?;
-    let mut reals = Vec::new();
-    let mut real_addrs = Vec::new();
-    for i in 0..n {
-        let h = lab.host(&format!("rs{}", i + 1))?;
-        let addr = Ipv4Addr::new(198, 18, 2, 11 + i as u8);
-        lab.attach(&h, &int, "eth0", &format!("{addr}/24"))?;
-        h.route_add("default", "198.18.2.1")?;
-        reals.push(h);
-        real_addrs.push(addr);
-    }
+    let director = director_host(&lab, &ext, Some(&int))?;
+    let (reals, real_addrs) = nat_reals(&lab, &int, n)?;
     let topo = topo(lab, Mode::Nat, client, director, reals, real_addrs)?;
     Ok(Routed { topo, router })
 }
@@ -95,23 +83,10 @@ pub fn nat_via_router(lab: Lab, n: usize, mtu: u32) -> Result<Routed> {
 pub fn dr_via_router(lab: Lab, n: usize, mtu: u32) -> Result<Routed> {
     let ext = lab.bridge("ext")?;
     let (client, router) = client_and_router(&lab, &ext, mtu)?;
-    let director = lab.host("director")?;
-    lab.attach(&director, &ext, "ext", "198.18.1.2/24")?;
-    director.addr_add("ext", &format!("{VIP}/32"))?;
-    let mut reals = Vec::new();
-    let mut real_addrs = Vec::new();
-    for i in 0..n {
-        let h = lab.host(&format!("rs{}", i + 1))?;
-        let addr = Ipv4Addr::new(198, 18, 1, 11 + i as u8);
-        h.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
-        h.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
-        lab.attach(&h, &ext, "eth0", &format!("{addr}/24"))?;
-        h.sysctl("net.ipv4.conf.eth0.arp_ignore", "1")?;
-        h.sysctl("net.ipv4.conf.eth0.arp_announce", "2")?;
-        h.addr_add("lo", &format!("{VIP}/32"))?;
+    let director = director_host(&lab, &ext, None)?;
+    let (reals, real_addrs) = dr_reals(&lab, &ext, n)?;
+    for h in &reals {
         h.route_add(FAR_NET, &ROUTER_EXT.to_string())?;
-        reals.push(h);
-        real_addrs.push(addr);
     }
     let topo = topo(lab, Mode::Dr, client, director, reals, real_addrs)?;
     Ok(Routed { topo, router })

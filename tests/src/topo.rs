@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::lab::{wait_until, Host, Lab, Proc};
+use crate::lab::{wait_until, Bridge, Host, Lab, Proc};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
@@ -96,6 +96,53 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// The director: `ext` 198.18.1.2/24 holding the VIP, and `int` 198.18.2.1/24 (the NAT real
+/// servers' gateway) when `int` is given.
+pub fn director_host(lab: &Lab, ext: &Bridge, int: Option<&Bridge>) -> Result<Host> {
+    let director = lab.host("director")?;
+    lab.attach(&director, ext, "ext", "198.18.1.2/24")?;
+    if let Some(int) = int {
+        lab.attach(&director, int, "int", "198.18.2.1/24")?;
+    }
+    director.addr_add("ext", &format!("{VIP}/32"))?;
+    Ok(director)
+}
+
+/// NAT real servers rs1..rsN at 198.18.2.11.. on `int`, default route via the director.
+pub fn nat_reals(lab: &Lab, int: &Bridge, n: usize) -> Result<(Vec<Host>, Vec<Ipv4Addr>)> {
+    let mut reals = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let h = lab.host(&format!("rs{}", i + 1))?;
+        let addr = Ipv4Addr::new(198, 18, 2, 11 + i as u8);
+        lab.attach(&h, int, "eth0", &format!("{addr}/24"))?;
+        h.route_add("default", "198.18.2.1")?;
+        reals.push(h);
+        addrs.push(addr);
+    }
+    Ok((reals, addrs))
+}
+
+/// DR real servers rs1..rsN at 198.18.1.11.. on `ext`, holding the VIP on `lo` without ever
+/// answering ARP for it (`arp_ignore=1`, `arp_announce=2`: the LVS-DR recipe).
+pub fn dr_reals(lab: &Lab, ext: &Bridge, n: usize) -> Result<(Vec<Host>, Vec<Ipv4Addr>)> {
+    let mut reals = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let h = lab.host(&format!("rs{}", i + 1))?;
+        let addr = Ipv4Addr::new(198, 18, 1, 11 + i as u8);
+        h.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+        h.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        lab.attach(&h, ext, "eth0", &format!("{addr}/24"))?;
+        h.sysctl("net.ipv4.conf.eth0.arp_ignore", "1")?;
+        h.sysctl("net.ipv4.conf.eth0.arp_announce", "2")?;
+        h.addr_add("lo", &format!("{VIP}/32"))?;
+        reals.push(h);
+        addrs.push(addr);
+    }
+    Ok((reals, addrs))
+}
+
 /// A built topology with its processes.
 pub struct Topo {
     pub lab: Lab,
@@ -120,21 +167,9 @@ impl Topo {
         let ext = lab.bridge("ext")?;
         let int = lab.bridge("int")?;
         let client = lab.host("client")?;
-        let director = lab.host("director")?;
         lab.attach(&client, &ext, "eth0", "198.18.1.10/24")?;
-        lab.attach(&director, &ext, "ext", "198.18.1.2/24")?;
-        lab.attach(&director, &int, "int", "198.18.2.1/24")?;
-        director.addr_add("ext", &format!("{VIP}/32"))?;
-        let mut reals = Vec::new();
-        let mut real_addrs = Vec::new();
-        for i in 0..n {
-            let h = lab.host(&format!("rs{}", i + 1))?;
-            let addr = Ipv4Addr::new(198, 18, 2, 11 + i as u8);
-            lab.attach(&h, &int, "eth0", &format!("{addr}/24"))?;
-            h.route_add("default", "198.18.2.1")?;
-            reals.push(h);
-            real_addrs.push(addr);
-        }
+        let director = director_host(&lab, &ext, Some(&int))?;
+        let (reals, real_addrs) = nat_reals(&lab, &int, n)?;
         Topo::finish(lab, Mode::Nat, client, director, reals, real_addrs)
     }
 
@@ -142,24 +177,9 @@ impl Topo {
     pub fn dr(lab: Lab, n: usize) -> Result<Topo> {
         let ext = lab.bridge("ext")?;
         let client = lab.host("client")?;
-        let director = lab.host("director")?;
         lab.attach(&client, &ext, "eth0", "198.18.1.10/24")?;
-        lab.attach(&director, &ext, "ext", "198.18.1.2/24")?;
-        director.addr_add("ext", &format!("{VIP}/32"))?;
-        let mut reals = Vec::new();
-        let mut real_addrs = Vec::new();
-        for i in 0..n {
-            let h = lab.host(&format!("rs{}", i + 1))?;
-            let addr = Ipv4Addr::new(198, 18, 1, 11 + i as u8);
-            h.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
-            h.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
-            lab.attach(&h, &ext, "eth0", &format!("{addr}/24"))?;
-            h.sysctl("net.ipv4.conf.eth0.arp_ignore", "1")?;
-            h.sysctl("net.ipv4.conf.eth0.arp_announce", "2")?;
-            h.addr_add("lo", &format!("{VIP}/32"))?;
-            reals.push(h);
-            real_addrs.push(addr);
-        }
+        let director = director_host(&lab, &ext, None)?;
+        let (reals, real_addrs) = dr_reals(&lab, &ext, n)?;
         Topo::finish(lab, Mode::Dr, client, director, reals, real_addrs)
     }
 

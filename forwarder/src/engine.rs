@@ -580,11 +580,7 @@ impl Engine {
         if svc.config.mode == Mode::Nat {
             rewrite_dst(frame, flow, ports, real, meta);
         }
-        let v = self.emit(frame, flow, *real.ip(), meta, t, ctx);
-        if matches!(v, Verdict::Forward { .. }) {
-            WorkerCounters::bump(&ctx.counters.forwarded_in);
-        }
-        v
+        self.emit(frame, flow, *real.ip(), meta, t, ctx, |c| &c.forwarded_in)
     }
 
     /// NAT real server → client: the source becomes VIP:port again.
@@ -616,15 +612,8 @@ impl Engine {
             shard.update(id, Direction::Out, ports.tcp_flags, len, now);
             shard.entry(id).vip()
         };
-        if flow.ttl <= 1 {
-            return Verdict::Drop(DropReason::TtlExceeded);
-        }
         rewrite_src(frame, flow, ports, vip, meta);
-        let v = self.emit(frame, flow, flow.dst, meta, t, ctx);
-        if matches!(v, Verdict::Forward { .. }) {
-            WorkerCounters::bump(&ctx.counters.forwarded_out);
-        }
-        v
+        self.emit(frame, flow, flow.dst, meta, t, ctx, |c| &c.forwarded_out)
     }
 
     /// An ICMP message to a VIP. Errors quoting a packet VIP:port → client belong to a flow
@@ -663,19 +652,12 @@ impl Engine {
         let Some((real, mode)) = found else {
             return Verdict::Drop(DropReason::IcmpNoConnection);
         };
-        if flow.ttl <= 1 {
-            return Verdict::Drop(DropReason::TtlExceeded);
-        }
         if mode == Mode::Nat {
             // Outer destination VIP → real; quoted source VIP:vport → real:rport.
             set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
             translate_quoted(frame, flow, q, QuotedSide::Src, real);
         }
-        let v = self.emit(frame, flow, *real.ip(), meta, t, ctx);
-        if matches!(v, Verdict::Forward { .. }) {
-            WorkerCounters::bump(&ctx.counters.icmp_forwarded);
-        }
-        v
+        self.emit(frame, flow, *real.ip(), meta, t, ctx, |c| &c.icmp_forwarded)
     }
 
     /// An ICMP error from the real servers' side quoting client → real (a NAT flow's
@@ -713,19 +695,16 @@ impl Engine {
         if flow.fragment {
             return Verdict::Drop(DropReason::Fragment);
         }
-        if flow.ttl <= 1 {
-            return Verdict::Drop(DropReason::TtlExceeded);
-        }
         set_ip_addr(frame, flow.ip, ADDR_SRC, *vip.ip());
         translate_quoted(frame, flow, q, QuotedSide::Dst, vip);
-        let v = self.emit(frame, flow, flow.dst, RxMeta::default(), t, ctx);
-        if matches!(v, Verdict::Forward { .. }) {
-            WorkerCounters::bump(&ctx.counters.icmp_forwarded);
-        }
-        v
+        self.emit(frame, flow, flow.dst, RxMeta::default(), t, ctx, |c| {
+            &c.icmp_forwarded
+        })
     }
 
-    /// Decrement TTL, pick the next hop, write the MACs.
+    /// The common end of every forwarding path: refuse an expiring TTL, pick the next hop,
+    /// decrement TTL, write the MACs, and count the forward in `counter`.
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         &self,
         frame: &mut [u8],
@@ -734,7 +713,11 @@ impl Engine {
         meta: RxMeta,
         t: &Tables<'_>,
         ctx: &mut WorkerCtx<'_>,
+        counter: fn(&WorkerCounters) -> &AtomicU64,
     ) -> Verdict {
+        if flow.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
         let hop = match t.fib.resolve(toward) {
             Ok(hop) => hop,
             Err(FibMiss::NoRoute) => return Verdict::Drop(DropReason::NoRoute),
@@ -761,6 +744,7 @@ impl Engine {
         let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
         eth.set_src_addr(MacAddr(hop.src_mac));
         eth.set_dst_addr(MacAddr(hop.dst_mac));
+        WorkerCounters::bump(counter(ctx.counters));
         Verdict::Forward {
             ifindex: hop.ifindex,
         }

@@ -162,6 +162,23 @@ pub struct Topo {
 }
 
 impl Topo {
+    /// The topology of `mode` with `n` real servers.
+    pub fn new(lab: Lab, mode: Mode, n: usize) -> Result<Topo> {
+        match mode {
+            Mode::Nat => Topo::nat(lab, n),
+            Mode::Dr => Topo::dr(lab, n),
+        }
+    }
+
+    /// For tests: a three-real topology of `mode` with its servers and director started for
+    /// `services`, or `None` where lab tests cannot run (see `Lab::for_test`).
+    pub fn started(tag: &str, mode: Mode, services: &[ServiceSpec]) -> Option<Topo> {
+        let lab = Lab::for_test(tag)?;
+        let mut topo = Topo::new(lab, mode, 3).expect("topology");
+        topo.start(services).expect("start");
+        Some(topo)
+    }
+
     /// The NAT topology with `n` real servers.
     pub fn nat(lab: Lab, n: usize) -> Result<Topo> {
         let ext = lab.bridge("ext")?;

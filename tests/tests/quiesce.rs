@@ -76,16 +76,10 @@ fn read_checked(r: &mut impl Read, offset: u64, n: u64, digest: &mut pattern::Fn
 }
 
 fn quiesce(tag: &str, mode: Mode) {
-    let Some(lab) = Lab::for_test(tag) else {
+    let svc = ServiceSpec::http("rr", &[1, 1, 1]);
+    let Some(topo) = Topo::started(tag, mode, std::slice::from_ref(&svc)) else {
         return;
     };
-    let mut topo = match mode {
-        Mode::Nat => Topo::nat(lab, 3),
-        Mode::Dr => Topo::dr(lab, 3),
-    }
-    .expect("topology");
-    let svc = ServiceSpec::http("rr", &[1, 1, 1]);
-    topo.start(std::slice::from_ref(&svc)).expect("start");
 
     // The long stream, from a socket made in the client's namespace.
     let stream = topo

@@ -61,16 +61,10 @@ fn passed(topo: &Topo) -> u64 {
 }
 
 fn no_rsts_for_service_traffic(mode: Mode) {
-    let Some(lab) = Lab::for_test(&format!("rst-{}", mode.as_str())) else {
+    let svc = [ServiceSpec::http("rr", &[1, 1, 1]), drained_service()];
+    let Some(topo) = Topo::started(&format!("rst-{}", mode.as_str()), mode, &svc) else {
         return;
     };
-    let mut topo = match mode {
-        Mode::Nat => Topo::nat(lab, 3),
-        Mode::Dr => Topo::dr(lab, 3),
-    }
-    .expect("topology");
-    let svc = [ServiceSpec::http("rr", &[1, 1, 1]), drained_service()];
-    topo.start(&svc).expect("start");
     let dmac = topo.director.mac("ext").expect("director's MAC");
     let send = |f: Frames| {
         let sent = labpkt::send(&topo.client, "eth0", dmac, &f).expect("labpkt");

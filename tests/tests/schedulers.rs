@@ -16,21 +16,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use director_lab::topo::{tally, Mode, ServiceSpec, Topo, CLIENT};
-use director_lab::Lab;
 
 const REQUESTS: usize = 300;
-
-/// A started three-real topology for one HTTP service, or `None` where lab tests cannot run.
-fn lab(tag: &str, mode: Mode, svc: &ServiceSpec) -> Option<Topo> {
-    let lab = Lab::for_test(tag)?;
-    let mut topo = match mode {
-        Mode::Nat => Topo::nat(lab, 3),
-        Mode::Dr => Topo::dr(lab, 3),
-    }
-    .expect("topology");
-    topo.start(std::slice::from_ref(svc)).expect("start");
-    Some(topo)
-}
 
 /// The director's per-real connection counters must equal the client's tally.
 fn assert_director_agrees(topo: &Topo, seen: &[usize]) {
@@ -45,7 +32,7 @@ fn assert_director_agrees(topo: &Topo, seen: &[usize]) {
 /// 300 requests; each real's share must be within ±10 % of `weights`' proportion.
 fn distribution(tag: &str, mode: Mode, scheduler: &'static str, weights: &[u32]) {
     let svc = ServiceSpec::http(scheduler, weights);
-    let Some(topo) = lab(tag, mode, &svc) else {
+    let Some(topo) = Topo::started(tag, mode, std::slice::from_ref(&svc)) else {
         return;
     };
     let names = topo
@@ -109,7 +96,7 @@ fn sticky_sources(topo: &Topo, sources: &[Ipv4Addr], per_source: usize) -> Vec<u
 /// sh / mh: one source sticks to one real; twelve sources stick and spread.
 fn source_hash(tag: &str, mode: Mode, scheduler: &'static str) {
     let svc = ServiceSpec::http(scheduler, &[1, 1, 1]);
-    let Some(topo) = lab(tag, mode, &svc) else {
+    let Some(topo) = Topo::started(tag, mode, std::slice::from_ref(&svc)) else {
         return;
     };
     let names = topo
@@ -135,7 +122,7 @@ fn source_hash(tag: &str, mode: Mode, scheduler: &'static str) {
 fn persistence(tag: &str, mode: Mode) {
     let mut svc = ServiceSpec::http("rr", &[1, 1, 1]);
     svc.persistence = "60s";
-    let Some(topo) = lab(tag, mode, &svc) else {
+    let Some(topo) = Topo::started(tag, mode, std::slice::from_ref(&svc)) else {
         return;
     };
     let sources = extra_clients(6);

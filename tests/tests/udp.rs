@@ -8,20 +8,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use director_lab::topo::{tally, vip, Mode, ServiceSpec, Topo, CLIENT};
-use director_lab::{udp_request, Lab};
+use director_lab::udp_request;
 
 const REQUESTS: usize = 90;
-
-fn lab(tag: &str, mode: Mode, svc: &ServiceSpec) -> Option<Topo> {
-    let lab = Lab::for_test(tag)?;
-    let mut topo = match mode {
-        Mode::Nat => Topo::nat(lab, 3),
-        Mode::Dr => Topo::dr(lab, 3),
-    }
-    .expect("topology");
-    topo.start(std::slice::from_ref(svc)).expect("start");
-    Some(topo)
-}
 
 /// `n` requests from the client, each on a new unconnected socket, so each is a new flow.
 /// Each reply must come from the VIP's address and port and be `rsN <payload>`; returns the
@@ -94,7 +83,7 @@ fn peers_seen(topo: &Topo) -> Vec<BTreeMap<String, usize>> {
 
 fn udp_distribution(tag: &str, mode: Mode, scheduler: &'static str, weights: &[u32]) {
     let svc = ServiceSpec::udp(scheduler, weights);
-    let Some(topo) = lab(tag, mode, &svc) else {
+    let Some(topo) = Topo::started(tag, mode, std::slice::from_ref(&svc)) else {
         return;
     };
     let names = udp_many(&topo, svc.port, REQUESTS);
@@ -152,7 +141,7 @@ fn nat_udp_wrr() {
 #[test]
 fn dr_udp_sh() {
     let svc = ServiceSpec::udp("sh", &[1, 1, 1]);
-    let Some(topo) = lab("dr_udp_sh", Mode::Dr, &svc) else {
+    let Some(topo) = Topo::started("dr_udp_sh", Mode::Dr, std::slice::from_ref(&svc)) else {
         return;
     };
     let names = udp_many(&topo, svc.port, 30);

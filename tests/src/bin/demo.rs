@@ -5,17 +5,14 @@
 //! VRRP failover joins the demo when the VRRP engine lands (issue 3).
 
 use anyhow::{Context, Result};
-use director_lab::topo::{tally, ServiceSpec, Topo, VIP};
+use director_lab::topo::{tally, Mode, ServiceSpec, Topo, VIP};
 use director_lab::Lab;
 
 const REQUESTS: usize = 300;
 
 fn run(mode: &str, weights: &[u32]) -> Result<()> {
     let lab = Lab::new(&format!("demo-{mode}"))?;
-    let mut topo = match mode {
-        "nat" => Topo::nat(lab, 3)?,
-        _ => Topo::dr(lab, 3)?,
-    };
+    let mut topo = Topo::new(lab, if mode == "nat" { Mode::Nat } else { Mode::Dr }, 3)?;
     let svc = [ServiceSpec::http("wrr", weights)];
     println!(
         "\n=== {} mode: client 198.18.1.10 → VIP {VIP}:80 → rs1..rs3 ({:?}) ===",

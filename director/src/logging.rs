@@ -3,9 +3,21 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// netlink-packet-route warns on every table dump about link attributes newer kernels add;
+/// that stays out of the log unless `DIRECTOR_LOG` names the crate.
+const QUIET: &str = "netlink_packet_route=error";
+
 pub fn init() {
-    let filter = EnvFilter::try_from_env("DIRECTOR_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"));
+    let spec = std::env::var("DIRECTOR_LOG").unwrap_or_else(|_| "info".to_string());
+    let spec = if spec.contains("netlink_packet_route") {
+        spec
+    } else {
+        format!("{spec},{QUIET}")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("DIRECTOR_LOG={spec:?} is not a valid filter ({e}); using info");
+        EnvFilter::new(format!("info,{QUIET}"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

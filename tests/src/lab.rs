@@ -1058,7 +1058,13 @@ pub fn udp_request(
         sock.connect(addr)?;
         sock.send(payload)?;
         let mut buf = vec![0u8; 65536];
-        let n = sock.recv(&mut buf)?;
+        let n = loop {
+            match sock.recv(&mut buf) {
+                // A signal landed during the wait (EINTR): nothing was lost, wait again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         buf.truncate(n);
         Ok(buf)
     })?

@@ -58,9 +58,12 @@ fn read_checked(r: &mut impl Read, offset: u64, n: u64, digest: &mut pattern::Fn
     let mut off = offset;
     while off < offset + n {
         let want = (offset + n - off).min(buf.len() as u64) as usize;
-        let got = r
-            .read(&mut buf[..want])
-            .unwrap_or_else(|e| panic!("stream broke at byte {off}: {e}"));
+        let got = match r.read(&mut buf[..want]) {
+            Ok(n) => n,
+            // A signal landed during the read (EINTR): nothing was lost, read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("stream broke at byte {off}: {e}"),
+        };
         assert!(
             got > 0,
             "stream ended early at byte {off} of {STREAM_BYTES}"

@@ -131,9 +131,15 @@ fn udp_client(addr: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Vec
     s.connect(addr)?;
     s.send(payload)?;
     let mut buf = vec![0u8; 65536];
-    let n = s
-        .recv(&mut buf)
-        .with_context(|| format!("no reply from {addr} within {timeout:?}"))?;
+    let n = loop {
+        match s.recv(&mut buf) {
+            // A signal landed during the wait (EINTR): nothing was lost, wait again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => {
+                break other.with_context(|| format!("no reply from {addr} within {timeout:?}"))?
+            }
+        }
+    };
     buf.truncate(n);
     Ok(buf)
 }

@@ -5,7 +5,6 @@
 //! control socket. Shutdown reverses it and removes the interception rules.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -120,11 +119,6 @@ impl Daemon {
             .with_context(|| format!("cannot open the control socket {}", socket.display()))?;
         daemon.control = Some(server);
         Ok(daemon)
-    }
-
-    /// Healthy = every worker looped within the last second.
-    pub fn healthy(&self) -> bool {
-        self.datapath.healthy(Duration::from_secs(1))
     }
 
     /// Stop the control socket and the datapath, then hand VIP traffic back to the kernel.

@@ -17,7 +17,7 @@
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -464,20 +464,6 @@ impl Topo {
             self.client.addr_add("eth0", &format!("{a}/24"))?;
         }
         Ok(())
-    }
-
-    /// The config file path (for reuse by the demo).
-    pub fn config_path(&self) -> &Path {
-        &self.config
-    }
-
-    /// Stop the daemon with SIGTERM; returns its stderr.
-    pub fn stop_director(&mut self) -> Result<String> {
-        if let Some(mut p) = self.daemon.take() {
-            p.stop(Duration::from_secs(5));
-            return p.stderr();
-        }
-        Ok(String::new())
     }
 }
 

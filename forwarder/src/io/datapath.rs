@@ -192,11 +192,6 @@ impl Datapath {
             .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) <= max_age.as_millis() as u64)
     }
 
-    /// Sum of all workers' counters.
-    pub fn totals(&self) -> Totals {
-        Totals::sum(&self.counters)
-    }
-
     /// Stop the threads and wait for them.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);

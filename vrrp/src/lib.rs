@@ -1,8 +1,9 @@
-//! VRRP for Director (not built yet; see issue 3).
+//! VRRP for Director.
 //!
-//! Layout this crate will have:
-//! - `wire`: VRRPv3 (RFC 9568 / 5798) and VRRPv2 (RFC 3768) advertisement codec.
+//! - [`wire`]: VRRPv3 (RFC 9568 / 5798) and VRRPv2 (RFC 3768) advertisement codec.
 //! - `instance`: the sans-I/O state machine of RFC 9568 §6 (Initialize, Backup, Master),
 //!   driven by `handle(now, input)`, `handle_timeout(now)`, `poll_action()`, `poll_timeout()`.
 //! - `group`: sync groups and tracking (interfaces, service quorum, datapath heartbeat).
 //! - `io`: raw IP protocol 112 socket, VIP add/del over rtnetlink, gratuitous ARP.
+
+pub mod wire;

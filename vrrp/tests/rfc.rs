@@ -1,0 +1,630 @@
+//! The state machine against RFC 9568 §6 (and RFC 3768 for v2), in virtual time. Each test is
+//! named after the clause it checks; the rest cover what keepalived operators rely on beyond
+//! the RFC (sync groups, tracking, preempt_delay, demote/promote, gratuitous ARP policy).
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::{config, ip, Event, Lan, MS};
+use vrrp::instance::{Action, Cause, Instance, State};
+use vrrp::router::GroupConfig;
+use vrrp::wire::{Advert, Version};
+
+const ADV: Duration = Duration::from_millis(100);
+
+/// Master_Down_Interval for priority `p` at interval `adv` (RFC 9568 §6.1).
+fn mdi(p: u32, adv: Duration) -> Duration {
+    adv * 3 + adv * (256 - p) / 256
+}
+
+/// Two nodes: A (priority 200, .2) and B (priority 100, .3), both started, A master.
+fn pair(seed: u64) -> (Lan, usize, usize) {
+    let mut lan = Lan::new(seed);
+    let a = lan.add("a", 2, vec![config("ext", 51, 2, 200, ADV)], vec![]);
+    let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);
+    lan.start(a);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(2));
+    assert_eq!(lan.nodes[a].state(0), State::Master);
+    assert_eq!(lan.nodes[b].state(0), State::Backup);
+    (lan, a, b)
+}
+
+#[test]
+fn rfc9568_6_1_skew_time_and_master_down_interval() {
+    let inst = Instance::new(config("ext", 51, 2, 100, Duration::from_secs(1)));
+    // (256 - 100) * 1 s / 256 = 609.375 ms; 3 s + skew.
+    assert_eq!(inst.skew_time(), Duration::from_micros(609_375));
+    assert_eq!(
+        inst.master_down_interval(),
+        Duration::from_micros(3_609_375)
+    );
+    let fast = Instance::new(config("ext", 51, 2, 254, Duration::from_millis(10)));
+    assert_eq!(
+        fast.master_down_interval(),
+        mdi(254, Duration::from_millis(10))
+    );
+}
+
+#[test]
+fn rfc9568_6_4_1_owner_priority_255_starts_as_master() {
+    let mut lan = Lan::new(1);
+    let a = lan.add("a", 2, vec![config("ext", 51, 2, 255, ADV)], vec![]);
+    lan.start(a);
+    let t = lan.nodes[a].transitions();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].0, Duration::ZERO);
+    assert_eq!(
+        (t[0].2, t[0].3, t[0].4.clone()),
+        (State::Initialize, State::Master, Cause::Owner)
+    );
+    assert!(lan.nodes[a].holds[0]);
+    // The first advert and gratuitous ARPs go out at once.
+    assert_eq!(
+        lan.nodes[a].first_garp_after(Duration::ZERO),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(lan.nodes[a].last_advert_sent(), Some(Duration::ZERO));
+}
+
+#[test]
+fn rfc9568_6_4_1_non_owner_starts_as_backup_and_becomes_master_after_master_down_interval() {
+    let mut lan = Lan::new(1);
+    let a = lan.add("a", 2, vec![config("ext", 51, 2, 100, ADV)], vec![]);
+    lan.start(a);
+    assert_eq!(lan.nodes[a].state(0), State::Backup);
+    assert!(!lan.nodes[a].holds[0], "a backup never holds the VIPs");
+    lan.run_for(Duration::from_secs(1));
+    let t = lan.nodes[a].transitions();
+    assert_eq!(t[1].3, State::Master);
+    assert_eq!(t[1].0, mdi(100, ADV));
+    assert_eq!(t[1].4, Cause::MasterDown);
+}
+
+#[test]
+fn rfc9568_6_4_2_backup_takes_over_master_down_interval_after_the_last_advert() {
+    let (mut lan, a, b) = pair(2);
+    lan.kill(a);
+    let last = lan.nodes[a].last_advert_sent().expect("a advertised");
+    lan.run_for(Duration::from_secs(1));
+    let t = lan.nodes[b].transitions();
+    let (at, _, _, to, cause) = t.last().expect("b moved").clone();
+    assert_eq!((to, cause), (State::Master, Cause::MasterDown));
+    // Received `delay` after it was sent; down interval from reception.
+    assert_eq!(at, last + lan.delay + mdi(100, ADV));
+    assert_eq!(lan.nodes[b].first_garp_after(at), Some(at));
+    assert_eq!(lan.holders(0), vec![b]);
+}
+
+#[test]
+fn rfc9568_6_4_2_backup_learns_the_masters_advert_interval() {
+    let mut lan = Lan::new(3);
+    // A advertises every 50 ms; B is configured with 1 s but must use A's interval.
+    let a = lan.add("a", 2, vec![config("ext", 51, 2, 200, 50 * MS)], vec![]);
+    let b = lan.add(
+        "b",
+        3,
+        vec![config("ext", 51, 3, 100, Duration::from_secs(1))],
+        vec![],
+    );
+    lan.start(a);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(5));
+    let status = lan.nodes[b].router.instance(0).status();
+    assert_eq!(status.master_adver_interval, 50 * MS);
+    lan.kill(a);
+    let last = lan.nodes[a].last_advert_sent().unwrap();
+    lan.run_for(Duration::from_secs(5));
+    let t = lan.nodes[b].transitions();
+    assert_eq!(t.last().unwrap().0, last + lan.delay + mdi(100, 50 * MS));
+}
+
+#[test]
+fn rfc3768_7_1_v2_advert_with_another_interval_is_discarded() {
+    let mut cfg = config("ext", 51, 3, 100, Duration::from_secs(1));
+    cfg.version = Version::V2;
+    let mut inst = Instance::new(cfg);
+    inst.startup(Duration::ZERO);
+    let down_at = inst.poll_timeout();
+    let advert = Advert {
+        version: Version::V2,
+        vrid: 51,
+        priority: 200,
+        interval_cs: 200,
+        addrs: vec![ip(100)],
+    };
+    inst.handle_advert(Duration::from_millis(500), ip(2), &advert);
+    assert_eq!(inst.counters().interval_mismatch, 1);
+    assert_eq!(inst.poll_timeout(), down_at, "the down timer was not reset");
+    let ok = Advert {
+        interval_cs: 100,
+        ..advert
+    };
+    inst.handle_advert(Duration::from_millis(500), ip(2), &ok);
+    assert_eq!(
+        inst.poll_timeout(),
+        Some(Duration::from_millis(500) + inst.master_down_interval())
+    );
+}
+
+#[test]
+fn rfc9568_6_4_2_priority_zero_from_the_master_means_takeover_after_skew_time() {
+    let (mut lan, a, b) = pair(4);
+    let t0 = lan.now;
+    lan.stop(a);
+    lan.run_for(Duration::from_secs(1));
+    let t = lan.nodes[b].transitions();
+    let (at, _, _, to, cause) = t.last().unwrap().clone();
+    assert_eq!(to, State::Master);
+    assert_eq!(cause, Cause::MasterResigned { from: ip(2) });
+    let skew = ADV * (256 - 100) / 256;
+    assert_eq!(at, t0 + lan.delay + skew);
+}
+
+#[test]
+fn rfc9568_6_4_3_shutdown_sends_priority_zero_and_removes_the_vips() {
+    let (mut lan, a, _) = pair(5);
+    lan.stop(a);
+    let log = &lan.nodes[a].log;
+    let last_advert = log
+        .iter()
+        .rev()
+        .find_map(|(_, e)| match e {
+            Event::Advert { priority, .. } => Some(*priority),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last_advert, 0);
+    assert!(!lan.nodes[a].holds[0]);
+    assert_eq!(lan.nodes[a].state(0), State::Initialize);
+}
+
+#[test]
+fn rfc9568_6_4_2_preempt_a_lower_priority_master() {
+    let mut lan = Lan::new(6);
+    let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(lan.nodes[b].state(0), State::Master);
+    let a = lan.add("a", 2, vec![config("ext", 51, 2, 200, ADV)], vec![]);
+    let t0 = lan.now;
+    lan.start(a);
+    lan.run_for(Duration::from_secs(1));
+    let ta = lan.nodes[a].transitions();
+    let (at, _, _, to, cause) = ta.last().unwrap().clone();
+    assert_eq!(to, State::Master);
+    assert_eq!(
+        cause,
+        Cause::Preempt {
+            from: ip(3),
+            priority: 100
+        }
+    );
+    // Lower-priority adverts are discarded, so A takes over when its down timer runs out.
+    assert_eq!(at, t0 + mdi(200, ADV));
+    let tb = lan.nodes[b].transitions();
+    let (bt, _, _, to, cause) = tb.last().unwrap().clone();
+    assert_eq!(
+        (to, cause),
+        (
+            State::Backup,
+            Cause::HigherPriority {
+                from: ip(2),
+                priority: 200
+            }
+        )
+    );
+    // The dual-master window is one network delay: B yields on A's first advert.
+    assert_eq!(bt, at + lan.delay);
+    assert_eq!(lan.holders(0), vec![a]);
+}
+
+#[test]
+fn rfc9568_6_4_2_nopreempt_keeps_a_lower_priority_master() {
+    let mut lan = Lan::new(7);
+    let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(1));
+    let mut cfg = config("ext", 51, 2, 200, ADV);
+    cfg.preempt = false;
+    let a = lan.add("a", 2, vec![cfg], vec![]);
+    lan.start(a);
+    lan.run_for(Duration::from_secs(10));
+    assert_eq!(lan.nodes[a].state(0), State::Backup);
+    assert_eq!(lan.holders(0), vec![b]);
+    assert_eq!(
+        lan.nodes[a].transitions().len(),
+        1,
+        "only Initialize → Backup"
+    );
+}
+
+#[test]
+fn preempt_delay_tolerates_a_lower_priority_master_for_the_delay() {
+    let mut lan = Lan::new(8);
+    let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(1));
+    let mut cfg = config("ext", 51, 2, 200, ADV);
+    cfg.preempt_delay = Duration::from_secs(3);
+    let a = lan.add("a", 2, vec![cfg], vec![]);
+    let t0 = lan.now;
+    lan.start(a);
+    lan.run_for(Duration::from_secs(10));
+    let ta = lan.nodes[a].transitions();
+    let at = ta.last().unwrap().0;
+    assert_eq!(ta.last().unwrap().3, State::Master);
+    // Preempts at the first Master_Down expiry after the delay.
+    assert!(at >= t0 + Duration::from_secs(3), "{at:?}");
+    assert!(
+        at <= t0 + Duration::from_secs(3) + mdi(200, ADV) + ADV,
+        "{at:?}"
+    );
+}
+
+#[test]
+fn rfc9568_6_4_3_master_yields_to_a_higher_priority_advert() {
+    let mut inst = Instance::new(config("ext", 51, 3, 100, ADV));
+    inst.startup(Duration::ZERO);
+    inst.handle_timeout(Duration::from_secs(1));
+    assert_eq!(inst.state(), State::Master);
+    while inst.poll_action().is_some() {}
+    let advert = Advert {
+        version: Version::V3,
+        vrid: 51,
+        priority: 150,
+        interval_cs: 20,
+        addrs: vec![ip(100)],
+    };
+    let now = Duration::from_secs(2);
+    inst.handle_advert(now, ip(2), &advert);
+    assert_eq!(inst.state(), State::Backup);
+    let actions: Vec<Action> = std::iter::from_fn(|| inst.poll_action()).collect();
+    assert!(actions.contains(&Action::RemoveVips));
+    // v3: the new master's interval (200 ms) is learned for Master_Down_Interval.
+    assert_eq!(inst.poll_timeout(), Some(now + mdi(100, 200 * MS)));
+}
+
+#[test]
+fn rfc9568_6_4_3_equal_priority_tie_break_on_the_primary_address() {
+    let mut lan = Lan::new(9);
+    let lo = lan.add("lo", 2, vec![config("ext", 51, 2, 100, ADV)], vec![]);
+    let hi = lan.add("hi", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);
+    // Both start alone (a partition), both become master, then they meet.
+    lan.nodes[hi].side = 1;
+    lan.start(lo);
+    lan.start(hi);
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(lan.holders(0), vec![lo, hi]);
+    lan.nodes[hi].side = 0;
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(
+        lan.holders(0),
+        vec![hi],
+        "the higher address wins at equal priority"
+    );
+    let t = lan.nodes[lo].transitions();
+    assert_eq!(
+        t.last().unwrap().4,
+        Cause::HigherPriority {
+            from: ip(3),
+            priority: 100
+        }
+    );
+}
+
+#[test]
+fn rfc9568_6_4_3_master_answers_a_priority_zero_advert_at_once() {
+    let mut inst = Instance::new(config("ext", 51, 3, 100, ADV));
+    inst.startup(Duration::ZERO);
+    inst.handle_timeout(Duration::from_secs(1));
+    while inst.poll_action().is_some() {}
+    let now = Duration::from_millis(1_010);
+    let resign = Advert {
+        version: Version::V3,
+        vrid: 51,
+        priority: 0,
+        interval_cs: 10,
+        addrs: vec![ip(100)],
+    };
+    inst.handle_advert(now, ip(2), &resign);
+    assert_eq!(
+        inst.poll_action(),
+        Some(Action::SendAdvert { priority: 100 })
+    );
+    assert_eq!(inst.poll_timeout(), Some(now + ADV));
+    assert_eq!(inst.state(), State::Master);
+}
+
+#[test]
+fn own_and_other_version_adverts_are_ignored() {
+    let mut inst = Instance::new(config("ext", 51, 3, 100, ADV));
+    inst.startup(Duration::ZERO);
+    let down = inst.poll_timeout();
+    let mut advert = Advert {
+        version: Version::V3,
+        vrid: 51,
+        priority: 200,
+        interval_cs: 10,
+        addrs: vec![ip(100)],
+    };
+    inst.handle_advert(Duration::from_millis(50), ip(3), &advert);
+    advert.version = Version::V2;
+    inst.handle_advert(Duration::from_millis(50), ip(2), &advert);
+    assert_eq!(inst.poll_timeout(), down);
+    assert_eq!(inst.counters().own, 1);
+    assert_eq!(inst.counters().wrong_version, 1);
+}
+
+#[test]
+fn sync_group_members_move_together() {
+    let mut lan = Lan::new(10);
+    let group = || {
+        vec![GroupConfig {
+            name: "lb".into(),
+            members: vec!["ext".into(), "int".into()],
+        }]
+    };
+    let a = lan.add(
+        "a",
+        2,
+        vec![
+            config("ext", 51, 2, 200, ADV),
+            config("int", 52, 2, 200, ADV),
+        ],
+        group(),
+    );
+    let b = lan.add(
+        "b",
+        3,
+        vec![
+            config("ext", 51, 3, 100, ADV),
+            config("int", 52, 3, 100, ADV),
+        ],
+        group(),
+    );
+    lan.start(a);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(2));
+    assert_eq!((lan.holders(0), lan.holders(1)), (vec![a], vec![a]));
+    // Only "int" fails on A (its interface tracking with weight 0): the group faults as a
+    // whole and B takes both.
+    lan.with(a, |r, now| r.set_track(now, "datapath", false));
+    assert_eq!(lan.nodes[a].state(0), State::Fault);
+    assert_eq!(lan.nodes[a].state(1), State::Fault);
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!((lan.holders(0), lan.holders(1)), (vec![b], vec![b]));
+    // Recovery: A comes back as backup, preempts, and both move back together.
+    lan.with(a, |r, now| r.set_track(now, "datapath", true));
+    lan.run_for(Duration::from_secs(2));
+    assert_eq!((lan.holders(0), lan.holders(1)), (vec![a], vec![a]));
+}
+
+#[test]
+fn sync_group_follows_a_member_that_took_over() {
+    let mut lan = Lan::new(11);
+    let group = || {
+        vec![GroupConfig {
+            name: "lb".into(),
+            members: vec!["ext".into(), "int".into()],
+        }]
+    };
+    let a = lan.add(
+        "a",
+        2,
+        vec![
+            config("ext", 51, 2, 200, ADV),
+            config("int", 52, 2, 200, ADV),
+        ],
+        group(),
+    );
+    let b = lan.add(
+        "b",
+        3,
+        vec![
+            config("ext", 51, 3, 100, ADV),
+            config("int", 52, 3, 100, ADV),
+        ],
+        group(),
+    );
+    lan.start(a);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(2));
+    // A dies: the first of B's timers to run out takes its instance over, and the other
+    // member follows at the same instant instead of waiting for its own timer.
+    lan.kill(a);
+    lan.run_for(Duration::from_secs(1));
+    let t = lan.nodes[b].transitions();
+    let masters: Vec<_> = t.iter().filter(|x| x.3 == State::Master).collect();
+    assert_eq!(masters.len(), 2);
+    assert_eq!(masters[0].0, masters[1].0, "both at the same instant");
+    assert!(matches!(masters[1].4, Cause::Group { .. }));
+}
+
+#[test]
+fn tracking_weight_lowers_priority_and_the_peer_preempts() {
+    let mut lan = Lan::new(12);
+    let mut cfg = config("ext", 51, 2, 200, ADV);
+    cfg.tracks.push(vrrp::instance::Track {
+        name: "if:eth1".into(),
+        weight: -150,
+    });
+    let a = lan.add("a", 2, vec![cfg], vec![]);
+    let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);
+    lan.start(a);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(2));
+    lan.with(a, |r, now| r.set_track(now, "if:eth1", false));
+    assert_eq!(lan.nodes[a].router.instance(0).effective_priority(), 50);
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(lan.holders(0), vec![b]);
+    lan.with(a, |r, now| r.set_track(now, "if:eth1", true));
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(lan.holders(0), vec![a]);
+}
+
+#[test]
+fn a_master_whose_datapath_stops_resigns_and_the_peer_takes_over_after_skew_time() {
+    let (mut lan, a, b) = pair(13);
+    let t0 = lan.now;
+    lan.with(a, |r, now| r.set_track(now, "datapath", false));
+    assert!(!lan.nodes[a].holds[0]);
+    lan.run_for(Duration::from_secs(1));
+    let t = lan.nodes[b].transitions();
+    let (at, _, _, to, cause) = t.last().unwrap().clone();
+    assert_eq!(
+        (to, cause),
+        (State::Master, Cause::MasterResigned { from: ip(2) })
+    );
+    assert_eq!(at, t0 + lan.delay + ADV * (256 - 100) / 256);
+    // While faulted, A never takes the VIPs back, even though B has a lower priority.
+    lan.run_for(Duration::from_secs(5));
+    assert_eq!(lan.holders(0), vec![b]);
+}
+
+#[test]
+fn demote_resigns_and_promote_takes_over() {
+    let (mut lan, a, b) = pair(14);
+    lan.with(a, |r, now| r.demote(now));
+    lan.run_for(Duration::from_secs(2));
+    assert_eq!(lan.holders(0), vec![b]);
+    assert!(lan.nodes[a].router.instance(0).status().demoted);
+    // A demoted node does not preempt, but still takes over if the peer dies.
+    lan.run_for(Duration::from_secs(5));
+    assert_eq!(lan.holders(0), vec![b]);
+    lan.with(a, |r, now| r.promote(now));
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(lan.holders(0), vec![a]);
+    // Promote also works from the lower-priority side: B advertises 254.
+    lan.with(b, |r, now| r.promote(now));
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(lan.holders(0), vec![b]);
+    assert_eq!(lan.nodes[b].router.instance(0).effective_priority(), 254);
+}
+
+#[test]
+fn gratuitous_arp_burst_second_burst_and_refresh() {
+    let mut cfg = config("ext", 51, 2, 255, ADV);
+    cfg.garp.repeat = 3;
+    cfg.garp.interval = 10 * MS;
+    cfg.garp.delay = Duration::from_secs(5);
+    cfg.garp.refresh = Duration::from_secs(60);
+    let mut lan = Lan::new(15);
+    let a = lan.add("a", 2, vec![cfg], vec![]);
+    lan.start(a);
+    lan.run_for(Duration::from_secs(130));
+    let garps: Vec<Duration> = lan.nodes[a]
+        .log
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Garp { .. }))
+        .map(|(t, _)| *t)
+        .collect();
+    let s = |ms: u64| Duration::from_millis(ms);
+    assert_eq!(
+        garps,
+        vec![
+            s(0),
+            s(10),
+            s(20),
+            s(5_000),
+            s(5_010),
+            s(5_020),
+            s(60_000),
+            s(60_010),
+            s(60_020),
+            s(120_000),
+            s(120_010),
+            s(120_020)
+        ]
+    );
+}
+
+#[test]
+fn partition_makes_two_masters_and_healing_keeps_the_higher_with_a_fresh_garp() {
+    let (mut lan, a, b) = pair(16);
+    lan.nodes[b].side = 1;
+    lan.run_for(Duration::from_secs(2));
+    assert_eq!(lan.holders(0), vec![a, b], "two masters while partitioned");
+    lan.nodes[b].side = 0;
+    let heal = lan.now;
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(lan.holders(0), vec![a]);
+    let tb = lan.nodes[b].transitions();
+    let (bt, _, _, to, _) = tb.last().unwrap().clone();
+    assert_eq!(to, State::Backup);
+    // B yields on A's first advert after the heal.
+    assert!(bt <= heal + ADV + lan.delay, "{bt:?}");
+    // A heard B's lower-priority advert: it re-asserts and refreshes the neighbours' caches.
+    let dual = lan.nodes[a]
+        .log
+        .iter()
+        .find(|(t, e)| *t >= heal && matches!(e, Event::DualMaster { .. }))
+        .map(|(t, _)| *t)
+        .expect("dual master detected");
+    assert_eq!(lan.nodes[a].first_garp_after(heal), Some(dual));
+}
+
+/// Under loss and jitter, a backup takes over only when it really heard nothing for
+/// Master_Down_Interval, yields on the first advert of the higher-priority master that
+/// reaches it, and the right node ends up master.
+#[test]
+fn seeded_loss_and_jitter_only_justified_takeovers_and_convergence() {
+    let mut total_takeovers = 0;
+    for seed in 0..20 {
+        let mut lan = Lan::new(100 + seed);
+        lan.loss = 0.15;
+        lan.jitter = 3 * MS;
+        let adv = 10 * MS;
+        let a = lan.add("a", 2, vec![config("ext", 51, 2, 200, adv)], vec![]);
+        let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, adv)], vec![]);
+        lan.start(a);
+        lan.start(b);
+        lan.run_for(Duration::from_secs(60));
+        let log = &lan.nodes[b].log;
+        let mut last_rx = Duration::ZERO;
+        let mut master_since = None;
+        for (t, e) in log {
+            match e {
+                Event::Received { .. } => {
+                    last_rx = *t;
+                    if let Some(since) = master_since.take() {
+                        let yielded = log.iter().any(|(tt, ee)| {
+                            *tt == *t
+                                && matches!(
+                                    ee,
+                                    Event::Transition {
+                                        to: State::Backup,
+                                        ..
+                                    }
+                                )
+                        });
+                        assert!(
+                            yielded,
+                            "seed {seed}: master since {since:?}, heard A at {t:?}"
+                        );
+                    }
+                }
+                Event::Transition {
+                    to: State::Master,
+                    cause,
+                    ..
+                } => {
+                    total_takeovers += 1;
+                    master_since = Some(*t);
+                    assert_eq!(*cause, Cause::MasterDown, "seed {seed}");
+                    assert!(
+                        *t - last_rx >= mdi(100, adv),
+                        "seed {seed}: takeover at {t:?} after rx {last_rx:?}"
+                    );
+                }
+                _ => {}
+            }
+        }
+        lan.loss = 0.0;
+        lan.run_for(Duration::from_secs(1));
+        assert_eq!(lan.holders(0), vec![a], "seed {seed}");
+    }
+    // 15 % loss makes three lost adverts in a row common enough that the checks above ran.
+    assert!(total_takeovers > 20, "{total_takeovers}");
+}

@@ -262,7 +262,7 @@ pub fn decode(
         Version::V3 => {
             let [hi, lo] = [
                 message[field::INTERVAL.start],
-                message[field::INTERVAL.end - 1],
+                message[field::INTERVAL.start + 1],
             ];
             u16::from_be_bytes([hi, lo]) & MAX_INTERVAL_CS_V3
         }
@@ -279,9 +279,12 @@ pub fn decode(
     }
     let mut addrs = Vec::with_capacity(count);
     for raw in message[field::ADDRS..field::ADDRS + count * addr_len].chunks_exact(addr_len) {
-        addrs.push(match <[u8; 16]>::try_from(raw) {
-            Ok(v6) => IpAddr::from(v6),
-            Err(_) => IpAddr::from([raw[0], raw[1], raw[2], raw[3]]),
+        addrs.push(if ipv6 {
+            let mut octets = [0; 16];
+            octets.copy_from_slice(raw);
+            IpAddr::from(octets)
+        } else {
+            IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
         });
     }
     let advert = Advert {
@@ -396,8 +399,7 @@ fn check_checksum(
     let pseudo = || pseudo_header_sum(src, dst, message.len());
     match (version, src.is_ipv6()) {
         (Version::V2, _) if verifies(0) => Ok(ChecksumMode::MessageOnly),
-        (Version::V3, true) if verifies(pseudo()) => Ok(ChecksumMode::PseudoHeader),
-        (Version::V3, false) if verifies(pseudo()) => Ok(ChecksumMode::PseudoHeader),
+        (Version::V3, _) if verifies(pseudo()) => Ok(ChecksumMode::PseudoHeader),
         (Version::V3, false) if verifies(0) => Ok(ChecksumMode::MessageOnly),
         _ => Err(DecodeError::Checksum),
     }

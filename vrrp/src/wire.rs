@@ -205,11 +205,16 @@ pub fn decode_ipv4(datagram: &[u8]) -> Result<Received, DecodeError> {
     }
     let src = Ipv4Addr::new(datagram[12], datagram[13], datagram[14], datagram[15]);
     let dst = Ipv4Addr::new(datagram[16], datagram[17], datagram[18], datagram[19]);
-    let (advert, checksum) = decode(
-        &datagram[header_len..total_len],
-        IpAddr::V4(src),
-        IpAddr::V4(dst),
-    )?;
+    let message = &datagram[header_len..total_len];
+    let (advert, checksum) = match decode(message, IpAddr::V4(src), IpAddr::V4(dst)) {
+        // keepalived before 1.3.6 (and later ones with `old_unicast_checksum`) sum unicast v3
+        // adverts over a pseudo-header addressed to 224.0.0.18; keepalived itself accepts
+        // them, and so do we.
+        Err(DecodeError::Checksum) if dst != MULTICAST_V4 => {
+            decode(message, IpAddr::V4(src), IpAddr::V4(MULTICAST_V4))?
+        }
+        other => other?,
+    };
     Ok(Received {
         src,
         dst,

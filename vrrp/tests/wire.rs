@@ -222,16 +222,22 @@ fn encoder_reproduces_keepalived_messages() {
     }
 }
 
-/// `old_unicast_checksum` (keepalived ≤ 1.3.6 compatibility) is neither accepted style: it
-/// is the pseudo-header checksum computed with the multicast group as destination even
-/// though the packet goes to the unicast peer. decode_ipv4 rejects it; a caller that wants
-/// to talk to such peers can retry `decode` with `MULTICAST_V4` as the destination.
+/// `old_unicast_checksum` (keepalived ≤ 1.3.6 compatibility) is the pseudo-header checksum
+/// computed with the multicast group as destination even though the packet goes to the
+/// unicast peer. `decode` with the real destination rejects it; `decode_ipv4` accepts it, as
+/// keepalived does, by trying the group as destination when the real one fails.
 #[test]
 fn keepalived_old_unicast_checksum_is_pseudo_header_to_the_group() {
     let cap = capture!("v3-unicast-old-checksum");
     let conf = parse_conf(cap.conf);
     let datagram = hex(cap.datagram);
-    assert_eq!(decode_ipv4(&datagram), Err(DecodeError::Checksum));
+    let (src0, dst0) = addrs_of(&datagram);
+    assert_eq!(
+        decode(&datagram[ihl(&datagram)..], src0, dst0),
+        Err(DecodeError::Checksum)
+    );
+    let rx = decode_ipv4(&datagram).expect("accepted as keepalived accepts it");
+    assert_eq!(rx.advert, expected_advert(&conf));
 
     let (src, dst) = addrs_of(&datagram);
     assert_eq!(dst, IpAddr::V4(conf.unicast_peers[0]));
@@ -790,7 +796,13 @@ fn mutated_packets_never_panic_and_never_pass_a_wrong_checksum() {
                 assert_eq!(d[8], TTL);
                 let total = usize::from(u16::from_be_bytes([d[2], d[3]]));
                 let message = &d[ihl(&d)..total];
-                assert!(verifies(message, src, dst, got.checksum), "iteration {i}");
+                // The old keepalived unicast style verifies against the group.
+                let group = IpAddr::V4(MULTICAST_V4);
+                assert!(
+                    verifies(message, src, dst, got.checksum)
+                        || verifies(message, src, group, got.checksum),
+                    "iteration {i}"
+                );
                 if got.advert.version == Version::V2 {
                     assert_eq!(got.checksum, ChecksumMode::MessageOnly);
                 }

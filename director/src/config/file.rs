@@ -36,6 +36,12 @@ pub struct NodeFile {
 pub struct VrrpFile {
     pub version: Option<Spanned<i64>>,
     pub advert_interval: Option<Spanned<RawDuration>>,
+    pub checksum: Option<Spanned<String>>,
+    pub garp_repeat: Option<Spanned<i64>>,
+    pub garp_interval: Option<Spanned<RawDuration>>,
+    pub garp_delay: Option<Spanned<RawDuration>>,
+    pub garp_refresh: Option<Spanned<RawDuration>>,
+    pub realtime_priority: Option<Spanned<i64>>,
     #[serde(default)]
     pub instance: Vec<Spanned<VrrpInstanceFile>>,
     #[serde(default)]
@@ -57,6 +63,8 @@ pub struct VrrpInstanceFile {
     pub unicast_peers: Vec<Spanned<String>>,
     #[serde(default)]
     pub track_interfaces: Vec<Spanned<TrackInterfaceFile>>,
+    pub accept: Option<bool>,
+    pub notify: Option<Spanned<String>>,
 }
 
 /// One entry of `track_interfaces = [{ name = "eth1", weight = -60 }]`.

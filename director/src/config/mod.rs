@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use forwarder::model::{DatapathConfig, VirtualService};
+pub use vrrp::instance::GarpPolicy;
+pub use vrrp::wire::ChecksumMode;
 
 pub use error::ConfigError;
 
@@ -125,6 +127,14 @@ pub struct Vrrp {
     pub advert_interval: Duration,
     pub instances: Vec<VrrpInstance>,
     pub groups: Vec<VrrpGroup>,
+    /// v3 over IPv4: the checksum style sent (both are accepted). Default: with the
+    /// pseudo-header, as RFC 9568 and keepalived.
+    pub checksum: ChecksumMode,
+    /// Gratuitous ARP on takeover. Defaults as keepalived: 5 at once, again after 5 s.
+    pub garp: GarpPolicy,
+    /// SCHED_FIFO priority of the VRRP timer thread; `None` (`0` in the file) = normal
+    /// scheduling. Default 20.
+    pub realtime_priority: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +161,11 @@ pub struct VrrpInstance {
     /// Empty = multicast to 224.0.0.18.
     pub unicast_peers: Vec<Ipv4Addr>,
     pub track_interfaces: Vec<TrackInterface>,
+    /// RFC 9568 Accept_Mode: whether the master accepts traffic to the VIPs other than the
+    /// services (ping, SSH). Default true, as keepalived without `vrrp_strict`.
+    pub accept: bool,
+    /// Called with INSTANCE NAME STATE PRIORITY on every transition.
+    pub notify: Option<PathBuf>,
 }
 
 /// A VIP with the prefix length it is added with (`198.18.1.100/24`; no prefix = /32).

@@ -22,9 +22,9 @@ use super::file::{
     VrrpInstanceFile,
 };
 use super::{
-    Check, CheckKind, Config, Control, Node, OnFail, ProxyProtocol, Service, Sync, SyncDestination,
-    TrackInterface, VipPrefix, Vrrp, VrrpGroup, VrrpInstance, VrrpVersion, XdpMode,
-    DEFAULT_SOCKET_PATH,
+    Check, CheckKind, ChecksumMode, Config, Control, GarpPolicy, Node, OnFail, ProxyProtocol,
+    Service, Sync, SyncDestination, TrackInterface, VipPrefix, Vrrp, VrrpGroup, VrrpInstance,
+    VrrpVersion, XdpMode, DEFAULT_SOCKET_PATH,
 };
 
 /// The forwarding modes this build's datapath implements. TUN and FULLNAT parse and validate
@@ -416,11 +416,59 @@ impl Validator<'_> {
                 format!("duplicate VRRP group name {name:?} (first defined on line {line})")
             },
         );
+        let checksum = match &f.checksum {
+            None => ChecksumMode::PseudoHeader,
+            Some(c) => match (c.get_ref().as_str(), version) {
+                ("pseudo-header", _) => ChecksumMode::PseudoHeader,
+                ("message-only", VrrpVersion::V3) => ChecksumMode::MessageOnly,
+                ("message-only", VrrpVersion::V2) => {
+                    self.err(
+                        c.span(),
+                        "checksum = \"message-only\" is a VRRP v3 choice; v2 always sums the message alone"
+                            .to_owned(),
+                    );
+                    ChecksumMode::PseudoHeader
+                }
+                (other, _) => {
+                    self.err(
+                        c.span(),
+                        format!("unknown checksum {other:?}; allowed: \"pseudo-header\" | \"message-only\""),
+                    );
+                    ChecksumMode::PseudoHeader
+                }
+            },
+        };
+        let defaults = GarpPolicy::default();
+        let garp = GarpPolicy {
+            repeat: f
+                .garp_repeat
+                .as_ref()
+                .and_then(|v| self.int(v, "garp_repeat", 1..=100))
+                .unwrap_or(defaults.repeat),
+            interval: self.opt_duration(
+                f.garp_interval.as_ref(),
+                "garp_interval",
+                defaults.interval,
+            ),
+            delay: self.opt_duration(f.garp_delay.as_ref(), "garp_delay", defaults.delay),
+            refresh: self.opt_duration(f.garp_refresh.as_ref(), "garp_refresh", defaults.refresh),
+        };
+        let realtime_priority = match &f.realtime_priority {
+            None => Some(20),
+            Some(v) => match self.int::<i32>(v, "realtime_priority", 0..=99) {
+                Some(0) => None,
+                Some(p) => Some(p),
+                None => Some(20),
+            },
+        };
         Vrrp {
             version,
             advert_interval,
             instances,
             groups,
+            checksum,
+            garp,
+            realtime_priority,
         }
     }
 
@@ -478,6 +526,8 @@ impl Validator<'_> {
             ),
             unicast_peers,
             track_interfaces,
+            accept: i.accept.unwrap_or(true),
+            notify: i.notify.as_ref().map(|n| self.path(n, "notify")),
         }
     }
 

@@ -20,6 +20,9 @@ const SECS: Duration = Duration::from_secs(5);
 const A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const C: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
+/// A secondary address of a: sending from it shows that the socket's source address is
+/// used rather than the interface's primary one.
+const A2: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 
 /// a, b, c on one bridge `lan`, each with `eth0` = 198.18.1.{1,2,3}/24.
@@ -104,22 +107,28 @@ fn check_vrrp(d: &Dgram, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) {
     assert_eq!(d.payload, payload, "payload of {d:?}");
 }
 
-/// Multicast to 224.0.0.18 reaches a joined peer whole (header included) with TTL 255, is not
-/// looped back to the sender, and is not delivered to a socket that did not join. Each
-/// negative is shown by a unicast sent after the multicast on the same path arriving first.
+/// Multicast to 224.0.0.18 reaches joined peers whole (header included) with TTL 255 and the
+/// sender's chosen (secondary) source address. It is not looped back to the sender, and not
+/// delivered to a socket that did not join, even on a host where another socket joined the
+/// group on the same interface. Each negative is shown by a unicast, sent after the multicast
+/// on the same path, arriving first.
 #[test]
 fn multicast_advert_reaches_joined_peers_only() {
     let Some(lab) = Lab::for_test("vio-mc") else {
         return;
     };
     let (a, b, c) = lan(&lab);
-    let mut sa = open(&a, "eth0", A, true);
+    a.addr_add("eth0", &format!("{A2}/24")).unwrap();
+    let mut sa = open(&a, "eth0", A2, true);
     let mut sb = open(&b, "eth0", B, true);
     let mut sc = open(&c, "eth0", C, false);
+    let mut sc_joined = open(&c, "eth0", C, true);
 
     sa.send(b"advert from a", MULTICAST_V4).unwrap();
     let got = recv_one(&mut sb, "b");
-    check_vrrp(&got, A, MULTICAST_V4, b"advert from a");
+    check_vrrp(&got, A2, MULTICAST_V4, b"advert from a");
+    let got = recv_one(&mut sc_joined, "c (joined)");
+    check_vrrp(&got, A2, MULTICAST_V4, b"advert from a");
 
     sb.send(b"unicast b to a", A).unwrap();
     let got = recv_one(&mut sa, "a");
@@ -127,10 +136,11 @@ fn multicast_advert_reaches_joined_peers_only() {
 
     sa.send(b"unicast a to c", C).unwrap();
     let got = recv_one(&mut sc, "c");
-    check_vrrp(&got, A, C, b"unicast a to c");
+    check_vrrp(&got, A2, C, b"unicast a to c");
 }
 
-/// Unicast to the box's address arrives with TTL 255 and the sender's address; a datagram to
+/// Unicast to the box's address arrives with TTL 255 and the sender's chosen (secondary)
+/// address; a datagram to
 /// the same address arriving on another interface goes to that interface's socket only.
 #[test]
 fn unicast_advert_is_received_on_its_interface_only() {
@@ -144,7 +154,8 @@ fn unicast_advert_is_received_on_its_interface_only() {
     d.route_add("198.18.1.0/24", "198.18.2.2").unwrap();
     let d_addr = Ipv4Addr::new(198, 18, 2, 4);
 
-    let sa = open(&a, "eth0", A, false);
+    a.addr_add("eth0", &format!("{A2}/24")).unwrap();
+    let sa = open(&a, "eth0", A2, false);
     let mut sb0 = open(&b, "eth0", B, false);
     let mut sb1 = open(&b, "eth1", Ipv4Addr::new(198, 18, 2, 2), false);
     let sd = open(&d, "eth0", d_addr, false);
@@ -156,7 +167,7 @@ fn unicast_advert_is_received_on_its_interface_only() {
 
     sa.send(b"from a via eth0", B).unwrap();
     let got = recv_one(&mut sb0, "b eth0");
-    check_vrrp(&got, A, B, b"from a via eth0");
+    check_vrrp(&got, A2, B, b"from a via eth0");
 }
 
 fn addr_lines(host: &Host) -> String {
@@ -226,7 +237,10 @@ fn garp_moves_neighbour_entry_to_new_master() {
     let ping = c
         .run(["ping", "-c", "1", "-W", "5", &VIP.to_string()])
         .unwrap();
-    assert!(ping.status.success(), "c cannot ping the VIP on a: {ping:?}");
+    assert!(
+        ping.status.success(),
+        "c cannot ping the VIP on a: {ping:?}"
+    );
     let before = neigh(&c);
     assert!(before.contains(&a_if.mac.to_string()), "{before}");
 
@@ -258,7 +272,10 @@ fn wait_event(w: &mut LinkWatcher, want: impl Fn(&LinkEvent) -> bool) -> LinkEve
             seen.push(e);
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no such link event within {SECS:?}: {seen:?}");
+        assert!(
+            !left.is_zero(),
+            "no such link event within {SECS:?}: {seen:?}"
+        );
         readable(w.fd(), left);
     }
 }
@@ -308,7 +325,8 @@ fn rt_set_realtime_on_calling_thread() {
         // SAFETY: all-zero is a valid sched_param.
         let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
         // SAFETY: pthread_self() is the calling thread; both out-pointers are live.
-        let rc = unsafe { libc::pthread_getschedparam(libc::pthread_self(), &mut policy, &mut param) };
+        let rc =
+            unsafe { libc::pthread_getschedparam(libc::pthread_self(), &mut policy, &mut param) };
         assert_eq!(rc, 0);
         (policy, param.sched_priority)
     }
@@ -319,7 +337,11 @@ fn rt_set_realtime_on_calling_thread() {
     .join()
     .unwrap();
     assert_eq!(rt, (libc::SCHED_FIFO, 10));
-    assert_eq!(policy(), (libc::SCHED_OTHER, 0), "the test thread changed too");
+    assert_eq!(
+        policy(),
+        (libc::SCHED_OTHER, 0),
+        "the test thread changed too"
+    );
 }
 
 /// `lock_memory` locks the process's pages. Runs `lock_memory_child` in a child process, so
@@ -334,7 +356,11 @@ fn rt_lock_memory() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
 

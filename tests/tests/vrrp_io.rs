@@ -140,8 +140,8 @@ fn multicast_advert_reaches_joined_peers_only() {
 }
 
 /// Unicast to the box's address arrives with TTL 255 and the sender's chosen (secondary)
-/// address; a datagram to
-/// the same address arriving on another interface goes to that interface's socket only.
+/// address; a datagram to the same address arriving on another interface goes to that
+/// interface's socket only (SO_BINDTODEVICE).
 #[test]
 fn unicast_advert_is_received_on_its_interface_only() {
     let Some(lab) = Lab::for_test("vio-uc") else {

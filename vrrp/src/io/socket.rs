@@ -181,6 +181,8 @@ impl AdvertSocket {
     /// interface with source address [`src`](Self::src) and TTL 255; the kernel adds the IP
     /// header. Never waits: a full queue is `WouldBlock` (or `ENOBUFS`), for the caller to
     /// count; the next advert interval sends again anyway.
+    /// `src` must be an address of this box (the kernel refuses to send from any other
+    /// with `EINVAL`), normally the interface's primary address (RFC 9568 §5.1.1.1).
     pub fn send(&self, payload: &[u8], dst: Ipv4Addr) -> io::Result<()> {
         let mut to = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,

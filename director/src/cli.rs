@@ -60,6 +60,21 @@ pub enum Command {
     /// Change a real server at runtime.
     #[command(subcommand)]
     Real(RealCommand),
+    /// Each VRRP instance: state, priority (effective and configured), master, last
+    /// transition and its cause.
+    Vrrp,
+    /// Planned switchover: resign every VRRP instance (priority 0) so the peer takes over at
+    /// once, and stop preempting until `director promote`.
+    Demote,
+    /// Planned switchover: take every VRRP instance over now, advertising priority 254 until
+    /// `director demote`.
+    Promote,
+    /// The history of state changes (VRRP transitions, ...) with time and cause.
+    Events {
+        /// Show at most this many, the newest.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +125,16 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Resu
             let req = json!({"command": "real-weight", "service": service, "real": real.to_string(), "weight": weight});
             daemon_view(cli, req, render_ack, out, err)
         }
+        Command::Vrrp => daemon_view(cli, json!({"command": "vrrp"}), render_vrrp, out, err),
+        Command::Demote => daemon_view(cli, json!({"command": "demote"}), render_vrrp, out, err),
+        Command::Promote => daemon_view(cli, json!({"command": "promote"}), render_vrrp, out, err),
+        Command::Events { limit } => daemon_view(
+            cli,
+            json!({"command": "events", "limit": limit}),
+            render_events,
+            out,
+            err,
+        ),
         Command::Real(RealCommand::Drain { service, real }) => {
             let req = json!({"command": "real-weight", "service": service, "real": real.to_string(), "weight": 0});
             daemon_view(cli, req, render_ack, out, err)
@@ -143,6 +168,108 @@ fn daemon_view(
             Ok(1)
         }
     }
+}
+
+fn render_vrrp(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+    if v["standalone"].as_bool() == Some(true) {
+        return writeln!(
+            out,
+            "VRRP is not configured (standalone: the VIPs are put on the interfaces by hand)"
+        );
+    }
+    writeln!(
+        out,
+        "{:<12} {:<10} {:>4} {:<7} {:>9} {:<24} {:>8}  Last transition",
+        "Instance", "Interface", "VRID", "State", "Prio/Cfg", "Master", "Interval"
+    )?;
+    for i in v["instances"].as_array().into_iter().flatten() {
+        let master = match (i["master"].as_str(), i["master_priority"].as_u64()) {
+            (Some(m), _) if Some(m) == i["primary"].as_str() => format!("{m} (this node)"),
+            (Some(m), Some(p)) => format!("{m} ({p})"),
+            _ => "-".to_owned(),
+        };
+        let last = &i["last_transition"];
+        let last = if last.is_null() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{} -> {}: {}",
+                last["from"].as_str().unwrap_or("?"),
+                last["to"].as_str().unwrap_or("?"),
+                last["cause"].as_str().unwrap_or("?")
+            )
+        };
+        let mut flags = Vec::new();
+        if i["demoted"].as_bool() == Some(true) {
+            flags.push("demoted".to_owned());
+        }
+        if i["promoted"].as_bool() == Some(true) {
+            flags.push("promoted".to_owned());
+        }
+        for t in i["tracks_down"].as_array().into_iter().flatten() {
+            flags.push(format!("down: {}", t.as_str().unwrap_or("?")));
+        }
+        writeln!(
+            out,
+            "{:<12} {:<10} {:>4} {:<7} {:>9} {:<24} {:>6}ms  {}{}",
+            i["name"].as_str().unwrap_or("?"),
+            i["interface"].as_str().unwrap_or("?"),
+            i["vrid"],
+            i["state"].as_str().unwrap_or("?"),
+            format!("{}/{}", i["priority"], i["configured_priority"]),
+            master,
+            i["master_adver_interval_ms"].as_f64().unwrap_or(0.0),
+            last,
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", flags.join(", "))
+            }
+        )?;
+    }
+    Ok(())
+}
+
+fn render_events(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+    for e in v["events"].as_array().into_iter().flatten() {
+        let t = e["time"].as_f64().unwrap_or(0.0);
+        writeln!(
+            out,
+            "{:>6} {} {:<8} {:<12} {}",
+            e["seq"],
+            utc(t),
+            e["kind"].as_str().unwrap_or("?"),
+            e["subject"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("?")
+        )?;
+    }
+    if v["dropped"].as_u64().unwrap_or(0) > 0 {
+        writeln!(out, "({} older events dropped)", v["dropped"])?;
+    }
+    Ok(())
+}
+
+/// `2026-11-21 19:38:12.345Z` from seconds since the Unix epoch.
+pub fn utc(unix: f64) -> String {
+    let ms = (unix * 1000.0).round() as i64;
+    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian), by 400-year eras.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn render_ack(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
@@ -358,6 +485,13 @@ fn error_json(e: &ConfigError) -> serde_json::Value {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0.0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(utc(951_782_400.5), "2000-02-29 00:00:00.500Z");
+        assert_eq!(utc(1_795_290_492.25), "2026-11-21 19:48:12.250Z");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -20,6 +20,8 @@ use forwarder::io::datapath::{Clock, Totals};
 use serde_json::{json, Value};
 
 use crate::daemon::Daemon;
+use crate::events::{unix_seconds, EventLog};
+use vrrp::driver::Vrrp;
 
 /// What the control socket can show: shared handles on the running datapath.
 #[derive(Clone)]
@@ -32,6 +34,8 @@ pub struct Views {
     interfaces: Vec<String>,
     /// Held while a runtime change builds and swaps a new service table.
     updates: Arc<std::sync::Mutex<()>>,
+    vrrp: Option<Arc<Vrrp>>,
+    events: EventLog,
 }
 
 impl Views {
@@ -49,7 +53,87 @@ impl Views {
                 .map(|(_, n)| n.clone())
                 .collect(),
             updates: Arc::new(std::sync::Mutex::new(())),
+            vrrp: d.vrrp.clone(),
+            events: d.events.clone(),
         }
+    }
+
+    fn vrrp_json(&self) -> Value {
+        let Some(vrrp) = &self.vrrp else {
+            return json!({ "standalone": true, "instances": [] });
+        };
+        let snap = vrrp.snapshot();
+        let instances: Vec<Value> = snap
+            .instances
+            .iter()
+            .map(|i| {
+                let s = &i.status;
+                let c = &s.counters;
+                json!({
+                    "name": s.name,
+                    "interface": i.interface,
+                    "vrid": s.vrid,
+                    "state": s.state.as_str(),
+                    "priority": s.effective_priority,
+                    "configured_priority": s.configured_priority,
+                    "primary": i.primary.to_string(),
+                    "master": s.master.map(|m| m.to_string()),
+                    "master_priority": s.master_priority,
+                    "master_adver_interval_ms": s.master_adver_interval.as_secs_f64() * 1000.0,
+                    "group": i.group,
+                    "vips": i.vips.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
+                    "demoted": s.demoted,
+                    "promoted": s.promoted,
+                    "tracks_down": s.tracks_down,
+                    "last_transition": s.last_transition.as_ref().map(|(_, from, to, cause)| json!({
+                        "time": i.last_transition_at.map(unix_seconds),
+                        "from": from.as_str(),
+                        "to": to.as_str(),
+                        "cause": cause.to_string(),
+                    })),
+                    "counters": {
+                        "adverts_rx": c.adverts_rx,
+                        "adverts_tx": c.adverts_tx,
+                        "priority_zero_rx": c.priority_zero_rx,
+                        "priority_zero_tx": c.priority_zero_tx,
+                        "became_master": c.became_master,
+                        "became_backup": c.became_backup,
+                        "faults": c.faults,
+                        "dual_master": c.dual_master,
+                        "garps": c.garps,
+                        "wrong_version": c.wrong_version,
+                        "interval_mismatch": c.interval_mismatch,
+                        "addr_mismatch": c.addr_mismatch,
+                        "own": c.own,
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "standalone": false,
+            "instances": instances,
+            "malformed": snap.malformed,
+            "foreign": snap.foreign,
+            "realtime": snap.realtime,
+            "late_wakeups_1ms": snap.late_wakeups_1ms,
+            "late_wakeups_5ms": snap.late_wakeups_5ms,
+        })
+    }
+
+    fn switchover(&self, promote: bool) -> Result<Value, String> {
+        let vrrp = self
+            .vrrp
+            .as_ref()
+            .ok_or("VRRP is not configured on this node (no [vrrp] in its config)")?;
+        let what = if promote { "promote" } else { "demote" };
+        tracing::info!("operator {what}");
+        self.events.push("vrrp", "operator", what);
+        if promote {
+            vrrp.promote();
+        } else {
+            vrrp.demote();
+        }
+        Ok(self.vrrp_json())
     }
 
     fn stats(&self) -> Value {
@@ -206,8 +290,16 @@ impl Views {
                 Ok(self.conns(limit, service, client))
             }
             Some("real-weight") => self.real_weight(req),
+            Some("vrrp") => Ok(self.vrrp_json()),
+            Some("demote") => self.switchover(false),
+            Some("promote") => self.switchover(true),
+            Some("events") => {
+                let limit = req.get("limit").and_then(Value::as_u64).unwrap_or(100) as usize;
+                Ok(self.events.json(limit))
+            }
             Some(other) => Err(format!(
-                "unknown command {other:?} (allowed: stats, services, conns, real-weight)"
+                "unknown command {other:?} (allowed: stats, services, conns, real-weight, vrrp, \
+                 demote, promote, events)"
             )),
             None => Err("request has no \"command\"".into()),
         }

@@ -6,11 +6,14 @@
 //! - `cli`: the `director` command line (clap), kept apart from `bin/director.rs` so tests
 //!   and the binary share one definition.
 //! - `control`: the root-only unix control socket (server in the daemon, client for the CLI).
-//! - `daemon`: `directord` — builds the datapath from a config and runs it until a signal.
+//! - `daemon`: `directord` — builds the datapath and the VRRP engine from a config and runs
+//!   them until a signal.
+//! - `events`: the bounded history of state changes behind `director events`.
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod events;
 pub mod logging;

@@ -1237,7 +1237,12 @@ impl Capture {
 
     /// Stops tcpdump and returns the captured frames. Waits first until the file has stopped
     /// growing for 100 ms, so packets still on their way are written.
-    pub fn stop(mut self) -> Result<Vec<Vec<u8>>> {
+    pub fn stop(self) -> Result<Vec<Vec<u8>>> {
+        Ok(self.stop_timed()?.into_iter().map(|(_, f)| f).collect())
+    }
+
+    /// Like [`Capture::stop`], with each frame's capture time (since the Unix epoch).
+    pub fn stop_timed(mut self) -> Result<Vec<(Duration, Vec<u8>)>> {
         let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let mut last = size(&self.file);
         let mut since = Instant::now();
@@ -1256,7 +1261,7 @@ impl Capture {
         );
         let data = fs::read(&self.file)
             .with_context(|| format!("cannot read capture {}", self.file.display()))?;
-        parse_pcap(&data)
+        parse_pcap_timed(&data)
     }
 
     /// Stops tcpdump and returns how many packets matched its filter.
@@ -1268,11 +1273,21 @@ impl Capture {
 /// The frames of a classic pcap file (either byte order, µs or ns timestamps). A record cut
 /// short at the end of the file is ignored.
 pub fn parse_pcap(data: &[u8]) -> Result<Vec<Vec<u8>>> {
+    Ok(parse_pcap_timed(data)?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect())
+}
+
+/// The frames of a classic pcap file with their timestamps (since the Unix epoch).
+pub fn parse_pcap_timed(data: &[u8]) -> Result<Vec<(Duration, Vec<u8>)>> {
     ensure!(data.len() >= 24, "pcap file shorter than its header");
     let magic = [data[0], data[1], data[2], data[3]];
-    let le = match magic {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+    let (le, nanos) = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] => (true, false),
+        [0x4d, 0x3c, 0xb2, 0xa1] => (true, true),
+        [0xa1, 0xb2, 0xc3, 0xd4] => (false, false),
+        [0xa1, 0xb2, 0x3c, 0x4d] => (false, true),
         _ => bail!("not a pcap file (magic {magic:02x?})"),
     };
     let u32_at = |i: usize| {
@@ -1291,7 +1306,14 @@ pub fn parse_pcap(data: &[u8]) -> Result<Vec<Vec<u8>>> {
         if start + len > data.len() {
             break;
         }
-        frames.push(data[start..start + len].to_vec());
+        let (secs, frac) = (u64::from(u32_at(off)), u64::from(u32_at(off + 4)));
+        let ts = Duration::from_secs(secs)
+            + if nanos {
+                Duration::from_nanos(frac)
+            } else {
+                Duration::from_micros(frac)
+            };
+        frames.push((ts, data[start..start + len].to_vec()));
         off = start + len;
     }
     Ok(frames)

@@ -9,6 +9,7 @@
 
 pub mod lab;
 pub mod labpkt;
+pub mod pair;
 pub mod pattern;
 pub mod router;
 pub mod topo;

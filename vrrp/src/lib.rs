@@ -11,7 +11,9 @@
 //! - [`driver`]: the thread that runs a router against those sockets.
 //! - [`notify`]: notify hooks, run off the timer thread.
 
+pub mod driver;
 pub mod instance;
 pub mod io;
+pub mod notify;
 pub mod router;
 pub mod wire;

@@ -11,10 +11,15 @@
 //! - NAT replies (real . protocol . port) that are not addressed to this box, so the box's
 //!   own health checks to the same real servers still reach their sockets.
 //!
-//! Everything else — SSH, VRRP, sync, ICMP echo to a VIP, health checks — is untouched.
+//! - with VRRP Accept_Mode off (`accept = false`), every other packet to those VIPs (ping, SSH
+//!   to the VIP): RFC 9568 §6.4.3 says a non-owner master must not accept them.
+//!
+//! Everything else — SSH, VRRP, sync, ICMP echo to a VIP in accept mode, health checks — is
+//! untouched.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use crate::model::{Mode, VirtualService};
@@ -24,7 +29,7 @@ pub const TABLE: &str = "director";
 
 /// The ruleset for `services`, as `nft -f` input. The table is created, flushed and
 /// refilled in one transaction, so there is never a moment without rules.
-pub fn ruleset(services: &[VirtualService]) -> String {
+pub fn ruleset(services: &[VirtualService], no_accept: &[Ipv4Addr]) -> String {
     let mut vips = Vec::new();
     let mut vip_addrs = Vec::new();
     let mut reals = Vec::new();
@@ -44,6 +49,9 @@ pub fn ruleset(services: &[VirtualService]) -> String {
     vip_addrs.dedup();
     reals.sort();
     reals.dedup();
+    let mut no_accept: Vec<String> = no_accept.iter().map(Ipv4Addr::to_string).collect();
+    no_accept.sort();
+    no_accept.dedup();
     let elements = |v: &[String]| {
         if v.is_empty() {
             String::new()
@@ -70,6 +78,11 @@ pub fn ruleset(services: &[VirtualService]) -> String {
         "  set nat_reals {{ type ipv4_addr . inet_proto . inet_service; {} }}",
         elements(&reals)
     );
+    let _ = writeln!(
+        out,
+        "  set no_accept {{ type ipv4_addr; {} }}",
+        elements(&no_accept)
+    );
     let _ = writeln!(out, "  chain prerouting {{");
     let _ = writeln!(
         out,
@@ -87,6 +100,7 @@ pub fn ruleset(services: &[VirtualService]) -> String {
         out,
         "    ip saddr . meta l4proto . th sport @nat_reals fib daddr type != local counter drop"
     );
+    let _ = writeln!(out, "    ip daddr @no_accept counter drop");
     let _ = writeln!(out, "  }}");
     let _ = writeln!(out, "}}");
     out
@@ -122,9 +136,10 @@ fn nft(input: &str) -> io::Result<()> {
     }
 }
 
-/// Install (or replace) the interception rules for `services`.
-pub fn apply(services: &[VirtualService]) -> io::Result<()> {
-    nft(&ruleset(services))
+/// Install (or replace) the interception rules for `services`, and drop all other traffic
+/// to the `no_accept` VIPs.
+pub fn apply(services: &[VirtualService], no_accept: &[Ipv4Addr]) -> io::Result<()> {
+    nft(&ruleset(services, no_accept))
 }
 
 /// Remove the interception rules (on shutdown). Missing table is not an error.
@@ -152,22 +167,26 @@ mod tests {
                 weight: 1,
             }],
         };
-        let rules = ruleset(&[
-            svc(
-                "web",
-                "198.18.1.100:80",
-                Protocol::Tcp,
-                Mode::Nat,
-                "198.18.2.11:8080",
-            ),
-            svc(
-                "dns",
-                "198.18.1.100:53",
-                Protocol::Udp,
-                Mode::Dr,
-                "198.18.1.21:53",
-            ),
-        ]);
+        let rules = ruleset(
+            &[
+                svc(
+                    "web",
+                    "198.18.1.100:80",
+                    Protocol::Tcp,
+                    Mode::Nat,
+                    "198.18.2.11:8080",
+                ),
+                svc(
+                    "dns",
+                    "198.18.1.100:53",
+                    Protocol::Udp,
+                    Mode::Dr,
+                    "198.18.1.21:53",
+                ),
+            ],
+            &["198.18.1.101".parse().unwrap()],
+        );
+        assert!(rules.contains("set no_accept { type ipv4_addr; elements = { 198.18.1.101 } }"));
         assert!(rules.contains("elements = { 198.18.1.100 . tcp . 80, 198.18.1.100 . udp . 53 }"));
         assert!(rules.contains("elements = { 198.18.2.11 . tcp . 8080 }"));
         assert!(

@@ -22,10 +22,13 @@ pub fn set_realtime(priority: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Locks every page of the process in memory, now and in the future (`mlockall(MCL_CURRENT |
-/// MCL_FUTURE)`), so the driver never waits on a page fault to swap. Needs `CAP_IPC_LOCK` or a
-/// large enough `RLIMIT_MEMLOCK`.
+/// Locks the process's pages in memory once touched, now and in the future
+/// (`mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`), so the driver never waits on a page
+/// to come back from swap. `MCL_ONFAULT` (Linux 4.4) keeps untouched memory — thread stacks,
+/// the connection table's unused capacity — from being faulted in just to be locked. Needs
+/// `CAP_IPC_LOCK` or a large enough `RLIMIT_MEMLOCK`.
 pub fn lock_memory() -> io::Result<()> {
     // SAFETY: mlockall(2) has no memory-safety preconditions.
-    cvt(unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) }).map(drop)
+    cvt(unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) })
+        .map(drop)
 }

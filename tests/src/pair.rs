@@ -1,0 +1,361 @@
+//! The HA pair: two directors running VRRP side by side, a client and real servers.
+//!
+//! ```text
+//!  client 198.18.1.10 ─┐ ext 198.18.1.0/24                int 198.18.2.0/24 ┌─ rs1 198.18.2.11
+//!                      ├── lb-a ext .1.2 ─── lb-a int .2.2 ────────────────┼─ rs2 198.18.2.12
+//!                      └── lb-b ext .1.3 ─── lb-b int .2.3 ────────────────┘─ rs3 198.18.2.13
+//!                          VRRP "ext" vrid 51: VIP 198.18.1.100/24
+//!                          VRRP "int" vrid 52: the real servers' gateway 198.18.2.1/24 (NAT)
+//! ```
+//! In NAT mode both instances form the sync group `lb`. In DR mode there is no `int`
+//! segment: the real servers 198.18.1.11-13 sit on `ext` with the VIP on `lo`.
+//!
+//! Node 0 is `lb-a` (priority 200 by default), node 1 is `lb-b` (100).
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::lab::{wait_until, Host, Lab, Proc, Signal};
+use crate::topo::{dr_reals, nat_reals, workspace_bin, Mode, ServiceSpec, VIP};
+
+/// The NAT real servers' gateway, a VIP of the `int` instance.
+pub const INT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+
+/// How the pair is configured.
+#[derive(Debug, Clone)]
+pub struct PairSpec {
+    pub mode: Mode,
+    /// `[vrrp] version`.
+    pub version: u8,
+    /// `[vrrp] advert_interval`, e.g. "100ms".
+    pub interval: String,
+    pub priorities: [u8; 2],
+    pub preempt: bool,
+    /// Unicast peers instead of multicast.
+    pub unicast: bool,
+    pub services: Vec<ServiceSpec>,
+    /// More keys for each `[[vrrp.instance]]` (e.g. `notify = "..."`).
+    pub instance_extra: String,
+}
+
+impl PairSpec {
+    pub fn new(mode: Mode) -> PairSpec {
+        PairSpec {
+            mode,
+            version: 3,
+            interval: "100ms".into(),
+            priorities: [200, 100],
+            preempt: true,
+            unicast: false,
+            services: vec![ServiceSpec::http("rr", &[1, 1, 1])],
+            instance_extra: String::new(),
+        }
+    }
+}
+
+pub struct Pair {
+    pub lab: Lab,
+    pub spec: PairSpec,
+    pub client: Host,
+    pub nodes: [Host; 2],
+    pub reals: Vec<Host>,
+    pub real_addrs: Vec<Ipv4Addr>,
+    pub servers: Vec<Proc>,
+    pub daemons: [Option<Proc>; 2],
+    pub sockets: [PathBuf; 2],
+    pub configs: [PathBuf; 2],
+}
+
+/// A director's own address on `ext` (node 0 → .2, node 1 → .3).
+pub fn ext_addr(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, 2 + node as u8)
+}
+
+/// A director's own address on `int`.
+pub fn int_addr(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 2, 2 + node as u8)
+}
+
+impl Pair {
+    /// Builds the topology and starts the real servers (not the directors).
+    pub fn new(lab: Lab, spec: PairSpec) -> Result<Pair> {
+        let ext = lab.bridge("ext")?;
+        let client = lab.host("client")?;
+        lab.attach(&client, &ext, "eth0", "198.18.1.10/24")?;
+        let int = match spec.mode {
+            Mode::Nat => Some(lab.bridge("int")?),
+            Mode::Dr => None,
+        };
+        let mut nodes = Vec::new();
+        for n in 0..2 {
+            let h = lab.host(if n == 0 { "lb-a" } else { "lb-b" })?;
+            lab.attach(&h, &ext, "ext", &format!("{}/24", ext_addr(n)))?;
+            if let Some(int) = &int {
+                lab.attach(&h, int, "int", &format!("{}/24", int_addr(n)))?;
+            }
+            h.sysctl("net.ipv4.ip_forward", "0")?;
+            nodes.push(h);
+        }
+        let (reals, real_addrs) = match &int {
+            Some(int) => nat_reals(&lab, int, 3)?,
+            None => dr_reals(&lab, &ext, 3)?,
+        };
+        let sockets = [lab.dir().join("lb-a.sock"), lab.dir().join("lb-b.sock")];
+        let configs = [lab.dir().join("lb-a.toml"), lab.dir().join("lb-b.toml")];
+        let nodes: [Host; 2] = nodes.try_into().map_err(|_| anyhow::anyhow!("two nodes"))?;
+        let mut pair = Pair {
+            lab,
+            spec,
+            client,
+            nodes,
+            reals,
+            real_addrs,
+            servers: Vec::new(),
+            daemons: [None, None],
+            sockets,
+            configs,
+        };
+        pair.start_servers()?;
+        Ok(pair)
+    }
+
+    fn real_port(&self, port: u16) -> u16 {
+        match self.spec.mode {
+            Mode::Nat => port + 8000,
+            Mode::Dr => port,
+        }
+    }
+
+    fn start_servers(&mut self) -> Result<()> {
+        let labsrv = workspace_bin("labsrv")?;
+        for (i, h) in self.reals.iter().enumerate() {
+            let mut argv = vec![
+                labsrv.display().to_string(),
+                "--name".into(),
+                format!("rs{}", i + 1),
+            ];
+            for s in &self.spec.services {
+                let flag = if s.protocol == "tcp" {
+                    "--http"
+                } else {
+                    "--udp"
+                };
+                let bind = if s.protocol == "udp" && self.spec.mode == Mode::Dr {
+                    VIP
+                } else {
+                    Ipv4Addr::UNSPECIFIED
+                };
+                argv.push(flag.into());
+                argv.push(format!("{bind}:{}", self.real_port(s.port)));
+            }
+            let mut proc = h.spawn(&argv)?;
+            proc.wait_stdout("ready", Duration::from_secs(10))
+                .with_context(|| format!("labsrv on {} did not start", h.name()))?;
+            self.servers.push(proc);
+        }
+        for s in self.spec.services.iter().filter(|s| s.protocol == "tcp") {
+            for (h, addr) in self.reals.iter().zip(&self.real_addrs) {
+                h.wait_tcp_listen(
+                    SocketAddr::from((*addr, self.real_port(s.port))),
+                    Duration::from_secs(10),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `n`'s config.
+    pub fn config_text(&self, n: usize) -> String {
+        let spec = &self.spec;
+        let peer = 1 - n;
+        let mut c = String::new();
+        let name = if n == 0 { "lb-a" } else { "lb-b" };
+        let _ = writeln!(c, "[node]\nname = \"{name}\"\n");
+        let _ = writeln!(
+            c,
+            "[vrrp]\nversion = {}\nadvert_interval = \"{}\"\n",
+            spec.version, spec.interval
+        );
+        let mut instances = vec![("ext", "ext", 51, format!("{VIP}/24"), ext_addr(peer))];
+        if spec.mode == Mode::Nat {
+            instances.push(("int", "int", 52, format!("{INT_VIP}/24"), int_addr(peer)));
+        }
+        for (iname, ifname, vrid, vip, peer_addr) in &instances {
+            let _ = writeln!(c, "[[vrrp.instance]]");
+            let _ = writeln!(
+                c,
+                "name = \"{iname}\"\ninterface = \"{ifname}\"\nvrid = {vrid}"
+            );
+            let _ = writeln!(c, "priority = {}", spec.priorities[n]);
+            let _ = writeln!(c, "vips = [\"{vip}\"]\npreempt = {}", spec.preempt);
+            if spec.unicast {
+                let _ = writeln!(c, "unicast_peers = [\"{peer_addr}\"]");
+            }
+            let _ = writeln!(c, "{}", spec.instance_extra);
+        }
+        if instances.len() > 1 {
+            let _ = writeln!(
+                c,
+                "[[vrrp.group]]\nname = \"lb\"\ninstances = [\"ext\", \"int\"]\n"
+            );
+        }
+        let _ = writeln!(c, "[control]\nsocket = \"{}\"\n", self.sockets[n].display());
+        let ifaces = match spec.mode {
+            Mode::Nat => "[\"ext\", \"int\"]",
+            Mode::Dr => "[\"ext\"]",
+        };
+        let _ = writeln!(c, "[datapath]\nworkers = 1\ninterfaces = {ifaces}\n");
+        for s in &spec.services {
+            let _ = writeln!(c, "[[service]]\nname = \"{}\"", s.name);
+            let _ = writeln!(
+                c,
+                "vip = \"{VIP}:{}\"\nprotocol = \"{}\"",
+                s.port, s.protocol
+            );
+            let _ = writeln!(
+                c,
+                "mode = \"{}\"\nscheduler = \"{}\"\n",
+                spec.mode.as_str(),
+                s.scheduler
+            );
+            for (addr, w) in self.real_addrs.iter().zip(&s.weights) {
+                let _ = writeln!(
+                    c,
+                    "[[service.real]]\naddress = \"{addr}:{}\"\nweight = {w}\n",
+                    self.real_port(s.port)
+                );
+            }
+        }
+        c
+    }
+
+    /// Writes node `n`'s config and starts its `directord`; waits for the control socket.
+    pub fn start(&mut self, n: usize) -> Result<()> {
+        std::fs::write(&self.configs[n], self.config_text(n))?;
+        let directord = workspace_bin("directord")?;
+        let mut cmd = self.nodes[n].command([
+            directord.display().to_string(),
+            "--config".into(),
+            self.configs[n].display().to_string(),
+        ]);
+        cmd.env("DIRECTOR_LOG", "info,vrrp=debug");
+        let mut proc = self.nodes[n].spawn_command("directord", cmd)?;
+        let socket = self.sockets[n].clone();
+        let up = wait_until(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok() || !proc.is_running()
+        });
+        if up.is_err() || !proc.is_running() {
+            bail!(
+                "directord on {} did not start: {}",
+                self.nodes[n].name(),
+                proc.stderr().unwrap_or_default()
+            );
+        }
+        self.daemons[n] = Some(proc);
+        Ok(())
+    }
+
+    /// SIGKILL: no goodbye, the VIPs stay on the dead node's interface.
+    pub fn kill(&mut self, n: usize) -> Result<()> {
+        if let Some(mut p) = self.daemons[n].take() {
+            p.kill(Signal::Kill)?;
+            p.wait_timeout(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM: a clean stop (a master resigns with priority 0).
+    pub fn stop(&mut self, n: usize) -> Result<()> {
+        if let Some(mut p) = self.daemons[n].take() {
+            p.stop(Duration::from_secs(10))
+                .with_context(|| format!("directord on node {n} did not stop"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `director --socket S ARGS` in node `n`'s namespace.
+    pub fn cli(&self, n: usize, args: &[&str]) -> Result<std::process::Output> {
+        let director = workspace_bin("director")?;
+        let mut argv = vec![
+            director.display().to_string(),
+            "--socket".into(),
+            self.sockets[n].display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        self.nodes[n].run(&argv)
+    }
+
+    /// `director --json vrrp` on node `n`.
+    pub fn vrrp(&self, n: usize) -> Result<Value> {
+        let out = self.cli(n, &["--json", "vrrp"])?;
+        if !out.status.success() {
+            bail!("director vrrp: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The state of instance `name` on node `n` ("MASTER", ...).
+    pub fn state(&self, n: usize, name: &str) -> Result<String> {
+        let v = self.vrrp(n)?;
+        v["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["name"] == name)
+            .and_then(|i| i["state"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("no instance {name} on node {n}: {v}"))
+    }
+
+    /// Waits until instance `name` on node `n` is in `state`.
+    pub fn wait_state(&self, n: usize, name: &str, state: &str, timeout: Duration) -> Result<()> {
+        wait_until(timeout, || self.state(n, name).is_ok_and(|s| s == state)).with_context(|| {
+            format!(
+                "node {n} instance {name} not {state} after {timeout:?}: {:?}",
+                self.state(n, name)
+            )
+        })
+    }
+
+    /// Whether node `n` has the external VIP on its interface.
+    pub fn holds_vip(&self, n: usize) -> Result<bool> {
+        let out = self.nodes[n].ip(["-4", "addr", "show", "dev", "ext"])?;
+        Ok(out.contains(&format!(" {VIP}/")))
+    }
+
+    /// The client's neighbour entry for the VIP: the MAC it sends VIP traffic to.
+    pub fn client_vip_mac(&self) -> Result<Option<String>> {
+        let out = self
+            .client
+            .ip(["neigh", "show", &VIP.to_string(), "dev", "eth0"])?;
+        Ok(out
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .map(str::to_owned))
+    }
+
+    /// One HTTP request through the VIP from the client; the real server's name.
+    pub fn curl(&self) -> Result<String> {
+        let port = self.spec.services.first().map_or(80, |s| s.port);
+        let out = self.client.run([
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://{VIP}:{port}/"),
+        ])?;
+        if !out.status.success() {
+            bail!(
+                "curl through the VIP failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}

@@ -1,0 +1,324 @@
+//! VRRP failover between two `directord` in the lab: the VIP moves when the master dies
+//! (SIGKILL, no goodbye) or stops cleanly (priority 0), the client's neighbour entry follows
+//! the gratuitous ARP, traffic through the VIP works on the new master, and a returning
+//! master preempts (or not, per config) without a long dual-master window.
+//!
+//! Durations asserted here are protocol properties measured on captured packets (a takeover
+//! after a resignation happens within Skew_Time, not after Master_Down_Interval), with
+//! margins far above scheduling noise; speed itself is for the benchmarks.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use director_lab::pair::{ext_addr, Pair, PairSpec};
+use director_lab::topo::{Mode, VIP};
+use director_lab::Lab;
+
+const T: Duration = Duration::from_secs(15);
+
+/// A captured VRRP advert or ARP on the client's segment.
+#[derive(Debug, Clone)]
+enum Seen {
+    Advert {
+        at: Duration,
+        src: Ipv4Addr,
+        priority: u8,
+    },
+    Garp {
+        at: Duration,
+        mac: String,
+    },
+}
+
+fn mac_str(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Adverts for vrid 51 and gratuitous ARPs for the VIP, in capture order.
+fn parse(frames: &[(Duration, Vec<u8>)]) -> Vec<Seen> {
+    let mut out = Vec::new();
+    for (at, f) in frames {
+        if f.len() < 14 {
+            continue;
+        }
+        let ethertype = u16::from_be_bytes([f[12], f[13]]);
+        let p = &f[14..];
+        if ethertype == 0x0800 && p.len() >= 28 && p[9] == 112 {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            if p.len() >= ihl + 4 && p[ihl + 1] == 51 {
+                out.push(Seen::Advert {
+                    at: *at,
+                    src: Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+                    priority: p[ihl + 2],
+                });
+            }
+        } else if ethertype == 0x0806 && p.len() >= 28 {
+            let spa = Ipv4Addr::new(p[14], p[15], p[16], p[17]);
+            let tpa = Ipv4Addr::new(p[24], p[25], p[26], p[27]);
+            if spa == VIP && tpa == VIP {
+                out.push(Seen::Garp {
+                    at: *at,
+                    mac: mac_str(&p[8..14]),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn pair(tag: &str, spec: PairSpec) -> Option<Pair> {
+    let lab = Lab::for_test(tag)?;
+    let mut pair = Pair::new(lab, spec).expect("pair topology");
+    pair.start(0).expect("start lb-a");
+    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
+    pair.start(1).expect("start lb-b");
+    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b backup");
+    Some(pair)
+}
+
+fn node_mac(pair: &Pair, n: usize) -> String {
+    pair.nodes[n].mac("ext").expect("mac").to_string()
+}
+
+#[test]
+fn sigkill_master_backup_takes_the_vip_and_the_client_follows() {
+    let mut spec = PairSpec::new(Mode::Dr);
+    spec.interval = "100ms".into();
+    let Some(mut pair) = pair("fo-kill", spec) else {
+        return;
+    };
+    assert!(pair.holds_vip(0).unwrap());
+    assert!(!pair.holds_vip(1).unwrap());
+    let before = pair.curl().expect("traffic through lb-a");
+    assert!(before.starts_with("rs"), "{before}");
+    assert_eq!(pair.client_vip_mac().unwrap(), Some(node_mac(&pair, 0)));
+
+    let cap = pair.client.capture("eth0", "vrrp or arp").expect("capture");
+    // Let the capture see lb-a's adverts first.
+    std::thread::sleep(Duration::from_millis(300));
+    pair.kill(0).expect("SIGKILL lb-a");
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over");
+    assert!(pair.holds_vip(1).unwrap());
+    // SIGKILL leaves the VIP on lb-a's interface (its namespace lives on, like a hung box
+    // would): the client must still follow lb-b, by the gratuitous ARP.
+    director_lab::wait_until(T, || {
+        pair.client_vip_mac().ok().flatten() == Some(node_mac(&pair, 1))
+    })
+    .expect("the client's neighbour entry points at lb-b");
+    let after = pair.curl().expect("traffic through lb-b");
+    assert!(after.starts_with("rs"), "{after}");
+    let seen = parse(&cap.stop_timed().expect("capture"));
+    let last_a = seen
+        .iter()
+        .rev()
+        .find_map(|s| match s {
+            Seen::Advert { at, src, .. } if *src == ext_addr(0) => Some(*at),
+            _ => None,
+        })
+        .expect("lb-a advertised before it died");
+    let garp_b = seen
+        .iter()
+        .find_map(|s| match s {
+            Seen::Garp { at, mac } if *mac == node_mac(&pair, 1) => Some(*at),
+            _ => None,
+        })
+        .expect("lb-b sent a gratuitous ARP");
+    // Master_Down_Interval for priority 100 at 100 ms is 360.9 ms; the takeover cannot be
+    // earlier (that would be a spurious takeover while lb-a was alive).
+    let takeover = garp_b - last_a;
+    assert!(takeover >= Duration::from_millis(360), "{takeover:?}");
+    let v = pair.vrrp(1).unwrap();
+    let cause = v["instances"][0]["last_transition"]["cause"]
+        .as_str()
+        .unwrap_or("");
+    assert!(cause.contains("master down"), "{v}");
+    eprintln!("takeover after SIGKILL: {takeover:?}");
+}
+
+#[test]
+fn clean_stop_hands_over_within_skew_time() {
+    let mut spec = PairSpec::new(Mode::Dr);
+    spec.interval = "1s".into();
+    let Some(mut pair) = pair("fo-stop", spec) else {
+        return;
+    };
+    let cap = pair.client.capture("eth0", "vrrp or arp").expect("capture");
+    pair.stop(0).expect("SIGTERM lb-a");
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over");
+    assert!(!pair.holds_vip(0).unwrap(), "a clean stop removes the VIP");
+    let seen = parse(&cap.stop_timed().expect("capture"));
+    let resign = seen
+        .iter()
+        .find_map(|s| match s {
+            Seen::Advert {
+                at,
+                src,
+                priority: 0,
+            } if *src == ext_addr(0) => Some(*at),
+            _ => None,
+        })
+        .expect("lb-a resigned with priority 0");
+    let garp_b = seen
+        .iter()
+        .find_map(|s| match s {
+            Seen::Garp { at, mac } if *mac == node_mac(&pair, 1) => Some(*at),
+            _ => None,
+        })
+        .expect("lb-b sent a gratuitous ARP");
+    // Skew_Time for priority 100 at 1 s is 609 ms; Master_Down_Interval would be 3.6 s.
+    let handover = garp_b - resign;
+    assert!(handover >= Duration::from_millis(600), "{handover:?}");
+    assert!(
+        handover < Duration::from_millis(3000),
+        "{handover:?}: waited for the timeout"
+    );
+    let v = pair.vrrp(1).unwrap();
+    let cause = v["instances"][0]["last_transition"]["cause"]
+        .as_str()
+        .unwrap_or("");
+    assert!(cause.contains("resigned"), "{v}");
+    eprintln!("handover after a clean stop: {handover:?}");
+}
+
+/// Restarting the old, higher-priority master: with preempt it takes the VIP back, and the
+/// two masters overlap by less than one advert interval; without preempt it stays backup.
+#[test]
+fn restarted_master_preempts_or_not_per_config() {
+    for preempt in [true, false] {
+        let mut spec = PairSpec::new(Mode::Dr);
+        spec.interval = "100ms".into();
+        spec.preempt = preempt;
+        let Some(mut pair) = pair(if preempt { "fo-pre" } else { "fo-nopre" }, spec) else {
+            return;
+        };
+        // The client talks to the VIP, so it has a neighbour entry for the GARPs to move.
+        assert!(pair.curl().unwrap().starts_with("rs"));
+        pair.kill(0).unwrap();
+        pair.wait_state(1, "ext", "MASTER", T).unwrap();
+        let cap = pair.client.capture("eth0", "vrrp or arp").expect("capture");
+        pair.start(0).expect("restart lb-a");
+        assert!(
+            !pair.holds_vip(0).unwrap() || pair.state(0, "ext").unwrap() == "MASTER",
+            "a starting node removes the VIP a crashed run left behind"
+        );
+        if !preempt {
+            std::thread::sleep(Duration::from_secs(2));
+            assert_eq!(pair.state(0, "ext").unwrap(), "BACKUP");
+            assert_eq!(pair.state(1, "ext").unwrap(), "MASTER");
+            assert!(!pair.holds_vip(0).unwrap());
+            continue;
+        }
+        pair.wait_state(0, "ext", "MASTER", T)
+            .expect("lb-a preempts");
+        pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b yields");
+        director_lab::wait_until(T, || {
+            pair.client_vip_mac().ok().flatten() == Some(node_mac(&pair, 0))
+        })
+        .expect("the client follows lb-a back");
+        std::thread::sleep(Duration::from_millis(300));
+        let seen = parse(&cap.stop_timed().expect("capture"));
+        let first_a = seen
+            .iter()
+            .find_map(|s| match s {
+                Seen::Advert { at, src, priority } if *src == ext_addr(0) && *priority > 0 => {
+                    Some(*at)
+                }
+                _ => None,
+            })
+            .expect("lb-a advertised");
+        let last_b = seen
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Seen::Advert { at, src, .. } if *src == ext_addr(1) => Some(*at),
+                _ => None,
+            })
+            .expect("lb-b advertised");
+        let window = last_b.saturating_sub(first_a);
+        assert!(
+            window <= Duration::from_millis(100),
+            "dual master for {window:?}"
+        );
+        eprintln!("preempt: dual-master window {window:?}");
+    }
+}
+
+/// `director demote` on the master hands over at once (priority 0); `director promote` on
+/// the old master takes it back.
+#[test]
+fn demote_and_promote_switch_over() {
+    let mut spec = PairSpec::new(Mode::Dr);
+    spec.interval = "100ms".into();
+    let Some(pair) = pair("fo-demote", spec) else {
+        return;
+    };
+    let out = pair.cli(0, &["demote"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over");
+    // lb-a has the higher priority but does not preempt while demoted.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pair.state(0, "ext").unwrap(), "BACKUP");
+    assert_eq!(pair.vrrp(0).unwrap()["instances"][0]["demoted"], true);
+    assert!(pair.curl().unwrap().starts_with("rs"));
+    let out = pair.cli(0, &["promote"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a back");
+    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b yields");
+    let events = pair.cli(0, &["events"]).unwrap();
+    let text = String::from_utf8_lossy(&events.stdout);
+    assert!(text.contains("operator demote"), "{text}");
+    assert!(text.contains("MASTER -> BACKUP"), "{text}");
+}
+
+/// NAT: the external VIP and the real servers' gateway move together (sync group), and
+/// traffic flows through the new master both ways.
+#[test]
+fn nat_sync_group_moves_both_vips() {
+    let mut spec = PairSpec::new(Mode::Nat);
+    spec.interval = "100ms".into();
+    let Some(mut pair) = pair("fo-nat", spec) else {
+        return;
+    };
+    pair.wait_state(0, "int", "MASTER", T).unwrap();
+    assert!(pair.curl().unwrap().starts_with("rs"));
+    pair.kill(0).unwrap();
+    pair.wait_state(1, "ext", "MASTER", T).unwrap();
+    pair.wait_state(1, "int", "MASTER", T).unwrap();
+    director_lab::wait_until(T, || pair.curl().is_ok_and(|r| r.starts_with("rs")))
+        .expect("traffic through lb-b");
+}
+
+/// The datapath's heartbeat is tracked: a master whose forwarder stalls resigns. Stopping the
+/// daemon's process (SIGSTOP) freezes everything, so instead the test tracks an interface:
+/// taking lb-a's `ext` link down faults the instance and lb-b takes over; bringing it back
+/// up returns lb-a to backup and then to master (preempt).
+#[test]
+fn interface_down_faults_the_master() {
+    let mut spec = PairSpec::new(Mode::Dr);
+    spec.interval = "100ms".into();
+    let Some(pair) = pair("fo-fault", spec) else {
+        return;
+    };
+    pair.nodes[0].ip(["link", "set", "ext", "down"]).unwrap();
+    pair.wait_state(0, "ext", "FAULT", T).expect("lb-a faults");
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over");
+    pair.nodes[0].ip(["link", "set", "ext", "up"]).unwrap();
+    pair.wait_state(0, "ext", "MASTER", T)
+        .expect("lb-a back and preempts");
+    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b yields");
+}

@@ -39,8 +39,8 @@ pub struct PairSpec {
     /// Unicast peers instead of multicast.
     pub unicast: bool,
     pub services: Vec<ServiceSpec>,
-    /// More keys for each `[[vrrp.instance]]` (e.g. `notify = "..."`).
-    pub instance_extra: String,
+    /// More keys for each `[[vrrp.instance]]` of each node (e.g. `notify = "..."`).
+    pub instance_extra: [String; 2],
 }
 
 impl PairSpec {
@@ -53,7 +53,7 @@ impl PairSpec {
             preempt: true,
             unicast: false,
             services: vec![ServiceSpec::http("rr", &[1, 1, 1])],
-            instance_extra: String::new(),
+            instance_extra: [String::new(), String::new()],
         }
     }
 }
@@ -196,7 +196,7 @@ impl Pair {
             if spec.unicast {
                 let _ = writeln!(c, "unicast_peers = [\"{peer_addr}\"]");
             }
-            let _ = writeln!(c, "{}", spec.instance_extra);
+            let _ = writeln!(c, "{}", spec.instance_extra[n]);
         }
         if instances.len() > 1 {
             let _ = writeln!(

@@ -322,3 +322,76 @@ fn interface_down_faults_the_master() {
         .expect("lb-a back and preempts");
     pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b yields");
 }
+
+/// Instance notify hooks run on every transition with INSTANCE NAME STATE PRIORITY (STOP when
+/// the daemon stops).
+#[test]
+fn notify_hooks_run_on_every_transition() {
+    let Some(lab) = Lab::for_test("fo-notify") else {
+        return;
+    };
+    let dir = lab.dir().to_path_buf();
+    let script = dir.join("notify.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}/notify-$NODE.log\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut spec = PairSpec::new(Mode::Nat);
+    spec.interval = "100ms".into();
+    // Each node's hook is a one-line wrapper that names the node.
+    for (n, node) in ["a", "b"].iter().enumerate() {
+        let wrapper = dir.join(format!("notify-{node}.sh"));
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nNODE={node} exec {} \"$@\"\n", script.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        spec.instance_extra[n] = format!("notify = \"{}\"", wrapper.display());
+    }
+    let mut pair = Pair::new(lab, spec).expect("pair");
+    pair.start(0).unwrap();
+    pair.wait_state(0, "int", "MASTER", T).unwrap();
+    pair.start(1).unwrap();
+    pair.wait_state(1, "int", "BACKUP", T).unwrap();
+    pair.stop(0).unwrap();
+    pair.wait_state(1, "ext", "MASTER", T).unwrap();
+    pair.wait_state(1, "int", "MASTER", T).unwrap();
+    let read = |node: &str| std::fs::read_to_string(dir.join(format!("notify-{node}.log")));
+    director_lab::wait_until(T, || {
+        read("a").is_ok_and(|t| t.matches("STOP").count() == 2)
+    })
+    .expect("lb-a's hooks ran for the stop");
+    director_lab::wait_until(T, || {
+        read("b").is_ok_and(|t| t.matches("MASTER").count() == 2)
+    })
+    .expect("lb-b's hooks ran for the takeover");
+    let a = read("a").unwrap();
+    let b = read("b").unwrap();
+    for line in [
+        "INSTANCE ext BACKUP 200",
+        "INSTANCE int BACKUP 200",
+        "INSTANCE ext MASTER 200",
+        "INSTANCE int MASTER 200",
+        "INSTANCE ext STOP 200",
+        "INSTANCE int STOP 200",
+    ] {
+        assert!(a.lines().any(|l| l == line), "lb-a: no {line:?} in\n{a}");
+    }
+    for line in [
+        "INSTANCE ext BACKUP 100",
+        "INSTANCE ext MASTER 100",
+        "INSTANCE int MASTER 100",
+    ] {
+        assert!(b.lines().any(|l| l == line), "lb-b: no {line:?} in\n{b}");
+    }
+}

@@ -214,7 +214,7 @@ fn render_vrrp(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()
             "{:<12} {:<10} {:>4} {:<7} {:>9} {:<24} {:>6}ms  {}{}",
             i["name"].as_str().unwrap_or("?"),
             i["interface"].as_str().unwrap_or("?"),
-            i["vrid"],
+            i["vrid"].as_u64().unwrap_or(0),
             i["state"].as_str().unwrap_or("?"),
             format!("{}/{}", i["priority"], i["configured_priority"]),
             master,

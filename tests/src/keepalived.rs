@@ -292,7 +292,13 @@ impl Keepalived {
         if self.state() == Some(state) {
             return Ok(());
         }
-        let tail: Vec<String> = self.log().lines().rev().take(10).map(String::from).collect();
+        let tail: Vec<String> = self
+            .log()
+            .lines()
+            .rev()
+            .take(10)
+            .map(String::from)
+            .collect();
         let tail: Vec<String> = tail.into_iter().rev().collect();
         match (exited, res) {
             (true, _) => bail!(
@@ -367,7 +373,10 @@ mod tests {
         assert!(c.contains("priority 200"), "{c}");
         assert!(c.contains("        198.18.1.100/24\n"), "{c}");
         assert!(!c.contains("nopreempt") && !c.contains("unicast"), "{c}");
-        assert!(!c.contains("vrrp_strict") && !c.contains("script_security"), "{c}");
+        assert!(
+            !c.contains("vrrp_strict") && !c.contains("script_security"),
+            "{c}"
+        );
     }
 
     #[test]

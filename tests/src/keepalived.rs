@@ -111,7 +111,7 @@ impl KeepalivedSpec {
         match self.version {
             2 => {
                 ensure!(
-                    ms % 1000 == 0 && (1000..=255_000).contains(&ms),
+                    ms.is_multiple_of(1000) && (1000..=255_000).contains(&ms),
                     "VRRPv2 needs a whole number of seconds from 1 to 255, not {:?}",
                     self.interval
                 );
@@ -119,7 +119,8 @@ impl KeepalivedSpec {
             }
             3 => {
                 ensure!(
-                    self.interval.as_nanos() % 10_000_000 == 0 && (10..=40_950).contains(&ms),
+                    self.interval.as_nanos().is_multiple_of(10_000_000)
+                        && (10..=40_950).contains(&ms),
                     "VRRPv3 needs 10 ms steps from 10 ms to 40.95 s, not {:?}",
                     self.interval
                 );

@@ -5,8 +5,10 @@
 //!   captures, and the teardown that removes all of it (see its module docs).
 //! - `pattern`: the deterministic byte stream `labsrv` serves on `/stream`, so a client can
 //!   check that a long-lived connection delivered every byte in order.
+//! - `keepalived`: keepalived as a lab VRRP peer (config, start, state from its log, stop/kill).
 //! - `bin/labsrv`: the real server (HTTP/1.1 + UDP echo) used as a lab real server.
 
+pub mod keepalived;
 pub mod lab;
 pub mod labpkt;
 pub mod pattern;

@@ -111,7 +111,7 @@ impl KeepalivedSpec {
         match self.version {
             2 => {
                 ensure!(
-                    ms % 1000 == 0 && (1000..=255_000).contains(&ms),
+                    ms.is_multiple_of(1000) && (1000..=255_000).contains(&ms),
                     "VRRPv2 needs a whole number of seconds from 1 to 255, not {:?}",
                     self.interval
                 );
@@ -119,7 +119,8 @@ impl KeepalivedSpec {
             }
             3 => {
                 ensure!(
-                    self.interval.as_nanos() % 10_000_000 == 0 && (10..=40_950).contains(&ms),
+                    self.interval.as_nanos().is_multiple_of(10_000_000)
+                        && (10..=40_950).contains(&ms),
                     "VRRPv3 needs 10 ms steps from 10 ms to 40.95 s, not {:?}",
                     self.interval
                 );
@@ -292,7 +293,13 @@ impl Keepalived {
         if self.state() == Some(state) {
             return Ok(());
         }
-        let tail: Vec<String> = self.log().lines().rev().take(10).map(String::from).collect();
+        let tail: Vec<String> = self
+            .log()
+            .lines()
+            .rev()
+            .take(10)
+            .map(String::from)
+            .collect();
         let tail: Vec<String> = tail.into_iter().rev().collect();
         match (exited, res) {
             (true, _) => bail!(
@@ -367,7 +374,10 @@ mod tests {
         assert!(c.contains("priority 200"), "{c}");
         assert!(c.contains("        198.18.1.100/24\n"), "{c}");
         assert!(!c.contains("nopreempt") && !c.contains("unicast"), "{c}");
-        assert!(!c.contains("vrrp_strict") && !c.contains("script_security"), "{c}");
+        assert!(
+            !c.contains("vrrp_strict") && !c.contains("script_security"),
+            "{c}"
+        );
     }
 
     #[test]

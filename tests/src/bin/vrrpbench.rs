@@ -663,10 +663,13 @@ fn takeovers(
     let mdi = master_down_interval(interval, PRIO_B);
     let t0 = now_ns();
     let a = pair.start(0)?;
-    wait_until(Duration::from_secs(30) + interval * 10, || {
+    if wait_until(Duration::from_secs(30) + interval * 10, || {
         watch.poll().is_ok() && watch.adverts_from(ADDR_A, t0).next().is_some()
     })
-    .context("A never advertised")?;
+    .is_err()
+    {
+        bail!("A never advertised: {}", a.describe());
+    }
     let b = pair.start(1)?;
     let mut nodes: Vec<Box<dyn Node>> = vec![a, b];
     wait_steady(watch, interval, t0, None, &nodes)?;

@@ -395,3 +395,153 @@ fn notify_hooks_run_on_every_transition() {
         assert!(b.lines().any(|l| l == line), "lb-b: no {line:?} in\n{b}");
     }
 }
+
+/// Sends whole IPv4 datagrams (IP_HDRINCL) out of `ifname` in the calling thread's namespace.
+fn send_raw(ifname: &str, datagrams: &[Vec<u8>]) {
+    // SAFETY: plain socket calls on a fresh fd that is closed at the end; every pointer is to
+    // a live local of the size passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let name = std::ffi::CString::new(ifname).unwrap();
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.as_bytes_with_nul().len() as libc::socklen_t,
+        );
+        assert_eq!(
+            rc,
+            0,
+            "SO_BINDTODEVICE: {}",
+            std::io::Error::last_os_error()
+        );
+        for d in datagrams {
+            let dst = Ipv4Addr::new(d[16], d[17], d[18], d[19]);
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(dst).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let n = libc::sendto(
+                fd,
+                d.as_ptr().cast(),
+                d.len(),
+                0,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(
+                n,
+                d.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        libc::close(fd);
+    }
+}
+
+/// Malformed and foreign adverts injected on the segment — each claiming priority 254, so
+/// that any one wrongly accepted would make the master yield — are counted by kind and change
+/// nothing; the daemons keep running.
+#[test]
+fn malformed_and_foreign_adverts_are_counted_and_ignored() {
+    use vrrp::wire::{encode_ipv4_datagram, Advert, ChecksumMode, Version, MULTICAST_V4};
+    let mut spec = PairSpec::new(Mode::Dr);
+    spec.interval = "100ms".into();
+    let Some(pair) = pair("fo-bad", spec) else {
+        return;
+    };
+    let forged = Ipv4Addr::new(198, 18, 1, 99);
+    let advert = |vrid: u8| Advert {
+        version: Version::V3,
+        vrid,
+        priority: 254,
+        interval_cs: 10,
+        addrs: vec![std::net::IpAddr::V4(VIP)],
+    };
+    let good = |vrid: u8| {
+        encode_ipv4_datagram(
+            &advert(vrid),
+            forged,
+            MULTICAST_V4,
+            ChecksumMode::PseudoHeader,
+        )
+    };
+    let fix_ip_checksum = |d: &mut Vec<u8>| {
+        d[10] = 0;
+        d[11] = 0;
+        let mut sum: u32 = 0;
+        for c in d[..20].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let c = !(sum as u16);
+        d[10..12].copy_from_slice(&c.to_be_bytes());
+    };
+    let mut bad = Vec::new();
+    // TTL 64: not from this segment.
+    let mut d = good(51);
+    d[8] = 64;
+    fix_ip_checksum(&mut d);
+    bad.push(("ttl", d));
+    // Checksum broken.
+    let mut d = good(51);
+    let n = d.len();
+    d[n - 1] ^= 0xff;
+    bad.push(("checksum", d));
+    // Version 7.
+    let mut d = good(51);
+    d[20] = 0x71;
+    bad.push(("version", d));
+    // Type 2.
+    let mut d = good(51);
+    d[20] = 0x32;
+    bad.push(("type", d));
+    // Count says 3 addresses, one present.
+    let mut d = good(51);
+    d[23] = 3;
+    bad.push(("length", d));
+    let before = [pair.vrrp(0).unwrap(), pair.vrrp(1).unwrap()];
+    let datagrams: Vec<Vec<u8>> = bad.iter().map(|(_, d)| d.clone()).collect();
+    let foreign = good(99);
+    pair.client
+        .in_ns(|| {
+            for _ in 0..10 {
+                send_raw("eth0", &datagrams);
+                send_raw("eth0", std::slice::from_ref(&foreign));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for n in 0..2 {
+        let v = pair.vrrp(n).unwrap();
+        for (label, _) in &bad {
+            assert_eq!(v["malformed"][label], 10, "node {n} {label}: {v}");
+        }
+        assert_eq!(v["foreign"], 10, "node {n}: {v}");
+        let i = &v["instances"][0];
+        assert_eq!(
+            i["state"], before[n]["instances"][0]["state"],
+            "node {n}: {v}"
+        );
+        assert_eq!(
+            i["counters"]["became_master"],
+            before[n]["instances"][0]["counters"]["became_master"]
+        );
+        assert_eq!(
+            i["counters"]["became_backup"],
+            before[n]["instances"][0]["counters"]["became_backup"]
+        );
+    }
+    assert_eq!(pair.state(0, "ext").unwrap(), "MASTER");
+    assert_eq!(pair.state(1, "ext").unwrap(), "BACKUP");
+}

@@ -522,24 +522,21 @@ fn malformed_and_foreign_adverts_are_counted_and_ignored() {
         })
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    for n in 0..2 {
+    for (n, before) in before.iter().enumerate() {
         let v = pair.vrrp(n).unwrap();
         for (label, _) in &bad {
             assert_eq!(v["malformed"][label], 10, "node {n} {label}: {v}");
         }
         assert_eq!(v["foreign"], 10, "node {n}: {v}");
         let i = &v["instances"][0];
-        assert_eq!(
-            i["state"], before[n]["instances"][0]["state"],
-            "node {n}: {v}"
-        );
+        assert_eq!(i["state"], before["instances"][0]["state"], "node {n}: {v}");
         assert_eq!(
             i["counters"]["became_master"],
-            before[n]["instances"][0]["counters"]["became_master"]
+            before["instances"][0]["counters"]["became_master"]
         );
         assert_eq!(
             i["counters"]["became_backup"],
-            before[n]["instances"][0]["counters"]["became_backup"]
+            before["instances"][0]["counters"]["became_backup"]
         );
     }
     assert_eq!(pair.state(0, "ext").unwrap(), "MASTER");

@@ -13,7 +13,7 @@
 //! Node 0 is `lb-a` (priority 200 by default), node 1 is `lb-b` (100).
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::lab::{wait_until, Host, Lab, Proc, Signal};
-use crate::topo::{dr_reals, nat_reals, workspace_bin, Mode, ServiceSpec, VIP};
+use crate::topo::{dr_reals, nat_reals, start_labsrv, workspace_bin, Mode, ServiceSpec, VIP};
 
 /// The NAT real servers' gateway, a VIP of the `int` instance.
 pub const INT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
@@ -125,47 +125,16 @@ impl Pair {
     }
 
     fn real_port(&self, port: u16) -> u16 {
-        match self.spec.mode {
-            Mode::Nat => port + 8000,
-            Mode::Dr => port,
-        }
+        self.spec.mode.real_port(port)
     }
 
     fn start_servers(&mut self) -> Result<()> {
-        let labsrv = workspace_bin("labsrv")?;
-        for (i, h) in self.reals.iter().enumerate() {
-            let mut argv = vec![
-                labsrv.display().to_string(),
-                "--name".into(),
-                format!("rs{}", i + 1),
-            ];
-            for s in &self.spec.services {
-                let flag = if s.protocol == "tcp" {
-                    "--http"
-                } else {
-                    "--udp"
-                };
-                let bind = if s.protocol == "udp" && self.spec.mode == Mode::Dr {
-                    VIP
-                } else {
-                    Ipv4Addr::UNSPECIFIED
-                };
-                argv.push(flag.into());
-                argv.push(format!("{bind}:{}", self.real_port(s.port)));
-            }
-            let mut proc = h.spawn(&argv)?;
-            proc.wait_stdout("ready", Duration::from_secs(10))
-                .with_context(|| format!("labsrv on {} did not start", h.name()))?;
-            self.servers.push(proc);
-        }
-        for s in self.spec.services.iter().filter(|s| s.protocol == "tcp") {
-            for (h, addr) in self.reals.iter().zip(&self.real_addrs) {
-                h.wait_tcp_listen(
-                    SocketAddr::from((*addr, self.real_port(s.port))),
-                    Duration::from_secs(10),
-                )?;
-            }
-        }
+        self.servers = start_labsrv(
+            &self.reals,
+            &self.real_addrs,
+            self.spec.mode,
+            &self.spec.services,
+        )?;
         Ok(())
     }
 

@@ -44,6 +44,70 @@ impl Mode {
     }
 }
 
+impl Mode {
+    /// The port a real server listens on for a service port: NAT maps 80 → 8080 to show the
+    /// rewrite; DR cannot change the port.
+    pub fn real_port(self, port: u16) -> u16 {
+        match self {
+            Mode::Nat => port + 8000,
+            Mode::Dr => port,
+        }
+    }
+}
+
+/// Starts `labsrv` on each real server (`rs1`, `rs2`, ...) for these services and waits until
+/// every socket is bound and every TCP port listens.
+pub fn start_labsrv(
+    reals: &[Host],
+    real_addrs: &[Ipv4Addr],
+    mode: Mode,
+    services: &[ServiceSpec],
+) -> Result<Vec<Proc>> {
+    let labsrv = workspace_bin("labsrv")?;
+    let mut procs = Vec::new();
+    for (i, h) in reals.iter().enumerate() {
+        let mut argv = vec![
+            labsrv.display().to_string(),
+            "--name".into(),
+            format!("rs{}", i + 1),
+        ];
+        for s in services {
+            let flag = if s.protocol == "tcp" {
+                "--http"
+            } else {
+                "--udp"
+            };
+            // A UDP socket bound to 0.0.0.0 answers from the interface's address; in DR the
+            // reply must come from the VIP (which the real holds on `lo`), so bind the VIP
+            // itself there.
+            let bind = if s.protocol == "udp" && mode == Mode::Dr {
+                VIP
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            };
+            argv.push(flag.into());
+            argv.push(format!("{bind}:{}", mode.real_port(s.port)));
+        }
+        let mut proc = h.spawn(&argv)?;
+        // `ready` follows once every socket is bound (UDP has no listen to wait for).
+        proc.wait_stdout("ready", Duration::from_secs(10))
+            .with_context(|| format!("labsrv on {} did not start", h.name()))?;
+        procs.push(proc);
+    }
+    for (i, s) in services.iter().enumerate() {
+        if s.protocol == "tcp" {
+            for (h, addr) in reals.iter().zip(real_addrs) {
+                h.wait_tcp_listen(
+                    SocketAddr::from((*addr, mode.real_port(s.port))),
+                    Duration::from_secs(10),
+                )
+                .with_context(|| format!("labsrv for service {i} did not start"))?;
+            }
+        }
+    }
+    Ok(procs)
+}
+
 /// A service to put in the director's config.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -229,55 +293,15 @@ impl Topo {
         })
     }
 
-    /// The port a real server listens on for a service port: NAT maps 80 → 8080 to show the
-    /// rewrite; DR cannot change the port.
+    /// The port a real server listens on for a service port (see [`Mode::real_port`]).
     pub fn real_port(&self, port: u16) -> u16 {
-        match self.mode {
-            Mode::Nat => port + 8000,
-            Mode::Dr => port,
-        }
+        self.mode.real_port(port)
     }
 
     /// Start `labsrv` on every real server for these services.
     pub fn start_servers(&mut self, services: &[ServiceSpec]) -> Result<()> {
-        let labsrv = workspace_bin("labsrv")?;
-        for (i, h) in self.reals.iter().enumerate() {
-            let name = format!("rs{}", i + 1);
-            let mut argv = vec![labsrv.display().to_string(), "--name".into(), name];
-            for s in services {
-                let flag = if s.protocol == "tcp" {
-                    "--http"
-                } else {
-                    "--udp"
-                };
-                // A UDP socket bound to 0.0.0.0 answers from the interface's address; in DR
-                // the reply must come from the VIP (which the real holds on `lo`), so bind
-                // the VIP itself there.
-                let bind = if s.protocol == "udp" && self.mode == Mode::Dr {
-                    VIP
-                } else {
-                    Ipv4Addr::UNSPECIFIED
-                };
-                argv.push(flag.into());
-                argv.push(format!("{bind}:{}", self.real_port(s.port)));
-            }
-            let mut proc = h.spawn(&argv)?;
-            // `ready` follows once every socket is bound (UDP has no listen to wait for).
-            proc.wait_stdout("ready", Duration::from_secs(10))
-                .with_context(|| format!("labsrv on {} did not start", h.name()))?;
-            self.servers.push(proc);
-        }
-        for (i, s) in services.iter().enumerate() {
-            if s.protocol == "tcp" {
-                for (h, addr) in self.reals.iter().zip(&self.real_addrs) {
-                    h.wait_tcp_listen(
-                        SocketAddr::from((*addr, self.real_port(s.port))),
-                        Duration::from_secs(10),
-                    )
-                    .with_context(|| format!("labsrv for service {i} did not start"))?;
-                }
-            }
-        }
+        let procs = start_labsrv(&self.reals, &self.real_addrs, self.mode, services)?;
+        self.servers.extend(procs);
         Ok(())
     }
 

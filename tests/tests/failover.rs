@@ -69,6 +69,28 @@ fn parse(frames: &[(Duration, Vec<u8>)]) -> Vec<Seen> {
     out
 }
 
+/// (time, priority) of every advert from `src`, in capture order.
+fn adverts_from(seen: &[Seen], src: Ipv4Addr) -> Vec<(Duration, u8)> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Advert {
+                at,
+                src: from,
+                priority,
+            } if *from == src => Some((*at, *priority)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first gratuitous ARP for the VIP from `mac`.
+fn first_garp_from(seen: &[Seen], mac: &str) -> Option<Duration> {
+    seen.iter().find_map(|s| match s {
+        Seen::Garp { at, mac: from } if from == mac => Some(*at),
+        _ => None,
+    })
+}
+
 fn pair(tag: &str, spec: PairSpec) -> Option<Pair> {
     let lab = Lab::for_test(tag)?;
     let mut pair = Pair::new(lab, spec).expect("pair topology");
@@ -112,21 +134,11 @@ fn sigkill_master_backup_takes_the_vip_and_the_client_follows() {
     let after = pair.curl().expect("traffic through lb-b");
     assert!(after.starts_with("rs"), "{after}");
     let seen = parse(&cap.stop_timed().expect("capture"));
-    let last_a = seen
-        .iter()
-        .rev()
-        .find_map(|s| match s {
-            Seen::Advert { at, src, .. } if *src == ext_addr(0) => Some(*at),
-            _ => None,
-        })
+    let last_a = adverts_from(&seen, ext_addr(0))
+        .last()
+        .map(|a| a.0)
         .expect("lb-a advertised before it died");
-    let garp_b = seen
-        .iter()
-        .find_map(|s| match s {
-            Seen::Garp { at, mac } if *mac == node_mac(&pair, 1) => Some(*at),
-            _ => None,
-        })
-        .expect("lb-b sent a gratuitous ARP");
+    let garp_b = first_garp_from(&seen, &node_mac(&pair, 1)).expect("lb-b sent a gratuitous ARP");
     // Master_Down_Interval for priority 100 at 100 ms is 360.9 ms; the takeover cannot be
     // earlier (that would be a spurious takeover while lb-a was alive).
     let takeover = garp_b - last_a;
@@ -152,24 +164,12 @@ fn clean_stop_hands_over_within_skew_time() {
         .expect("lb-b takes over");
     assert!(!pair.holds_vip(0).unwrap(), "a clean stop removes the VIP");
     let seen = parse(&cap.stop_timed().expect("capture"));
-    let resign = seen
+    let resign = adverts_from(&seen, ext_addr(0))
         .iter()
-        .find_map(|s| match s {
-            Seen::Advert {
-                at,
-                src,
-                priority: 0,
-            } if *src == ext_addr(0) => Some(*at),
-            _ => None,
-        })
+        .find(|a| a.1 == 0)
+        .map(|a| a.0)
         .expect("lb-a resigned with priority 0");
-    let garp_b = seen
-        .iter()
-        .find_map(|s| match s {
-            Seen::Garp { at, mac } if *mac == node_mac(&pair, 1) => Some(*at),
-            _ => None,
-        })
-        .expect("lb-b sent a gratuitous ARP");
+    let garp_b = first_garp_from(&seen, &node_mac(&pair, 1)).expect("lb-b sent a gratuitous ARP");
     // Skew_Time for priority 100 at 1 s is 609 ms; Master_Down_Interval would be 3.6 s.
     let handover = garp_b - resign;
     assert!(handover >= Duration::from_millis(600), "{handover:?}");
@@ -222,22 +222,14 @@ fn restarted_master_preempts_or_not_per_config() {
         .expect("the client follows lb-a back");
         std::thread::sleep(Duration::from_millis(300));
         let seen = parse(&cap.stop_timed().expect("capture"));
-        let first_a = seen
+        let first_a = adverts_from(&seen, ext_addr(0))
             .iter()
-            .find_map(|s| match s {
-                Seen::Advert { at, src, priority } if *src == ext_addr(0) && *priority > 0 => {
-                    Some(*at)
-                }
-                _ => None,
-            })
+            .find(|a| a.1 > 0)
+            .map(|a| a.0)
             .expect("lb-a advertised");
-        let last_b = seen
-            .iter()
-            .rev()
-            .find_map(|s| match s {
-                Seen::Advert { at, src, .. } if *src == ext_addr(1) => Some(*at),
-                _ => None,
-            })
+        let last_b = adverts_from(&seen, ext_addr(1))
+            .last()
+            .map(|a| a.0)
             .expect("lb-b advertised");
         let window = last_b.saturating_sub(first_a);
         assert!(

@@ -357,38 +357,35 @@ fn own_and_other_version_adverts_are_ignored() {
     assert_eq!(inst.counters().wrong_version, 1);
 }
 
+/// A node with instances "ext" (vrid 51) and "int" (vrid 52) in the sync group "lb".
+fn add_grouped(lan: &mut Lan, name: &str, last: u8, priority: u8) -> usize {
+    let group = GroupConfig {
+        name: "lb".into(),
+        members: vec!["ext".into(), "int".into()],
+    };
+    lan.add(
+        name,
+        last,
+        vec![
+            config("ext", 51, last, priority, ADV),
+            config("int", 52, last, priority, ADV),
+        ],
+        vec![group],
+    )
+}
+
 #[test]
 fn sync_group_members_move_together() {
     let mut lan = Lan::new(10);
-    let group = || {
-        vec![GroupConfig {
-            name: "lb".into(),
-            members: vec!["ext".into(), "int".into()],
-        }]
-    };
-    let a = lan.add(
-        "a",
-        2,
-        vec![
-            config("ext", 51, 2, 200, ADV),
-            config("int", 52, 2, 200, ADV),
-        ],
-        group(),
-    );
-    let b = lan.add(
-        "b",
-        3,
-        vec![
-            config("ext", 51, 3, 100, ADV),
-            config("int", 52, 3, 100, ADV),
-        ],
-        group(),
+    let (a, b) = (
+        add_grouped(&mut lan, "a", 2, 200),
+        add_grouped(&mut lan, "b", 3, 100),
     );
     lan.start(a);
     lan.start(b);
     lan.run_for(Duration::from_secs(2));
     assert_eq!((lan.holders(0), lan.holders(1)), (vec![a], vec![a]));
-    // Only "int" fails on A (its interface tracking with weight 0): the group faults as a
+    // A's datapath stops (tracked with weight 0 by both instances): the group faults as a
     // whole and B takes both.
     lan.with(a, |r, now| r.set_track(now, "datapath", false));
     assert_eq!(lan.nodes[a].state(0), State::Fault);
@@ -404,29 +401,9 @@ fn sync_group_members_move_together() {
 #[test]
 fn sync_group_follows_a_member_that_took_over() {
     let mut lan = Lan::new(11);
-    let group = || {
-        vec![GroupConfig {
-            name: "lb".into(),
-            members: vec!["ext".into(), "int".into()],
-        }]
-    };
-    let a = lan.add(
-        "a",
-        2,
-        vec![
-            config("ext", 51, 2, 200, ADV),
-            config("int", 52, 2, 200, ADV),
-        ],
-        group(),
-    );
-    let b = lan.add(
-        "b",
-        3,
-        vec![
-            config("ext", 51, 3, 100, ADV),
-            config("int", 52, 3, 100, ADV),
-        ],
-        group(),
+    let (a, b) = (
+        add_grouped(&mut lan, "a", 2, 200),
+        add_grouped(&mut lan, "b", 3, 100),
     );
     lan.start(a);
     lan.start(b);

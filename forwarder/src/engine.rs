@@ -282,6 +282,11 @@ impl ServiceTable {
         self.services.get(usize::from(id))
     }
 
+    /// The service of `vip` for `proto`.
+    pub fn find(&self, proto: Protocol, vip: SocketAddrV4) -> Option<&Service> {
+        self.lookup(*vip.ip(), vip.port(), proto as u8)
+    }
+
     #[inline]
     fn lookup(&self, vip: Ipv4Addr, port: u16, proto: u8) -> Option<&Service> {
         let id = *self.by_vip.get(&l4_key(vip, port, proto))?;

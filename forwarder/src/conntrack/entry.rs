@@ -88,7 +88,7 @@ impl ConnState {
 
 /// One tracked connection. Fields are private because both lookup keys are derived from
 /// them: changing one in place would strand the entry in the index. Addresses are stored
-/// as host-order integers so the layout is plain `repr(C)` (44 bytes, align 4) and can be
+/// as host-order integers so the layout is plain `repr(C)` (48 bytes, align 4) and can be
 /// mirrored as-is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
@@ -99,6 +99,10 @@ pub struct ConnEntry {
     pub(crate) local_ip: u32,
     /// Seconds of the engine's monotonic clock at which the entry dies.
     pub(crate) expiry: u32,
+    /// The expiry last reported to the observer: a flow whose expiry has moved on by half
+    /// its timeout since is reported again ([`super::Change::Refresh`]), so a replica of a
+    /// long, quiet flow does not time out on the peer while the flow lives here.
+    pub(crate) reported: u32,
     pub(crate) packets_in: u32,
     pub(crate) packets_out: u32,
     pub(crate) client_port: u16,
@@ -119,6 +123,8 @@ impl ConnEntry {
     pub const PERSISTENT: u8 = 0x01;
     /// Has a local address (FULLNAT): replies are keyed by (real, local).
     pub const LOCAL: u8 = 0x02;
+    /// Installed from the peer's sync stream, and no packet of it seen here since.
+    pub const REPLICA: u8 = 0x04;
     /// Flags the caller may set through [`NewConn::flags`]; the others belong to the table.
     pub const CALLER_FLAGS: u8 = Self::PERSISTENT;
 
@@ -128,6 +134,7 @@ impl ConnEntry {
         real_ip: 0,
         local_ip: 0,
         expiry: 0,
+        reported: 0,
         packets_in: 0,
         packets_out: 0,
         client_port: 0,
@@ -156,6 +163,7 @@ impl ConnEntry {
             real_ip: n.real.ip().to_bits(),
             local_ip: local.ip().to_bits(),
             expiry,
+            reported: expiry,
             packets_in: 0,
             packets_out: 0,
             client_port: n.client.port(),
@@ -234,6 +242,11 @@ impl ConnEntry {
 
     pub fn flags(&self) -> u8 {
         self.flags
+    }
+
+    /// A copy of the peer's flow that no packet has touched on this node yet.
+    pub fn is_replica(&self) -> bool {
+        self.flags & Self::REPLICA != 0
     }
 
     pub fn is_persistent(&self) -> bool {

@@ -63,6 +63,9 @@ pub enum Change {
     Insert(ConnEntry),
     /// A state change (not every packet).
     Update(ConnEntry),
+    /// No state change, but the expiry moved on by half the state's timeout since the
+    /// entry was last reported: a replica elsewhere needs the new expiry.
+    Refresh(ConnEntry),
     Delete(ConnEntry, DeleteCause),
 }
 
@@ -389,6 +392,43 @@ impl ConnTable {
         }
     }
 
+    /// Calls `f` for up to `max` live entries from `cursor` on (0 = the start) and returns
+    /// where to go on, or `None` when the whole table has been visited. Locks one shard at
+    /// a time for at most a few dozen slots; as [`ConnTable::snapshot`], entries inserted
+    /// or removed meanwhile may or may not be seen. Lets a bulk resync walk the table in
+    /// paced steps.
+    pub fn scan(&self, cursor: u64, max: usize, mut f: impl FnMut(&ConnEntry)) -> Option<u64> {
+        let per_shard = self.per_shard as usize;
+        let mut shard = (cursor >> 32) as usize;
+        let mut slot = (cursor & 0xffff_ffff) as usize;
+        let mut seen = 0;
+        let mut batch = [ConnEntry::VACANT; BATCH];
+        while shard < self.shards.len() {
+            if seen >= max {
+                return Some(((shard as u64) << 32) | slot as u64);
+            }
+            let mut n = 0;
+            {
+                let guard = self.lock(shard);
+                while slot < per_shard && n < BATCH.min(max - seen) {
+                    let e = guard.inner.slab[slot];
+                    if e.is_live() {
+                        batch[n] = e;
+                        n += 1;
+                    }
+                    slot += 1;
+                }
+            }
+            seen += n;
+            batch[..n].iter().for_each(&mut f);
+            if slot >= per_shard {
+                shard += 1;
+                slot = 0;
+            }
+        }
+        None
+    }
+
     /// Removes every entry (reported as [`DeleteCause::Reset`]). Returns how many.
     pub fn flush(&self) -> usize {
         let mut removed = 0;
@@ -450,34 +490,83 @@ impl ShardGuard<'_> {
     /// whether a non-SYN may create one), Udp for UDP. Counts no packet: call
     /// [`ShardGuard::update`] for the packet that created it, as for every other packet.
     pub fn insert(&mut self, new: &NewConn, now: u32) -> Result<EntryId, InsertError> {
-        let flow = new.flow_key();
-        let reply = new.reply_key();
-        if let Some(slot) = self.find_in(&flow) {
+        if let Some(slot) = self.find_in(&new.flow_key()) {
             if let Some(id) = self.unless_expired(slot, now) {
                 return Err(InsertError::Exists(id));
             }
         }
-        if let Some(slot) = self.find_reply(&reply) {
+        if let Some(slot) = self.find_reply(&new.reply_key()) {
             if let Some(id) = self.unless_expired(slot, now) {
                 return Err(InsertError::ReplyInUse(id));
             }
         }
+        let state = match new.proto {
+            Protocol::Tcp => ConnState::SynRecv,
+            Protocol::Udp => ConnState::Udp,
+        };
+        let expiry = now.saturating_add(self.table.timeout(state));
+        self.link(ConnEntry::from_new(new, state, expiry))
+    }
+
+    /// Installs a copy of a connection the peer reported (connection sync), marked
+    /// [`ConnEntry::REPLICA`] until a packet of it is seen here. The peer is the authority
+    /// on its flows: an entry with the same inbound key is brought to `state` and `expiry`
+    /// in place when it goes to the same real server, and replaced when it does not; an
+    /// entry holding the same reply tuple is removed. Reported to the observer as an insert
+    /// or, in place, as an update.
+    pub fn install(
+        &mut self,
+        new: &NewConn,
+        state: ConnState,
+        expiry: u32,
+    ) -> Result<EntryId, InsertError> {
+        let mut entry = ConnEntry::from_new(new, state, expiry);
+        entry.flags |= ConnEntry::REPLICA;
+        if let Some(slot) = self.find_in(&new.flow_key()) {
+            let current = self.inner.slab[slot as usize];
+            if current.reply_key() != entry.reply_key() {
+                self.delete(slot, DeleteCause::Removed);
+            } else {
+                let e = &mut self.inner.slab[slot as usize];
+                let old = e.state();
+                e.state = state as u8;
+                e.expiry = expiry;
+                e.reported = expiry;
+                e.flags = entry.flags;
+                let updated = *e;
+                if old.is_active() != state.is_active() {
+                    if let Some(r) = self.table.real(&updated) {
+                        let (from, to) = if state.is_active() {
+                            (&r.inactive, &r.active)
+                        } else {
+                            (&r.active, &r.inactive)
+                        };
+                        decrement(from);
+                        to.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                self.table.notify(Change::Update(updated));
+                return Ok(EntryId(slot));
+            }
+        }
+        if let Some(slot) = self.find_reply(&entry.reply_key()) {
+            self.delete(slot, DeleteCause::Removed);
+        }
+        self.link(entry)
+    }
+
+    /// Puts a new entry (whose keys are known to be free) in a vacant slot and the index.
+    fn link(&mut self, entry: ConnEntry) -> Result<EntryId, InsertError> {
         let slot = self.inner.free;
         let Some(vacant) = self.inner.slab.get(slot as usize) else {
             self.shard.full.fetch_add(1, Ordering::Relaxed);
             return Err(InsertError::Full);
         };
         self.inner.free = vacant.expiry;
-        let state = match new.proto {
-            Protocol::Tcp => ConnState::SynRecv,
-            Protocol::Udp => ConnState::Udp,
-        };
-        let expiry = now.saturating_add(self.table.timeout(state));
-        let entry = ConnEntry::from_new(new, state, expiry);
         self.inner.slab[slot as usize] = entry;
         let (fh, rh) = (
-            self.table.hasher.flow(&flow),
-            self.table.hasher.reply(&reply),
+            self.table.hasher.flow(&entry.flow_key()),
+            self.table.hasher.reply(&entry.reply_key()),
         );
         self.inner.index.insert(fh, slot, DIR_IN);
         self.inner.index.insert(rh, slot, DIR_REPLY);
@@ -485,7 +574,11 @@ impl ShardGuard<'_> {
         self.shard.inserts.fetch_add(1, Ordering::Relaxed);
         if let Some(real) = self.table.real(&entry) {
             real.conns.fetch_add(1, Ordering::Relaxed);
-            real.inactive.fetch_add(1, Ordering::Relaxed);
+            if entry.state().is_active() {
+                real.active.fetch_add(1, Ordering::Relaxed);
+            } else {
+                real.inactive.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.table.notify(Change::Insert(entry));
         Ok(EntryId(slot))
@@ -543,6 +636,9 @@ impl ShardGuard<'_> {
             }
         }
         e.expiry = now.saturating_add(table.timeout(new));
+        // The first packet of a replica here: this node now carries the flow.
+        let adopted = e.flags & ConnEntry::REPLICA != 0;
+        e.flags &= !ConnEntry::REPLICA;
         if t.changed() {
             e.state = new as u8;
             if let Some(r) = real {
@@ -559,7 +655,14 @@ impl ShardGuard<'_> {
                     to.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            e.reported = e.expiry;
             table.notify(Change::Update(*e));
+        } else if adopted {
+            e.reported = e.expiry;
+            table.notify(Change::Update(*e));
+        } else if e.expiry.saturating_sub(e.reported) >= (table.timeout(new) / 2).max(1) {
+            e.reported = e.expiry;
+            table.notify(Change::Refresh(*e));
         }
         t
     }

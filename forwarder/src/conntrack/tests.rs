@@ -95,7 +95,7 @@ fn run(t: &ConnTable, new: &NewConn, steps: &[(Direction, u8, ConnState)]) -> En
 
 #[test]
 fn conn_entry_fits_its_size_budget() {
-    assert_eq!(std::mem::size_of::<ConnEntry>(), 44);
+    assert_eq!(std::mem::size_of::<ConnEntry>(), 48);
     assert!(std::mem::size_of::<ConnEntry>() <= 64);
 }
 
@@ -404,7 +404,8 @@ fn lookup_after_expiry_misses_and_reports_expired() {
     drop(g);
     let changes = rec.take();
     assert!(
-        matches!(changes[..], [Change::Insert(_), Change::Delete(e, DeleteCause::Expired)] if e.packets_out() == 1)
+        matches!(changes[..], [Change::Insert(_), Change::Refresh(r), Change::Delete(e, DeleteCause::Expired)] if r.expiry() == 550 && e.packets_out() == 1),
+        "the expiry moved on by half the UDP timeout: one refresh; got {changes:?}"
     );
     assert_eq!(
         t.counters(),
@@ -666,4 +667,111 @@ fn workers_on_same_and_different_shards_keep_the_table_consistent() {
     assert_eq!(r.active.load(Ordering::Relaxed), 0);
     assert_eq!(r.inactive.load(Ordering::Relaxed), 0);
     assert_eq!(r.packets_in.load(Ordering::Relaxed), 4 * 200 * 9 * 2);
+}
+
+#[test]
+fn a_refresh_is_reported_once_per_half_timeout_of_expiry_moved() {
+    let (t, _reals, rec) = observed_table();
+    let new = conn(Protocol::Udp, Mode::Nat, sa(9, 2, 1), 0);
+    let mut g = t.shard_for(new.client);
+    let id = g.insert(&new, 100).expect("insert");
+    // UDP timeout 300 s: packets every 10 s refresh the replica every 150 s of expiry.
+    for now in (100..=700).step_by(10) {
+        g.update(id, In, 0, 10, now);
+    }
+    drop(g);
+    let refreshes: Vec<u32> = rec
+        .take()
+        .iter()
+        .filter_map(|c| match c {
+            Change::Refresh(e) => Some(e.expiry()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refreshes, [550, 700, 850, 1000]);
+}
+
+#[test]
+fn install_adds_a_replica_and_brings_an_existing_entry_up_to_date() {
+    let (t, reals, rec) = observed_table();
+    let new = conn(Protocol::Tcp, Mode::Nat, sa(9, 3, 1), 0);
+    let mut g = t.shard_for(new.client);
+    let id = g
+        .install(&new, ConnState::Established, 1000)
+        .expect("install");
+    let e = *g.entry(id);
+    assert!(e.is_replica());
+    assert_eq!((e.state(), e.expiry()), (Established, 1000));
+    assert_eq!(
+        real0(&reals),
+        (1, 0, 1),
+        "an established replica counts as active"
+    );
+    // The same flow again, now closing: in place, same slot.
+    let again = g.install(&new, ConnState::FinWait, 1100).expect("install");
+    assert_eq!(again, id);
+    assert_eq!(g.entry(id).state(), FinWait);
+    assert_eq!(real0(&reals), (0, 1, 1));
+    // Moved to another real server by the peer: replaced.
+    let moved = NewConn {
+        real: sa(1, 99, 8080),
+        real_slot: 1,
+        ..new
+    };
+    let id2 = g
+        .install(&moved, ConnState::Established, 1200)
+        .expect("install");
+    assert_eq!(g.entry(id2).real(), moved.real);
+    assert_eq!(g.len(), 1);
+    // A packet here adopts it: no longer a replica, reported as an update.
+    rec.take();
+    g.update(id2, In, tcp_flags::ACK, 60, 500);
+    assert!(!g.entry(id2).is_replica());
+    drop(g);
+    assert!(matches!(rec.take()[..], [Change::Update(e)] if !e.is_replica()));
+}
+
+#[test]
+fn install_removes_an_entry_holding_the_same_reply_tuple() {
+    let (t, _reals, _rec) = observed_table();
+    let a = conn(Protocol::Tcp, Mode::Nat, sa(9, 4, 1), 0);
+    // Same client and real server through another VIP: same reply tuple.
+    let b = NewConn {
+        vip: sa(0, 11, 80),
+        ..a
+    };
+    let mut g = t.shard_for(a.client);
+    g.insert(&a, 10).expect("insert");
+    let id = g.install(&b, ConnState::SynRecv, 100).expect("install");
+    assert_eq!(g.len(), 1);
+    assert_eq!(g.entry(id).vip(), b.vip);
+    assert_eq!(g.get_in(&a.flow_key(), 20), None);
+}
+
+#[test]
+fn scan_visits_every_live_entry_once_in_paced_steps() {
+    let (t, _reals) = table(4096, 8);
+    for i in 0..1000u16 {
+        let c = conn(
+            Protocol::Udp,
+            Mode::Nat,
+            sa(9, (i % 250) as u8, 1000 + i),
+            0,
+        );
+        t.shard_for(c.client).insert(&c, 1).expect("insert");
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = Some(0);
+    let mut steps = 0;
+    while let Some(c) = cursor {
+        let mut n = 0;
+        cursor = t.scan(c, 37, |e| {
+            n += 1;
+            assert!(seen.insert(e.flow_key()), "seen twice");
+        });
+        assert!(n <= 37);
+        steps += 1;
+    }
+    assert_eq!(seen.len(), 1000);
+    assert!(steps >= 1000 / 37);
 }

@@ -178,6 +178,46 @@ impl PersistTable {
         }
     }
 
+    /// A replica of the peer's persistent connection (connection sync) was installed: the
+    /// template of `client` on `service` points at `backend` and takes a reference, as
+    /// `assign` would have done on the peer. A full table keeps the connection without a
+    /// template (counted as `full`).
+    pub fn adopt(
+        &self,
+        service: u16,
+        client: Ipv4Addr,
+        backend: SocketAddrV4,
+        now: u32,
+        timeout: u32,
+    ) {
+        let h = self.hasher.hash(key(service, client));
+        let mut shard = self.shard(h);
+        let expiry = now.saturating_add(timeout);
+        match self.find(&shard, h, service, client) {
+            Ok(at) => {
+                let t = shard.slots[at].as_mut().expect("find returned a full slot");
+                t.backend = backend;
+                t.refs = t.refs.saturating_add(1);
+                t.expiry = t.expiry.max(expiry);
+            }
+            Err(empty) => {
+                if shard.len >= shard.cap {
+                    bump(&self.counters.full);
+                    return;
+                }
+                shard.slots[empty] = Some(Template {
+                    service,
+                    client,
+                    backend,
+                    expiry,
+                    refs: 1,
+                });
+                shard.len += 1;
+                bump(&self.counters.inserted);
+            }
+        }
+    }
+
     /// A connection under the template ended: drops its reference and keeps the template
     /// for at least `timeout` more seconds. Unknown templates (never stored because the
     /// table was full) are ignored.

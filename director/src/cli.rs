@@ -69,6 +69,9 @@ pub enum Command {
     /// Planned switchover: take every VRRP instance over now, advertising priority 254 until
     /// `director demote`.
     Promote,
+    /// Connection sync: the peer, replicas, lag, gaps repaired, resyncs and refused
+    /// (forged, replayed, truncated) datagrams.
+    Sync,
     /// The history of state changes (VRRP transitions, ...) with time and cause.
     Events {
         /// Show at most this many, the newest.
@@ -126,6 +129,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Resu
             daemon_view(cli, req, render_ack, out, err)
         }
         Command::Vrrp => daemon_view(cli, json!({"command": "vrrp"}), render_vrrp, out, err),
+        Command::Sync => daemon_view(cli, json!({"command": "sync"}), render_sync, out, err),
         Command::Demote => daemon_view(cli, json!({"command": "demote"}), render_vrrp, out, err),
         Command::Promote => daemon_view(cli, json!({"command": "promote"}), render_vrrp, out, err),
         Command::Events { limit } => daemon_view(
@@ -347,6 +351,121 @@ fn render_stats(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<(
     Ok(())
 }
 
+fn render_sync(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+    if v["enabled"] == false {
+        return writeln!(out, "connection sync is off (no [sync] in the config)");
+    }
+    if v["starting"] == true {
+        return writeln!(out, "connection sync is starting");
+    }
+    let p = &v["peer"];
+    writeln!(
+        out,
+        "node {} ({}) epoch {} on {} {} {}",
+        v["node"].as_str().unwrap_or("?"),
+        v["node_id"].as_str().unwrap_or("?"),
+        v["epoch"],
+        v["interface"].as_str().unwrap_or("?"),
+        v["mode"].as_str().unwrap_or("?"),
+        v["destination"].as_str().unwrap_or("?"),
+    )?;
+    match p["state"].as_str() {
+        Some("unknown") => writeln!(out, "peer      never heard")?,
+        state => writeln!(
+            out,
+            "peer      {} node {} epoch {}, heard {:.0} ms ago, {} messages behind{}",
+            state.unwrap_or("?"),
+            p["node_id"].as_str().unwrap_or("?"),
+            p["epoch"],
+            p["last_heard_ms"].as_f64().unwrap_or(0.0),
+            p["behind"],
+            if p["resyncing"] == true {
+                ", waiting for our table"
+            } else {
+                ""
+            },
+        )?,
+    }
+    let c = &v["connections"];
+    writeln!(
+        out,
+        "table     {} connections: {} local, {} replicas",
+        c["total"], c["local"], c["replicas"]
+    )?;
+    let s = &v["stream"];
+    let rtt = |x: &serde_json::Value| {
+        x.as_f64()
+            .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2} ms"))
+    };
+    writeln!(
+        out,
+        "stream    seq {} acked {} (unacked {}), ack round trip {} (max {})",
+        s["seq"],
+        s["acked"],
+        s["unacked"],
+        rtt(&s["ack_rtt_ms"]),
+        rtt(&s["ack_rtt_max_ms"]),
+    )?;
+    let r = &v["resync"];
+    let resync = |x: &serde_json::Value| {
+        if x.is_null() {
+            "none".to_string()
+        } else {
+            format!(
+                "{} entries in {:.1} ms",
+                x["entries"],
+                x["ms"].as_f64().unwrap_or(0.0)
+            )
+        }
+    };
+    writeln!(
+        out,
+        "resync    {}; last received: {}; last sent: {}{}",
+        if r["complete"] == true {
+            "complete"
+        } else {
+            "NOT complete"
+        },
+        resync(&r["received"]),
+        resync(&r["sent"]),
+        if r["sending"].is_null() {
+            String::new()
+        } else {
+            format!("; sending now: {}", resync(&r["sending"]))
+        },
+    )?;
+    let k = &v["counters"];
+    writeln!(
+        out,
+        "repairs   {} gaps, {} repaired, {} NACKs sent, {} received, {} retransmitted",
+        k["gaps"], k["repaired"], k["nacks_tx"], k["nacks_rx"], k["retransmits"]
+    )?;
+    writeln!(
+        out,
+        "traffic   tx {} datagrams ({} entries, {} B), rx {} datagrams ({} B), {} applied",
+        k["tx_datagrams"],
+        k["tx_entries"],
+        k["tx_bytes"],
+        k["rx_datagrams"],
+        k["rx_bytes"],
+        k["applied"]
+    )?;
+    let f = &v["refused"];
+    writeln!(
+        out,
+        "refused   {} total: {} auth failures, {} replayed, {} truncated, {} malformed, {} bad magic, {} other version, {} unknown node",
+        f["total"],
+        f["auth"],
+        f["replayed"],
+        f["truncated"],
+        f["malformed"],
+        f["bad_magic"],
+        f["version"],
+        f["unknown_node"]
+    )?;
+    Ok(())
+}
+
 fn render_services(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "Prot LocalAddress:Port Scheduler Flags")?;
     writeln!(
@@ -394,18 +513,19 @@ fn render_services(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Resul
 fn render_conns(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "Pro FromIP:Port          ToIP:Port             DestIP:Port           State        Expires"
+        "Pro FromIP:Port          ToIP:Port             DestIP:Port           State        Expires Origin"
     )?;
     for c in v["connections"].as_array().into_iter().flatten() {
         writeln!(
             out,
-            "{:<3} {:<21} {:<21} {:<21} {:<12} {}s",
+            "{:<3} {:<21} {:<21} {:<21} {:<12} {:>6}s {}",
             c["protocol"].as_str().unwrap_or("?").to_uppercase(),
             c["client"].as_str().unwrap_or("?"),
             c["vip"].as_str().unwrap_or("?"),
             c["real"].as_str().unwrap_or("?"),
             c["state"].as_str().unwrap_or("?"),
             c["expires_in"],
+            c["origin"].as_str().unwrap_or("?"),
         )?;
     }
     if v["shown"] != v["total"] {

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::daemon::Daemon;
 use crate::events::{unix_seconds, EventLog};
+use syncd::io::{Destination, Syncd};
 use vrrp::driver::Vrrp;
 
 /// What the control socket can show: shared handles on the running datapath.
@@ -35,6 +36,7 @@ pub struct Views {
     /// Held while a runtime change builds and swaps a new service table.
     updates: Arc<std::sync::Mutex<()>>,
     vrrp: Option<Arc<Vrrp>>,
+    syncd: Option<Arc<Syncd>>,
     events: EventLog,
 }
 
@@ -54,6 +56,7 @@ impl Views {
                 .collect(),
             updates: Arc::new(std::sync::Mutex::new(())),
             vrrp: d.vrrp.clone(),
+            syncd: d.syncd.clone(),
             events: d.events.clone(),
         }
     }
@@ -117,6 +120,105 @@ impl Views {
             "realtime": snap.realtime,
             "late_wakeups_1ms": snap.late_wakeups_1ms,
             "late_wakeups_5ms": snap.late_wakeups_5ms,
+        })
+    }
+
+    /// `director sync`: the session with the peer, the replicas, lag, repairs, resyncs and
+    /// refused datagrams.
+    fn sync_json(&self) -> Value {
+        let Some(syncd) = &self.syncd else {
+            return json!({ "enabled": false });
+        };
+        let replicas = self.engine.conns.replicas();
+        let total = self.engine.conns.len();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let (destination, mode) = match syncd.destination {
+            Destination::Peer(a) => (a.to_string(), "unicast"),
+            Destination::Group(a) => (a.to_string(), "multicast"),
+        };
+        let r = &syncd.replicas;
+        let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let replica_side = json!({
+            "installed": l(&r.installed),
+            "deleted": l(&r.deleted),
+            "swept": l(&r.swept),
+            "unknown_service": l(&r.unknown_service),
+            "unknown_real": l(&r.unknown_real),
+            "invalid": l(&r.invalid),
+            "table_full": l(&r.full),
+        });
+        let Some(snap) = syncd.snapshot() else {
+            return json!({ "enabled": true, "starting": true });
+        };
+        let st = &snap.status;
+        let s = &st.stats;
+        json!({
+            "enabled": true,
+            "node": syncd.node_name,
+            "node_id": format!("{:08x}", st.node),
+            "epoch": st.epoch,
+            "interface": syncd.interface,
+            "destination": destination,
+            "mode": mode,
+            "peer": match &st.peer {
+                None => json!({ "state": "unknown" }),
+                Some(p) => json!({
+                    "state": if p.up { "up" } else { "down" },
+                    "node_id": format!("{:08x}", p.node),
+                    "epoch": p.epoch,
+                    "last_heard_ms": ms(p.last_heard),
+                    "behind": p.behind,
+                    "holdback": p.holdback,
+                    "resyncing": p.resyncing,
+                }),
+            },
+            "connections": { "total": total, "replicas": replicas, "local": total - replicas },
+            "replicas": replica_side,
+            "stream": {
+                "seq": st.seq,
+                "acked": st.acked,
+                "unacked": st.seq.saturating_sub(st.acked),
+                "pending": st.pending,
+                "ring": st.ring,
+                "ack_rtt_ms": st.ack_rtt.map(ms),
+                "ack_rtt_max_ms": snap.lag_ms.max_ms,
+            },
+            "resync": {
+                "complete": st.resync_complete,
+                "received": st.last_resync_rx.map(|(n, d)| json!({"entries": n, "ms": ms(d)})),
+                "sent": st.last_resync_tx.map(|(n, d)| json!({"entries": n, "ms": ms(d)})),
+                "sending": st.sending_resync.map(|(n, d)| json!({"entries": n, "ms": ms(d)})),
+                "sent_count": s.resyncs_tx,
+                "received_count": s.resyncs_rx,
+            },
+            "counters": {
+                "tx_datagrams": s.tx_datagrams,
+                "tx_bytes": s.tx_bytes,
+                "tx_entries": s.tx_entries,
+                "rx_datagrams": s.rx_datagrams,
+                "rx_bytes": s.rx_bytes,
+                "applied": s.applied,
+                "heartbeats_rx": s.heartbeats_rx,
+                "gaps": s.gaps,
+                "repaired": s.repaired,
+                "nacks_tx": s.nacks_tx,
+                "nacks_rx": s.nacks_rx,
+                "retransmits": s.retransmits,
+                "holdback_full": s.holdback_full,
+                "queue_dropped": snap.queue_dropped,
+                "tx_errors": snap.tx_errors,
+                "rx_errors": snap.rx_errors,
+            },
+            "refused": {
+                "auth": s.auth_failures,
+                "truncated": s.truncated,
+                "bad_magic": s.bad_magic,
+                "version": s.bad_version,
+                "malformed": s.malformed,
+                "replayed": s.replayed,
+                "unknown_node": s.unknown_node,
+                "total": s.refused(),
+            },
         })
     }
 
@@ -240,6 +342,7 @@ impl Views {
                     "real": e.real().to_string(),
                     "state": e.state().as_str(),
                     "expires_in": e.expiry().saturating_sub(now),
+                    "origin": if e.is_replica() { "replica" } else { "local" },
                     "service": service,
                     "packets_in": e.packets_in(),
                     "packets_out": e.packets_out(),
@@ -291,6 +394,7 @@ impl Views {
             }
             Some("real-weight") => self.real_weight(req),
             Some("vrrp") => Ok(self.vrrp_json()),
+            Some("sync") => Ok(self.sync_json()),
             Some("demote") => self.switchover(false),
             Some("promote") => self.switchover(true),
             Some("events") => {

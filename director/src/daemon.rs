@@ -1,11 +1,14 @@
 //! `directord`: assemble the datapath and the VRRP engine from a validated config and run
 //! them until told to stop.
 //!
-//! Order of start-up: counters and tables, then the interception rules (so the kernel stops
-//! answering VIP traffic before the datapath takes it over), then the workers, then VRRP (so
-//! the box never owns a VIP before it can forward), then the control socket. Shutdown
-//! reverses it: VRRP first (a master resigns with priority 0 and drops its VIPs, so the peer
-//! takes over after Skew_Time), then the datapath, then the interception rules.
+//! Order of start-up: the sync key (a bad one stops the start before anything runs), counters
+//! and tables, then the interception rules (so the kernel stops answering VIP traffic before
+//! the datapath takes it over), then the workers, then connection sync (so replicas arrive
+//! before the box can own a VIP), then VRRP (so the box never owns a VIP before it can
+//! forward; with `[sync]` it starts with preemption held until the peer's table is here),
+//! then the control socket. Shutdown reverses it: VRRP first (a master resigns with
+//! priority 0 and drops its VIPs, so the peer takes over after Skew_Time), then sync, then
+//! the datapath, then the interception rules.
 //!
 //! Fate sharing: a monitor thread feeds the datapath's heartbeat to VRRP as the tracked
 //! object `datapath` (weight 0): when a worker dies or stalls for [`DATAPATH_MAX_STALL`], every
@@ -26,11 +29,14 @@ use forwarder::model::VirtualService;
 use forwarder::sched::PersistTable;
 use forwarder::stats::{RealRegistry, RealSlot};
 
+use syncd::adapter::ChangeQueue;
+use syncd::io::{Destination, SyncConfig, Syncd};
+use syncd::session::Event as SyncEvent;
 use vrrp::driver::{DriverConfig, DriverGroup, DriverInstance, Notice, Vrrp, TRACK_DATAPATH};
 use vrrp::instance::{InstanceConfig, Track};
 use vrrp::router::GroupConfig;
 
-use crate::config::{Config, VrrpVersion};
+use crate::config::{Config, SyncDestination, VrrpVersion};
 use crate::control::{self, ControlServer};
 use crate::events::EventLog;
 
@@ -43,12 +49,15 @@ const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 const REAL_SLOTS: usize = 4096;
 /// Connection-table shards: enough that workers rarely meet on one lock.
 const CONN_SHARDS: usize = 256;
+/// Table changes that may wait for the sync thread; beyond, the peer gets a resync.
+const SYNC_QUEUE: usize = 1 << 20;
 
 /// The running daemon.
 pub struct Daemon {
     pub config: Config,
     pub datapath: Arc<Datapath>,
     pub vrrp: Option<Arc<Vrrp>>,
+    pub syncd: Option<Arc<Syncd>>,
     pub events: EventLog,
     monitor: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     control: Option<ControlServer>,
@@ -120,6 +129,7 @@ pub fn vrrp_config(config: &Config) -> Option<DriverConfig> {
         instances,
         groups,
         realtime_priority: v.realtime_priority,
+        hold_preempt: config.sync.is_some(),
     })
 }
 
@@ -149,10 +159,82 @@ fn record(events: &EventLog, notice: Notice) {
     }
 }
 
-/// Feeds the datapath's heartbeat to VRRP until told to stop.
-fn monitor(datapath: Arc<Datapath>, vrrp: Arc<Vrrp>, events: EventLog, stop: Arc<AtomicBool>) {
+/// Records a sync event in the event log and the log.
+fn record_sync(events: &EventLog, ev: &SyncEvent) {
+    let (subject, message) = match ev {
+        SyncEvent::PeerUp { node, epoch } => ("peer", format!("up: node {node:08x} epoch {epoch}")),
+        SyncEvent::PeerRestarted { node, epoch } => {
+            ("peer", format!("restarted: node {node:08x} epoch {epoch}"))
+        }
+        SyncEvent::PeerDown { node } => ("peer", format!("down: node {node:08x} silent")),
+        SyncEvent::ResyncStart {
+            target_epoch,
+            reason,
+        } => (
+            "resync",
+            format!("sending our table to epoch {target_epoch}: {reason}"),
+        ),
+        SyncEvent::ResyncSent { entries, took } => (
+            "resync",
+            format!(
+                "sent {entries} entries in {:.1} ms",
+                took.as_secs_f64() * 1e3
+            ),
+        ),
+        SyncEvent::ResyncReceiving => ("resync", "receiving the peer's table".to_string()),
+        SyncEvent::ResyncReceived { entries, took } => (
+            "resync",
+            format!(
+                "received the peer's table: {entries} entries in {:.1} ms",
+                took.as_secs_f64() * 1e3
+            ),
+        ),
+    };
+    tracing::info!("sync {subject}: {message}");
+    events.push("sync", subject, message);
+}
+
+/// What the monitor does for connection sync: let VRRP preempt once the resync is done.
+struct PreemptHold {
+    syncd: Arc<Syncd>,
+    timeout: Duration,
+}
+
+/// Feeds the datapath's heartbeat to VRRP until told to stop, and releases the preemption
+/// hold once connection sync has the peer's table (or the hold timed out).
+fn monitor(
+    datapath: Arc<Datapath>,
+    vrrp: Arc<Vrrp>,
+    events: EventLog,
+    stop: Arc<AtomicBool>,
+    mut hold: Option<PreemptHold>,
+) {
     let mut last = true;
+    let started = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if let Some(h) = &hold {
+            if h.syncd.resync_complete() {
+                tracing::info!("sync: the peer's table is here; VRRP may preempt");
+                events.push("sync", "resync", "complete: VRRP may preempt");
+                vrrp.hold_preempt(false);
+                hold = None;
+            } else if started.elapsed() >= h.timeout {
+                tracing::warn!(
+                    "sync: no complete resync from the peer in {:?}; VRRP may preempt anyway",
+                    h.timeout
+                );
+                events.push(
+                    "sync",
+                    "resync",
+                    format!(
+                        "not complete after {:?}: VRRP may preempt anyway",
+                        h.timeout
+                    ),
+                );
+                vrrp.hold_preempt(false);
+                hold = None;
+            }
+        }
         let healthy = datapath.healthy(DATAPATH_MAX_STALL);
         if healthy != last {
             last = healthy;
@@ -202,9 +284,19 @@ impl Daemon {
                  every real server is treated as up"
             );
         }
-        if config.sync.is_some() {
-            tracing::warn!("[sync] is validated but not run by this build yet");
-        }
+        // Read the sync key before anything runs: a bad key stops the start cleanly.
+        let sync_key = match &config.sync {
+            Some(s) => {
+                Some(syncd::wire::Key::from_file(&s.key_file).map_err(|e| anyhow::anyhow!(e))?)
+            }
+            None => None,
+        };
+        let sync_queue = match &config.sync {
+            Some(_) => Some(Arc::new(
+                ChangeQueue::new(SYNC_QUEUE).context("cannot create the sync change queue")?,
+            )),
+            None => None,
+        };
         let slots = assign_slots(&services)?;
         let reals = Arc::new(RealRegistry::new(REAL_SLOTS));
         let table = Arc::new(ArcSwap::from_pointee(ServiceTable::new(
@@ -224,7 +316,9 @@ impl Daemon {
         conns.set_observer(Arc::new(EngineObserver {
             persist: persist.clone(),
             services: table.clone(),
-            downstream: None,
+            downstream: sync_queue
+                .clone()
+                .map(|q| q as Arc<dyn forwarder::conntrack::ConnObserver>),
         }));
         let engine = Arc::new(Engine::new(conns, persist, reals));
 
@@ -260,6 +354,40 @@ impl Daemon {
         );
         let datapath = Arc::new(datapath);
         let events = EventLog::default();
+        let syncd = match (&config.sync, sync_key, sync_queue) {
+            (Some(s), Some(key), Some(queue)) => {
+                let cfg = SyncConfig {
+                    interface: s.interface.clone(),
+                    destination: match s.destination {
+                        SyncDestination::Peer(a) => Destination::Peer(a),
+                        SyncDestination::Group(a) => Destination::Group(a),
+                    },
+                    key,
+                    node_name: config.node.name.clone(),
+                    session: syncd::session::Config::new(
+                        syncd::io::node_id(&config.node.name),
+                        syncd::io::new_epoch(),
+                    ),
+                };
+                let log = events.clone();
+                match Syncd::start(
+                    cfg,
+                    datapath.engine.clone(),
+                    datapath.services.clone(),
+                    datapath.clock,
+                    queue,
+                    Box::new(move |ev| record_sync(&log, ev)),
+                ) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        stop_datapath(datapath);
+                        let _ = nft::remove();
+                        return Err(e).context("cannot start connection sync");
+                    }
+                }
+            }
+            _ => None,
+        };
         let vrrp = match vrrp_config(&config) {
             None => None,
             Some(dc) => {
@@ -272,6 +400,9 @@ impl Daemon {
                 match Vrrp::start(dc, Box::new(move |n| record(&log, n))) {
                     Ok(v) => Some(Arc::new(v)),
                     Err(e) => {
+                        if let Some(s) = syncd {
+                            stop_syncd(s);
+                        }
                         stop_datapath(datapath);
                         let _ = nft::remove();
                         return Err(e).context("cannot start VRRP");
@@ -282,9 +413,16 @@ impl Daemon {
         let monitor = vrrp.as_ref().map(|v| {
             let stop = Arc::new(AtomicBool::new(false));
             let (dp, v, log, s) = (datapath.clone(), v.clone(), events.clone(), stop.clone());
+            let hold = syncd
+                .clone()
+                .zip(config.sync.as_ref())
+                .map(|(syncd, c)| PreemptHold {
+                    syncd,
+                    timeout: c.resync_timeout,
+                });
             let t = std::thread::Builder::new()
                 .name("dp-monitor".into())
-                .spawn(move || monitor(dp, v, log, s))
+                .spawn(move || monitor(dp, v, log, s, hold))
                 .expect("spawn the datapath monitor");
             (stop, t)
         });
@@ -292,6 +430,7 @@ impl Daemon {
             config,
             datapath,
             vrrp,
+            syncd,
             events,
             monitor,
             control: None,
@@ -319,11 +458,22 @@ impl Daemon {
                 Err(_) => tracing::error!("VRRP engine still shared at shutdown"),
             }
         }
+        // Sync after VRRP: the resigning master's last changes still reach the peer.
+        if let Some(s) = self.syncd.take() {
+            stop_syncd(s);
+        }
         let Daemon { datapath, .. } = self;
         stop_datapath(datapath);
         if let Err(e) = nft::remove() {
             tracing::warn!("cannot remove the interception rules: {e}");
         }
+    }
+}
+
+fn stop_syncd(syncd: Arc<Syncd>) {
+    match Arc::try_unwrap(syncd) {
+        Ok(s) => s.stop(),
+        Err(_) => tracing::error!("sync thread still shared at shutdown"),
     }
 }
 

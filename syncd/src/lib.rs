@@ -8,5 +8,7 @@
 //! - [`adapter`]: the bridge to the forwarder's connection table (change stream in,
 //!   replicas out) and the thread that runs it all.
 
+pub mod adapter;
+pub mod io;
 pub mod session;
 pub mod wire;

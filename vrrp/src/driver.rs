@@ -64,6 +64,9 @@ pub struct DriverConfig {
     pub groups: Vec<DriverGroup>,
     /// SCHED_FIFO priority of the timer thread; `None` = normal scheduling.
     pub realtime_priority: Option<i32>,
+    /// Start with preemption held off, until [`Vrrp::hold_preempt`]`(false)` (connection
+    /// sync has resynced).
+    pub hold_preempt: bool,
 }
 
 /// A state change worth recording (`director events`) — reported through the callback given
@@ -111,6 +114,7 @@ pub struct InstanceView {
 }
 
 enum Command {
+    HoldPreempt(bool),
     Demote(Sender<()>),
     Promote(Sender<()>),
     Track(String, bool),
@@ -203,6 +207,13 @@ impl Vrrp {
     /// Take every instance over now, advertising priority 254.
     pub fn promote(&self) {
         self.call(Command::Promote);
+    }
+
+    /// Holds preemption off or lets it go (see [`DriverConfig::hold_preempt`]).
+    pub fn hold_preempt(&self, held: bool) {
+        if self.commands.send(Command::HoldPreempt(held)).is_ok() {
+            wake(self.wake.as_raw_fd());
+        }
     }
 
     /// A tracked object changed (`datapath`, `service:NAME`, ...).
@@ -375,6 +386,7 @@ impl Io {
         for (name, up) in std::mem::take(&mut self.initial_links) {
             router.set_track(Duration::ZERO, &track_interface(&name), up);
         }
+        router.hold_preempt(state.config.hold_preempt);
         router.startup(now());
         self.execute(&mut router, &mut state);
         state.publish(&router, &snapshot);
@@ -441,6 +453,7 @@ impl Io {
                         let _ = ack.send(());
                     }
                     Command::Track(name, up) => router.set_track(now(), &name, up),
+                    Command::HoldPreempt(held) => router.hold_preempt(held),
                     Command::Stop => stop = true,
                 }
             }

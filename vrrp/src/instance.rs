@@ -227,6 +227,8 @@ pub struct Status {
     pub master_adver_interval: Duration,
     pub demoted: bool,
     pub promoted: bool,
+    /// Preemption held off (connection sync has not finished its resync).
+    pub preempt_held: bool,
     /// Tracked objects that are down.
     pub tracks_down: Vec<String>,
     pub last_transition: Option<(Time, State, State, Cause)>,
@@ -266,6 +268,7 @@ pub struct Instance {
     group_fault: Option<String>,
     demoted: bool,
     promoted: bool,
+    preempt_held: bool,
     started_at: Time,
     /// When a lower-priority master was first seen (for preempt_delay).
     lower_seen_since: Option<Time>,
@@ -300,6 +303,7 @@ impl Instance {
             group_fault: None,
             demoted: false,
             promoted: false,
+            preempt_held: false,
             started_at: Duration::ZERO,
             lower_seen_since: None,
             dual_master_seen: None,
@@ -383,6 +387,7 @@ impl Instance {
             master_adver_interval: self.master_adver_interval,
             demoted: self.demoted,
             promoted: self.promoted,
+            preempt_held: self.preempt_held,
             tracks_down: self
                 .tracks
                 .iter()
@@ -550,6 +555,9 @@ impl Instance {
         if self.demoted || !(self.cfg.preempt || self.promoted) {
             return false;
         }
+        if self.preempt_held && !self.promoted {
+            return false;
+        }
         if self.promoted || self.cfg.preempt_delay.is_zero() {
             return true;
         }
@@ -677,6 +685,17 @@ impl Instance {
                     leader: leader.to_owned(),
                 },
             );
+        }
+    }
+
+    /// Holds preemption off (or lets it go again): a node whose connection table is not yet
+    /// a copy of the master's must not take the VIPs from a live master, or its flows would
+    /// break. Taking over from a master that went silent is not affected. Once released,
+    /// the next advert of a lower-priority master is preempted as usual.
+    pub fn hold_preempt(&mut self, held: bool) {
+        self.preempt_held = held;
+        if held {
+            self.lower_seen_since = None;
         }
     }
 

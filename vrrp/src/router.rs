@@ -106,6 +106,13 @@ impl Router {
         self.settle(now);
     }
 
+    /// See [`crate::instance::Instance::hold_preempt`].
+    pub fn hold_preempt(&mut self, held: bool) {
+        for i in &mut self.instances {
+            i.hold_preempt(held);
+        }
+    }
+
     pub fn demote(&mut self, now: Time) {
         for i in 0..self.instances.len() {
             self.instances[i].demote(now);

@@ -241,6 +241,46 @@ fn rfc9568_6_4_2_nopreempt_keeps_a_lower_priority_master() {
 }
 
 #[test]
+fn a_held_node_does_not_preempt_until_released_but_still_takes_over_a_silent_master() {
+    // Connection sync holds a starting node off preempting until its resync is complete.
+    let mut lan = Lan::new(17);
+    let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(1));
+    let a = lan.add("a", 2, vec![config("ext", 51, 2, 200, ADV)], vec![]);
+    lan.with(a, |r, _| r.hold_preempt(true));
+    lan.start(a);
+    lan.run_for(Duration::from_secs(10));
+    assert_eq!(lan.nodes[a].state(0), State::Backup);
+    assert_eq!(lan.holders(0), vec![b]);
+    // Released: preempts at the first Master_Down expiry after it.
+    let t0 = lan.now;
+    lan.with(a, |r, _| r.hold_preempt(false));
+    lan.run_for(Duration::from_secs(5));
+    let (at, _, _, to, _) = lan.nodes[a].transitions().last().unwrap().clone();
+    assert_eq!(to, State::Master);
+    assert!(at > t0 && at <= t0 + ADV + mdi(200, ADV), "{at:?}");
+    assert_eq!(lan.holders(0), vec![a]);
+
+    // Held again, and the master dies: the held node still takes over (nobody to wait for).
+    let mut lan = Lan::new(18);
+    let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);
+    let a = lan.add("a", 2, vec![config("ext", 51, 2, 200, ADV)], vec![]);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(1));
+    lan.with(a, |r, _| r.hold_preempt(true));
+    lan.start(a);
+    lan.run_for(Duration::from_secs(2));
+    assert_eq!(lan.holders(0), vec![b]);
+    let t0 = lan.now;
+    lan.kill(b);
+    lan.run_for(Duration::from_secs(5));
+    let (at, _, _, to, _) = lan.nodes[a].transitions().last().unwrap().clone();
+    assert_eq!(to, State::Master);
+    assert!(at <= t0 + mdi(200, ADV) + ADV, "{at:?}");
+}
+
+#[test]
 fn preempt_delay_tolerates_a_lower_priority_master_for_the_delay() {
     let mut lan = Lan::new(8);
     let b = lan.add("b", 3, vec![config("ext", 51, 3, 100, ADV)], vec![]);

@@ -92,6 +92,7 @@ pub struct SyncFile {
     pub peer: Option<Spanned<String>>,
     pub group: Option<Spanned<String>>,
     pub key_file: Spanned<String>,
+    pub resync_timeout: Option<Spanned<RawDuration>>,
 }
 
 /// `[[service]]`

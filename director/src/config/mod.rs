@@ -199,6 +199,9 @@ pub struct Sync {
     pub destination: SyncDestination,
     /// The shared HMAC-SHA256 key; read by syncd, not here.
     pub key_file: PathBuf,
+    /// A starting node does not preempt a live master until it has received the master's
+    /// whole connection table, or until this much time has passed (default 30 s).
+    pub resync_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

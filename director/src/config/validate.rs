@@ -572,10 +572,16 @@ impl Validator<'_> {
         }
         .unwrap_or(placeholder);
         let key_file = self.path(&s.key_file, "key_file");
+        let resync_timeout = self.opt_duration(
+            s.resync_timeout.as_ref(),
+            "resync_timeout",
+            Duration::from_secs(30),
+        );
         Sync {
             interface,
             destination,
             key_file,
+            resync_timeout,
         }
     }
 

@@ -44,7 +44,7 @@ impl ConnState {
     /// Number of raw values, vacant (0) included: sizes the per-state arrays.
     pub(crate) const RAW_COUNT: usize = 8;
 
-    pub(crate) fn from_raw(raw: u8) -> Option<ConnState> {
+    pub fn from_raw(raw: u8) -> Option<ConnState> {
         Some(match raw {
             1 => ConnState::SynRecv,
             2 => ConnState::Established,
@@ -125,6 +125,9 @@ impl ConnEntry {
     pub const LOCAL: u8 = 0x02;
     /// Installed from the peer's sync stream, and no packet of it seen here since.
     pub const REPLICA: u8 = 0x04;
+    /// The mark of the last resync this replica was installed in (see
+    /// [`super::ConnTable::sweep_replicas`]).
+    pub const SYNC_MARK: u8 = 0x08;
     /// Flags the caller may set through [`NewConn::flags`]; the others belong to the table.
     pub const CALLER_FLAGS: u8 = Self::PERSISTENT;
 

@@ -429,6 +429,39 @@ impl ConnTable {
         None
     }
 
+    /// After a complete resync from the peer: removes the replicas not installed during it
+    /// (their mark differs from `mark`): the peer no longer has them. Entries a packet has
+    /// touched here are this node's and stay. Returns how many went.
+    pub fn sweep_replicas(&self, mark: bool) -> usize {
+        let mut removed = 0;
+        for i in 0..self.shards.len() {
+            let mut slot = 0;
+            while slot < self.per_shard {
+                let mut guard = self.lock(i);
+                let end = (slot + BATCH as u32).min(self.per_shard);
+                while slot < end {
+                    let e = guard.inner.slab[slot as usize];
+                    let stale = e.is_live()
+                        && e.is_replica()
+                        && (e.flags & ConnEntry::SYNC_MARK != 0) != mark;
+                    if stale {
+                        guard.delete(slot, DeleteCause::Removed);
+                        removed += 1;
+                    }
+                    slot += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Replicas in the table (entries of the peer's not touched by a packet here).
+    pub fn replicas(&self) -> usize {
+        let mut n = 0;
+        self.snapshot(|e| n += usize::from(e.is_replica()));
+        n
+    }
+
     /// Removes every entry (reported as [`DeleteCause::Reset`]). Returns how many.
     pub fn flush(&self) -> usize {
         let mut removed = 0;
@@ -513,15 +546,20 @@ impl ShardGuard<'_> {
     /// on its flows: an entry with the same inbound key is brought to `state` and `expiry`
     /// in place when it goes to the same real server, and replaced when it does not; an
     /// entry holding the same reply tuple is removed. Reported to the observer as an insert
-    /// or, in place, as an update.
+    /// or, in place, as an update. `mark` is the current resync's (see
+    /// [`ConnTable::sweep_replicas`]).
     pub fn install(
         &mut self,
         new: &NewConn,
         state: ConnState,
         expiry: u32,
+        mark: bool,
     ) -> Result<EntryId, InsertError> {
         let mut entry = ConnEntry::from_new(new, state, expiry);
         entry.flags |= ConnEntry::REPLICA;
+        if mark {
+            entry.flags |= ConnEntry::SYNC_MARK;
+        }
         if let Some(slot) = self.find_in(&new.flow_key()) {
             let current = self.inner.slab[slot as usize];
             if current.reply_key() != entry.reply_key() {

@@ -697,7 +697,7 @@ fn install_adds_a_replica_and_brings_an_existing_entry_up_to_date() {
     let new = conn(Protocol::Tcp, Mode::Nat, sa(9, 3, 1), 0);
     let mut g = t.shard_for(new.client);
     let id = g
-        .install(&new, ConnState::Established, 1000)
+        .install(&new, ConnState::Established, 1000, false)
         .expect("install");
     let e = *g.entry(id);
     assert!(e.is_replica());
@@ -708,7 +708,9 @@ fn install_adds_a_replica_and_brings_an_existing_entry_up_to_date() {
         "an established replica counts as active"
     );
     // The same flow again, now closing: in place, same slot.
-    let again = g.install(&new, ConnState::FinWait, 1100).expect("install");
+    let again = g
+        .install(&new, ConnState::FinWait, 1100, false)
+        .expect("install");
     assert_eq!(again, id);
     assert_eq!(g.entry(id).state(), FinWait);
     assert_eq!(real0(&reals), (0, 1, 1));
@@ -719,7 +721,7 @@ fn install_adds_a_replica_and_brings_an_existing_entry_up_to_date() {
         ..new
     };
     let id2 = g
-        .install(&moved, ConnState::Established, 1200)
+        .install(&moved, ConnState::Established, 1200, false)
         .expect("install");
     assert_eq!(g.entry(id2).real(), moved.real);
     assert_eq!(g.len(), 1);
@@ -742,7 +744,9 @@ fn install_removes_an_entry_holding_the_same_reply_tuple() {
     };
     let mut g = t.shard_for(a.client);
     g.insert(&a, 10).expect("insert");
-    let id = g.install(&b, ConnState::SynRecv, 100).expect("install");
+    let id = g
+        .install(&b, ConnState::SynRecv, 100, false)
+        .expect("install");
     assert_eq!(g.len(), 1);
     assert_eq!(g.entry(id).vip(), b.vip);
     assert_eq!(g.get_in(&a.flow_key(), 20), None);
@@ -774,4 +778,33 @@ fn scan_visits_every_live_entry_once_in_paced_steps() {
     }
     assert_eq!(seen.len(), 1000);
     assert!(steps >= 1000 / 37);
+}
+
+#[test]
+fn sweep_replicas_removes_the_replicas_a_resync_did_not_renew() {
+    let (t, _reals) = table(1024, 4);
+    let c = |i: u8| conn(Protocol::Tcp, Mode::Nat, sa(9, i, 1), 0);
+    // Replicas of an old resync (mark false), one renewed by the new one (mark true), one
+    // adopted by a packet here, one local flow.
+    for i in 1..=3 {
+        t.shard_for(c(i).client)
+            .install(&c(i), Established, 1000, false)
+            .expect("install");
+    }
+    t.shard_for(c(2).client)
+        .install(&c(2), Established, 1000, true)
+        .expect("install");
+    {
+        let mut g = t.shard_for(c(3).client);
+        let id = g.get_in(&c(3).flow_key(), 10).expect("replica");
+        g.update(id, In, ACK, 60, 10);
+    }
+    t.shard_for(c(4).client).insert(&c(4), 10).expect("insert");
+    assert_eq!(t.replicas(), 2);
+    assert_eq!(t.sweep_replicas(true), 1);
+    assert_eq!(t.len(), 3);
+    assert!(t
+        .shard_for(c(1).client)
+        .get_in(&c(1).flow_key(), 10)
+        .is_none());
 }

@@ -4,7 +4,7 @@
 //! connections that stay idle 1.5 s after their handshake. SIGKILL the master: every flow
 //! continues through the backup with no reset and no corrupted or missing byte, including
 //! short ones that had fewer than 3 packets through the dead node. Start it again: it
-//! resyncs, takes the VIP back (preempt), and failback loses nothing either.
+//! resyncs, takes the VIP back (preempt) only after that, and failback loses nothing either.
 //!
 //! The longest client-observed stall of each failover is printed (not asserted: speed is for
 //! the benchmarks). `flowcheck_baseline` checks the instrument itself through one director.
@@ -166,12 +166,25 @@ fn failover_loses_nothing(mode: Mode) {
     // Failback: lb-a comes back, resyncs from lb-b, then preempts.
     let restart_ns = mono_ns();
     pair.start(0).expect("restart lb-a");
-    wait_until(T, || pair.sync_resync_complete(0).unwrap_or(false)).unwrap_or_else(|_| {
+    // It must not preempt before its resync is complete. The state is read before the
+    // resync status, so MASTER then "not complete" proves the order was wrong.
+    let mut early_master = false;
+    wait_until(T, || {
+        let master = pair.state(0, "ext").is_ok_and(|s| s == "MASTER");
+        let done = pair.sync_resync_complete(0).unwrap_or(false);
+        early_master |= master && !done;
+        done
+    })
+    .unwrap_or_else(|_| {
         panic!(
             "lb-a did not complete its resync: {:?}",
             pair.sync_status(0)
         )
     });
+    assert!(
+        !early_master,
+        "lb-a took the VIP back before its resync was complete"
+    );
     pair.wait_state(0, "ext", "MASTER", T)
         .expect("lb-a takes the VIP back");
     let a_master_ns = mono_ns();

@@ -10,6 +10,13 @@
 //! In NAT mode both instances form the sync group `lb`. In DR mode there is no `int`
 //! segment: the real servers 198.18.1.11-13 sit on `ext` with the VIP on `lo`.
 //!
+//! With `PairSpec::sync`, a third segment joins the two directors only:
+//! ```text
+//!  lb-a sync 198.18.3.2 ── sync 198.18.3.0/24 ── lb-b sync 198.18.3.3
+//! ```
+//! and each node's config gets a `[sync]` section naming the other node as its unicast peer
+//! (port 8848) and a shared key file (32 random bytes, hex, one line) in the lab's directory.
+//!
 //! Node 0 is `lb-a` (priority 200 by default), node 1 is `lb-b` (100).
 
 use std::fmt::Write as _;
@@ -20,7 +27,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::lab::{wait_until, Host, Lab, Proc, Signal};
+use crate::lab::{wait_until, write_file, Host, Lab, Proc, Signal};
 use crate::topo::{dr_reals, nat_reals, start_labsrv, workspace_bin, Mode, ServiceSpec, VIP};
 
 /// The NAT real servers' gateway, a VIP of the `int` instance.
@@ -41,6 +48,10 @@ pub struct PairSpec {
     pub services: Vec<ServiceSpec>,
     /// More keys for each `[[vrrp.instance]]` of each node (e.g. `notify = "..."`).
     pub instance_extra: [String; 2],
+    /// A sync link between the directors and a `[sync]` section in both configs.
+    pub sync: bool,
+    /// More keys for `[sync]` (both nodes), one per line.
+    pub sync_extra: String,
 }
 
 impl PairSpec {
@@ -54,6 +65,8 @@ impl PairSpec {
             unicast: false,
             services: vec![ServiceSpec::http("rr", &[1, 1, 1])],
             instance_extra: [String::new(), String::new()],
+            sync: false,
+            sync_extra: String::new(),
         }
     }
 }
@@ -69,6 +82,26 @@ pub struct Pair {
     pub daemons: [Option<Proc>; 2],
     pub sockets: [PathBuf; 2],
     pub configs: [PathBuf; 2],
+    /// The shared sync key file, when `spec.sync`.
+    pub sync_key: Option<PathBuf>,
+}
+
+/// The sync port of both nodes.
+pub const SYNC_PORT: u16 = 8848;
+
+/// A director's own address on the sync link (node 0 → .2, node 1 → .3).
+pub fn sync_addr(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 3, 2 + node as u8)
+}
+
+/// 32 random bytes from the kernel, hex-encoded: a sync key file's content.
+fn random_key_hex() -> Result<String> {
+    let mut key = [0u8; 32];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("open /dev/urandom")?,
+        &mut key,
+    )?;
+    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A director's own address on `ext` (node 0 → .2, node 1 → .3).
@@ -91,12 +124,20 @@ impl Pair {
             Mode::Nat => Some(lab.bridge("int")?),
             Mode::Dr => None,
         };
+        let sync = if spec.sync {
+            Some(lab.bridge("sync")?)
+        } else {
+            None
+        };
         let mut nodes = Vec::new();
         for n in 0..2 {
             let h = lab.host(if n == 0 { "lb-a" } else { "lb-b" })?;
             lab.attach(&h, &ext, "ext", &format!("{}/24", ext_addr(n)))?;
             if let Some(int) = &int {
                 lab.attach(&h, int, "int", &format!("{}/24", int_addr(n)))?;
+            }
+            if let Some(sync) = &sync {
+                lab.attach(&h, sync, "sync", &format!("{}/24", sync_addr(n)))?;
             }
             h.sysctl("net.ipv4.ip_forward", "0")?;
             nodes.push(h);
@@ -107,6 +148,14 @@ impl Pair {
         };
         let sockets = [lab.dir().join("lb-a.sock"), lab.dir().join("lb-b.sock")];
         let configs = [lab.dir().join("lb-a.toml"), lab.dir().join("lb-b.toml")];
+        let sync_key = match spec.sync {
+            true => Some(write_file(
+                &lab,
+                "sync.key",
+                format!("{}\n", random_key_hex()?).as_bytes(),
+            )?),
+            false => None,
+        };
         let nodes: [Host; 2] = nodes.try_into().map_err(|_| anyhow::anyhow!("two nodes"))?;
         let mut pair = Pair {
             lab,
@@ -119,6 +168,7 @@ impl Pair {
             daemons: [None, None],
             sockets,
             configs,
+            sync_key,
         };
         pair.start_servers()?;
         Ok(pair)
@@ -179,6 +229,15 @@ impl Pair {
             Mode::Dr => "[\"ext\"]",
         };
         let _ = writeln!(c, "[datapath]\nworkers = 1\ninterfaces = {ifaces}\n");
+        if let Some(key) = &self.sync_key {
+            let _ = writeln!(
+                c,
+                "[sync]\ninterface = \"sync\"\npeer = \"{}:{SYNC_PORT}\"\nkey_file = \"{}\"\n{}\n",
+                sync_addr(peer),
+                key.display(),
+                spec.sync_extra
+            );
+        }
         for s in &spec.services {
             let _ = writeln!(c, "[[service]]\nname = \"{}\"", s.name);
             let _ = writeln!(
@@ -266,6 +325,29 @@ impl Pair {
             bail!("director vrrp: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `director --json sync` on node `n`.
+    pub fn sync_status(&self, n: usize) -> Result<Value> {
+        let out = self.cli(n, &["--json", "sync"])?;
+        if !out.status.success() {
+            bail!("director sync: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Whether node `n`'s sync session with its peer is up (`peer.state == "up"` in
+    /// `director --json sync`).
+    pub fn sync_peer_up(&self, n: usize) -> Result<bool> {
+        let v = self.sync_status(n)?;
+        Ok(v["peer"]["state"] == "up")
+    }
+
+    /// Whether node `n` has completed its bulk resync from the peer (`resync.complete` in
+    /// `director --json sync`).
+    pub fn sync_resync_complete(&self, n: usize) -> Result<bool> {
+        let v = self.sync_status(n)?;
+        Ok(v["resync"]["complete"] == true)
     }
 
     /// The state of instance `name` on node `n` ("MASTER", ...).

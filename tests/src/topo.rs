@@ -12,7 +12,8 @@
 //! on `lo` with `arp_ignore=1`/`arp_announce=2` (the classic LVS-DR recipe), so they accept
 //! VIP traffic but never answer ARP for it, and reply to the client directly.
 //!
-//! Every real server runs `labsrv` (HTTP and UDP on the service port), and the director runs
+//! Every real server runs `labsrv` (HTTP, TCP echo or UDP on the service port, per
+//! [`ServiceSpec::app`]), and the director runs
 //! `directord` with a config written into the lab's directory.
 
 use std::fmt::Write as _;
@@ -72,11 +73,7 @@ pub fn start_labsrv(
             format!("rs{}", i + 1),
         ];
         for s in services {
-            let flag = if s.protocol == "tcp" {
-                "--http"
-            } else {
-                "--udp"
-            };
+            let flag = s.app.labsrv_flag();
             // A UDP socket bound to 0.0.0.0 answers from the interface's address; in DR the
             // reply must come from the VIP (which the real holds on `lo`), so bind the VIP
             // itself there.
@@ -108,11 +105,36 @@ pub fn start_labsrv(
     Ok(procs)
 }
 
+/// What the real servers run for a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum App {
+    /// `labsrv --http`: HTTP/1.1 (`/`, `/healthz`, `/stream`).
+    Http,
+    /// `labsrv --echo`: every byte written back until EOF (the flows of `flowcheck`).
+    TcpEcho,
+    /// `labsrv --udp`: each datagram answered with the server's name and the payload.
+    Udp,
+}
+
+impl App {
+    pub fn labsrv_flag(self) -> &'static str {
+        match self {
+            App::Http => "--http",
+            App::TcpEcho => "--echo",
+            App::Udp => "--udp",
+        }
+    }
+}
+
+/// The TCP echo service's port (the well-known echo port).
+pub const ECHO_PORT: u16 = 7;
+
 /// A service to put in the director's config.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     pub name: String,
     pub protocol: &'static str,
+    pub app: App,
     pub port: u16,
     pub scheduler: &'static str,
     pub persistence: &'static str,
@@ -125,7 +147,21 @@ impl ServiceSpec {
         ServiceSpec {
             name: "web".into(),
             protocol: "tcp",
+            app: App::Http,
             port: 80,
+            scheduler,
+            persistence: "0s",
+            weights: weights.to_vec(),
+        }
+    }
+
+    /// A TCP echo service on [`ECHO_PORT`] (for `flowcheck`'s long-lived connections).
+    pub fn echo(scheduler: &'static str, weights: &[u32]) -> ServiceSpec {
+        ServiceSpec {
+            name: "tcp-echo".into(),
+            protocol: "tcp",
+            app: App::TcpEcho,
+            port: ECHO_PORT,
             scheduler,
             persistence: "0s",
             weights: weights.to_vec(),
@@ -136,6 +172,7 @@ impl ServiceSpec {
         ServiceSpec {
             name: "echo".into(),
             protocol: "udp",
+            app: App::Udp,
             port: 5353,
             scheduler,
             persistence: "0s",

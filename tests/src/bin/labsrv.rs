@@ -1,7 +1,7 @@
 //! `labsrv`: the lab's real server, on the kernel's own TCP and UDP stacks.
 //!
 //! ```text
-//! labsrv --name rs1 [--http ADDR]... [--udp ADDR]...
+//! labsrv --name rs1 [--http ADDR]... [--udp ADDR]... [--echo ADDR]...
 //! labsrv --udp-client ADDR PAYLOAD [--timeout-ms N]
 //! ```
 //!
@@ -13,10 +13,15 @@
 //!   at a time with D ms between writes, with `X-Stream-Fnv1a` (the body's digest);
 //! - anything else → 404.
 //!
+//! TCP echo (`--echo`, thread per connection): everything read is written back until the
+//! client's EOF, then the connection is closed. For DR/TUN real servers `0.0.0.0:PORT` is
+//! enough (the VIP is on `lo`, and TCP answers from the address the SYN was sent to).
+//!
 //! UDP: every datagram is answered with `NAME ` + payload, from the socket it came in on. For
 //! DR/TUN real servers bind the VIP itself (`--udp VIP:PORT`), so replies leave from the VIP.
 //!
-//! stdout gets one line per accepted TCP connection (`conn peer=… local=…`) and per datagram
+//! stdout gets one line per accepted TCP connection (`conn peer=… local=…`, or `echo peer=…
+//! local=…` for the echo service) and per datagram
 //! (`udp peer=… len=…`), so tests count what reached each real server; `ready` follows once
 //! every socket is bound. SIGTERM/SIGINT end it at once (default disposition, restored at
 //! start in case the parent ignored them).
@@ -37,6 +42,7 @@ struct Args {
     name: String,
     http: Vec<SocketAddr>,
     udp: Vec<SocketAddr>,
+    echo: Vec<SocketAddr>,
     udp_client: Option<(SocketAddr, String)>,
     timeout: Duration,
 }
@@ -46,6 +52,7 @@ fn parse_args() -> Result<Args> {
         name: "labsrv".into(),
         http: Vec::new(),
         udp: Vec::new(),
+        echo: Vec::new(),
         udp_client: None,
         timeout: Duration::from_secs(2),
     };
@@ -56,6 +63,7 @@ fn parse_args() -> Result<Args> {
             "--name" => a.name = value()?,
             "--http" => a.http.push(value()?.parse().context("--http ADDR:PORT")?),
             "--udp" => a.udp.push(value()?.parse().context("--udp ADDR:PORT")?),
+            "--echo" => a.echo.push(value()?.parse().context("--echo ADDR:PORT")?),
             "--udp-client" => {
                 let addr = value()?.parse().context("--udp-client ADDR:PORT")?;
                 a.udp_client = Some((addr, value()?));
@@ -63,7 +71,7 @@ fn parse_args() -> Result<Args> {
             "--timeout-ms" => a.timeout = Duration::from_millis(value()?.parse()?),
             "-h" | "--help" => {
                 println!(
-                    "labsrv --name NAME [--http ADDR]... [--udp ADDR]...\n\
+                    "labsrv --name NAME [--http ADDR]... [--udp ADDR]... [--echo ADDR]...\n\
                      labsrv --udp-client ADDR PAYLOAD [--timeout-ms N]"
                 );
                 std::process::exit(0);
@@ -71,8 +79,8 @@ fn parse_args() -> Result<Args> {
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    if a.udp_client.is_none() && a.http.is_empty() && a.udp.is_empty() {
-        bail!("nothing to serve: give --http and/or --udp (or --udp-client)");
+    if a.udp_client.is_none() && a.http.is_empty() && a.udp.is_empty() && a.echo.is_empty() {
+        bail!("nothing to serve: give --http, --udp and/or --echo (or --udp-client)");
     }
     Ok(a)
 }
@@ -105,7 +113,16 @@ fn run() -> Result<()> {
         let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
         println!("listening http {}", l.local_addr()?);
         let name = name.clone();
-        threads.push(std::thread::spawn(move || accept_loop(l, name)));
+        threads.push(std::thread::spawn(move || {
+            accept_loop(l, "conn", move |stream, peer| serve(stream, &name, peer))
+        }));
+    }
+    for addr in &args.echo {
+        let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
+        println!("listening echo {}", l.local_addr()?);
+        threads.push(std::thread::spawn(move || {
+            accept_loop(l, "echo", |stream, _| echo(stream))
+        }));
     }
     for addr in &args.udp {
         let s = UdpSocket::bind(addr).with_context(|| format!("cannot bind udp {addr}"))?;
@@ -165,18 +182,23 @@ fn udp_loop(s: UdpSocket, name: Arc<str>) {
     }
 }
 
-fn accept_loop(l: TcpListener, name: Arc<str>) {
+/// Accepts connections forever, printing `KIND peer=… local=…` for each and running
+/// `handle` on a thread of its own.
+fn accept_loop<F>(l: TcpListener, kind: &'static str, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Result<()> + Clone + Send + 'static,
+{
     loop {
         match l.accept() {
             Ok((stream, peer)) => {
                 let local = stream
                     .local_addr()
                     .map_or_else(|_| "?".into(), |a| a.to_string());
-                println!("conn peer={peer} local={local}");
-                let name = name.clone();
+                println!("{kind} peer={peer} local={local}");
+                let handle = handle.clone();
                 std::thread::spawn(move || {
-                    if let Err(e) = serve(stream, &name, peer) {
-                        eprintln!("conn {peer}: {e:#}");
+                    if let Err(e) = handle(stream, peer) {
+                        eprintln!("{kind} {peer}: {e:#}");
                     }
                 });
             }
@@ -185,6 +207,20 @@ fn accept_loop(l: TcpListener, name: Arc<str>) {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+}
+
+/// Writes back everything read until the client's EOF; the connection closes on return.
+fn echo(mut stream: TcpStream) -> Result<()> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        stream.write_all(&buf[..n])?;
     }
 }
 

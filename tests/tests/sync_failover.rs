@@ -1,0 +1,268 @@
+//! The product test of connection-state sync: an HA pair with a sync link, three real
+//! servers, and `flowcheck` on the client holding 200 long-lived echo connections (each
+//! streaming a checked byte sequence) while it opens a steady stream of short HTTP
+//! connections that stay idle 1.5 s after their handshake. SIGKILL the master: every flow
+//! continues through the backup with no reset and no corrupted or missing byte, including
+//! short ones that had fewer than 3 packets through the dead node. Start it again: it
+//! resyncs, takes the VIP back (preempt) only after that, and failback loses nothing either.
+//!
+//! The longest client-observed stall of each failover is printed (not asserted: speed is for
+//! the benchmarks). `flowcheck_baseline` checks the instrument itself through one director.
+
+use std::time::Duration;
+
+use director_lab::pair::{Pair, PairSpec};
+use director_lab::topo::{vip, workspace_bin, Mode, ServiceSpec, Topo, ECHO_PORT};
+use director_lab::{wait_until, Host, Lab, Proc, Signal};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(20);
+const LONG: u64 = 200;
+
+/// CLOCK_MONOTONIC in nanoseconds: `flowcheck`'s clock (one clock for every namespace).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The services of both tests: HTTP (short connections) and TCP echo (long ones).
+fn services() -> Vec<ServiceSpec> {
+    vec![
+        ServiceSpec::http("rr", &[1, 1, 1]),
+        ServiceSpec::echo("rr", &[1, 1, 1]),
+    ]
+}
+
+/// Starts `flowcheck` on the client and waits until its long connections are established.
+fn start_flowcheck(client: &Host) -> Proc {
+    let flowcheck = workspace_bin("flowcheck").expect("flowcheck binary");
+    let mut proc = client
+        .spawn([
+            flowcheck.display().to_string(),
+            "--target".into(),
+            vip(ECHO_PORT).to_string(),
+            "--long".into(),
+            LONG.to_string(),
+            "--short-target".into(),
+            vip(80).to_string(),
+        ])
+        .expect("start flowcheck");
+    let ready = wait_until(T, || {
+        !proc.is_running() || proc.stderr().is_ok_and(|e| e.contains("ready"))
+    });
+    assert!(
+        ready.is_ok() && proc.is_running(),
+        "flowcheck did not get its {LONG} connections up: {}",
+        proc.stderr().unwrap_or_default()
+    );
+    proc
+}
+
+/// SIGTERM: flowcheck drains (up to 10 s) and prints its report.
+fn stop_flowcheck(mut proc: Proc) -> Value {
+    proc.kill(Signal::Term).expect("SIGTERM flowcheck");
+    let status = proc
+        .wait_timeout(Duration::from_secs(40))
+        .expect("wait for flowcheck");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "flowcheck did not finish cleanly ({status:?}): {}",
+        proc.stderr().unwrap_or_default()
+    );
+    let out = proc.stdout().expect("flowcheck stdout");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("flowcheck report {out:?}: {e}"))
+}
+
+/// Every long connection delivered every byte and closed cleanly; every short one completed.
+fn assert_all_ok(report: &Value) {
+    let long = &report["long"];
+    let short = &report["short"];
+    let failures = || {
+        format!(
+            "long failures: {}\nshort failures: {}",
+            long["failures"], short["failures"]
+        )
+    };
+    assert_eq!(long["count"], LONG, "{}", failures());
+    for k in ["reset", "corrupt", "eof", "timeout", "other", "unclosed"] {
+        assert_eq!(long[k], 0, "long connections failed ({k}): {}", failures());
+    }
+    assert_eq!(long["ok"], LONG, "{}", failures());
+    assert!(long["bytes"].as_u64().unwrap_or(0) > 0, "no bytes echoed");
+    assert_eq!(
+        short["failed"],
+        0,
+        "short connections failed: {}",
+        failures()
+    );
+    let opened = short["opened"].as_u64().expect("short.opened");
+    assert!(opened > 0, "no short connection was opened");
+    assert_eq!(short["ok"], opened, "{}", failures());
+}
+
+/// The longest stall (ms) that began in `[from, to)`, and how many listed stalls (> 100 ms)
+/// did. A stall is attributed to the failover during which it began: a flow stalls when the
+/// first bytes after the switch go unanswered, so its stall begins at most a round trip
+/// before the moment the test acted (callers widen the window by a margin for that).
+fn stalls_from(report: &Value, from: u64, to: u64) -> (f64, usize) {
+    let mut max = 0.0f64;
+    let mut n = 0;
+    for s in report["long"]["stalls"].as_array().into_iter().flatten() {
+        if s["start_ns"]
+            .as_u64()
+            .is_some_and(|t| (from..to).contains(&t))
+        {
+            max = max.max(s["ms"].as_f64().unwrap_or(0.0));
+            n += 1;
+        }
+    }
+    (max, n)
+}
+
+/// One mode's product test: kill the master, let the backup carry the flows, bring the
+/// master back and let it take them back.
+fn failover_loses_nothing(mode: Mode) {
+    let tag = format!("syncfo-{}", mode.as_str());
+    let Some(lab) = Lab::for_test(&tag) else {
+        return;
+    };
+    let mut spec = PairSpec::new(mode);
+    spec.sync = true;
+    spec.interval = "100ms".into();
+    spec.preempt = true;
+    spec.services = services();
+    let mut pair = Pair::new(lab, spec).expect("pair topology");
+    pair.start(0).expect("start lb-a");
+    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
+    pair.start(1).expect("start lb-b");
+    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b backup");
+    wait_until(T, || {
+        pair.sync_peer_up(0).unwrap_or(false) && pair.sync_peer_up(1).unwrap_or(false)
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "the sync session did not come up: lb-a {:?}, lb-b {:?}",
+            pair.sync_status(0),
+            pair.sync_status(1)
+        )
+    });
+
+    let flows = start_flowcheck(&pair.client);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Failover: SIGKILL the master, no goodbye.
+    let kill_ns = mono_ns();
+    pair.kill(0).expect("SIGKILL lb-a");
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over");
+    let b_master_ns = mono_ns();
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Failback: lb-a comes back, resyncs from lb-b, then preempts.
+    let restart_ns = mono_ns();
+    pair.start(0).expect("restart lb-a");
+    // It must not preempt before its resync is complete. The state is read before the
+    // resync status, so MASTER then "not complete" proves the order was wrong.
+    let mut early_master = false;
+    wait_until(T, || {
+        let master = pair.state(0, "ext").is_ok_and(|s| s == "MASTER");
+        let done = pair.sync_resync_complete(0).unwrap_or(false);
+        early_master |= master && !done;
+        done
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "lb-a did not complete its resync: {:?}",
+            pair.sync_status(0)
+        )
+    });
+    assert!(
+        !early_master,
+        "lb-a took the VIP back before its resync was complete"
+    );
+    pair.wait_state(0, "ext", "MASTER", T)
+        .expect("lb-a takes the VIP back");
+    let a_master_ns = mono_ns();
+    pair.wait_state(1, "ext", "BACKUP", T)
+        .expect("lb-b steps back");
+    std::thread::sleep(Duration::from_secs(5));
+
+    let report = stop_flowcheck(flows);
+    let ms = |a: u64, b: u64| (b - a) as f64 / 1e6;
+    let end_ns = report["end_ns"].as_u64().expect("end_ns");
+    // Failover: stalls that began from just before the kill until the restart; failback:
+    // from the restart (lb-a takes the VIP back about a second later) to the end.
+    let margin = 1_000_000_000;
+    let (before, _) = stalls_from(&report, 0, kill_ns - margin);
+    let (fo, fo_n) = stalls_from(&report, kill_ns - margin, restart_ns);
+    let (fb, fb_n) = stalls_from(&report, restart_ns, end_ns + 1);
+    eprintln!(
+        "{tag}: longest stall before any failover: {before:.1} ms (stalls > 100 ms only)\n\
+         {tag}: failover (SIGKILL lb-a → lb-b MASTER in {:.0} ms): longest client-observed \
+         stall {fo:.1} ms, {fo_n} connection stalls > 100 ms\n\
+         {tag}: failback (lb-a restart → resync → MASTER in {:.0} ms): longest \
+         client-observed stall {fb:.1} ms, {fb_n} connection stalls > 100 ms\n\
+         {tag}: long {}, short {}",
+        ms(kill_ns, b_master_ns),
+        ms(restart_ns, a_master_ns),
+        serde_json::json!({
+            "ok": report["long"]["ok"],
+            "bytes": report["long"]["bytes"],
+            "max_stall_ms": report["long"]["max_stall_ms"],
+        }),
+        serde_json::json!({
+            "opened": report["short"]["opened"],
+            "ok": report["short"]["ok"],
+            "failed": report["short"]["failed"],
+            "errors": report["short"]["errors"],
+        }),
+    );
+    assert_all_ok(&report);
+}
+
+#[test]
+fn nat_failover_and_failback_lose_no_flow() {
+    failover_loses_nothing(Mode::Nat);
+}
+
+#[test]
+fn dr_failover_and_failback_lose_no_flow() {
+    failover_loses_nothing(Mode::Dr);
+}
+
+/// The instrument itself: through one director and no failover, every long connection
+/// echoes every byte and every short connection completes.
+fn baseline(mode: Mode) {
+    let tag = format!("fcbase-{}", mode.as_str());
+    let Some(topo) = Topo::started(&tag, mode, &services()) else {
+        return;
+    };
+    let flows = start_flowcheck(&topo.client);
+    std::thread::sleep(Duration::from_secs(3));
+    let report = stop_flowcheck(flows);
+    eprintln!(
+        "{tag}: max stall {} ms, {} bytes, {} short connections",
+        report["long"]["max_stall_ms"], report["long"]["bytes"], report["short"]["ok"]
+    );
+    assert_all_ok(&report);
+    assert!(topo
+        .real_conns("tcp-echo")
+        .expect("echo conns")
+        .iter()
+        .all(|c| *c > 0));
+}
+
+#[test]
+fn flowcheck_baseline_nat() {
+    baseline(Mode::Nat);
+}
+
+#[test]
+fn flowcheck_baseline_dr() {
+    baseline(Mode::Dr);
+}

@@ -399,12 +399,12 @@ fn render_sync(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()
     };
     writeln!(
         out,
-        "stream    seq {} acked {} (unacked {}), ack round trip {} (max {})",
+        "stream    seq {} acked {} (unacked {}); lag (sent → applied and acknowledged) last {}, max {}",
         s["seq"],
         s["acked"],
         s["unacked"],
-        rtt(&s["ack_rtt_ms"]),
-        rtt(&s["ack_rtt_max_ms"]),
+        rtt(&s["lag_ms"]),
+        rtt(&s["lag_max_ms"]),
     )?;
     let r = &v["resync"];
     let resync = |x: &serde_json::Value| {

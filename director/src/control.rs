@@ -180,8 +180,9 @@ impl Views {
                 "unacked": st.seq.saturating_sub(st.acked),
                 "pending": st.pending,
                 "ring": st.ring,
-                "ack_rtt_ms": st.ack_rtt.map(ms),
-                "ack_rtt_max_ms": snap.lag_ms.max_ms,
+                // Sent → applied on the peer and acknowledged (the ack waits ≤ 5 ms).
+                "lag_ms": st.ack_rtt.map(ms),
+                "lag_max_ms": snap.lag_ms.max_ms,
             },
             "resync": {
                 "complete": st.resync_complete,

@@ -51,6 +51,9 @@ pub struct Config {
     pub nack_retry: Duration,
     /// Acknowledge after this many applied data messages (besides every heartbeat).
     pub ack_every: u64,
+    /// Acknowledge applied data at most this long after it arrived, so the sender sees its
+    /// replication lag (and frees its ring) without waiting for a heartbeat.
+    pub ack_delay: Duration,
     /// Unicast: the only source address accepted.
     pub peer_addr: Option<Ipv4Addr>,
 }
@@ -68,6 +71,7 @@ impl Config {
             holdback: 8192,
             nack_retry: Duration::from_millis(20),
             ack_every: 32,
+            ack_delay: Duration::from_millis(5),
             peer_addr: None,
         }
     }
@@ -198,6 +202,8 @@ struct Peer {
     last_heard: Duration,
     up: bool,
     since_ack: u64,
+    /// When applied data must be acknowledged at the latest.
+    ack_due: Option<Duration>,
     last_nack: Option<Duration>,
     nacked_high: u64,
     /// The resync addressed to us being received: (id, start time).
@@ -397,6 +403,7 @@ impl Session {
         };
         if let Some(p) = &mut self.peer {
             p.since_ack = 0;
+            p.ack_due = None;
         }
         self.send_control(Body::Heartbeat(hb));
         self.next_heartbeat = now + self.cfg.heartbeat;
@@ -588,6 +595,7 @@ impl Session {
             last_heard: now,
             up: true,
             since_ack: 0,
+            ack_due: None,
             last_nack: None,
             nacked_high: 0,
             resync: None,
@@ -668,9 +676,11 @@ impl Session {
             p.since_ack += 1;
             self.apply_data(now, h, es);
         }
-        let p = self.peer.as_ref().expect("a peer");
+        let p = self.peer.as_mut().expect("a peer");
         if p.since_ack >= self.cfg.ack_every {
             self.send_heartbeat(now);
+        } else if p.ack_due.is_none() {
+            p.ack_due = Some(now + self.cfg.ack_delay);
         }
         true
     }
@@ -822,7 +832,12 @@ impl Session {
         }
         self.pump_bulk(now, src);
         self.send_nack(now);
-        if now >= self.next_heartbeat {
+        let ack_due = self
+            .peer
+            .as_ref()
+            .and_then(|p| p.ack_due)
+            .is_some_and(|t| now >= t);
+        if now >= self.next_heartbeat || ack_due {
             self.send_heartbeat(now);
         }
     }
@@ -873,6 +888,9 @@ impl Session {
         if let Some(p) = &self.peer {
             if p.up {
                 t = t.min(p.last_heard + self.cfg.peer_timeout);
+            }
+            if let Some(due) = p.ack_due {
+                t = t.min(due);
             }
             if p.next.is_some_and(|n| p.high >= n) {
                 let at = p

@@ -1,15 +1,17 @@
 //! The demo lab: a client, directors and three real servers in network namespaces.
 //! Requests go through the VIP in NAT mode and then in DR mode; the per-server distribution
-//! is printed beside the director's own view. Then an HA pair: two directors run VRRP, the
-//! client sends a request every 20 ms, and the master is killed with SIGKILL; the backup
-//! takes the VIPs and the requests carry on. Run as root (`scripts/demo`).
+//! is printed beside the director's own view. Then an HA pair: two directors run VRRP and
+//! sync their connection tables; the client holds long echo connections and opens short
+//! ones; the master is killed with SIGKILL, the backup takes the VIPs and every connection
+//! carries on; the killed node comes back, resyncs and takes the VIPs back, losing nothing
+//! either. Run as root (`scripts/demo`).
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use director_lab::pair::{Pair, PairSpec};
-use director_lab::topo::{tally, Mode, ServiceSpec, Topo, VIP};
-use director_lab::Lab;
+use director_lab::topo::{tally, vip, workspace_bin, Mode, ServiceSpec, Topo, ECHO_PORT, VIP};
+use director_lab::{wait_until, Lab, Signal};
 
 const REQUESTS: usize = 300;
 
@@ -53,9 +55,15 @@ fn failover() -> Result<()> {
     let lab = Lab::new("demo-ha")?;
     let mut spec = PairSpec::new(Mode::Nat);
     spec.interval = "100ms".into();
+    spec.sync = true;
+    spec.services = vec![
+        ServiceSpec::http("rr", &[1, 1, 1]),
+        ServiceSpec::echo("rr", &[1, 1, 1]),
+    ];
     println!(
         "\n=== HA pair, NAT: lb-a (priority 200) and lb-b (100) run VRRP v3 every 100 ms for \
-         the VIP {VIP} and the real servers' gateway 198.18.2.1 ==="
+         the VIP {VIP} and the real servers' gateway 198.18.2.1, and sync their connection \
+         tables over 198.18.3.0/24 ==="
     );
     let mut pair = Pair::new(lab, spec)?;
     println!("--- lb-a config ---\n{}", pair.config_text(0));
@@ -64,6 +72,7 @@ fn failover() -> Result<()> {
     pair.wait_state(0, "ext", "MASTER", t)?;
     pair.start(1)?;
     pair.wait_state(1, "ext", "BACKUP", t)?;
+    wait_until(t, || pair.sync_resync_complete(1).unwrap_or(false))?;
     let show = |pair: &Pair, n: usize, args: &[&str]| -> Result<String> {
         let out = pair.cli(n, args)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -76,34 +85,67 @@ fn failover() -> Result<()> {
         "--- lb-b: director vrrp ---\n{}",
         show(&pair, 1, &["vrrp"])?
     );
-    // One request every 20 ms for 6 s, each on a new connection; print the status codes.
-    let script = format!(
-        "for i in $(seq 300); do curl -s -m 1 -o /dev/null -w '%{{http_code}}\\n' \
-         http://{VIP}:80/; sleep 0.02; done"
+    // 50 long echo connections streaming a checked byte sequence, and 20 new HTTP
+    // connections a second that idle 1.5 s after their handshake.
+    println!(
+        "--- client: flowcheck holds 50 echo connections (20 kB/s each, every byte checked) and \
+         opens 20 short HTTP connections a second ---"
     );
-    let mut client = pair.client.spawn(["sh", "-c", script.as_str()])?;
+    let flowcheck = workspace_bin("flowcheck")?;
+    let mut client = pair.client.spawn([
+        flowcheck.display().to_string(),
+        "--target".into(),
+        vip(ECHO_PORT).to_string(),
+        "--long".into(),
+        "50".into(),
+        "--short-target".into(),
+        vip(80).to_string(),
+    ])?;
+    wait_until(t, || client.stderr().is_ok_and(|e| e.contains("ready")))?;
     std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "--- lb-b: director conns (first 5): the standby's replicas ---\n{}",
+        show(&pair, 1, &["conns", "--limit", "5"])?
+    );
+    println!(
+        "--- lb-b: director sync ---\n{}",
+        show(&pair, 1, &["sync"])?
+    );
     println!("--- SIGKILL directord on lb-a (the master) ---");
     pair.kill(0)?;
     pair.wait_state(1, "ext", "MASTER", t)?;
     pair.wait_state(1, "int", "MASTER", t)?;
+    std::thread::sleep(Duration::from_secs(3));
+    println!("--- start lb-a again: it resyncs from lb-b, then takes the VIPs back ---");
+    pair.start(0)?;
+    wait_until(t, || pair.sync_resync_complete(0).unwrap_or(false))?;
+    pair.wait_state(0, "ext", "MASTER", t)?;
+    std::thread::sleep(Duration::from_secs(2));
+    client.kill(Signal::Term)?;
     client.wait_timeout(Duration::from_secs(30))?;
-    let codes = client.stdout()?;
-    let ok = codes.lines().filter(|l| *l == "200").count();
-    let failed = codes.lines().count() - ok;
+    let report: serde_json::Value =
+        serde_json::from_str(client.stdout()?.trim()).context("flowcheck's report")?;
+    let (long, short) = (&report["long"], &report["short"]);
     println!(
-        "--- client: {} requests, {ok} answered, {failed} failed while the VIP moved ---",
-        codes.lines().count()
+        "--- client: long connections {} of {} intact ({} bytes echoed and checked, {} reset, \
+         {} corrupt), longest stall {:.0} ms; short connections {} of {} answered ---",
+        long["ok"],
+        long["count"],
+        long["bytes"],
+        long["reset"],
+        long["corrupt"],
+        long["max_stall_ms"].as_f64().unwrap_or(f64::NAN),
+        short["ok"],
+        short["opened"],
     );
     println!(
-        "--- lb-b: director vrrp ---\n{}",
-        show(&pair, 1, &["vrrp"])?
+        "--- lb-a: director sync ---\n{}",
+        show(&pair, 0, &["sync"])?
     );
     println!(
-        "--- lb-b: director events ---\n{}",
-        show(&pair, 1, &["events"])?
+        "--- lb-a: director events ---\n{}",
+        show(&pair, 0, &["events"])?
     );
-    println!("(Connections open at the moment of the kill are not carried over until connection sync lands.)");
     Ok(())
 }
 

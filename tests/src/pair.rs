@@ -52,6 +52,8 @@ pub struct PairSpec {
     pub sync: bool,
     /// More keys for `[sync]` (both nodes), one per line.
     pub sync_extra: String,
+    /// Sync over the multicast group [`SYNC_GROUP`] instead of unicast to the peer.
+    pub sync_multicast: bool,
 }
 
 impl PairSpec {
@@ -67,6 +69,7 @@ impl PairSpec {
             instance_extra: [String::new(), String::new()],
             sync: false,
             sync_extra: String::new(),
+            sync_multicast: false,
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct Pair {
 
 /// The sync port of both nodes.
 pub const SYNC_PORT: u16 = 8848;
+/// The multicast group of `PairSpec::sync_multicast`.
+pub const SYNC_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 81);
 
 /// A director's own address on the sync link (node 0 → .2, node 1 → .3).
 pub fn sync_addr(node: usize) -> Ipv4Addr {
@@ -232,8 +237,13 @@ impl Pair {
         if let Some(key) = &self.sync_key {
             let _ = writeln!(
                 c,
-                "[sync]\ninterface = \"sync\"\npeer = \"{}:{SYNC_PORT}\"\nkey_file = \"{}\"\n{}\n",
-                sync_addr(peer),
+                "[sync]\ninterface = \"sync\"\n{} = \"{}:{SYNC_PORT}\"\nkey_file = \"{}\"\n{}\n",
+                if spec.sync_multicast { "group" } else { "peer" },
+                if spec.sync_multicast {
+                    SYNC_GROUP
+                } else {
+                    sync_addr(peer)
+                },
                 key.display(),
                 spec.sync_extra
             );

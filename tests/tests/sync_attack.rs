@@ -172,3 +172,32 @@ fn bad_sync_datagrams_are_refused_by_kind_and_change_no_replica() {
     wait_until(T, || replicas(&pair).len() >= want).expect("new flows replicated after it");
     assert!(pair.sync_peer_up(1).expect("lb-b sync"));
 }
+
+#[test]
+fn multicast_sync_replicates_to_the_standby() {
+    let Some(lab) = Lab::for_test("syncmc") else {
+        return;
+    };
+    let mut spec = PairSpec::new(Mode::Dr);
+    spec.sync = true;
+    spec.sync_multicast = true;
+    let mut pair = Pair::new(lab, spec).expect("pair topology");
+    pair.start(0).expect("start lb-a");
+    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
+    pair.start(1).expect("start lb-b");
+    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b backup");
+    wait_until(T, || pair.sync_resync_complete(1).unwrap_or(false)).expect("lb-b resynced");
+    for _ in 0..10 {
+        pair.curl().expect("curl through the VIP");
+    }
+    wait_until(T, || replicas(&pair).len() >= 10).expect("10 replicas on lb-b");
+    let st = pair.sync_status(1).expect("director sync");
+    assert_eq!(st["mode"], "multicast");
+    assert_eq!(st["destination"], "224.0.0.81:8848");
+    assert_eq!(st["peer"]["state"], "up");
+    assert_eq!(st["refused"]["total"], 0, "{st}");
+    // The standby takes over and serves.
+    pair.kill(0).expect("kill lb-a");
+    pair.wait_state(1, "ext", "MASTER", T).expect("lb-b master");
+    pair.curl().expect("curl through lb-b");
+}

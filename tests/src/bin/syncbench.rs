@@ -19,7 +19,9 @@
 //!   the same link (the bytes that arrived and the time they took).
 //! - Bytes per entry on the wire during the steady stream (headers and MAC included).
 //!
-//! `syncbench [--rates 10000,max] [--secs 5] [--resync 100000,1000000]`
+//! `syncbench [--rates 10000,100000,200000,400000] [--secs 5] [--resync 100000,1000000]`
+//! (`max` as a rate: as fast as the generator goes; its tables are sized for 8 M flows, and
+//! faulting those in slows the generator itself, so it is not in the default run).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -189,7 +191,7 @@ struct Args {
 
 fn args() -> Result<Args> {
     let mut a = Args {
-        rates: vec![Some(10_000), None],
+        rates: vec![Some(10_000), Some(100_000), Some(200_000), Some(400_000)],
         secs: 5,
         resync: vec![100_000, 1_000_000],
     };
@@ -255,7 +257,8 @@ fn lag(lab_hosts: &[Host; 2], key: &Key, rate: Option<u64>, secs: u64) -> Result
         start,
         at: (0..max_flows).map(|_| AtomicU64::new(0)).collect(),
     });
-    let capacity = (max_flows as u32).max(1 << 16) + 1024;
+    // Twice the flows: the shards fill unevenly, and a full shard would refuse inserts.
+    let capacity = (max_flows as u32 * 2).max(1 << 16);
     let a = node(&lab_hosts[0], 0, key, capacity, None)?;
     let b = node(&lab_hosts[1], 1, key, capacity, Some(rec.clone()))?;
     // Let the pair meet and finish the (empty) resyncs.
@@ -280,7 +283,14 @@ fn lag(lab_hosts: &[Host; 2], key: &Key, rate: Option<u64>, secs: u64) -> Result
         sent_at.push(t);
     }
     let achieved = sent_at.len() as f64 / pacer.start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait for the stream (and any resync an overload caused) to drain: up to 20 s.
+    let drained = Instant::now();
+    let all_in =
+        |rec: &Recorder| (0..sent_at.len()).all(|n| rec.at[n].load(Ordering::Relaxed) != 0);
+    while !all_in(&rec) && drained.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     let mut lags: Vec<f64> = Vec::with_capacity(sent_at.len());
     let mut missing = 0;
     for (n, &t) in sent_at.iter().enumerate() {
@@ -381,7 +391,7 @@ fn udp_baseline(hosts: &[Host; 2], rate: Option<u64>, secs: u64) -> Result<Strin
 }
 
 fn resync(hosts: &[Host; 2], key: &Key, entries: u64) -> Result<(String, u64)> {
-    let capacity = entries as u32 + (entries as u32 / 4) + 1024;
+    let capacity = (entries as u32 * 2).max(1 << 16);
     let a = node(&hosts[0], 0, key, capacity, None)?;
     for n in 0..entries {
         anyhow::ensure!(insert(&a, n), "node A's table refused entry {n}");
@@ -481,6 +491,18 @@ fn main() -> Result<()> {
         println!("{}", udp_baseline(&hosts, rate, args.secs)?);
         println!("{}", lag(&hosts, &key, rate, args.secs)?);
     }
+    let t = ConnTable::new(
+        1 << 20,
+        256,
+        Timeouts::default(),
+        Arc::new(RealRegistry::new(16)),
+    );
+    println!(
+        "\nConnection table: {} B per entry ({} B entries, 2^20 entries in 256 shards, slab + index + headers / capacity)",
+        t.bytes_per_entry(),
+        std::mem::size_of::<forwarder::conntrack::ConnEntry>()
+    );
+    drop(t);
     println!("\n### Bulk resync: B starts empty, A holds N connections\n");
     println!("| what | entries | time to complete (B) | bytes received | per entry | B holds | A's view | NACKs |");
     println!("|---|---|---|---|---|---|---|---|");

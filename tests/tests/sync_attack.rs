@@ -37,6 +37,21 @@ fn refused(pair: &Pair, kind: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// A pair with sync, lb-a master, lb-b backup with lb-a's table (`None`: no lab outside CI).
+fn synced_pair(tag: &str, mode: Mode, multicast: bool) -> Option<Pair> {
+    let lab = Lab::for_test(tag)?;
+    let mut spec = PairSpec::new(mode);
+    spec.sync = true;
+    spec.sync_multicast = multicast;
+    let mut pair = Pair::new(lab, spec).expect("pair topology");
+    pair.start(0).expect("start lb-a");
+    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
+    pair.start(1).expect("start lb-b");
+    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b backup");
+    wait_until(T, || pair.sync_resync_complete(1).unwrap_or(false)).expect("lb-b resynced");
+    Some(pair)
+}
+
 /// The UDP payload of an Ethernet/IPv4/UDP frame.
 fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
     let ip = frame.get(14..)?;
@@ -46,17 +61,9 @@ fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
 
 #[test]
 fn bad_sync_datagrams_are_refused_by_kind_and_change_no_replica() {
-    let Some(lab) = Lab::for_test("syncbad") else {
+    let Some(pair) = synced_pair("syncbad", Mode::Nat, false) else {
         return;
     };
-    let mut spec = PairSpec::new(Mode::Nat);
-    spec.sync = true;
-    let mut pair = Pair::new(lab, spec).expect("pair topology");
-    pair.start(0).expect("start lb-a");
-    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
-    pair.start(1).expect("start lb-b");
-    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b backup");
-    wait_until(T, || pair.sync_resync_complete(1).unwrap_or(false)).expect("lb-b resynced");
 
     // Real traffic, and the sync datagrams it causes, as lb-b receives them.
     let cap = pair.nodes[1]
@@ -175,18 +182,9 @@ fn bad_sync_datagrams_are_refused_by_kind_and_change_no_replica() {
 
 #[test]
 fn multicast_sync_replicates_to_the_standby() {
-    let Some(lab) = Lab::for_test("syncmc") else {
+    let Some(mut pair) = synced_pair("syncmc", Mode::Dr, true) else {
         return;
     };
-    let mut spec = PairSpec::new(Mode::Dr);
-    spec.sync = true;
-    spec.sync_multicast = true;
-    let mut pair = Pair::new(lab, spec).expect("pair topology");
-    pair.start(0).expect("start lb-a");
-    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
-    pair.start(1).expect("start lb-b");
-    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b backup");
-    wait_until(T, || pair.sync_resync_complete(1).unwrap_or(false)).expect("lb-b resynced");
     for _ in 0..10 {
         pair.curl().expect("curl through the VIP");
     }

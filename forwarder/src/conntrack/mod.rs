@@ -178,6 +178,17 @@ fn decrement(counter: &AtomicU32) {
     });
 }
 
+/// A connection of real server `r` went from inactive to active (or back).
+fn move_activity(r: &RealCounters, now_active: bool) {
+    let (from, to) = if now_active {
+        (&r.inactive, &r.active)
+    } else {
+        (&r.active, &r.inactive)
+    };
+    decrement(from);
+    to.fetch_add(1, Ordering::Relaxed);
+}
+
 impl ConnTable {
     /// A table of `capacity` entries split in `shards` shards of equal size (capacity is
     /// rounded up to a multiple of `shards`). Allocates everything it will ever use.
@@ -574,13 +585,7 @@ impl ShardGuard<'_> {
                 let updated = *e;
                 if old.is_active() != state.is_active() {
                     if let Some(r) = self.table.real(&updated) {
-                        let (from, to) = if state.is_active() {
-                            (&r.inactive, &r.active)
-                        } else {
-                            (&r.active, &r.inactive)
-                        };
-                        decrement(from);
-                        to.fetch_add(1, Ordering::Relaxed);
+                        move_activity(r, state.is_active());
                     }
                 }
                 self.table.notify(Change::Update(updated));
@@ -684,13 +689,7 @@ impl ShardGuard<'_> {
                     r.conns.fetch_add(1, Ordering::Relaxed);
                 }
                 if old.is_active() != new.is_active() {
-                    let (from, to) = if new.is_active() {
-                        (&r.inactive, &r.active)
-                    } else {
-                        (&r.active, &r.inactive)
-                    };
-                    decrement(from);
-                    to.fetch_add(1, Ordering::Relaxed);
+                    move_activity(r, new.is_active());
                 }
             }
             e.reported = e.expiry;

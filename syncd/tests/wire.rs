@@ -1,0 +1,187 @@
+//! The sync wire format: round trips, sizes, every refusal, and the minor-version rule (a
+//! reader skips fields a newer minor version appended to an entry).
+
+use syncd::wire::{
+    self, Body, Bulk, DataHead, DataWriter, DecodeError, Entry, Header, Heartbeat, Key, Kind, Nack,
+    Op, Phase, HEADER_LEN, MAC_LEN, MAX_DATAGRAM,
+};
+
+fn key() -> Key {
+    Key::new(b"0123456789abcdef0123456789abcdef").unwrap()
+}
+
+fn header(seq: u64) -> Header {
+    Header {
+        minor: wire::VERSION_MINOR,
+        kind: Kind::Data,
+        flags: 0,
+        node: wire::node_id("lb-a"),
+        epoch: 1_795_295_658_291_223,
+        seq,
+        count: 0,
+    }
+}
+
+fn entry(port: u16) -> Entry {
+    Entry {
+        op: Op::Upsert as u8,
+        proto: 6,
+        mode: 0,
+        state: 2,
+        flags: 0,
+        client: [198, 18, 1, 10],
+        client_port: port,
+        vip: [198, 18, 1, 100],
+        vip_port: 80,
+        real: [198, 18, 2, 11],
+        real_port: 8080,
+        local: None,
+        remaining: 900,
+    }
+}
+
+#[test]
+fn data_heartbeat_and_nack_round_trip() {
+    let k = key();
+    let head = DataHead {
+        bulk: Some(Bulk {
+            target_epoch: 7,
+            id: 3,
+            start_seq: 40,
+            phase: Phase::Middle,
+            total: 128,
+        }),
+    };
+    let entries: Vec<Entry> = (0..10).map(|i| entry(40000 + i)).collect();
+    let bytes = wire::encode_data(&k, header(41), &head, &entries);
+    let (h, body) = wire::decode(&k, &bytes).unwrap();
+    assert_eq!((h.kind, h.seq, h.count), (Kind::Data, 41, 10));
+    assert_eq!(body, Body::Data(head, entries));
+
+    let hb = Heartbeat {
+        high: 99,
+        peer_epoch: 5,
+        ack: 97,
+        bulk: Some((5, 90)),
+        resyncing: true,
+    };
+    let bytes = wire::encode_control(&k, header(3), &Body::Heartbeat(hb));
+    assert_eq!(wire::decode(&k, &bytes).unwrap().1, Body::Heartbeat(hb));
+    let nack = Nack {
+        peer_epoch: 5,
+        ranges: vec![(3, 7), (9, 9)],
+    };
+    let bytes = wire::encode_control(&k, header(4), &Body::Nack(nack.clone()));
+    let (h, body) = wire::decode(&k, &bytes).unwrap();
+    assert_eq!((h.kind, body), (Kind::Nack, Body::Nack(nack)));
+}
+
+#[test]
+fn a_full_datagram_fits_the_mtu_and_an_entry_is_about_27_bytes() {
+    let mut w = DataWriter::new(header(1), &DataHead::default());
+    let mut n = 0u16;
+    while w.push(&entry(40000 + n)) {
+        n += 1;
+    }
+    let bytes = w.finish(&key(), 1);
+    assert!(bytes.len() <= MAX_DATAGRAM);
+    let per_entry = (bytes.len() - HEADER_LEN - MAC_LEN - 1) as f64 / f64::from(n);
+    assert!(
+        (25.0..=28.0).contains(&per_entry),
+        "{per_entry} B per entry"
+    );
+    assert!(n >= 50, "{n} entries per datagram");
+    // FULLNAT entries carry the local address too and still fit.
+    let fullnat = Entry {
+        local: Some(([198, 18, 2, 5], 61000)),
+        mode: 3,
+        ..entry(1)
+    };
+    let bytes = wire::encode_data(&key(), header(2), &DataHead::default(), &[fullnat]);
+    assert_eq!(
+        wire::decode(&key(), &bytes).unwrap().1,
+        Body::Data(DataHead::default(), vec![fullnat])
+    );
+}
+
+#[test]
+fn every_refusal_has_its_reason() {
+    let k = key();
+    let good = wire::encode_data(&k, header(1), &DataHead::default(), &[entry(1)]);
+    let refuse = |b: &[u8]| wire::decode(&k, b).unwrap_err();
+    assert_eq!(
+        refuse(&good[..HEADER_LEN + MAC_LEN - 1]),
+        DecodeError::Truncated
+    );
+    assert_eq!(refuse(&good[..good.len() - 1]), DecodeError::Auth);
+    let mut magic = good.clone();
+    magic[0] = b'X';
+    assert_eq!(refuse(&magic), DecodeError::BadMagic);
+    let other = Key::new(b"another key, just as long as it!").unwrap();
+    assert_eq!(wire::decode(&other, &good).unwrap_err(), DecodeError::Auth);
+    // Every single-bit flip after the magic is caught by the MAC.
+    for i in 4..good.len() {
+        let mut b = good.clone();
+        b[i] ^= 0x01;
+        assert_eq!(refuse(&b), DecodeError::Auth, "byte {i}");
+    }
+    assert!(Key::new(b"short").is_err());
+}
+
+/// Re-seals `signed` (header + body, no MAC) as a sender with the key would.
+fn seal(signed: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"0123456789abcdef0123456789abcdef").unwrap();
+    m.update(signed);
+    let mut out = signed.to_vec();
+    out.extend_from_slice(&m.finalize().into_bytes());
+    out
+}
+
+#[test]
+fn a_newer_minor_version_with_longer_entries_is_read_and_a_newer_major_is_refused() {
+    let k = key();
+    let good = wire::encode_data(&k, header(1), &DataHead::default(), &[entry(1), entry(2)]);
+    let signed = &good[..good.len() - MAC_LEN];
+    // Rebuild the body as minor 1 would: each entry two bytes longer (a new field appended),
+    // its length prefix saying so, plus trailing bytes after the last entry.
+    let mut newer = signed[..HEADER_LEN].to_vec();
+    newer[5] = wire::VERSION_MINOR + 1;
+    let mut rest = &signed[HEADER_LEN..];
+    newer.push(rest[0]); // the DataHead (None: one byte)
+    rest = &rest[1..];
+    for _ in 0..2 {
+        let len = usize::from(rest[0]);
+        newer.push((len + 2) as u8);
+        newer.extend_from_slice(&rest[1..=len]);
+        newer.extend_from_slice(&[0xAB, 0xCD]);
+        rest = &rest[1 + len..];
+    }
+    newer.extend_from_slice(&[1, 2, 3]);
+    let (h, body) = wire::decode(&k, &seal(&newer)).unwrap();
+    assert_eq!(h.minor, wire::VERSION_MINOR + 1);
+    assert_eq!(
+        body,
+        Body::Data(DataHead::default(), vec![entry(1), entry(2)])
+    );
+
+    let mut major = signed.to_vec();
+    major[4] = wire::VERSION_MAJOR + 1;
+    assert_eq!(
+        wire::decode(&k, &seal(&major)).unwrap_err(),
+        DecodeError::Version
+    );
+    let mut kind = signed.to_vec();
+    kind[6] = 9;
+    assert_eq!(
+        wire::decode(&k, &seal(&kind)).unwrap_err(),
+        DecodeError::Malformed
+    );
+    // A count larger than the entries present.
+    let mut count = signed.to_vec();
+    count[29] = 3;
+    assert_eq!(
+        wire::decode(&k, &seal(&count)).unwrap_err(),
+        DecodeError::Malformed
+    );
+}

@@ -110,6 +110,9 @@ fn a_replica_gets_this_nodes_slot_and_clock_and_is_not_streamed_back() {
     assert_eq!(e.state(), ConnState::Established);
     assert_eq!(e.expiry(), now + 600);
     assert_eq!(e.real_slot(), 6, "real 2 is slot 6 here");
+    drop(g);
+    // Each flow in its own shard (the client's port is part of the shard hash).
+    let mut g = n.engine.conns.shard_for(key(40001).client);
     let id = g.get_in(&key(40001), now).expect("replica installed");
     assert_eq!(g.entry(id).expiry(), now + 120);
     drop(g);
@@ -221,5 +224,7 @@ fn unknown_services_are_counted_deletes_remove_and_a_resync_sweeps_what_it_did_n
     assert_eq!(n.counters.swept.load(Ordering::Relaxed), 2);
     let mut g = n.engine.conns.shard_for(key(40031).client);
     assert!(g.get_in(&key(40031), 11).is_some());
+    drop(g);
+    let mut g = n.engine.conns.shard_for(key(40033).client);
     assert!(g.get_in(&key(40033), 11).is_none());
 }

@@ -53,7 +53,6 @@ pub struct Snapshot {
 /// Acknowledgement latency of data messages, as seen by the sender.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LagStats {
-    pub last_ms: f64,
     pub max_ms: f64,
 }
 
@@ -359,7 +358,6 @@ impl Worker {
         let status = self.session.status(now);
         if let Some(rtt) = status.ack_rtt {
             let ms = rtt.as_secs_f64() * 1e3;
-            self.lag.last_ms = ms;
             self.lag.max_ms = self.lag.max_ms.max(ms);
         }
         let snap = Snapshot {

@@ -322,13 +322,8 @@ impl Session {
 
     fn header(&self, kind: Kind, seq: u64) -> Header {
         Header {
-            minor: VERSION_MINOR,
-            kind,
-            flags: 0,
-            node: self.cfg.node,
-            epoch: self.cfg.epoch,
             seq,
-            count: 0,
+            ..header_of(&self.cfg, kind)
         }
     }
 
@@ -338,7 +333,7 @@ impl Session {
     pub fn push_local(&mut self, now: Duration, e: Entry) {
         let (w, _) = self.open.get_or_insert_with(|| {
             (
-                DataWriter::new(self_header(&self.cfg, Kind::Data), &DataHead::default()),
+                DataWriter::new(header_of(&self.cfg, Kind::Data), &DataHead::default()),
                 now,
             )
         });
@@ -958,7 +953,8 @@ impl Session {
     }
 }
 
-fn self_header(cfg: &Config, kind: Kind) -> Header {
+/// This node's header for a message of `kind` (sequence number 0: set when sent).
+fn header_of(cfg: &Config, kind: Kind) -> Header {
     Header {
         minor: VERSION_MINOR,
         kind,

@@ -1032,6 +1032,18 @@ fn listener_matches(l: SocketAddr, want: SocketAddr) -> bool {
 }
 
 /// Polls `cond` every 10 ms until it holds (Ok) or `timeout` passes (Err).
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every namespace (and for `flowcheck`'s
+/// reports), so a test can compare its own instants with a tool's.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {

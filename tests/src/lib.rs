@@ -17,6 +17,6 @@ pub mod router;
 pub mod topo;
 
 pub use lab::{
-    parse_pcap, preflight, reap_stale, udp_request, under_ci, wait_until, write_file, Bridge,
-    Capture, Cidr, Host, Iface, Lab, Mac, Proc, Signal,
+    mono_ns, parse_pcap, preflight, reap_stale, udp_request, under_ci, wait_until, write_file,
+    Bridge, Capture, Cidr, Host, Iface, Lab, Mac, Proc, Signal,
 };

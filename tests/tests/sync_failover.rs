@@ -13,22 +13,11 @@ use std::time::Duration;
 
 use director_lab::pair::{Pair, PairSpec};
 use director_lab::topo::{vip, workspace_bin, Mode, ServiceSpec, Topo, ECHO_PORT};
-use director_lab::{wait_until, Host, Lab, Proc, Signal};
+use director_lab::{mono_ns, wait_until, Host, Lab, Proc, Signal};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
 const LONG: u64 = 200;
-
-/// CLOCK_MONOTONIC in nanoseconds: `flowcheck`'s clock (one clock for every namespace).
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// The services of both tests: HTTP (short connections) and TCP echo (long ones).
 fn services() -> Vec<ServiceSpec> {

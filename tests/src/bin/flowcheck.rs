@@ -61,7 +61,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use director_lab::pattern;
+use director_lab::{mono_ns, pattern};
 use serde_json::{json, Value};
 
 /// Stalls shorter than this are not listed one by one (only the maximum is kept).
@@ -80,17 +80,6 @@ extern "C" fn on_stop(_: libc::c_int) {
 
 extern "C" fn on_dump(_: libc::c_int) {
     DUMP.store(true, Ordering::Relaxed);
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * NS + ts.tv_nsec as u64
 }
 
 struct Args {
@@ -637,7 +626,7 @@ impl Run {
             shorts: Vec::new(),
             short_stats: ShortStats::default(),
             stalls: Vec::new(),
-            start_ns: now_ns(),
+            start_ns: mono_ns(),
             ready_ns: None,
             stop_ns: None,
             buf,
@@ -656,7 +645,7 @@ impl Run {
         self.connect_longs()?;
         let n = self.longs.len();
         let chunk_period_ns = self.args.chunk as u64 * NS / self.args.rate;
-        let send_start = now_ns();
+        let send_start = mono_ns();
         for l in &mut self.longs {
             l.phase_ns = chunk_period_ns * l.id as u64 / n.max(1) as u64;
         }
@@ -665,7 +654,7 @@ impl Run {
         let mut drain_deadline = None;
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         loop {
-            let now = now_ns();
+            let now = mono_ns();
             if DUMP.swap(false, Ordering::Relaxed) {
                 eprintln!("{}", self.report(now, true));
             }
@@ -724,7 +713,7 @@ impl Run {
                     revents: 0,
                 });
             }
-            let wait_ms = (next_tick.saturating_sub(now_ns()) / 1_000_000).max(1) as libc::c_int;
+            let wait_ms = (next_tick.saturating_sub(mono_ns()) / 1_000_000).max(1) as libc::c_int;
             // SAFETY: pfds is a valid array of pollfd of the length given.
             let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, wait_ms) };
             if rc < 0 {
@@ -737,7 +726,7 @@ impl Run {
             if rc == 0 {
                 continue;
             }
-            let now = now_ns();
+            let now = mono_ns();
             let (rate, chunk) = (self.args.rate, self.args.chunk);
             for (l, p) in self.longs.iter_mut().zip(&pfds) {
                 if p.fd < 0 || p.revents == 0 {
@@ -801,7 +790,7 @@ impl Run {
             }
             self.longs.push(l);
         }
-        let deadline = now_ns() + self.args.connect_timeout_ns;
+        let deadline = mono_ns() + self.args.connect_timeout_ns;
         loop {
             let mut pfds: Vec<libc::pollfd> = self
                 .longs
@@ -818,7 +807,7 @@ impl Run {
             if pfds.iter().all(|p| p.fd < 0) || STOP.load(Ordering::Relaxed) {
                 break;
             }
-            let now = now_ns();
+            let now = mono_ns();
             if now >= deadline {
                 for l in &mut self.longs {
                     if l.state == LongState::Connecting {
@@ -854,7 +843,7 @@ impl Run {
             .filter(|l| l.state == LongState::Open)
             .count();
         if open == self.longs.len() {
-            self.ready_ns = Some(now_ns());
+            self.ready_ns = Some(mono_ns());
             eprintln!("ready");
         } else {
             eprintln!(
@@ -936,7 +925,7 @@ impl Run {
     /// The drain is over: whatever is still open has timed out (or, for a long connection
     /// that got every byte back, merely not seen the server's FIN).
     fn finish(mut self) -> String {
-        let now = now_ns();
+        let now = mono_ns();
         for l in &mut self.longs {
             match l.state {
                 LongState::Closing => {

@@ -24,7 +24,7 @@
 //! faulting those in slows the generator itself, so it is not in the default run).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -336,8 +336,6 @@ fn udp_baseline(hosts: &[Host; 2], rate: Option<u64>, secs: u64) -> Result<Strin
     let rx = hosts[1].in_ns(|| UdpSocket::bind(SocketAddrV4::new(addr(1), PORT + 1)))??;
     let tx = hosts[0].in_ns(|| UdpSocket::bind(SocketAddrV4::new(addr(0), 0)))??;
     rx.set_read_timeout(Some(Duration::from_millis(300)))?;
-    let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
     let receiver = std::thread::spawn(move || {
         let mut lags = Vec::new();
         let mut buf = [0u8; 64];
@@ -346,9 +344,6 @@ fn udp_baseline(hosts: &[Host; 2], rate: Option<u64>, secs: u64) -> Result<Strin
             if n >= 8 {
                 let t = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
                 lags.push(now.saturating_sub(t) as f64 / 1e6);
-            }
-            if d.load(Ordering::Relaxed) && lags.len() % 1024 == 0 {
-                // keep draining until the timeout
             }
         }
         lags
@@ -370,7 +365,6 @@ fn udp_baseline(hosts: &[Host; 2], rate: Option<u64>, secs: u64) -> Result<Strin
         }
     }
     let achieved = sent as f64 / pacer.start.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
     let mut lags = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;

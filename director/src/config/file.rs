@@ -124,6 +124,8 @@ pub struct CheckFile {
     pub status: Option<Spanned<Vec<Spanned<i64>>>>,
     pub body: Option<Spanned<String>>,
     pub command: Option<Spanned<Vec<String>>>,
+    pub payload: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
     pub interval: Option<Spanned<RawDuration>>,
     pub timeout: Option<Spanned<RawDuration>>,
     pub rise: Option<Spanned<i64>>,

@@ -258,7 +258,14 @@ pub enum CheckKind {
         /// A substring the body must contain.
         body: Option<String>,
     },
-    Udp,
+    /// One datagram sent, one reply wanted before the deadline (an ICMP port unreachable
+    /// fails the check at once).
+    Udp {
+        /// The request datagram. Default: empty.
+        payload: String,
+        /// A substring the reply must contain; `None` = any reply.
+        expect: Option<String>,
+    },
     /// A program and its arguments; exit status 0 = healthy.
     Exec {
         command: Vec<String>,

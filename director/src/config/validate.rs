@@ -787,6 +787,8 @@ impl Validator<'_> {
             ("status", f.status.as_ref().map(Spanned::span), "http"),
             ("body", f.body.as_ref().map(Spanned::span), "http"),
             ("command", f.command.as_ref().map(Spanned::span), "exec"),
+            ("payload", f.payload.as_ref().map(Spanned::span), "udp"),
+            ("expect", f.expect.as_ref().map(Spanned::span), "udp"),
         ] {
             if let Some(span) = span {
                 if kind_name != owner {
@@ -823,7 +825,10 @@ impl Validator<'_> {
                     body: f.body.as_ref().map(|b| b.get_ref().clone()),
                 }
             }
-            "udp" => CheckKind::Udp,
+            "udp" => CheckKind::Udp {
+                payload: f.payload.as_ref().map_or(String::new(), |p| p.get_ref().clone()),
+                expect: f.expect.as_ref().map(|e| e.get_ref().clone()),
+            },
             "exec" => {
                 let command = match &f.command {
                     Some(c) if !c.get_ref().is_empty() => c.get_ref().clone(),

@@ -10,6 +10,7 @@
 //!   them until a signal.
 //! - `events`: the bounded history of state changes behind `director events`.
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
+//! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
 
 pub mod cli;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod logging;
+pub mod sdnotify;

@@ -826,7 +826,10 @@ impl Validator<'_> {
                 }
             }
             "udp" => CheckKind::Udp {
-                payload: f.payload.as_ref().map_or(String::new(), |p| p.get_ref().clone()),
+                payload: f
+                    .payload
+                    .as_ref()
+                    .map_or(String::new(), |p| p.get_ref().clone()),
                 expect: f.expect.as_ref().map(|e| e.get_ref().clone()),
             },
             "exec" => {

@@ -10,6 +10,7 @@
 //!   them until a signal.
 //! - `events`: the bounded history of state changes behind `director events`.
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
+//! - `metrics`: the Prometheus text endpoint, rendered from the control socket's views.
 //! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
 
 pub mod cli;
@@ -18,4 +19,5 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod sdnotify;

@@ -1,22 +1,43 @@
-//! The `director` command line: argument parsing (clap) and the commands that need no daemon.
+//! The `director` command line: argument parsing (clap), the requests each command sends to
+//! the daemon, and the human renderers of the daemon's replies.
 //!
-//! Exit codes, as CONFIG.md fixes them: 0 ok, 1 error (an invalid config), 2 usage error
-//! (clap's own), 3 no daemon.
+//! Exit codes, as CONFIG.md fixes them: 0 ok, 1 the daemon reported an error (or
+//! `check-config` found errors), 2 usage error (clap's own), 3 no daemon.
+//!
+//! Every daemon command is one request `{"command": NAME, ...}` on the control socket; with
+//! `--json` the reply's `data` is printed as it came, otherwise [`render`] turns it into the
+//! tables operators know from `ipvsadm -L -n` and `keepalived`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
-use serde_json::json;
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::{json, Value};
 
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use crate::control::{self, ClientError};
+
+/// Exit code: the daemon reported an error, or `check-config` found errors.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: no daemon answers on the control socket.
+pub const EXIT_NO_DAEMON: i32 = 3;
+
+const TOP_HELP: &str = "\
+Examples:
+  director status                       overview: roles, services, sync, rates
+  director services                     virtual services and real servers (ipvsadm -L -n)
+  director real drain web 198.18.2.11:8080
+  director --json vrrp | jq '.instances[].state'
+  director --socket /run/director/lab-b.sock status
+
+Exit codes: 0 ok, 1 the daemon reported an error, 2 usage error, 3 no daemon.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "director",
     version,
-    about = "Control the Director load balancer"
+    about = "Control the Director load balancer",
+    after_help = TOP_HELP
 )]
 pub struct Cli {
     /// Machine-readable output (JSON on stdout).
@@ -24,7 +45,7 @@ pub struct Cli {
     pub json: bool,
 
     /// The daemon's control socket (its `[control] socket`).
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET_PATH)]
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET_PATH)]
     pub socket: PathBuf,
 
     #[command(subcommand)]
@@ -33,7 +54,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The node at a glance: VRRP role, services up/down, sync peer, datapath rates.
+    #[command(after_help = "\
+Examples:
+  director status
+  director --json status | jq '.vrrp[] | {name, state}'")]
+    Status,
     /// Parse and validate a config file; print every error. Needs no daemon.
+    #[command(after_help = "\
+Examples:
+  director check-config                            # /etc/director/director.toml
+  director check-config /tmp/director.toml.new && cp /tmp/director.toml.new /etc/director/director.toml
+  director --json check-config lab.toml | jq '.errors[].message'
+
+Exit codes: 0 valid (warnings go to stderr), 1 invalid or unreadable, 2 usage error.")]
     CheckConfig {
         /// The config file.
         #[arg(default_value = DEFAULT_CONFIG_PATH)]
@@ -41,140 +75,298 @@ pub enum Command {
     },
     /// Datapath counters: frames, forwards, drops by reason; table size; per real server
     /// packets, bytes and connections.
+    #[command(after_help = "\
+Examples:
+  director stats
+  director --json stats | jq '.datapath.drops'")]
     Stats,
-    /// Each virtual service with its real servers, weights and connections (like
-    /// `ipvsadm -L -n`).
+    /// Each virtual service with its real servers: weight, connections, health, admin state,
+    /// sorry server (like `ipvsadm -L -n`).
+    #[command(after_help = "\
+Examples:
+  director services
+  director --json services | jq '.[] | select(.up | not) | .name'")]
     Services,
     /// The connection table (like `ipvsadm -L -n -c`).
+    #[command(after_help = "\
+Examples:
+  director conns --service web
+  director conns --client 198.18.1.77 --limit 20
+  director --json conns | jq '.total'")]
     Conns {
         /// Only this service.
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         service: Option<String>,
         /// Only this client address.
-        #[arg(long)]
+        #[arg(long, value_name = "ADDR")]
         client: Option<std::net::Ipv4Addr>,
         /// Show at most this many entries.
         #[arg(long, default_value_t = 1000)]
         limit: u64,
     },
-    /// Change a real server at runtime.
-    #[command(subcommand)]
+    /// Change a real server at runtime: enable, disable, drain, weight.
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  director real drain web 198.18.2.11:8080
+  director real enable web 198.18.2.11:8080
+  director real weight web 198.18.2.11:8080 3"
+    )]
     Real(RealCommand),
     /// Each VRRP instance: state, priority (effective and configured), master, last
     /// transition and its cause.
+    #[command(after_help = "\
+Examples:
+  director vrrp
+  director --json vrrp | jq '.instances[] | {name, state, priority}'")]
     Vrrp,
     /// Planned switchover: resign every VRRP instance (priority 0) so the peer takes over at
     /// once, and stop preempting until `director promote`.
+    #[command(after_help = "\
+Examples:
+  director demote                       # on the master: the backup takes over now
+  director promote                      # later, to take the VIPs back")]
     Demote,
     /// Planned switchover: take every VRRP instance over now, advertising priority 254 until
     /// `director demote`.
+    #[command(after_help = "\
+Examples:
+  director promote")]
     Promote,
     /// Connection sync: the peer, replicas, lag, gaps repaired, resyncs and refused
     /// (forged, replayed, truncated) datagrams.
+    #[command(after_help = "\
+Examples:
+  director sync
+  director --json sync | jq '.stream.lag_ms'")]
     Sync,
-    /// The history of state changes (VRRP transitions, ...) with time and cause.
+    /// The history of state changes (VRRP, health, sync, config) with time and cause.
+    #[command(after_help = "\
+Examples:
+  director events
+  director events --limit 20")]
     Events {
         /// Show at most this many, the newest.
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
+    /// Re-read the config file and apply the difference without dropping established flows
+    /// or moving a VIP. A config with errors is refused and the running one stays.
+    #[command(after_help = "\
+Examples:
+  director check-config && director reload
+  systemctl reload directord            # the same, through SIGHUP")]
+    Reload,
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  director completions bash > /etc/bash_completion.d/director
+  director completions zsh > \"${fpath[1]}/_director\"
+  director completions fish > ~/.config/fish/completions/director.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RealCommand {
-    /// Set the weight (0..65535) of a real server; 0 quiesces it.
-    ///
-    /// Example: director real weight web 198.18.2.11:8080 3
-    Weight {
+    /// Put a real server back in service (after `disable` or `drain`), at its configured
+    /// weight.
+    #[command(after_help = "\
+Examples:
+  director real enable web 198.18.2.11:8080")]
+    Enable {
+        /// The service's name.
         service: String,
+        /// The real server, as in the config.
+        #[arg(value_name = "ADDR:PORT")]
         real: std::net::SocketAddrV4,
-        weight: u32,
+    },
+    /// Disable a real server: out of the scheduler until `director real enable`.
+    #[command(after_help = "\
+Examples:
+  director real disable web 198.18.2.11:8080")]
+    Disable {
+        /// The service's name.
+        service: String,
+        /// The real server, as in the config.
+        #[arg(value_name = "ADDR:PORT")]
+        real: std::net::SocketAddrV4,
     },
     /// Drain a real server: weight 0, no new flows, existing ones finish.
-    ///
-    /// Example: director real drain web 198.18.2.11:8080
+    #[command(after_help = "\
+Examples:
+  director real drain web 198.18.2.11:8080
+  director conns --service web | grep 198.18.2.11:8080   # wait until it is empty
+  director real enable web 198.18.2.11:8080")]
     Drain {
+        /// The service's name.
         service: String,
+        /// The real server, as in the config.
+        #[arg(value_name = "ADDR:PORT")]
         real: std::net::SocketAddrV4,
     },
+    /// Set the runtime weight (0..65535) of a real server; 0 quiesces it.
+    #[command(after_help = "\
+Examples:
+  director real weight web 198.18.2.11:8080 3
+  director real weight web 198.18.2.11:8080 0    # quiesce")]
+    Weight {
+        /// The service's name.
+        service: String,
+        /// The real server, as in the config.
+        #[arg(value_name = "ADDR:PORT")]
+        real: std::net::SocketAddrV4,
+        /// The new weight.
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=65535))]
+        weight: u32,
+    },
+}
+
+/// The request a daemon command sends, and the renderer of its reply; `None` for commands
+/// that need no daemon.
+fn request_of(command: &Command) -> Option<(Value, &'static str)> {
+    let admin = |service: &str, real: &std::net::SocketAddrV4, action: &str| json!({"command": "real-admin", "service": service, "real": real.to_string(), "action": action});
+    Some(match command {
+        Command::CheckConfig { .. } | Command::Completions { .. } => return None,
+        Command::Status => (json!({"command": "status"}), "status"),
+        Command::Stats => (json!({"command": "stats"}), "stats"),
+        Command::Services => (json!({"command": "services"}), "services"),
+        Command::Conns {
+            service,
+            client,
+            limit,
+        } => (
+            json!({"command": "conns", "limit": limit, "service": service, "client": client}),
+            "conns",
+        ),
+        Command::Real(RealCommand::Enable { service, real }) => {
+            (admin(service, real, "enable"), "real-admin")
+        }
+        Command::Real(RealCommand::Disable { service, real }) => {
+            (admin(service, real, "disable"), "real-admin")
+        }
+        Command::Real(RealCommand::Drain { service, real }) => {
+            (admin(service, real, "drain"), "real-admin")
+        }
+        Command::Real(RealCommand::Weight {
+            service,
+            real,
+            weight,
+        }) => (
+            json!({"command": "real-weight", "service": service, "real": real.to_string(), "weight": weight}),
+            "real-weight",
+        ),
+        Command::Vrrp => (json!({"command": "vrrp"}), "vrrp"),
+        Command::Sync => (json!({"command": "sync"}), "sync"),
+        Command::Demote => (json!({"command": "demote"}), "demote"),
+        Command::Promote => (json!({"command": "promote"}), "promote"),
+        Command::Events { limit } => (json!({"command": "events", "limit": limit}), "events"),
+        Command::Reload => (json!({"command": "reload"}), "reload"),
+    })
+}
+
+/// The request `director ARGS...` would send to the daemon (for tests and `--help` texts);
+/// `None` for commands that need no daemon.
+pub fn request_for(cli: &Cli) -> Option<Value> {
+    request_of(&cli.command).map(|(req, _)| req)
 }
 
 /// Runs a parsed command line, writing to `out` and `err`; returns the exit code.
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<i32> {
     match &cli.command {
         Command::CheckConfig { file } => check_config(file, cli.json, out, err),
-        Command::Stats => daemon_view(cli, json!({"command": "stats"}), render_stats, out, err),
-        Command::Services => daemon_view(
-            cli,
-            json!({"command": "services"}),
-            render_services,
-            out,
-            err,
-        ),
-        Command::Conns {
-            service,
-            client,
-            limit,
-        } => {
-            let req =
-                json!({"command": "conns", "limit": limit, "service": service, "client": client});
-            daemon_view(cli, req, render_conns, out, err)
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "director", out);
+            Ok(0)
         }
-        Command::Real(RealCommand::Weight {
-            service,
-            real,
-            weight,
-        }) => {
-            let req = json!({"command": "real-weight", "service": service, "real": real.to_string(), "weight": weight});
-            daemon_view(cli, req, render_ack, out, err)
-        }
-        Command::Vrrp => daemon_view(cli, json!({"command": "vrrp"}), render_vrrp, out, err),
-        Command::Sync => daemon_view(cli, json!({"command": "sync"}), render_sync, out, err),
-        Command::Demote => daemon_view(cli, json!({"command": "demote"}), render_vrrp, out, err),
-        Command::Promote => daemon_view(cli, json!({"command": "promote"}), render_vrrp, out, err),
-        Command::Events { limit } => daemon_view(
-            cli,
-            json!({"command": "events", "limit": limit}),
-            render_events,
-            out,
-            err,
-        ),
-        Command::Real(RealCommand::Drain { service, real }) => {
-            let req = json!({"command": "real-weight", "service": service, "real": real.to_string(), "weight": 0});
-            daemon_view(cli, req, render_ack, out, err)
+        command => {
+            let (req, view) = request_of(command).expect("every other command asks the daemon");
+            daemon_view(cli, &req, view, out, err)
         }
     }
 }
 
-/// Ask the daemon, then print its answer as JSON or through `render`.
+/// Ask the daemon, then print its answer as JSON or through the renderer of `view`.
 fn daemon_view(
     cli: &Cli,
-    req: serde_json::Value,
-    render: fn(&serde_json::Value, &mut dyn Write) -> std::io::Result<()>,
+    req: &Value,
+    view: &str,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    match control::request(&cli.socket, &req) {
+    match control::request(&cli.socket, req) {
         Ok(data) if cli.json => {
             writeln!(out, "{data}")?;
             Ok(0)
         }
         Ok(data) => {
-            render(&data, out)?;
+            render(view, &data, out)?;
             Ok(0)
         }
-        Err(e @ ClientError::NoDaemon(..)) => {
-            writeln!(err, "director: {e}")?;
-            Ok(3)
+        Err(ClientError::NoDaemon(path, e)) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (the control socket is root-only: run as root)"
+            } else {
+                " (is directord running? is --socket its [control] socket?)"
+            };
+            writeln!(
+                err,
+                "director: no daemon answers on {}: {e}{hint}",
+                path.display()
+            )?;
+            Ok(EXIT_NO_DAEMON)
+        }
+        Err(ClientError::Daemon(msg)) if view == "reload" => {
+            writeln!(err, "director: reload refused; the running config stays:")?;
+            writeln!(err, "{}", msg.trim_end())?;
+            Ok(EXIT_ERROR)
         }
         Err(e) => {
             writeln!(err, "director: {e}")?;
-            Ok(1)
+            Ok(EXIT_ERROR)
         }
     }
 }
 
-fn render_vrrp(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+/// The views [`render`] knows, by the name of the request that returns them.
+pub const VIEWS: &[&str] = &[
+    "status",
+    "services",
+    "conns",
+    "stats",
+    "vrrp",
+    "sync",
+    "events",
+    "demote",
+    "promote",
+    "real-weight",
+    "real-admin",
+    "reload",
+];
+
+/// Render the daemon's reply `data` to `command` (a name of [`VIEWS`]) as the human table.
+pub fn render(command: &str, data: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    match command {
+        "status" => render_status(data, out),
+        "services" => render_services(data, out),
+        "conns" => render_conns(data, out),
+        "stats" => render_stats(data, out),
+        "vrrp" | "demote" | "promote" => render_vrrp(data, out),
+        "sync" => render_sync(data, out),
+        "events" => render_events(data, out),
+        "real-weight" | "real-admin" => render_ack(data, out),
+        "reload" => render_reload(data, out),
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("no renderer for {other:?}"),
+        )),
+    }
+}
+
+fn render_vrrp(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     if v["standalone"].as_bool() == Some(true) {
         return writeln!(
             out,
@@ -234,13 +426,22 @@ fn render_vrrp(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()
     Ok(())
 }
 
-fn render_events(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
-    for e in v["events"].as_array().into_iter().flatten() {
+fn render_events(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    let events: Vec<&Value> = v["events"].as_array().into_iter().flatten().collect();
+    if events.is_empty() {
+        writeln!(out, "no events")?;
+    }
+    let width = events
+        .iter()
+        .map(|e| str_or(&e["subject"]).len())
+        .max()
+        .unwrap_or(0);
+    for e in events {
         let t = e["time"].as_f64().unwrap_or(0.0);
         writeln!(
             out,
-            "{:>6} {} {:<8} {:<12} {}",
-            e["seq"],
+            "{:>6} {} {:<8} {:<width$} {}",
+            num_or(&e["seq"]),
             utc(t),
             e["kind"].as_str().unwrap_or("?"),
             e["subject"].as_str().unwrap_or("?"),
@@ -276,24 +477,232 @@ pub fn utc(unix: f64) -> String {
     )
 }
 
-fn render_ack(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+/// `real weight` answers `{service, real, weight}`; `real enable|disable|drain` adds `admin`.
+fn render_ack(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    match v["admin"].as_str() {
+        Some(admin) => writeln!(
+            out,
+            "{} {}: {admin}, weight {}",
+            str_or(&v["service"]),
+            str_or(&v["real"]),
+            num_or(&v["weight"])
+        ),
+        None => writeln!(
+            out,
+            "{} {}: weight {}",
+            str_or(&v["service"]),
+            str_or(&v["real"]),
+            num_or(&v["weight"])
+        ),
+    }
+}
+
+/// A string field, or `?` when the daemon did not send it.
+fn str_or(v: &Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
+
+/// A number (or any scalar) as JSON prints it, `-` when missing or null.
+fn num_or(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// `3d 4h 12m`, `4h 12m 3s`, `12m 3s`, `45s`.
+pub fn duration_words(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m"),
+    }
+}
+
+/// A rate, to the unit for large ones and one decimal below 10.
+fn rate(v: &Value) -> String {
+    match v.as_f64() {
+        Some(r) if r < 10.0 && r.fract() != 0.0 => format!("{r:.1}"),
+        Some(r) => format!("{r:.0}"),
+        None => "-".to_string(),
+    }
+}
+
+fn render_status(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    let uptime = v["uptime_s"]
+        .as_f64()
+        .map_or_else(|| "?".to_string(), |s| duration_words(s as u64));
+    writeln!(out, "node      {} (up {uptime})", str_or(&v["node"]))?;
+    let c = &v["config"];
     writeln!(
         out,
-        "{} {}: weight {}",
-        v["service"].as_str().unwrap_or("?"),
-        v["real"].as_str().unwrap_or("?"),
-        v["weight"]
+        "config    {}, generation {}, loaded {}",
+        str_or(&c["path"]),
+        num_or(&c["generation"]),
+        c["loaded_at"].as_f64().map_or_else(|| "?".to_string(), utc)
+    )?;
+
+    let instances: Vec<&Value> = v["vrrp"].as_array().into_iter().flatten().collect();
+    if v["standalone"] == true || instances.is_empty() {
+        writeln!(
+            out,
+            "role      standalone (no VRRP: the VIPs are put on the interfaces by hand)"
+        )?;
+    } else {
+        let states: Vec<&str> = instances.iter().map(|i| str_or(&i["state"])).collect();
+        let role = if states.iter().all(|s| *s == states[0]) {
+            states[0].to_string()
+        } else {
+            format!("MIXED ({})", states.join("/"))
+        };
+        writeln!(out, "role      {role}")?;
+        let width = instances
+            .iter()
+            .map(|i| str_or(&i["name"]).len())
+            .max()
+            .unwrap_or(0);
+        for (n, i) in instances.iter().enumerate() {
+            let state = str_or(&i["state"]);
+            let master = match i["master"].as_str() {
+                _ if state == "MASTER" => "this node".to_string(),
+                Some(m) => m.to_string(),
+                None => "none heard".to_string(),
+            };
+            writeln!(
+                out,
+                "{:<10}{:<width$}  {:<7} {:>3}/{:<3}  master {master}",
+                if n == 0 { "vrrp" } else { "" },
+                str_or(&i["name"]),
+                state,
+                num_or(&i["priority"]),
+                num_or(&i["configured_priority"]),
+            )?;
+        }
+    }
+
+    let services: Vec<&Value> = v["services"].as_array().into_iter().flatten().collect();
+    let up = services.iter().filter(|s| s["up"] == true).count();
+    writeln!(
+        out,
+        "services  {up} of {} up{}",
+        services.len(),
+        if up < services.len() {
+            format!(", {} DOWN", services.len() - up)
+        } else {
+            String::new()
+        }
+    )?;
+    let width = services
+        .iter()
+        .map(|s| str_or(&s["name"]).len())
+        .max()
+        .unwrap_or(0);
+    for s in &services {
+        let mut notes = vec![format!(
+            "{}/{} healthy",
+            num_or(&s["healthy"]),
+            num_or(&s["total"])
+        )];
+        if let Some(q) = s["quorum"].as_u64() {
+            notes.push(format!("quorum {q}"));
+        }
+        if s["sorry_active"] == true {
+            notes.push("SORRY SERVER active".to_string());
+        }
+        writeln!(
+            out,
+            "          {:<width$}  {:<4}  {:<3} {:<21} {:<7}  {}",
+            str_or(&s["name"]),
+            if s["up"] == true { "up" } else { "DOWN" },
+            str_or(&s["protocol"]).to_uppercase(),
+            str_or(&s["vip"]),
+            str_or(&s["mode"]),
+            notes.join(", ")
+        )?;
+    }
+
+    let y = &v["sync"];
+    if y["enabled"] == true {
+        let lag = y["lag_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2} ms"));
+        writeln!(
+            out,
+            "sync      peer {}, lag {lag}, {} replicas, resync {}",
+            str_or(&y["peer"]),
+            num_or(&y["replicas"]),
+            if y["resync_complete"] == true {
+                "complete"
+            } else {
+                "NOT complete"
+            }
+        )?;
+    } else {
+        writeln!(out, "sync      off (no [sync] in the config)")?;
+    }
+
+    let d = &v["datapath"];
+    writeln!(
+        out,
+        "datapath  {}, {}; rx {} pkt/s, forwarded {} pkt/s, {} new conn/s, {} drops/s",
+        d["workers"]
+            .as_u64()
+            .map_or_else(|| "? workers".to_string(), |n| plural(n as usize, "worker")),
+        d["connections"].as_u64().map_or_else(
+            || "? connections".to_string(),
+            |n| plural(n as usize, "connection")
+        ),
+        rate(&d["rx_pps"]),
+        rate(&d["forwarded_pps"]),
+        rate(&d["new_conns_per_s"]),
+        rate(&d["drops_per_s"]),
     )
 }
 
-fn render_stats(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+fn render_reload(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    let changes: Vec<&Value> = v["changes"].as_array().into_iter().flatten().collect();
+    if changes.is_empty() {
+        writeln!(
+            out,
+            "config generation {}: no changes",
+            num_or(&v["generation"])
+        )?;
+    } else {
+        writeln!(
+            out,
+            "config generation {}: {}",
+            num_or(&v["generation"]),
+            plural(changes.len(), "change")
+        )?;
+        for c in changes {
+            writeln!(out, "  {}", str_or(c))?;
+        }
+    }
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        writeln!(out, "warning: {}", str_or(w))?;
+    }
+    Ok(())
+}
+
+fn render_stats(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     let d = &v["datapath"];
     writeln!(
         out,
         "Node {}  workers {}  interfaces {}",
         v["node"].as_str().unwrap_or("?"),
-        d["workers"],
+        num_or(&d["workers"]),
         d["interfaces"]
+            .as_array()
+            .map(|l| l.iter().map(str_or).collect::<Vec<_>>().join(","))
+            .unwrap_or_else(|| "-".to_string())
     )?;
     writeln!(
         out,
@@ -340,18 +749,18 @@ fn render_stats(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<(
                 out,
                 "  -> {:<23} {:>10} {:>10} {:>12} {:>12} {:>8}",
                 r["address"].as_str().unwrap_or("?"),
-                r["packets_in"],
-                r["packets_out"],
-                r["bytes_in"],
-                r["bytes_out"],
-                r["conns"]
+                num_or(&r["packets_in"]),
+                num_or(&r["packets_out"]),
+                num_or(&r["bytes_in"]),
+                num_or(&r["bytes_out"]),
+                num_or(&r["conns"])
             )?;
         }
     }
     Ok(())
 }
 
-fn render_sync(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+fn render_sync(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     if v["enabled"] == false {
         return writeln!(out, "connection sync is off (no [sync] in the config)");
     }
@@ -393,7 +802,7 @@ fn render_sync(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()
         c["total"], c["local"], c["replicas"]
     )?;
     let s = &v["stream"];
-    let rtt = |x: &serde_json::Value| {
+    let rtt = |x: &Value| {
         x.as_f64()
             .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2} ms"))
     };
@@ -407,7 +816,7 @@ fn render_sync(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()
         rtt(&s["lag_max_ms"]),
     )?;
     let r = &v["resync"];
-    let resync = |x: &serde_json::Value| {
+    let resync = |x: &Value| {
         if x.is_null() {
             "none".to_string()
         } else {
@@ -466,51 +875,129 @@ fn render_sync(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()
     Ok(())
 }
 
-fn render_services(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+/// The `ipvsadm -L -n` forwarding method of a mode.
+fn forward_method(mode: &str) -> &'static str {
+    match mode {
+        "nat" => "Masq",
+        "dr" => "Route",
+        "tun" => "Tunnel",
+        "fullnat" => "FullNat",
+        _ => "?",
+    }
+}
+
+fn render_services(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "Prot LocalAddress:Port Scheduler Flags")?;
     writeln!(
         out,
-        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn  Health Admin     Notes"
     )?;
     for s in v.as_array().into_iter().flatten() {
         let persist = s["persistence"].as_u64().unwrap_or(0);
-        let flags = if persist > 0 {
-            format!(" persistent {persist}")
-        } else {
-            String::new()
-        };
+        let mode = str_or(&s["mode"]);
+        let mut state = Vec::new();
+        match s["up"].as_bool() {
+            Some(true) => state.push("UP".to_string()),
+            Some(false) => state.push("DOWN".to_string()),
+            None => {}
+        }
+        if let (Some(h), Some(reals)) = (s["healthy"].as_u64(), s["reals"].as_array()) {
+            state.push(format!("{h}/{} healthy", reals.len()));
+        }
+        if let Some(q) = s["quorum"].as_u64() {
+            state.push(format!("quorum {q}"));
+        }
+        let check = &s["check"];
+        if let Some(kind) = check["kind"].as_str() {
+            state.push(format!(
+                "{kind} check every {}",
+                check["interval_ms"]
+                    .as_f64()
+                    .map_or_else(|| "?".to_string(), |ms| format!("{ms}ms"))
+            ));
+        }
         writeln!(
             out,
-            "{:<4} {} {}{}  ({})",
-            s["protocol"].as_str().unwrap_or("?").to_uppercase(),
-            s["vip"].as_str().unwrap_or("?"),
-            s["scheduler"].as_str().unwrap_or("?"),
-            flags,
-            s["name"].as_str().unwrap_or("?"),
+            "{:<4} {} {}{} [{mode}]  {}{}",
+            str_or(&s["protocol"]).to_uppercase(),
+            str_or(&s["vip"]),
+            str_or(&s["scheduler"]),
+            if persist > 0 {
+                format!(" persistent {persist}")
+            } else {
+                String::new()
+            },
+            str_or(&s["name"]),
+            if state.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", state.join(", "))
+            }
         )?;
-        let fwd = match s["mode"].as_str() {
-            Some("nat") => "Masq",
-            Some("dr") => "Route",
-            Some("tun") => "Tunnel",
-            Some("fullnat") => "FullNat",
-            _ => "?",
-        };
+        let fwd = forward_method(mode);
+        let on_fail = check["on_fail"].as_str().unwrap_or("inhibit");
         for r in s["reals"].as_array().into_iter().flatten() {
+            let health = match r["health"].as_str() {
+                Some("up") => "up",
+                Some("down") => "DOWN",
+                _ => "-",
+            };
+            let admin = r["admin"].as_str().unwrap_or("-");
+            let mut notes = Vec::new();
+            if health == "DOWN" {
+                let what = if on_fail == "remove" {
+                    "REMOVED"
+                } else {
+                    "INHIBITED"
+                };
+                match r["last_check"]["detail"].as_str() {
+                    Some(d) => notes.push(format!("{what}: {d}")),
+                    None => notes.push(what.to_string()),
+                }
+            }
+            match admin {
+                "drained" => notes.push("draining: existing flows finish".to_string()),
+                "disabled" => notes.push("disabled by the operator".to_string()),
+                _ => {}
+            }
+            if !r["configured_weight"].is_null() && r["configured_weight"] != r["weight"] {
+                notes.push(format!("configured weight {}", r["configured_weight"]));
+            }
+            let line = format!(
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<10} {:<6} {:<9} {}",
+                str_or(&r["address"]),
+                fwd,
+                num_or(&r["weight"]),
+                num_or(&r["active"]),
+                num_or(&r["inactive"]),
+                health,
+                admin,
+                notes.join("; ")
+            );
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        let sorry = &s["sorry_server"];
+        if let Some(addr) = sorry["address"].as_str() {
             writeln!(
                 out,
-                "  -> {:<27} {:<7} {:<6} {:<10} {}",
-                r["address"].as_str().unwrap_or("?"),
-                fwd,
-                r["weight"],
-                r["active"],
-                r["inactive"]
+                "  -> {addr:<28} {fwd:<7} {:<6} {:<10} {:<10} {:<6} {:<9} {}",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                if sorry["active"] == true {
+                    "SORRY SERVER, ACTIVE: no real server is up"
+                } else {
+                    "sorry server, standby"
+                }
             )?;
         }
     }
     Ok(())
 }
 
-fn render_conns(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+fn render_conns(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "Pro FromIP:Port          ToIP:Port             DestIP:Port           State        Expires Origin"
@@ -524,7 +1011,7 @@ fn render_conns(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<(
             c["vip"].as_str().unwrap_or("?"),
             c["real"].as_str().unwrap_or("?"),
             c["state"].as_str().unwrap_or("?"),
-            c["expires_in"],
+            num_or(&c["expires_in"]),
             c["origin"].as_str().unwrap_or("?"),
         )?;
     }
@@ -597,7 +1084,7 @@ fn plural(n: usize, noun: &str) -> String {
     }
 }
 
-fn error_json(e: &ConfigError) -> serde_json::Value {
+fn error_json(e: &ConfigError) -> Value {
     json!({ "file": e.file, "line": e.line, "column": e.column, "message": e.message })
 }
 
@@ -616,6 +1103,92 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn request(args: &[&str]) -> Option<Value> {
+        let mut all = vec!["director"];
+        all.extend_from_slice(args);
+        request_for(&Cli::try_parse_from(all).expect("valid command line"))
+    }
+
+    /// The requests are the daemon's protocol: these shapes are what control.rs answers.
+    #[test]
+    fn each_command_sends_its_request() {
+        let real = "198.18.2.11:8080";
+        for (args, want) in [
+            (&["status"][..], json!({"command": "status"})),
+            (&["services"], json!({"command": "services"})),
+            (&["stats"], json!({"command": "stats"})),
+            (&["vrrp"], json!({"command": "vrrp"})),
+            (&["sync"], json!({"command": "sync"})),
+            (&["demote"], json!({"command": "demote"})),
+            (&["promote"], json!({"command": "promote"})),
+            (&["reload"], json!({"command": "reload"})),
+            (
+                &["events", "--limit", "5"],
+                json!({"command": "events", "limit": 5}),
+            ),
+            (
+                &["conns"],
+                json!({"command": "conns", "limit": 1000, "service": null, "client": null}),
+            ),
+            (
+                &["conns", "--service", "web", "--client", "198.18.1.7"],
+                json!({"command": "conns", "limit": 1000, "service": "web", "client": "198.18.1.7"}),
+            ),
+            (
+                &["real", "weight", "web", real, "7"],
+                json!({"command": "real-weight", "service": "web", "real": real, "weight": 7}),
+            ),
+            (
+                &["real", "enable", "web", real],
+                json!({"command": "real-admin", "service": "web", "real": real, "action": "enable"}),
+            ),
+            (
+                &["real", "disable", "web", real],
+                json!({"command": "real-admin", "service": "web", "real": real, "action": "disable"}),
+            ),
+            (
+                &["real", "drain", "web", real],
+                json!({"command": "real-admin", "service": "web", "real": real, "action": "drain"}),
+            ),
+        ] {
+            assert_eq!(request(args), Some(want), "{args:?}");
+        }
+        assert_eq!(request(&["check-config"]), None);
+        assert_eq!(request(&["completions", "bash"]), None);
+    }
+
+    #[test]
+    fn every_daemon_command_has_a_renderer() {
+        for args in [
+            &["status"][..],
+            &["services"],
+            &["stats"],
+            &["vrrp"],
+            &["sync"],
+            &["demote"],
+            &["promote"],
+            &["reload"],
+            &["events"],
+            &["conns"],
+            &["real", "weight", "web", "198.18.2.11:8080", "7"],
+            &["real", "drain", "web", "198.18.2.11:8080"],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("director").chain(args.iter().copied()))
+                .expect("valid command line");
+            let (_, view) = request_of(&cli.command).expect("a daemon command");
+            assert!(VIEWS.contains(&view), "{view}");
+        }
+    }
+
+    #[test]
+    fn durations_in_words() {
+        assert_eq!(duration_words(0), "0s");
+        assert_eq!(duration_words(59), "59s");
+        assert_eq!(duration_words(61), "1m 1s");
+        assert_eq!(duration_words(3 * 3600 + 5), "3h 0m 5s");
+        assert_eq!(duration_words(86_400 * 2 + 3661), "2d 1h 1m");
     }
 
     #[test]

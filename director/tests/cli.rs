@@ -90,3 +90,334 @@ fn usage_errors_exit_2() {
     assert_eq!(director(&["no-such-command"]).status.code(), Some(2));
     assert_eq!(director(&[]).status.code(), Some(2));
 }
+
+// --- usage, help and completions: no daemon needed ---
+
+fn status(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for args in [
+        &["real", "weight", "web", "198.18.2.11:8080", "70000"][..],
+        &["real", "drain", "web", "198.18.2.11"],
+        &["real", "enable", "web"],
+        &["real", "pause", "web", "198.18.2.11:8080"],
+        &["conns", "--client", "not-an-address"],
+        &["completions", "tcsh"],
+        &["status", "extra"],
+    ] {
+        let out = director(args);
+        assert_eq!(status(&out), 2, "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).starts_with("error: "), "{args:?}");
+    }
+}
+
+/// Every command and subcommand, as `director` arguments (`["real", "drain"]`, ...).
+fn all_commands() -> Vec<Vec<String>> {
+    fn walk(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands() {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            out.push(p.clone());
+            walk(sub, p, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &<director::cli::Cli as clap::CommandFactory>::command(),
+        Vec::new(),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    let commands = all_commands();
+    for name in [
+        "status",
+        "services",
+        "conns",
+        "vrrp",
+        "sync",
+        "stats",
+        "events",
+        "reload",
+        "demote",
+        "promote",
+        "check-config",
+        "completions",
+        "real",
+    ] {
+        assert!(
+            commands.iter().any(|c| c == &[name]),
+            "no command {name}: {commands:?}"
+        );
+    }
+    for leaf in ["enable", "disable", "drain", "weight"] {
+        assert!(commands.iter().any(|c| c == &["real", leaf]));
+    }
+    let top = director(&["--help"]);
+    assert_eq!(status(&top), 0);
+    assert!(text(&top.stdout).contains("Examples:"));
+    assert!(text(&top.stdout).contains("3 no daemon"));
+    for c in commands {
+        if c.first().is_some_and(|h| h == "help") || c.last().is_some_and(|h| h == "help") {
+            continue; // clap's own
+        }
+        let mut args: Vec<&str> = c.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = director(&args);
+        assert_eq!(status(&out), 0, "{args:?}");
+        let help = text(&out.stdout);
+        let examples = help
+            .split_once("Examples:\n")
+            .unwrap_or_else(|| panic!("{args:?} has no Examples section:\n{help}"))
+            .1;
+        assert!(
+            examples.contains(&format!("director {}", c.join(" "))),
+            "{args:?}: the examples do not show the command:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = director(&["completions", shell]);
+        assert_eq!(status(&out), 0, "{shell}");
+        let script = text(&out.stdout);
+        for word in ["check-config", "services", "reload", "drain", "socket"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    // The bash script at least parses.
+    let script = director(&["completions", "bash"]).stdout;
+    let dir = std::env::temp_dir().join(format!("director-compl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("director.bash");
+    std::fs::write(&file, script).expect("write the script");
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .output()
+        .expect("run bash -n");
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+}
+
+// --- talking to the daemon ---
+
+/// Every command that asks the daemon, with valid arguments.
+const DAEMON_COMMANDS: &[&[&str]] = &[
+    &["status"],
+    &["services"],
+    &["conns", "--service", "web"],
+    &["stats"],
+    &["vrrp"],
+    &["sync"],
+    &["events"],
+    &["demote"],
+    &["promote"],
+    &["reload"],
+    &["real", "enable", "web", "198.18.2.11:8080"],
+    &["real", "disable", "web", "198.18.2.11:8080"],
+    &["real", "drain", "web", "198.18.2.11:8080"],
+    &["real", "weight", "web", "198.18.2.11:8080", "3"],
+];
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("director-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn no_daemon_exits_3() {
+    let dir = temp_dir("nodaemon");
+    let missing = dir.join("no-such.sock");
+    // A socket file nobody listens on, as a killed daemon leaves behind.
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind a socket"));
+    for sock in [&missing, &stale] {
+        for cmd in DAEMON_COMMANDS {
+            let mut args = vec!["--socket", sock.to_str().expect("UTF-8 temp path")];
+            args.extend_from_slice(cmd);
+            for json in [false, true] {
+                let mut args = args.clone();
+                if json {
+                    args.push("--json");
+                }
+                let out = director(&args);
+                assert_eq!(status(&out), 3, "{args:?}: {}", text(&out.stderr));
+                assert_eq!(text(&out.stdout), "", "{args:?}");
+                assert!(
+                    text(&out.stderr).starts_with(&format!(
+                        "director: no daemon answers on {}: ",
+                        sock.display()
+                    )),
+                    "{args:?}: {}",
+                    text(&out.stderr)
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A real `directord` in a network namespace of its own (two veth ends, lab addresses), its
+/// control socket in a temp dir that the CLI reaches from here. Killed when dropped; the
+/// namespace goes with its last process.
+struct Daemon {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// `None` (after saying why) when this is not root and not CI.
+    fn start(tag: &str) -> Option<Daemon> {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the CLI end-to-end test needs root, and CI is set"
+            );
+            eprintln!("skipping {tag}: not root");
+            return None;
+        }
+        let dir = temp_dir(tag);
+        let socket = dir.join("director.sock");
+        let config = dir.join("director.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nname = \"lb-cli\"\n\n\
+                 [[service]]\nname = \"web\"\nvip = \"198.18.1.100:80\"\nmode = \"nat\"\n\n\
+                 [[service.real]]\naddress = \"198.18.2.11:8080\"\n\n\
+                 [[service.real]]\naddress = \"198.18.2.12:8080\"\nweight = 2\n\n\
+                 [control]\nsocket = \"{}\"\n\n\
+                 [datapath]\nworkers = 1\ninterfaces = [\"d0\", \"d1\"]\n",
+                socket.display()
+            ),
+        )
+        .expect("write the config");
+        let log = std::fs::File::create(dir.join("directord.log")).expect("log file");
+        let script = format!(
+            "set -e; ip link set lo up; ip link add d0 type veth peer name d1; \
+             ip addr add 198.18.1.2/24 dev d0; ip addr add 198.18.2.1/24 dev d1; \
+             ip link set d0 up; ip link set d1 up; exec {} --config {}",
+            env!("CARGO_BIN_EXE_directord"),
+            config.display()
+        );
+        let child = Command::new("unshare")
+            .args(["--net", "--", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("run unshare");
+        let mut d = Daemon { child, dir, socket };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(exit) = d.child.try_wait().expect("wait for the daemon") {
+                panic!("directord exited ({exit}) before answering:\n{}", d.log());
+            }
+            if status(&d.cli(&["stats"])) == 0 {
+                return Some(d);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "directord did not answer within 30 s:\n{}",
+                d.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--socket", self.socket.to_str().expect("UTF-8 temp path")];
+        all.extend_from_slice(args);
+        director(&all)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("directord.log")).unwrap_or_default()
+    }
+
+    /// Kill it with SIGKILL: the socket file stays, with nobody behind it.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+#[test]
+fn exit_codes_against_a_running_daemon() {
+    let Some(mut d) = Daemon::start("daemon") else {
+        return;
+    };
+    // 0: views render, as tables and as JSON.
+    let out = d.cli(&["services"]);
+    assert_eq!(status(&out), 0, "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.starts_with("Prot LocalAddress:Port Scheduler Flags\n"));
+    assert!(
+        table.contains("TCP  198.18.1.100:80 wlc [nat]  web"),
+        "{table}"
+    );
+    assert!(
+        table.contains("  -> 198.18.2.12:8080             Masq    2 "),
+        "{table}"
+    );
+    let out = d.cli(&["--json", "services"]);
+    assert_eq!(status(&out), 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v[0]["name"], "web");
+    for args in [
+        &["stats"][..],
+        &["vrrp"],
+        &["sync"],
+        &["events"],
+        &["conns"],
+    ] {
+        let out = d.cli(args);
+        assert_eq!(status(&out), 0, "{args:?}: {}", text(&out.stderr));
+        assert!(!out.stdout.is_empty(), "{args:?}");
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+    let out = d.cli(&["vrrp"]);
+    assert!(text(&out.stdout).starts_with("VRRP is not configured"));
+
+    // A change, and its effect.
+    let out = d.cli(&["real", "weight", "web", "198.18.2.11:8080", "3"]);
+    assert_eq!(status(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "web 198.18.2.11:8080: weight 3\n");
+    let out = d.cli(&["--json", "services"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v[0]["reals"][0]["weight"], 3);
+
+    // 1: the daemon refuses.
+    let out = d.cli(&["real", "weight", "nosuch", "198.18.2.11:8080", "1"]);
+    assert_eq!(status(&out), 1);
+    assert_eq!(text(&out.stderr), "director: no service named \"nosuch\"\n");
+    assert_eq!(text(&out.stdout), "");
+    let out = d.cli(&["--json", "demote"]);
+    assert_eq!(status(&out), 1);
+    assert!(text(&out.stderr).contains("VRRP is not configured"));
+
+    // 3: the daemon is gone, its socket file left behind.
+    d.kill();
+    assert!(d.socket.exists());
+    let out = d.cli(&["services"]);
+    assert_eq!(status(&out), 3, "{}", text(&out.stderr));
+}

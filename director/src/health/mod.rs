@@ -12,6 +12,9 @@
 //! `timeout` is the deadline of the whole probe (connect, request and complete answer), so a
 //! server that trickles its answer fails; probes run every `interval`, start to start, and go
 //! from the box's own address (nothing is bound) to the real server's address, never a VIP.
+//! An exec check's program runs without a shell, stdin/stdout/stderr on /dev/null, in its own
+//! process group (killed whole at the deadline), with `DIRECTOR_SERVICE`,
+//! `DIRECTOR_REAL_ADDR`, `DIRECTOR_REAL_PORT` and `DIRECTOR_CHECK_PORT` in its environment.
 
 pub mod probe;
 
@@ -369,7 +372,8 @@ impl Engine {
             self.start_due(now);
             self.record_results();
             self.announce();
-            let timeout = self.poll_timeout(now);
+            // From a fresh clock: `on_change` may have taken a while.
+            let timeout = self.poll_timeout(Instant::now());
 
             self.pollfds.clear();
             self.pollfds.push(libc::pollfd {
@@ -407,7 +411,8 @@ impl Engine {
             let now = Instant::now();
             self.finish_probes(now);
             let reaped_from = 1 + self.in_flight.len();
-            self.reaper.reap(&self.pollfds[reaped_from.min(self.pollfds.len())..]);
+            self.reaper
+                .reap(&self.pollfds[reaped_from.min(self.pollfds.len())..]);
             // Deadlines after readiness: an answer that arrived in time counts.
             self.expire_probes(now);
             self.in_flight
@@ -452,7 +457,7 @@ impl Engine {
             self.timers.push(Reverse((entry.next_due, id)));
             if entry.probe.is_some() {
                 // Only when timeout > interval, which the config refuses.
-                tracing::debug!(target = %entry.key, "previous probe still running; slot skipped");
+                tracing::debug!(service = %entry.key.service, real = %entry.key.real, "previous probe still running; slot skipped");
                 continue;
             }
             match Probe::start(&entry.key, &entry.check, now) {
@@ -579,7 +584,7 @@ impl Engine {
         let mut kept = HashSet::with_capacity(targets.len());
         for Target { key, check } in targets {
             if by_key.contains_key(&key) {
-                tracing::warn!(target = %key, "target listed twice; the first is checked");
+                tracing::warn!(service = %key.service, real = %key.real, "target listed twice; the first is checked");
                 continue;
             }
             let old = self.by_key.get(&key).copied();
@@ -588,7 +593,10 @@ impl Engine {
                 kept.insert(id);
                 continue;
             }
-            if old.and_then(|id| statuses.get(&id)).is_some_and(|s| s.health == Health::Down) {
+            if old
+                .and_then(|id| statuses.get(&id))
+                .is_some_and(|s| s.health == Health::Down)
+            {
                 self.changes.push((
                     key.clone(),
                     Health::Up,
@@ -676,7 +684,10 @@ mod tests {
     #[test]
     fn starts_up_and_falls_after_fall_failures_in_a_row() {
         assert_eq!(transitions(2, 3, &[false, false]), vec![]);
-        assert_eq!(transitions(2, 3, &[false, false, false]), vec![(3, Health::Down)]);
+        assert_eq!(
+            transitions(2, 3, &[false, false, false]),
+            vec![(3, Health::Down)]
+        );
         // A success in between starts the count again.
         assert_eq!(
             transitions(2, 3, &[false, false, true, false, false, false]),
@@ -710,8 +721,14 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(s.record(2, 2, result(false)), None);
         }
-        assert_eq!((s.health, s.consecutive_fail, s.consecutive_ok), (Health::Down, 7, 0));
-        assert_eq!(s.last_change.as_ref().map(|c| c.detail.as_str()), Some("broken"));
+        assert_eq!(
+            (s.health, s.consecutive_fail, s.consecutive_ok),
+            (Health::Down, 7, 0)
+        );
+        assert_eq!(
+            s.last_change.as_ref().map(|c| c.detail.as_str()),
+            Some("broken")
+        );
     }
 
     #[test]
@@ -725,7 +742,10 @@ mod tests {
         assert!(delays.iter().any(|d| *d < interval / 2));
         assert!(delays.iter().any(|d| *d >= interval / 2));
         let k = key("web", "198.18.2.12:80");
-        assert_eq!(first_probe_delay(&k, interval), first_probe_delay(&k, interval));
+        assert_eq!(
+            first_probe_delay(&k, interval),
+            first_probe_delay(&k, interval)
+        );
         assert!(first_probe_delay(&k, Duration::from_secs(60)) < Duration::from_secs(1));
     }
 
@@ -737,7 +757,10 @@ mod tests {
         assert_eq!(next_slot(t0, i, t0), t0 + i);
         assert_eq!(next_slot(t0, i, t0 + Duration::from_millis(30)), t0 + i);
         // Three and a half intervals late: the next slot ahead of now.
-        assert_eq!(next_slot(t0, i, t0 + Duration::from_millis(350)), t0 + 4 * i);
+        assert_eq!(
+            next_slot(t0, i, t0 + Duration::from_millis(350)),
+            t0 + 4 * i
+        );
         assert_eq!(next_slot(t0, i, t0 + i), t0 + 2 * i);
     }
 }

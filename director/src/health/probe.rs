@@ -234,6 +234,7 @@ impl Http {
             return None;
         }
         let mut eof = false;
+        let mut error = None;
         let mut buf = [0u8; 16 * 1024];
         while self.answer.len() < ANSWER_LIMIT {
             match recv(fd, &mut buf) {
@@ -247,19 +248,35 @@ impl Http {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    return Some(Outcome::fail(format!(
-                        "read from {dest}: {} ({} bytes received)",
-                        os_text(&e),
-                        self.answer.len()
-                    )))
+                    error = Some(e);
+                    break;
                 }
             }
         }
         let full = self.answer.len() >= ANSWER_LIMIT;
-        match parse_response(&self.answer, eof, full) {
-            Parse::Partial => None,
-            Parse::Bad(why) => Some(Outcome::fail(format!("malformed answer from {dest}: {why}"))),
-            Parse::Done(response) => Some(judge(&response, dest, self.status.as_deref(), self.body.as_deref())),
+        // What was received is judged first: a complete or a malformed answer says more
+        // than the reset that may follow it (a server that closes without reading the
+        // request resets the connection).
+        let parsed = match parse_response(&self.answer, false, full) {
+            Parse::Partial if eof => parse_response(&self.answer, true, full),
+            parsed => parsed,
+        };
+        match (parsed, error) {
+            (Parse::Partial, None) => None,
+            (Parse::Partial, Some(e)) => Some(Outcome::fail(format!(
+                "read from {dest}: {} ({} bytes received)",
+                os_text(&e),
+                self.answer.len()
+            ))),
+            (Parse::Bad(why), _) => Some(Outcome::fail(format!(
+                "malformed answer from {dest}: {why}"
+            ))),
+            (Parse::Done(response), _) => Some(judge(
+                &response,
+                dest,
+                self.status.as_deref(),
+                self.body.as_deref(),
+            )),
         }
     }
 }
@@ -367,9 +384,7 @@ pub fn parse_response(buf: &[u8], eof: bool, full: bool) -> Parse {
             return match dechunk(body) {
                 Ok(Some(body)) => done(body, false),
                 Ok(None) if full => done(dechunk_prefix(body), true),
-                Ok(None) if eof => {
-                    Parse::Bad("connection closed in the chunked body".to_owned())
-                }
+                Ok(None) if eof => Parse::Bad("connection closed in the chunked body".to_owned()),
                 Ok(None) => Parse::Partial,
                 Err(why) => Parse::Bad(why),
             };
@@ -545,8 +560,14 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -565,9 +586,7 @@ fn udp_send(dest: SocketAddrV4, payload: &[u8]) -> io::Result<OwnedFd> {
     let fd = socket(libc::SOCK_DGRAM)?;
     // A connected UDP socket: replies from elsewhere are not ours, and an ICMP port
     // unreachable from the real server comes back as ECONNREFUSED.
-    if let Err(e) = sys_connect(fd.as_raw_fd(), dest) {
-        return Err(e);
-    }
+    sys_connect(fd.as_raw_fd(), dest)?;
     send(fd.as_raw_fd(), payload)?;
     Ok(fd)
 }
@@ -578,9 +597,9 @@ fn udp_receive(fd: RawFd, dest: SocketAddrV4, expect: Option<&str>) -> Option<Ou
         Ok(n) => {
             let reply = &buf[..n];
             Some(match expect {
-                Some(want) if !contains(reply, want.as_bytes()) => Outcome::fail(format!(
-                    "reply of {n} bytes from {dest} has no {want:?}"
-                )),
+                Some(want) if !contains(reply, want.as_bytes()) => {
+                    Outcome::fail(format!("reply of {n} bytes from {dest} has no {want:?}"))
+                }
                 _ => Outcome::ok(format!("reply of {n} bytes from {dest}")),
             })
         }
@@ -743,7 +762,13 @@ impl Reaper {
 
 fn socket(ty: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success the fd is new and ours.
-    let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -860,7 +885,10 @@ mod tests {
     fn content_length_answer_is_complete_when_the_body_is() {
         let a = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
         assert_eq!(parse_response(a, false, false), done(200, b"hello"));
-        assert_eq!(parse_response(&a[..a.len() - 1], false, false), Parse::Partial);
+        assert_eq!(
+            parse_response(&a[..a.len() - 1], false, false),
+            Parse::Partial
+        );
         // Bytes after the body (a server ignoring Connection: close) are not ours.
         let mut more = a.to_vec();
         more.extend_from_slice(b"junk");
@@ -871,7 +899,11 @@ mod tests {
     fn every_prefix_of_a_good_answer_is_partial() {
         let a = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown";
         for end in 0..a.len() {
-            assert_eq!(parse_response(&a[..end], false, false), Parse::Partial, "{end}");
+            assert_eq!(
+                parse_response(&a[..end], false, false),
+                Parse::Partial,
+                "{end}"
+            );
         }
         assert_eq!(parse_response(a, false, false), done(503, b"down"));
     }
@@ -881,7 +913,11 @@ mod tests {
         let a = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: 1\r\n\r\n";
         assert_eq!(parse_response(a, false, false), done(200, b"abcdefg"));
         for end in 0..a.len() {
-            assert_eq!(parse_response(&a[..end], false, false), Parse::Partial, "{end}");
+            assert_eq!(
+                parse_response(&a[..end], false, false),
+                Parse::Partial,
+                "{end}"
+            );
         }
     }
 
@@ -915,17 +951,33 @@ mod tests {
     fn malformed_answers_say_what_is_wrong() {
         let cases: &[(&[u8], bool, &str)] = &[
             (b"", true, "connection closed with no answer"),
-            (b"SSH-2.0-OpenSSH_9.2\r\n", false, "status line \"SSH-2.0-OpenSSH_9.2\""),
+            (
+                b"SSH-2.0-OpenSSH_9.2\r\n",
+                false,
+                "status line \"SSH-2.0-OpenSSH_9.2\"",
+            ),
             (b"HTTP/1.1 2000 OK\r\n\r\n", false, "status line"),
             (b"HTTP/2 200\r\n\r\n", false, "status line \"HTTP/2 200\""),
-            (b"HTTP/1.1 200 OK\r\nContent-Le", true, "connection closed in the headers"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false, "Content-Length \"x\""),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                true,
+                "connection closed in the headers",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                false,
+                "Content-Length \"x\"",
+            ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 false,
                 "two different Content-Length",
             ),
-            (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", false, "header line \"no colon\""),
+            (
+                b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+                false,
+                "header line \"no colon\"",
+            ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
                 true,
@@ -963,8 +1015,14 @@ mod tests {
             body: body.to_vec(),
             truncated: false,
         };
-        assert_eq!(judge(&r(200, b"x"), dest, None, None), Outcome::ok("HTTP 200 from 198.18.2.11:8080"));
-        assert_eq!(judge(&r(503, b""), dest, None, None), Outcome::fail("HTTP 503 from 198.18.2.11:8080"));
+        assert_eq!(
+            judge(&r(200, b"x"), dest, None, None),
+            Outcome::ok("HTTP 200 from 198.18.2.11:8080")
+        );
+        assert_eq!(
+            judge(&r(503, b""), dest, None, None),
+            Outcome::fail("HTTP 503 from 198.18.2.11:8080")
+        );
         assert!(judge(&r(503, b""), dest, Some(&[503]), None).ok);
         assert!(!judge(&r(200, b""), dest, Some(&[301, 302]), None).ok);
         assert_eq!(

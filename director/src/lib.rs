@@ -9,6 +9,7 @@
 //! - `daemon`: `directord` — builds the datapath and the VRRP engine from a config and runs
 //!   them until a signal.
 //! - `events`: the bounded history of state changes behind `director events`.
+//! - `health`: the health checker of real servers (TCP, HTTP, UDP, exec probes; rise/fall).
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 //! - `metrics`: the Prometheus text endpoint, rendered from the control socket's views.
 //! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod sdnotify;

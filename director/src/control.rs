@@ -19,8 +19,11 @@ use forwarder::engine::{DropReason, Engine, ServiceTable, WorkerCounters};
 use forwarder::io::datapath::{Clock, Totals};
 use serde_json::{json, Value};
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Rates, Reloader};
 use crate::events::{unix_seconds, EventLog};
+use crate::health::Checker;
+use crate::runtime::{Admin, Runtime};
+use std::collections::HashMap;
 use syncd::io::{Destination, Syncd};
 use vrrp::driver::Vrrp;
 
@@ -33,11 +36,15 @@ pub struct Views {
     engine: Arc<Engine>,
     clock: Clock,
     interfaces: Vec<String>,
-    /// Held while a runtime change builds and swaps a new service table.
-    updates: Arc<std::sync::Mutex<()>>,
     vrrp: Option<Arc<Vrrp>>,
     syncd: Option<Arc<Syncd>>,
     events: EventLog,
+    runtime: Arc<Runtime>,
+    checker: Arc<Checker>,
+    reloader: Arc<Reloader>,
+    rates: Arc<Rates>,
+    started: std::time::Instant,
+    config_path: PathBuf,
 }
 
 impl Views {
@@ -54,11 +61,82 @@ impl Views {
                 .iter()
                 .map(|(_, n)| n.clone())
                 .collect(),
-            updates: Arc::new(std::sync::Mutex::new(())),
             vrrp: d.vrrp.clone(),
             syncd: d.syncd.clone(),
             events: d.events.clone(),
+            runtime: d.runtime.clone(),
+            checker: d.checker.clone(),
+            reloader: d.reloader.clone(),
+            rates: d.rates.clone(),
+            started: d.started,
+            config_path: d.reloader.path().to_path_buf(),
         }
+    }
+
+    /// What the Prometheus endpoint renders.
+    pub fn metrics_input(&self) -> crate::metrics::MetricsInput {
+        crate::metrics::MetricsInput {
+            stats: self.stats(),
+            services: self.services_json(),
+            vrrp: self.vrrp_json(),
+            sync: self.sync_json(),
+        }
+    }
+
+    /// `director status`: the overview.
+    fn status(&self) -> Value {
+        let (services, mut config) = self.runtime.status_json();
+        config["path"] = json!(self.config_path.display().to_string());
+        let vrrp: Vec<Value> = self.vrrp.as_ref().map_or_else(Vec::new, |v| {
+            v.snapshot()
+                .instances
+                .iter()
+                .map(|i| {
+                    let s = &i.status;
+                    json!({
+                        "name": s.name,
+                        "state": s.state.as_str(),
+                        "priority": s.effective_priority,
+                        "configured_priority": s.configured_priority,
+                        "master": s.master.map(|m| m.to_string()),
+                    })
+                })
+                .collect()
+        });
+        let sync = match (&self.syncd, self.syncd.as_ref().and_then(|s| s.snapshot())) {
+            (None, _) => json!({ "enabled": false }),
+            (Some(_), None) => {
+                json!({ "enabled": true, "peer": "unknown", "lag_ms": null, "replicas": 0, "resync_complete": false })
+            }
+            (Some(_), Some(snap)) => {
+                let st = &snap.status;
+                json!({
+                    "enabled": true,
+                    "peer": match &st.peer { None => "unknown", Some(p) if p.up => "up", Some(_) => "down" },
+                    "lag_ms": st.ack_rtt.map(|d| d.as_secs_f64() * 1e3),
+                    "replicas": self.engine.conns.replicas(),
+                    "resync_complete": st.resync_complete,
+                })
+            }
+        };
+        let [rx, fwd, new_conns, drops] = self.rates.per_second();
+        json!({
+            "node": self.node,
+            "uptime_s": self.started.elapsed().as_secs(),
+            "config": config,
+            "standalone": self.vrrp.is_none(),
+            "vrrp": vrrp,
+            "services": services,
+            "sync": sync,
+            "datapath": {
+                "workers": self.counters.len(),
+                "connections": self.engine.conns.len(),
+                "rx_pps": rx,
+                "forwarded_pps": fwd,
+                "new_conns_per_s": new_conns,
+                "drops_per_s": drops,
+            },
+        })
     }
 
     fn vrrp_json(&self) -> Value {
@@ -274,43 +352,28 @@ impl Views {
     }
 
     fn services_json(&self) -> Value {
-        let services = self.services.load();
-        let list: Vec<Value> = services
-            .services()
-            .iter()
-            .map(|s| {
-                let reals: Vec<Value> = s
-                    .sched
-                    .backends()
-                    .iter()
-                    .map(|b| {
-                        let c = self.engine.reals.get(b.slot);
-                        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-                        json!({
-                            "address": b.addr.to_string(),
-                            "weight": b.weight,
-                            "active": c.active.load(Ordering::Relaxed),
-                            "inactive": c.inactive.load(Ordering::Relaxed),
-                            "conns": l(&c.conns),
-                            "packets_in": l(&c.packets_in),
-                            "packets_out": l(&c.packets_out),
-                            "bytes_in": l(&c.bytes_in),
-                            "bytes_out": l(&c.bytes_out),
-                        })
+        let probes: HashMap<(String, std::net::SocketAddrV4), Value> = self
+            .checker
+            .snapshot()
+            .into_iter()
+            .map(|t| {
+                let last = t.last.as_ref().map_or(Value::Null, |l| {
+                    json!({
+                        "ok": l.ok,
+                        "detail": l.detail,
+                        "ms": l.took.as_secs_f64() * 1e3,
+                        "time": unix_seconds(l.at),
                     })
-                    .collect();
-                json!({
-                    "name": s.config.name,
-                    "vip": s.config.vip.to_string(),
-                    "protocol": s.config.protocol.as_str(),
-                    "mode": s.config.mode.as_str(),
-                    "scheduler": s.config.scheduler.as_str(),
-                    "persistence": s.persistence,
-                    "reals": reals,
-                })
+                });
+                ((t.key.service.clone(), t.key.real), last)
             })
             .collect();
-        Value::Array(list)
+        self.runtime.services_json(&|service, real| {
+            probes
+                .get(&(service.to_string(), real))
+                .cloned()
+                .unwrap_or(Value::Null)
+        })
     }
 
     fn conns(
@@ -353,31 +416,48 @@ impl Views {
         json!({ "total": total, "shown": list.len(), "connections": list })
     }
 
-    /// `director real weight|drain`: a new service table with one weight changed, swapped in
-    /// for the workers' next block. Serialised so that two changes at once both land.
-    fn real_weight(&self, req: &Value) -> Result<Value, String> {
+    /// `director real weight|enable|disable|drain`: the runtime builds a new service table
+    /// with the change, swapped in for the workers' next block.
+    fn real_change(&self, req: &Value) -> Result<Value, String> {
         let service = req
             .get("service")
             .and_then(Value::as_str)
-            .ok_or("real-weight needs \"service\"")?;
+            .ok_or("needs \"service\"")?;
         let real = req
             .get("real")
             .and_then(Value::as_str)
-            .ok_or("real-weight needs \"real\"")?;
+            .ok_or("needs \"real\"")?;
         let real: std::net::SocketAddrV4 = real
             .parse()
             .map_err(|_| format!("bad real server address {real:?} (want ADDR:PORT)"))?;
-        let weight = req
-            .get("weight")
-            .and_then(Value::as_u64)
-            .and_then(|w| u32::try_from(w).ok())
-            .filter(|w| *w <= 65535)
-            .ok_or("real-weight needs \"weight\" in 0..65535")?;
-        let _guard = self.updates.lock().unwrap_or_else(|e| e.into_inner());
-        let table = self.services.load().with_weight(service, real, weight)?;
-        self.services.store(Arc::new(table));
-        tracing::info!(service, %real, weight, "real server weight changed");
-        Ok(json!({ "service": service, "real": real.to_string(), "weight": weight }))
+        match req.get("command").and_then(Value::as_str) {
+            Some("real-weight") => {
+                let weight = req
+                    .get("weight")
+                    .and_then(Value::as_u64)
+                    .and_then(|w| u32::try_from(w).ok())
+                    .filter(|w| *w <= 65535)
+                    .ok_or("real-weight needs \"weight\" in 0..65535")?;
+                tracing::info!(service, %real, weight, "operator set a real server's weight");
+                self.runtime.set_weight(service, real, weight)
+            }
+            _ => {
+                let admin = match req.get("action").and_then(Value::as_str) {
+                    Some("enable") => Admin::Enabled,
+                    Some("disable") => Admin::Disabled,
+                    Some("drain") => Admin::Drained,
+                    other => {
+                        return Err(format!(
+                            "real-admin needs \"action\": enable, disable or drain (got {other:?})"
+                        ))
+                    }
+                };
+                let out = self.runtime.set_admin(service, real, admin)?;
+                // A disabled real server is not checked; an enabled one is again.
+                self.checker.update(self.runtime.targets());
+                Ok(out)
+            }
+        }
     }
 
     fn handle(&self, req: &Value) -> Result<Value, String> {
@@ -393,7 +473,11 @@ impl Views {
                 };
                 Ok(self.conns(limit, service, client))
             }
-            Some("real-weight") => self.real_weight(req),
+            Some("real-weight") | Some("real-admin") => self.real_change(req),
+            Some("status") => Ok(self.status()),
+            Some("reload") => self.reloader.reload().map(|a| {
+                json!({ "generation": a.generation, "changes": a.changes, "warnings": a.warnings })
+            }),
             Some("vrrp") => Ok(self.vrrp_json()),
             Some("sync") => Ok(self.sync_json()),
             Some("demote") => self.switchover(false),
@@ -403,8 +487,8 @@ impl Views {
                 Ok(self.events.json(limit))
             }
             Some(other) => Err(format!(
-                "unknown command {other:?} (allowed: stats, services, conns, real-weight, vrrp, \
-                 demote, promote, events)"
+                "unknown command {other:?} (allowed: status, stats, services, conns, real-weight, \
+                 real-admin, vrrp, sync, demote, promote, events, reload)"
             )),
             None => Err("request has no \"command\"".into()),
         }

@@ -20,14 +20,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use arc_swap::ArcSwap;
 use forwarder::conntrack::ConnTable;
-use forwarder::engine::{Engine, EngineObserver, ServiceTable};
-use forwarder::io::datapath::{Datapath, DatapathOptions};
+use forwarder::engine::{Engine, EngineObserver};
+use forwarder::io::datapath::{Datapath, DatapathOptions, Totals};
 use forwarder::io::nft;
 use forwarder::model::VirtualService;
 use forwarder::sched::PersistTable;
-use forwarder::stats::{RealRegistry, RealSlot};
+use forwarder::stats::RealRegistry;
 
 use syncd::adapter::ChangeQueue;
 use syncd::io::{Destination, SyncConfig, Syncd};
@@ -39,14 +38,14 @@ use vrrp::router::GroupConfig;
 use crate::config::{Config, SyncDestination, VrrpVersion};
 use crate::control::{self, ControlServer};
 use crate::events::EventLog;
+use crate::health::Checker;
+use crate::runtime::{quorum_track, Applied, Runtime, REAL_SLOTS};
 
 /// A datapath whose workers have not looped for this long is dead: VRRP faults.
 pub const DATAPATH_MAX_STALL: Duration = Duration::from_secs(1);
 /// How often the monitor looks at the datapath's heartbeat.
 const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 
-/// Real-server counter slots: room for every real of the config plus those added later.
-const REAL_SLOTS: usize = 4096;
 /// Connection-table shards: enough that workers rarely meet on one lock.
 const CONN_SHARDS: usize = 256;
 /// Table changes that may wait for the sync thread; beyond, the peer gets a resync.
@@ -59,8 +58,131 @@ pub struct Daemon {
     pub vrrp: Option<Arc<Vrrp>>,
     pub syncd: Option<Arc<Syncd>>,
     pub events: EventLog,
+    pub runtime: Arc<Runtime>,
+    pub checker: Arc<Checker>,
+    pub reloader: Arc<Reloader>,
+    pub rates: Arc<Rates>,
+    pub started: std::time::Instant,
     monitor: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     control: Option<ControlServer>,
+    metrics: Option<crate::metrics::MetricsServer>,
+}
+
+/// Datapath rates over the last second, for `director status`.
+#[derive(Default)]
+pub struct Rates {
+    inner: std::sync::Mutex<RatesInner>,
+}
+
+#[derive(Default)]
+struct RatesInner {
+    last: Option<(std::time::Instant, Totals)>,
+    per_second: [f64; 4],
+}
+
+impl Rates {
+    /// Take a sample of the totals; the rates are the difference to the previous sample.
+    fn sample(&self, t: Totals) {
+        let now = std::time::Instant::now();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, prev)) = &inner.last {
+            let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
+            let drops = |t: &Totals| t.drops.iter().sum::<u64>();
+            let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            inner.per_second = [
+                d(t.rx, prev.rx),
+                d(
+                    t.forwarded_in + t.forwarded_out,
+                    prev.forwarded_in + prev.forwarded_out,
+                ),
+                d(t.new_conns, prev.new_conns),
+                d(drops(&t), drops(prev)),
+            ];
+        }
+        inner.last = Some((now, t));
+    }
+
+    /// Received frames, forwarded frames, new connections and drops per second.
+    pub fn per_second(&self) -> [f64; 4] {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .per_second
+    }
+}
+
+/// `director reload` and SIGHUP: read the file again, validate it, apply the difference.
+pub struct Reloader {
+    path: std::path::PathBuf,
+    runtime: Arc<Runtime>,
+    checker: Arc<Checker>,
+    events: EventLog,
+    /// VIPs whose non-service traffic is dropped (accept = false); fixed while running.
+    no_accept: Vec<std::net::Ipv4Addr>,
+    /// The interception rules as last installed.
+    nft: std::sync::Mutex<Vec<VirtualService>>,
+}
+
+impl Reloader {
+    /// The config file reloads read.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// One reload at a time. A file that does not validate, or changes a section that needs
+    /// a restart, is refused with its errors and the running config stays.
+    pub fn reload(&self) -> Result<Applied, String> {
+        let mut nft_now = self.nft.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = crate::sdnotify::reloading();
+        let result = self.reload_locked(&mut nft_now);
+        let _ = crate::sdnotify::ready();
+        match &result {
+            Ok(a) => {
+                let summary = if a.changes.is_empty() {
+                    "no changes".to_string()
+                } else {
+                    a.changes.join("; ")
+                };
+                tracing::info!(generation = a.generation, "reload applied: {summary}");
+                self.events.push(
+                    "config",
+                    self.path.display().to_string(),
+                    format!("reload applied (generation {}): {summary}", a.generation),
+                );
+            }
+            Err(e) => {
+                tracing::error!("reload refused: {e}");
+                self.events.push(
+                    "config",
+                    self.path.display().to_string(),
+                    format!(
+                        "reload refused, running config kept: {}",
+                        e.replace('\n', " ")
+                    ),
+                );
+            }
+        }
+        result
+    }
+
+    fn reload_locked(&self, nft_now: &mut Vec<VirtualService>) -> Result<Applied, String> {
+        let config = crate::config::load(&self.path).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            format!(
+                "invalid config, not applied (the running config stays):\n{}",
+                lines.join("\n")
+            )
+        })?;
+        let applied = self.runtime.apply(&config)?;
+        self.checker.update(self.runtime.targets());
+        let wanted = self.runtime.nft_services();
+        if wanted != *nft_now {
+            nft::apply(&wanted, &self.no_accept)
+                .map_err(|e| format!("applied, but the interception rules failed: {e}"))?;
+            *nft_now = wanted;
+        }
+        Ok(applied)
+    }
 }
 
 /// The VRRP engine's view of the config.
@@ -84,6 +206,11 @@ pub fn vrrp_config(config: &Config) -> Option<DriverConfig> {
                 .collect();
             tracks.push(Track {
                 name: TRACK_DATAPATH.into(),
+                weight: 0,
+            });
+            // The instance's services' quorum (see runtime): lost = FAULT.
+            tracks.push(Track {
+                name: quorum_track(&i.name),
                 weight: 0,
             });
             DriverInstance {
@@ -200,30 +327,41 @@ struct PreemptHold {
     timeout: Duration,
 }
 
-/// Feeds the datapath's heartbeat to VRRP until told to stop, and releases the preemption
-/// hold once connection sync has the peer's table (or the hold timed out).
-fn monitor(
+/// What the monitor thread looks after.
+struct Monitor {
     datapath: Arc<Datapath>,
-    vrrp: Arc<Vrrp>,
+    vrrp: Option<Arc<Vrrp>>,
     events: EventLog,
     stop: Arc<AtomicBool>,
-    mut hold: Option<PreemptHold>,
-) {
+    hold: Option<PreemptHold>,
+    runtime: Arc<Runtime>,
+    rates: Arc<Rates>,
+}
+
+/// Every [`MONITOR_PERIOD`]: feeds the datapath's heartbeat to VRRP, releases the
+/// preemption hold once connection sync has the peer's table (or the hold timed out), and
+/// pets the systemd watchdog while the datapath is alive (a stalled datapath gets the daemon
+/// restarted). Every second: datapath rates, and retired real servers' slots freed.
+fn monitor(mut m: Monitor) {
     let mut last = true;
     let started = std::time::Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if let Some(h) = &hold {
+    let watchdog = crate::sdnotify::watchdog_interval();
+    let mut last_pet = started;
+    let mut last_second = started;
+    while !m.stop.load(Ordering::Relaxed) {
+        if let (Some(h), Some(vrrp)) = (&m.hold, &m.vrrp) {
             if h.syncd.resync_complete() {
                 tracing::info!("sync: the peer's table is here; VRRP may preempt");
-                events.push("sync", "resync", "complete: VRRP may preempt");
+                m.events
+                    .push("sync", "resync", "complete: VRRP may preempt");
                 vrrp.hold_preempt(false);
-                hold = None;
+                m.hold = None;
             } else if started.elapsed() >= h.timeout {
                 tracing::warn!(
                     "sync: no complete resync from the peer in {:?}; VRRP may preempt anyway",
                     h.timeout
                 );
-                events.push(
+                m.events.push(
                     "sync",
                     "resync",
                     format!(
@@ -232,58 +370,47 @@ fn monitor(
                     ),
                 );
                 vrrp.hold_preempt(false);
-                hold = None;
+                m.hold = None;
             }
         }
-        let healthy = datapath.healthy(DATAPATH_MAX_STALL);
+        let healthy = m.datapath.healthy(DATAPATH_MAX_STALL);
         if healthy != last {
             last = healthy;
             if healthy {
                 tracing::info!("datapath heartbeat back");
-                events.push("datapath", "workers", "heartbeat back");
+                m.events.push("datapath", "workers", "heartbeat back");
             } else {
                 tracing::error!(
                     "datapath heartbeat stalled for more than {:?}: VRRP goes to FAULT",
                     DATAPATH_MAX_STALL
                 );
-                events.push("datapath", "workers", "heartbeat stalled: VRRP FAULT");
+                m.events
+                    .push("datapath", "workers", "heartbeat stalled: VRRP FAULT");
             }
-            vrrp.set_track(TRACK_DATAPATH, healthy);
+            if let Some(vrrp) = &m.vrrp {
+                vrrp.set_track(TRACK_DATAPATH, healthy);
+            }
+        }
+        if let Some(every) = watchdog {
+            if healthy && last_pet.elapsed() >= every {
+                let _ = crate::sdnotify::watchdog();
+                last_pet = std::time::Instant::now();
+            }
+        }
+        if last_second.elapsed() >= Duration::from_secs(1) {
+            last_second = std::time::Instant::now();
+            m.rates.sample(Totals::sum(&m.datapath.counters));
+            m.runtime.tick();
         }
         std::thread::sleep(MONITOR_PERIOD);
     }
 }
 
-/// Counter slots for each real server of each service, in order.
-fn assign_slots(services: &[VirtualService]) -> Result<Vec<Vec<RealSlot>>> {
-    let mut next: usize = 0;
-    let mut out = Vec::with_capacity(services.len());
-    for s in services {
-        let mut slots = Vec::with_capacity(s.reals.len());
-        for _ in &s.reals {
-            anyhow::ensure!(
-                next < REAL_SLOTS,
-                "more than {REAL_SLOTS} real servers in all services"
-            );
-            slots.push(RealSlot::try_from(next).expect("REAL_SLOTS fits a u16"));
-            next += 1;
-        }
-        out.push(slots);
-    }
-    Ok(out)
-}
-
 impl Daemon {
-    /// Build everything and start the datapath and control socket.
-    pub fn start(config: Config) -> Result<Daemon> {
-        let services: Vec<VirtualService> = config.virtual_services().cloned().collect();
-        for s in config.services.iter().filter(|s| s.check.is_some()) {
-            tracing::warn!(
-                service = %s.virtual_service.name,
-                "[service.check] is validated but health checks are not run by this build yet; \
-                 every real server is treated as up"
-            );
-        }
+    /// Build everything and start the datapath and control socket. `path` is where
+    /// `config` came from; reloads read it again.
+    pub fn start(config: Config, path: &std::path::Path) -> Result<Daemon> {
+        let started = std::time::Instant::now();
         // Read the sync key before anything runs: a bad key stops the start cleanly.
         let sync_key = match &config.sync {
             Some(s) => {
@@ -297,12 +424,11 @@ impl Daemon {
             )),
             None => None,
         };
-        let slots = assign_slots(&services)?;
         let reals = Arc::new(RealRegistry::new(REAL_SLOTS));
-        let table = Arc::new(ArcSwap::from_pointee(ServiceTable::new(
-            services.clone(),
-            &slots,
-        )));
+        let events = EventLog::default();
+        let runtime = Arc::new(Runtime::new(&config, reals.clone(), events.clone())?);
+        let table = runtime.table();
+        let nft_services = runtime.nft_services();
         let persist = Arc::new(PersistTable::new(
             (config.datapath.max_connections as usize / 4).max(1024),
             64,
@@ -332,7 +458,7 @@ impl Daemon {
             })
             .flat_map(|i| i.vips.iter().map(|p| p.addr))
             .collect();
-        nft::apply(&services, &no_accept)
+        nft::apply(&nft_services, &no_accept)
             .context("cannot install the nftables interception rules")?;
         let opts = DatapathOptions {
             workers: config.datapath.workers,
@@ -349,11 +475,26 @@ impl Daemon {
         tracing::info!(
             workers = datapath.counters.len(),
             interfaces = ?datapath.interfaces.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(),
-            services = services.len(),
+            services = config.services.len(),
             "datapath running"
         );
         let datapath = Arc::new(datapath);
-        let events = EventLog::default();
+        // Health checks from here on: from the box's own address, straight to the real
+        // servers; their verdicts reach the table through the runtime.
+        let checker = {
+            let rt = runtime.clone();
+            match Checker::start(
+                runtime.targets(),
+                Box::new(move |key, health, cause| rt.set_health(key, health, cause)),
+            ) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    stop_datapath(datapath);
+                    let _ = nft::remove();
+                    return Err(e).context("cannot start the health checker");
+                }
+            }
+        };
         let syncd = match (&config.sync, sync_key, sync_queue) {
             (Some(s), Some(key), Some(queue)) => {
                 let cfg = SyncConfig {
@@ -380,6 +521,7 @@ impl Daemon {
                 ) {
                     Ok(s) => Some(Arc::new(s)),
                     Err(e) => {
+                        stop_checker(checker);
                         stop_datapath(datapath);
                         let _ = nft::remove();
                         return Err(e).context("cannot start connection sync");
@@ -403,6 +545,7 @@ impl Daemon {
                         if let Some(s) = syncd {
                             stop_syncd(s);
                         }
+                        stop_checker(checker);
                         stop_datapath(datapath);
                         let _ = nft::remove();
                         return Err(e).context("cannot start VRRP");
@@ -410,21 +553,41 @@ impl Daemon {
                 }
             }
         };
-        let monitor = vrrp.as_ref().map(|v| {
+        if let Some(v) = &vrrp {
+            runtime.attach_vrrp(v.clone());
+        }
+        let rates = Arc::new(Rates::default());
+        let monitor = {
             let stop = Arc::new(AtomicBool::new(false));
-            let (dp, v, log, s) = (datapath.clone(), v.clone(), events.clone(), stop.clone());
-            let hold = syncd
-                .clone()
-                .zip(config.sync.as_ref())
-                .map(|(syncd, c)| PreemptHold {
-                    syncd,
-                    timeout: c.resync_timeout,
-                });
+            let m = Monitor {
+                datapath: datapath.clone(),
+                vrrp: vrrp.clone(),
+                events: events.clone(),
+                stop: stop.clone(),
+                hold: syncd
+                    .clone()
+                    .zip(config.sync.as_ref())
+                    .filter(|_| vrrp.is_some())
+                    .map(|(syncd, c)| PreemptHold {
+                        syncd,
+                        timeout: c.resync_timeout,
+                    }),
+                runtime: runtime.clone(),
+                rates: rates.clone(),
+            };
             let t = std::thread::Builder::new()
                 .name("dp-monitor".into())
-                .spawn(move || monitor(dp, v, log, s, hold))
+                .spawn(move || monitor(m))
                 .expect("spawn the datapath monitor");
-            (stop, t)
+            Some((stop, t))
+        };
+        let reloader = Arc::new(Reloader {
+            path: path.to_path_buf(),
+            runtime: runtime.clone(),
+            checker: checker.clone(),
+            events: events.clone(),
+            no_accept,
+            nft: std::sync::Mutex::new(nft_services),
         });
         let mut daemon = Daemon {
             config,
@@ -432,19 +595,38 @@ impl Daemon {
             vrrp,
             syncd,
             events,
+            runtime,
+            checker,
+            reloader,
+            rates,
+            started,
             monitor,
             control: None,
+            metrics: None,
         };
         let socket = daemon.config.control.socket.clone();
-        let server = control::serve(&socket, control::Views::of(&daemon))
+        let views = control::Views::of(&daemon);
+        let server = control::serve(&socket, views.clone())
             .with_context(|| format!("cannot open the control socket {}", socket.display()))?;
         daemon.control = Some(server);
+        if let Some(addr) = daemon.config.control.metrics {
+            let source: Arc<dyn Fn() -> String + Send + Sync> =
+                Arc::new(move || crate::metrics::render(&views.metrics_input()));
+            let server = crate::metrics::serve(addr, source)
+                .with_context(|| format!("cannot open the metrics endpoint {addr}"))?;
+            tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+            daemon.metrics = Some(server);
+        }
         Ok(daemon)
     }
 
     /// Stop the control socket, resign and drop the VIPs, stop the datapath, then hand VIP
     /// traffic back to the kernel.
     pub fn stop(mut self) {
+        let _ = crate::sdnotify::stopping();
+        if let Some(m) = self.metrics.take() {
+            m.stop();
+        }
         if let Some(c) = self.control.take() {
             c.stop();
         }
@@ -452,6 +634,7 @@ impl Daemon {
             stop.store(true, Ordering::Relaxed);
             let _ = t.join();
         }
+        self.runtime.detach_vrrp();
         if let Some(v) = self.vrrp.take() {
             match Arc::try_unwrap(v) {
                 Ok(v) => v.stop(),
@@ -462,7 +645,14 @@ impl Daemon {
         if let Some(s) = self.syncd.take() {
             stop_syncd(s);
         }
-        let Daemon { datapath, .. } = self;
+        let Daemon {
+            datapath,
+            checker,
+            reloader,
+            ..
+        } = self;
+        drop(reloader);
+        stop_checker(checker);
         stop_datapath(datapath);
         if let Err(e) = nft::remove() {
             tracing::warn!("cannot remove the interception rules: {e}");
@@ -474,6 +664,13 @@ fn stop_syncd(syncd: Arc<Syncd>) {
     match Arc::try_unwrap(syncd) {
         Ok(s) => s.stop(),
         Err(_) => tracing::error!("sync thread still shared at shutdown"),
+    }
+}
+
+fn stop_checker(checker: Arc<Checker>) {
+    match Arc::try_unwrap(checker) {
+        Ok(c) => c.stop(),
+        Err(_) => tracing::error!("health checker still shared at shutdown"),
     }
 }
 
@@ -512,7 +709,8 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let daemon = Daemon::start(config)?;
+    let daemon = Daemon::start(config, config_path)?;
+    let _ = crate::sdnotify::ready();
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: set is initialised; sig is a valid out-pointer.
@@ -522,7 +720,9 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         }
         match sig {
             libc::SIGHUP => {
-                tracing::warn!("SIGHUP: reload is not implemented yet; the running config stays")
+                tracing::info!("SIGHUP: reloading {}", config_path.display());
+                // Errors are logged and recorded by the reloader; the running config stays.
+                let _ = daemon.reloader.reload();
             }
             _ => {
                 tracing::info!(signal = sig, "stopping");

@@ -10,6 +10,8 @@
 //!   them until a signal.
 //! - `events`: the bounded history of state changes behind `director events`.
 //! - `health`: the health checker of real servers (TCP, HTTP, UDP, exec probes; rise/fall).
+//! - `runtime`: the services' running state (config, health, operator changes) → the
+//!   datapath's service table; reload diff and apply; quorum to VRRP.
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 //! - `metrics`: the Prometheus text endpoint, rendered from the control socket's views.
 //! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
@@ -22,4 +24,5 @@ pub mod events;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
 pub mod sdnotify;

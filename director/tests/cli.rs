@@ -39,7 +39,7 @@ fn check_config_prints_every_error_and_exits_1() {
 
 #[test]
 fn check_config_json() {
-    let out = director(&["--json", "check-config", "../configs/dr.toml"]);
+    let out = director(&["--json", "check-config", "../configs/nat.toml"]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(v["ok"], true);
@@ -401,7 +401,10 @@ fn exit_codes_against_a_running_daemon() {
     // A change, and its effect.
     let out = d.cli(&["real", "weight", "web", "198.18.2.11:8080", "3"]);
     assert_eq!(status(&out), 0, "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "web 198.18.2.11:8080: weight 3\n");
+    assert_eq!(
+        text(&out.stdout),
+        "web 198.18.2.11:8080: enabled, weight 3\n"
+    );
     let out = d.cli(&["--json", "services"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(v[0]["reals"][0]["weight"], 3);

@@ -175,16 +175,35 @@ pub struct WorkerCtx<'a> {
 
 /// One virtual service as the engine runs it.
 pub struct Service {
+    /// Stable for the life of the service: connection entries and persistence templates
+    /// name their service by it, so a reload that adds or removes other services leaves it.
     pub id: u16,
     pub config: VirtualService,
     pub sched: Scheduler,
     /// Persistence timeout in seconds, 0 = off.
     pub persistence: u32,
+    /// NAT real servers no longer scheduled (removed by a reload, a failed health check or
+    /// the operator) whose established flows still need their replies translated.
+    pub retired: Vec<SocketAddrV4>,
+}
+
+/// How to build one service of a [`ServiceTable`].
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub id: u16,
+    /// `reals` are the scheduler's backends, with the weights to use now.
+    pub config: VirtualService,
+    /// Counter slot of each of `config.reals`, in order.
+    pub slots: Vec<RealSlot>,
+    /// See [`Service::retired`].
+    pub retired: Vec<SocketAddrV4>,
 }
 
 /// The services, indexed for the per-packet lookups. Immutable; replaced whole on reload.
 pub struct ServiceTable {
     services: Vec<Service>,
+    /// Service id → index into `services`.
+    by_id: Vec<Option<u16>>,
     by_vip: FastMap<u64, u16>,
     vips: FastMap<u32, ()>,
     nat_reals: FastMap<u64, ()>,
@@ -195,20 +214,44 @@ fn l4_key(addr: Ipv4Addr, port: u16, proto: u8) -> u64 {
 }
 
 impl ServiceTable {
-    /// Index `services`; real server `j` of service `i` uses counter slot `slots[i][j]`.
+    /// Index `services` with ids by position; real server `j` of service `i` uses counter
+    /// slot `slots[i][j]`.
     pub fn new(services: Vec<VirtualService>, slots: &[Vec<RealSlot>]) -> ServiceTable {
+        ServiceTable::build(
+            services
+                .into_iter()
+                .enumerate()
+                .map(|(i, config)| ServiceSpec {
+                    id: u16::try_from(i).expect("at most 65536 services"),
+                    config,
+                    slots: slots[i].clone(),
+                    retired: Vec::new(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Index services with the ids, slots and retired reals given. Ids must be unique.
+    pub fn build(specs: Vec<ServiceSpec>) -> ServiceTable {
         let mut table = ServiceTable {
-            services: Vec::with_capacity(services.len()),
+            services: Vec::with_capacity(specs.len()),
+            by_id: Vec::new(),
             by_vip: FastMap::default(),
             vips: FastMap::default(),
             nat_reals: FastMap::default(),
         };
-        for (i, svc) in services.into_iter().enumerate() {
-            let id = u16::try_from(i).expect("at most 65536 services");
+        for (i, spec) in specs.into_iter().enumerate() {
+            let ServiceSpec {
+                id,
+                config: svc,
+                slots,
+                retired,
+            } = spec;
+            let index = u16::try_from(i).expect("at most 65536 services");
             let backends = svc
                 .reals
                 .iter()
-                .zip(&slots[i])
+                .zip(&slots)
                 .map(|(r, &slot)| Backend {
                     addr: r.addr,
                     weight: r.weight,
@@ -218,20 +261,30 @@ impl ServiceTable {
             let proto = svc.protocol as u8;
             table
                 .by_vip
-                .insert(l4_key(*svc.vip.ip(), svc.vip.port(), proto), id);
+                .insert(l4_key(*svc.vip.ip(), svc.vip.port(), proto), index);
             table.vips.insert(u32::from(*svc.vip.ip()), ());
             if svc.mode == Mode::Nat {
-                for r in &svc.reals {
-                    table
-                        .nat_reals
-                        .insert(l4_key(*r.addr.ip(), r.addr.port(), proto), ());
+                for a in svc
+                    .reals
+                    .iter()
+                    .map(|r| r.addr)
+                    .chain(retired.iter().copied())
+                {
+                    table.nat_reals.insert(l4_key(*a.ip(), a.port(), proto), ());
                 }
             }
+            let at = usize::from(id);
+            if table.by_id.len() <= at {
+                table.by_id.resize(at + 1, None);
+            }
+            assert!(table.by_id[at].is_none(), "service id {id} used twice");
+            table.by_id[at] = Some(index);
             table.services.push(Service {
                 id,
                 sched: Scheduler::new(svc.scheduler, backends),
                 persistence: u32::try_from(svc.persistence.as_secs()).unwrap_or(u32::MAX),
                 config: svc,
+                retired,
             });
         }
         table
@@ -241,45 +294,58 @@ impl ServiceTable {
         &self.services
     }
 
+    /// The spec each service was built from, with the weights it runs now.
+    pub fn specs(&self) -> Vec<ServiceSpec> {
+        self.services
+            .iter()
+            .map(|s| {
+                let mut config = s.config.clone();
+                config.reals = s
+                    .sched
+                    .backends()
+                    .iter()
+                    .map(|b| crate::model::RealServer {
+                        addr: b.addr,
+                        weight: b.weight,
+                    })
+                    .collect();
+                ServiceSpec {
+                    id: s.id,
+                    config,
+                    slots: s.sched.backends().iter().map(|b| b.slot).collect(),
+                    retired: s.retired.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// A new table with the weight of one real server changed (0 = quiesce: no new flows,
-    /// existing ones finish). Counter slots and everything else stay as they are.
+    /// existing ones finish). Ids, counter slots and everything else stay as they are.
     pub fn with_weight(
         &self,
         service: &str,
         real: SocketAddrV4,
         weight: u32,
     ) -> Result<ServiceTable, String> {
-        let svc = self
-            .services
-            .iter()
+        let mut specs = self.specs();
+        let spec = specs
+            .iter_mut()
             .find(|s| s.config.name == service)
             .ok_or_else(|| format!("no service named {service:?}"))?;
-        if !svc.config.reals.iter().any(|r| r.addr == real) {
-            return Err(format!("service {service:?} has no real server {real}"));
-        }
-        let mut configs = Vec::with_capacity(self.services.len());
-        let mut slots = Vec::with_capacity(self.services.len());
-        for s in &self.services {
-            let mut c = s.config.clone();
-            if s.config.name == service {
-                for r in c.reals.iter_mut().filter(|r| r.addr == real) {
-                    r.weight = weight;
-                }
-            }
-            configs.push(c);
-            slots.push(
-                s.sched
-                    .backends()
-                    .iter()
-                    .map(|b| b.slot)
-                    .collect::<Vec<_>>(),
-            );
-        }
-        Ok(ServiceTable::new(configs, &slots))
+        let r = spec
+            .config
+            .reals
+            .iter_mut()
+            .find(|r| r.addr == real)
+            .ok_or_else(|| format!("service {service:?} has no real server {real}"))?;
+        r.weight = weight;
+        Ok(ServiceTable::build(specs))
     }
 
+    /// The service with id `id`.
     pub fn get(&self, id: u16) -> Option<&Service> {
-        self.services.get(usize::from(id))
+        let index = (*self.by_id.get(usize::from(id))?)?;
+        self.services.get(usize::from(index))
     }
 
     /// The service of `vip` for `proto`.

@@ -8,6 +8,7 @@
 //! - `keepalived`: keepalived as a lab VRRP peer (config, start, state from its log, stop/kill).
 //! - `bin/labsrv`: the real server (HTTP/1.1 + UDP echo) used as a lab real server.
 
+pub mod flows;
 pub mod keepalived;
 pub mod lab;
 pub mod labpkt;

@@ -257,10 +257,11 @@ impl Pair {
             );
             let _ = writeln!(
                 c,
-                "mode = \"{}\"\nscheduler = \"{}\"\n",
+                "mode = \"{}\"\nscheduler = \"{}\"",
                 spec.mode.as_str(),
                 s.scheduler
             );
+            s.write_extra(&mut c);
             for (addr, w) in self.real_addrs.iter().zip(&s.weights) {
                 let _ = writeln!(
                     c,

@@ -140,9 +140,24 @@ pub struct ServiceSpec {
     pub persistence: &'static str,
     /// Weight of each real server, in order rs1, rs2, ...
     pub weights: Vec<u32>,
+    /// More `[[service]]` keys, one per line (`quorum = 1`).
+    pub extra: String,
+    /// The body of `[service.check]`, if any (`kind = "http"` ...).
+    pub check: Option<String>,
 }
 
 impl ServiceSpec {
+    /// The extra keys and the check table, ending the service's own keys.
+    pub fn write_extra(&self, c: &mut String) {
+        for line in self.extra.lines() {
+            let _ = writeln!(c, "{line}");
+        }
+        if let Some(check) = &self.check {
+            let _ = writeln!(c, "\n[service.check]\n{check}");
+        }
+        let _ = writeln!(c);
+    }
+
     pub fn http(scheduler: &'static str, weights: &[u32]) -> ServiceSpec {
         ServiceSpec {
             name: "web".into(),
@@ -152,6 +167,8 @@ impl ServiceSpec {
             scheduler,
             persistence: "0s",
             weights: weights.to_vec(),
+            extra: String::new(),
+            check: None,
         }
     }
 
@@ -165,6 +182,8 @@ impl ServiceSpec {
             scheduler,
             persistence: "0s",
             weights: weights.to_vec(),
+            extra: String::new(),
+            check: None,
         }
     }
 
@@ -177,6 +196,8 @@ impl ServiceSpec {
             scheduler,
             persistence: "0s",
             weights: weights.to_vec(),
+            extra: String::new(),
+            check: None,
         }
     }
 }
@@ -367,7 +388,8 @@ impl Topo {
             let _ = writeln!(c, "protocol = \"{}\"", s.protocol);
             let _ = writeln!(c, "mode = \"{}\"", self.mode.as_str());
             let _ = writeln!(c, "scheduler = \"{}\"", s.scheduler);
-            let _ = writeln!(c, "persistence = \"{}\"\n", s.persistence);
+            let _ = writeln!(c, "persistence = \"{}\"", s.persistence);
+            s.write_extra(&mut c);
             for (addr, w) in self.real_addrs.iter().zip(&s.weights) {
                 let _ = writeln!(c, "[[service.real]]");
                 let _ = writeln!(c, "address = \"{addr}:{}\"", self.real_port(s.port));

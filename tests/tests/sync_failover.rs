@@ -11,9 +11,10 @@
 
 use std::time::Duration;
 
+use director_lab::flows;
 use director_lab::pair::{Pair, PairSpec};
-use director_lab::topo::{vip, workspace_bin, Mode, ServiceSpec, Topo, ECHO_PORT};
-use director_lab::{mono_ns, wait_until, Host, Lab, Proc, Signal};
+use director_lab::topo::{Mode, ServiceSpec, Topo};
+use director_lab::{mono_ns, wait_until, Lab};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -25,73 +26,6 @@ fn services() -> Vec<ServiceSpec> {
         ServiceSpec::http("rr", &[1, 1, 1]),
         ServiceSpec::echo("rr", &[1, 1, 1]),
     ]
-}
-
-/// Starts `flowcheck` on the client and waits until its long connections are established.
-fn start_flowcheck(client: &Host) -> Proc {
-    let flowcheck = workspace_bin("flowcheck").expect("flowcheck binary");
-    let mut proc = client
-        .spawn([
-            flowcheck.display().to_string(),
-            "--target".into(),
-            vip(ECHO_PORT).to_string(),
-            "--long".into(),
-            LONG.to_string(),
-            "--short-target".into(),
-            vip(80).to_string(),
-        ])
-        .expect("start flowcheck");
-    let ready = wait_until(T, || {
-        !proc.is_running() || proc.stderr().is_ok_and(|e| e.contains("ready"))
-    });
-    assert!(
-        ready.is_ok() && proc.is_running(),
-        "flowcheck did not get its {LONG} connections up: {}",
-        proc.stderr().unwrap_or_default()
-    );
-    proc
-}
-
-/// SIGTERM: flowcheck drains (up to 10 s) and prints its report.
-fn stop_flowcheck(mut proc: Proc) -> Value {
-    proc.kill(Signal::Term).expect("SIGTERM flowcheck");
-    let status = proc
-        .wait_timeout(Duration::from_secs(40))
-        .expect("wait for flowcheck");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "flowcheck did not finish cleanly ({status:?}): {}",
-        proc.stderr().unwrap_or_default()
-    );
-    let out = proc.stdout().expect("flowcheck stdout");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("flowcheck report {out:?}: {e}"))
-}
-
-/// Every long connection delivered every byte and closed cleanly; every short one completed.
-fn assert_all_ok(report: &Value) {
-    let long = &report["long"];
-    let short = &report["short"];
-    let failures = || {
-        format!(
-            "long failures: {}\nshort failures: {}",
-            long["failures"], short["failures"]
-        )
-    };
-    assert_eq!(long["count"], LONG, "{}", failures());
-    for k in ["reset", "corrupt", "eof", "timeout", "other", "unclosed"] {
-        assert_eq!(long[k], 0, "long connections failed ({k}): {}", failures());
-    }
-    assert_eq!(long["ok"], LONG, "{}", failures());
-    assert!(long["bytes"].as_u64().unwrap_or(0) > 0, "no bytes echoed");
-    assert_eq!(
-        short["failed"],
-        0,
-        "short connections failed: {}",
-        failures()
-    );
-    let opened = short["opened"].as_u64().expect("short.opened");
-    assert!(opened > 0, "no short connection was opened");
-    assert_eq!(short["ok"], opened, "{}", failures());
 }
 
 /// The longest stall (ms) that began in `[from, to)`, and how many listed stalls (> 100 ms)
@@ -141,7 +75,7 @@ fn failover_loses_nothing(mode: Mode) {
         )
     });
 
-    let flows = start_flowcheck(&pair.client);
+    let flows = flows::start(&pair.client, LONG);
     std::thread::sleep(Duration::from_secs(3));
 
     // Failover: SIGKILL the master, no goodbye.
@@ -181,7 +115,7 @@ fn failover_loses_nothing(mode: Mode) {
         .expect("lb-b steps back");
     std::thread::sleep(Duration::from_secs(5));
 
-    let report = stop_flowcheck(flows);
+    let report = flows::stop(flows);
     let ms = |a: u64, b: u64| (b - a) as f64 / 1e6;
     let end_ns = report["end_ns"].as_u64().expect("end_ns");
     // Failover: stalls that began from just before the kill until the restart; failback:
@@ -211,7 +145,7 @@ fn failover_loses_nothing(mode: Mode) {
             "errors": report["short"]["errors"],
         }),
     );
-    assert_all_ok(&report);
+    flows::assert_all_ok(&report, LONG);
 }
 
 #[test]
@@ -231,14 +165,14 @@ fn baseline(mode: Mode) {
     let Some(topo) = Topo::started(&tag, mode, &services()) else {
         return;
     };
-    let flows = start_flowcheck(&topo.client);
+    let flows = flows::start(&topo.client, LONG);
     std::thread::sleep(Duration::from_secs(3));
-    let report = stop_flowcheck(flows);
+    let report = flows::stop(flows);
     eprintln!(
         "{tag}: max stall {} ms, {} bytes, {} short connections",
         report["long"]["max_stall_ms"], report["long"]["bytes"], report["short"]["ok"]
     );
-    assert_all_ok(&report);
+    flows::assert_all_ok(&report, LONG);
     assert!(topo
         .real_conns("tcp-echo")
         .expect("echo conns")

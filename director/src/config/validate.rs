@@ -85,6 +85,7 @@ pub(crate) fn validate(file: FileConfig, loc: Locator<'_>) -> Result<Config, Vec
         v.err(0..0, "no [[service]] defined; at least one is required");
     }
     let services = v.services(&file.service);
+    v.placement(vrrp.as_ref(), &file.service, &services);
     let control = v.control(file.control.as_ref());
     let (datapath, xdp) = v.datapath(file.datapath.as_ref());
 
@@ -572,6 +573,14 @@ impl Validator<'_> {
         }
         .unwrap_or(placeholder);
         let key_file = self.path(&s.key_file, "key_file");
+        if key_file.is_absolute() {
+            if let Err(e) = syncd::wire::Key::from_file(&key_file) {
+                self.err(
+                    s.key_file.span(),
+                    format!("{e}; the key is a file of at least 16 bytes shared by both nodes, e.g. head -c 32 /dev/urandom | base64 > {}", key_file.display()),
+                );
+            }
+        }
         let resync_timeout = self.opt_duration(
             s.resync_timeout.as_ref(),
             "resync_timeout",
@@ -834,7 +843,13 @@ impl Validator<'_> {
             },
             "exec" => {
                 let command = match &f.command {
-                    Some(c) if !c.get_ref().is_empty() => c.get_ref().clone(),
+                    Some(c) if !c.get_ref().is_empty() => {
+                        let program = std::path::Path::new(&c.get_ref()[0]);
+                        if program.is_absolute() && !program.is_file() {
+                            self.err(c.span(), format!("command program {} does not exist (or is not a file); give the checker program's absolute path", program.display()));
+                        }
+                        c.get_ref().clone()
+                    }
                     Some(c) => {
                         self.err(c.span(), "command is empty; give the program and its arguments, e.g. [\"/usr/local/bin/check\", \"--quick\"]");
                         Vec::new()
@@ -900,6 +915,97 @@ impl Validator<'_> {
             rise,
             fall,
             on_fail,
+        }
+    }
+
+    /// Where services and real servers sit relative to this box: every VIP on a VRRP
+    /// instance (or nothing would bring it up), real servers that are plain unicast hosts
+    /// and not a VIP, and DR/TUN real servers within reach of the mode.
+    fn placement(
+        &mut self,
+        vrrp: Option<&Vrrp>,
+        files: &[Spanned<ServiceFile>],
+        services: &[Service],
+    ) {
+        let vips: Vec<Ipv4Addr> = services
+            .iter()
+            .map(|s| *s.virtual_service.vip.ip())
+            .collect();
+        let prefixes: Vec<(String, VipPrefix)> = vrrp
+            .iter()
+            .flat_map(|v| v.instances.iter())
+            .flat_map(|i| i.vips.iter().map(move |p| (i.name.clone(), *p)))
+            .collect();
+        let in_prefix = |p: &VipPrefix, a: Ipv4Addr| {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(p.prefix_len))
+                .unwrap_or(0);
+            u32::from(p.addr) & mask == u32::from(a) & mask
+        };
+        for (f, svc) in files.iter().zip(services) {
+            let f = f.get_ref();
+            let vs = &svc.virtual_service;
+            if f.vip.get_ref().parse::<SocketAddrV4>().is_err() {
+                continue;
+            }
+            if vrrp.is_some() && !prefixes.iter().any(|(_, p)| p.addr == *vs.vip.ip()) {
+                let have: Vec<String> = prefixes
+                    .iter()
+                    .map(|(n, p)| format!("{n}: {}/{}", p.addr, p.prefix_len))
+                    .collect();
+                self.err(
+                    f.vip.span(),
+                    format!(
+                        "VIP {} of service {:?} is in no [[vrrp.instance]] vips, so VRRP would never bring it up on this box; add it to an instance (now: {})",
+                        vs.vip.ip(),
+                        vs.name,
+                        if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                    ),
+                );
+            }
+            let reach: Vec<&VipPrefix> = prefixes
+                .iter()
+                .map(|(_, p)| p)
+                .filter(|p| p.prefix_len < 32)
+                .collect();
+            for r in &f.real {
+                let Ok(addr) = r.get_ref().address.get_ref().parse::<SocketAddrV4>() else {
+                    continue;
+                };
+                let ip = *addr.ip();
+                let span = r.get_ref().address.span();
+                if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()
+                {
+                    self.err(span, format!("real server {addr} is not a unicast host address; give the real server's own address"));
+                } else if vips.contains(&ip) {
+                    self.err(span, format!("real server {addr} is a VIP of this config; a real server needs its own address (the director would forward to itself)"));
+                } else if vs.mode == Mode::Dr
+                    && !reach.is_empty()
+                    && !reach.iter().any(|p| in_prefix(p, ip))
+                {
+                    let nets: Vec<String> = reach
+                        .iter()
+                        .map(|p| {
+                            let mask = u32::MAX
+                                .checked_shl(32 - u32::from(p.prefix_len))
+                                .unwrap_or(0);
+                            format!(
+                                "{}/{}",
+                                Ipv4Addr::from(u32::from(p.addr) & mask),
+                                p.prefix_len
+                            )
+                        })
+                        .collect();
+                    self.err(span, format!("mode dr forwards by MAC address, so real server {ip} must be on a network this box shares with it; it is in none of the VRRP instances' networks ({}); use mode nat or tun for a routed real server", nets.join(", ")));
+                }
+            }
+            if let Some(sorry) = f.sorry_server.as_ref() {
+                if let Ok(addr) = sorry.get_ref().parse::<SocketAddrV4>() {
+                    if vips.contains(addr.ip()) {
+                        self.err(sorry.span(), format!("sorry_server {addr} is a VIP of this config; it must be a real server's own address"));
+                    }
+                }
+            }
         }
     }
 
@@ -1012,7 +1118,9 @@ mod tests {
     fn advert_interval_ranges_follow_the_version() {
         let vrrp = |version: u8, interval: &str| {
             messages(&format!(
-                "{NODE}[vrrp]\nversion = {version}\nadvert_interval = \"{interval}\"\n{WEB}"
+                "{NODE}[vrrp]\nversion = {version}\nadvert_interval = \"{interval}\"\n\
+                 [[vrrp.instance]]\nname = \"ext\"\ninterface = \"eth0\"\nvrid = 51\n\
+                 priority = 150\nvips = [\"198.18.1.100/24\"]\n{WEB}"
             ))
         };
         // RFC 9568 §5.2.7: 12-bit centiseconds; RFC 3768 §5.3.7: 8-bit seconds.

@@ -1,0 +1,1149 @@
+//! The running state of the services: what the config file says, what the health checks
+//! found, and what the operator changed at runtime, turned into the datapath's
+//! [`ServiceTable`].
+//!
+//! Every change (a health transition, `director real …`, a reload) goes through one mutex:
+//! the state is updated, a new table is built and swapped in for the workers' next block,
+//! and what followed from it (a sorry server switched on, a service's quorum lost) is
+//! published to VRRP and the event log. Nothing here is on the packet path.
+//!
+//! Identity across reloads: a service is the same service while its VIP and protocol stay
+//! (its name, mode, scheduler and real servers may change); it keeps its id, so connection
+//! entries and persistence templates still name it. A real server is the same while its
+//! address stays in the same service; it keeps its counter slot, health, and the operator's
+//! drain/disable. A real server that leaves (reload, `on_fail = "remove"`, disable) is
+//! retired: no new flows, but replies of its established NAT flows are still translated,
+//! and its slot is reused only once no connection counts on it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::Result;
+use arc_swap::ArcSwap;
+use forwarder::engine::{ServiceSpec, ServiceTable};
+use forwarder::model::{RealServer, VirtualService};
+use forwarder::stats::{RealRegistry, RealSlot};
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use vrrp::driver::Vrrp;
+
+use crate::config::{self, CheckKind, Config, OnFail};
+use crate::events::{unix_seconds, EventLog};
+use crate::health::{Health, Target, TargetKey};
+
+/// Real-server counter slots: room for every real of the config plus those added later.
+pub const REAL_SLOTS: usize = 4096;
+
+/// The VRRP track an instance's services' quorum feeds (weight 0: lost quorum = FAULT).
+pub fn quorum_track(instance: &str) -> String {
+    format!("quorum:{instance}")
+}
+
+/// The operator's say over one real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    Enabled,
+    /// Out of the scheduler, not checked; established flows finish.
+    Disabled,
+    /// Weight 0; established flows finish; still checked.
+    Drained,
+}
+
+impl Admin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Admin::Enabled => "enabled",
+            Admin::Disabled => "disabled",
+            Admin::Drained => "drained",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RealState {
+    addr: SocketAddrV4,
+    slot: RealSlot,
+    /// The file's weight.
+    weight: u32,
+    /// `director real weight`; dropped when the file's weight changes.
+    weight_override: Option<u32>,
+    admin: Admin,
+    /// `None`: the service has no check.
+    health: Option<Health>,
+    /// Why the last health transition happened.
+    health_cause: Option<String>,
+}
+
+#[derive(Debug)]
+struct ServiceState {
+    id: u16,
+    config: config::Service,
+    reals: Vec<RealState>,
+    sorry: Option<(SocketAddrV4, RealSlot)>,
+    /// Real servers that left, with live connections still counted on their slot.
+    retired: Vec<(SocketAddrV4, RealSlot)>,
+    /// Serving real servers (effective weight > 0) at the last publish.
+    serving: usize,
+    sorry_active: bool,
+}
+
+impl ServiceState {
+    fn name(&self) -> &str {
+        &self.config.virtual_service.name
+    }
+
+    fn key(&self) -> (SocketAddrV4, forwarder::model::Protocol) {
+        let vs = &self.config.virtual_service;
+        (vs.vip, vs.protocol)
+    }
+
+    /// Whether the quorum (default 1, for the service's own up/down) is met.
+    fn up(&self) -> bool {
+        self.serving >= self.config.quorum.unwrap_or(1) as usize
+    }
+}
+
+/// The weight a real server gets now; `None` = not scheduled at all.
+fn effective(r: &RealState, on_fail: OnFail) -> Option<u32> {
+    match r.admin {
+        Admin::Disabled => return None,
+        Admin::Drained => return Some(0),
+        Admin::Enabled => {}
+    }
+    match (r.health, on_fail) {
+        (Some(Health::Down), OnFail::Remove) => None,
+        (Some(Health::Down), OnFail::Inhibit) => Some(0),
+        _ => Some(r.weight_override.unwrap_or(r.weight)),
+    }
+}
+
+struct State {
+    config: Config,
+    generation: u64,
+    loaded_at: SystemTime,
+    services: Vec<ServiceState>,
+    /// Slots of removed services' reals waiting for their connections to end.
+    draining_slots: Vec<RealSlot>,
+    free_slots: Vec<RealSlot>,
+    next_slot: usize,
+    /// Per VRRP instance: whether its tracked quorums are all met, as last published.
+    quorum: BTreeMap<String, bool>,
+}
+
+impl State {
+    fn alloc_slot(&mut self, reals: &RealRegistry) -> Result<RealSlot, String> {
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None if self.next_slot < REAL_SLOTS => {
+                self.next_slot += 1;
+                RealSlot::try_from(self.next_slot - 1).expect("REAL_SLOTS fits a u16")
+            }
+            None => {
+                return Err(format!(
+                    "more than {REAL_SLOTS} real servers (including those still draining)"
+                ))
+            }
+        };
+        reals.get(slot).reset();
+        Ok(slot)
+    }
+
+    fn new_service(
+        &mut self,
+        id: u16,
+        svc: &config::Service,
+        reals: &RealRegistry,
+    ) -> Result<ServiceState, String> {
+        let mut out = ServiceState {
+            id,
+            config: svc.clone(),
+            reals: Vec::new(),
+            sorry: None,
+            retired: Vec::new(),
+            serving: 0,
+            sorry_active: false,
+        };
+        for r in &svc.virtual_service.reals {
+            out.reals.push(RealState {
+                addr: r.addr,
+                slot: self.alloc_slot(reals)?,
+                weight: r.weight,
+                weight_override: None,
+                admin: Admin::Enabled,
+                health: svc.check.as_ref().map(|_| Health::Up),
+                health_cause: None,
+            });
+        }
+        if let Some(addr) = svc.sorry_server {
+            out.sorry = Some((addr, self.alloc_slot(reals)?));
+        }
+        Ok(out)
+    }
+}
+
+/// The running services; see the module docs.
+pub struct Runtime {
+    state: Mutex<State>,
+    table: Arc<ArcSwap<ServiceTable>>,
+    reals: Arc<RealRegistry>,
+    events: EventLog,
+    vrrp: Mutex<Option<Arc<Vrrp>>>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub generation: u64,
+    pub changes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Runtime {
+    /// The state of a freshly loaded config: every real server enabled and, where checked,
+    /// up until its checks say otherwise (keepalived's default).
+    pub fn new(config: &Config, reals: Arc<RealRegistry>, events: EventLog) -> Result<Runtime> {
+        let mut state = State {
+            config: config.clone(),
+            generation: 1,
+            loaded_at: SystemTime::now(),
+            services: Vec::new(),
+            draining_slots: Vec::new(),
+            free_slots: Vec::new(),
+            next_slot: 0,
+            quorum: BTreeMap::new(),
+        };
+        for (i, svc) in config.services.iter().enumerate() {
+            let id = u16::try_from(i).map_err(|_| anyhow::anyhow!("more than 65536 services"))?;
+            let s = state
+                .new_service(id, svc, &reals)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            state.services.push(s);
+        }
+        let table = Arc::new(ArcSwap::from_pointee(build(&mut state.services)));
+        Ok(Runtime {
+            state: Mutex::new(state),
+            table,
+            reals,
+            events,
+            vrrp: Mutex::new(None),
+        })
+    }
+
+    /// The table the datapath reads.
+    pub fn table(&self) -> Arc<ArcSwap<ServiceTable>> {
+        self.table.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on, quorum changes go to VRRP; the current ones are sent at once.
+    pub fn attach_vrrp(&self, vrrp: Arc<Vrrp>) {
+        let mut st = self.lock();
+        *self.vrrp.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrrp);
+        st.quorum.clear();
+        self.publish(&mut st);
+    }
+
+    /// Build and swap the table, then report what followed from it.
+    fn publish(&self, st: &mut State) {
+        self.table.store(Arc::new(build(&mut st.services)));
+        for s in &mut st.services {
+            let active = s.sorry.is_some() && s.serving == 0;
+            if active != s.sorry_active {
+                s.sorry_active = active;
+                let (addr, _) = s.sorry.expect("checked above");
+                let msg = if active {
+                    format!("no real server is up: new connections go to the sorry server {addr}")
+                } else {
+                    format!(
+                        "real servers are back: the sorry server {addr} gets no new connections"
+                    )
+                };
+                tracing::warn!(service = s.name(), "{msg}");
+                self.events.push("service", s.name().to_string(), msg);
+            }
+        }
+        let Some(vrrp_cfg) = &st.config.vrrp else {
+            return;
+        };
+        let mut now: BTreeMap<String, bool> = BTreeMap::new();
+        let mut why: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for inst in &vrrp_cfg.instances {
+            now.insert(inst.name.clone(), true);
+        }
+        for s in &st.services {
+            let (Some(quorum), Some(inst)) = (s.config.quorum, instance_of(&st.config, s)) else {
+                continue;
+            };
+            if !s.up() {
+                now.insert(inst.to_string(), false);
+                why.entry(inst.to_string()).or_default().push(format!(
+                    "service {} has {} of the {quorum} real servers it needs",
+                    s.name(),
+                    s.serving
+                ));
+            }
+        }
+        for (inst, ok) in now {
+            if st.quorum.get(&inst) == Some(&ok) {
+                continue;
+            }
+            let first = !st.quorum.contains_key(&inst);
+            st.quorum.insert(inst.clone(), ok);
+            let vrrp = self.vrrp.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(vrrp) = vrrp.as_ref() else {
+                continue;
+            };
+            vrrp.set_track(&quorum_track(&inst), ok);
+            if first && ok {
+                continue;
+            }
+            let msg = if ok {
+                "quorum met again: the instance may serve".to_string()
+            } else {
+                format!(
+                    "quorum lost ({}): the instance goes to FAULT",
+                    why.get(&inst).map(|w| w.join("; ")).unwrap_or_default()
+                )
+            };
+            tracing::warn!(instance = %inst, "{msg}");
+            self.events.push("quorum", inst, msg);
+        }
+    }
+
+    /// Stop talking to VRRP (at shutdown, so the engine can be stopped).
+    pub fn detach_vrrp(&self) {
+        let _st = self.lock();
+        self.vrrp.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// A health transition from the checker.
+    pub fn set_health(&self, key: &TargetKey, health: Health, cause: &str) {
+        let mut st = self.lock();
+        let Some(s) = st.services.iter_mut().find(|s| s.name() == key.service) else {
+            return;
+        };
+        let on_fail = s
+            .config
+            .check
+            .as_ref()
+            .map_or(OnFail::Inhibit, |c| c.on_fail);
+        let Some(r) = s.reals.iter_mut().find(|r| r.addr == key.real) else {
+            return;
+        };
+        if r.health.is_none() || r.health == Some(health) {
+            return;
+        }
+        r.health = Some(health);
+        r.health_cause = Some(cause.to_string());
+        let what = match (health, on_fail) {
+            (Health::Up, _) => "up: back in the scheduler".to_string(),
+            (Health::Down, OnFail::Inhibit) => format!("down ({cause}): weight 0"),
+            (Health::Down, OnFail::Remove) => format!("down ({cause}): removed"),
+        };
+        let subject = format!("{} {}", key.service, key.real);
+        match health {
+            Health::Up => tracing::info!("health {subject}: {what}"),
+            Health::Down => tracing::warn!("health {subject}: {what}"),
+        }
+        self.events.push("health", subject, what);
+        self.publish(&mut st);
+    }
+
+    /// `director real weight`.
+    pub fn set_weight(
+        &self,
+        service: &str,
+        real: SocketAddrV4,
+        weight: u32,
+    ) -> Result<Value, String> {
+        let mut st = self.lock();
+        let r = find_real(&mut st, service, real)?;
+        r.weight_override = Some(weight);
+        let admin = r.admin;
+        self.events.push(
+            "operator",
+            format!("{service} {real}"),
+            format!("weight {weight}"),
+        );
+        self.publish(&mut st);
+        Ok(
+            json!({ "service": service, "real": real.to_string(), "weight": weight, "admin": admin.as_str() }),
+        )
+    }
+
+    /// `director real enable|disable|drain`.
+    pub fn set_admin(
+        &self,
+        service: &str,
+        real: SocketAddrV4,
+        admin: Admin,
+    ) -> Result<Value, String> {
+        let mut st = self.lock();
+        let r = find_real(&mut st, service, real)?;
+        r.admin = admin;
+        let weight = r.weight_override.unwrap_or(r.weight);
+        let msg = match admin {
+            Admin::Enabled => "enabled".to_string(),
+            Admin::Disabled => {
+                "disabled: out of the scheduler and not checked; established flows finish"
+                    .to_string()
+            }
+            Admin::Drained => "drained: weight 0; established flows finish".to_string(),
+        };
+        self.events
+            .push("operator", format!("{service} {real}"), msg);
+        tracing::info!(service, %real, admin = admin.as_str(), "operator changed a real server");
+        self.publish(&mut st);
+        let effective_weight = match admin {
+            Admin::Enabled => weight,
+            _ => 0,
+        };
+        Ok(
+            json!({ "service": service, "real": real.to_string(), "admin": admin.as_str(), "weight": effective_weight }),
+        )
+    }
+
+    /// Apply a new config's services: see the module docs for what is kept. Sections other
+    /// than `[[service]]` cannot change without a restart; a file that changes them is
+    /// refused whole and nothing is applied.
+    pub fn apply(&self, new: &Config) -> Result<Applied, String> {
+        let mut st = self.lock();
+        let fixed = restart_only_changes(&st.config, new);
+        if !fixed.is_empty() {
+            return Err(format!(
+                "not applied: these changes need a restart of directord (the running config stays):\n  {}",
+                fixed.join("\n  ")
+            ));
+        }
+        let mut changes = Vec::new();
+        let old: Vec<ServiceState> = std::mem::take(&mut st.services);
+        let mut old_by_key: BTreeMap<_, ServiceState> =
+            old.into_iter().map(|s| (s.key(), s)).collect();
+        let mut next: Vec<ServiceState> = Vec::new();
+        // Pass 1: the services that stay keep their ids, so new ones never take one.
+        let mut staying: Vec<(usize, ServiceState)> = Vec::new();
+        for (i, svc) in new.services.iter().enumerate() {
+            let vs = &svc.virtual_service;
+            if let Some(s) = old_by_key.remove(&(vs.vip, vs.protocol)) {
+                staying.push((i, s));
+            }
+        }
+        let removed: Vec<ServiceState> = std::mem::take(&mut old_by_key).into_values().collect();
+        for s in &removed {
+            changes.push(format!(
+                "service {} ({} {}) removed: its flows end",
+                s.name(),
+                s.config.virtual_service.protocol.as_str(),
+                s.config.virtual_service.vip
+            ));
+            st.draining_slots.extend(s.reals.iter().map(|r| r.slot));
+            st.draining_slots
+                .extend(s.retired.iter().map(|(_, slot)| *slot));
+            st.draining_slots
+                .extend(s.sorry.iter().map(|(_, slot)| *slot));
+        }
+        let mut staying: BTreeMap<usize, ServiceState> = staying.into_iter().collect();
+        let mut used_ids: Vec<u16> = staying.values().map(|s| s.id).collect();
+        for (i, svc) in new.services.iter().enumerate() {
+            match staying.remove(&i) {
+                Some(mut s) => {
+                    update_service(&mut st, &self.reals, &mut s, svc, &mut changes)?;
+                    next.push(s);
+                }
+                None => {
+                    let id = (0..=u16::MAX)
+                        .find(|id| !used_ids.contains(id))
+                        .ok_or("more than 65536 services")?;
+                    used_ids.push(id);
+                    let s = st.new_service(id, svc, &self.reals)?;
+                    changes.push(format!(
+                        "service {} ({} {}, {}) added with {} real servers",
+                        s.name(),
+                        svc.virtual_service.protocol.as_str(),
+                        svc.virtual_service.vip,
+                        svc.virtual_service.mode.as_str(),
+                        s.reals.len()
+                    ));
+                    next.push(s);
+                }
+            }
+        }
+        st.services = next;
+        st.config = new.clone();
+        st.generation += 1;
+        st.loaded_at = SystemTime::now();
+        let generation = st.generation;
+        self.publish(&mut st);
+        Ok(Applied {
+            generation,
+            changes,
+            warnings: new.warnings.iter().map(|w| w.to_string()).collect(),
+        })
+    }
+
+    /// Free the slots of retired real servers once no connection counts on them.
+    pub fn tick(&self) {
+        let mut st = self.lock();
+        let idle = |slot: RealSlot| {
+            let c = self.reals.get(slot);
+            c.active.load(Ordering::Relaxed) == 0 && c.inactive.load(Ordering::Relaxed) == 0
+        };
+        let mut freed = Vec::new();
+        let mut changed = false;
+        for s in &mut st.services {
+            let before = s.retired.len();
+            s.retired.retain(|&(_, slot)| {
+                if idle(slot) {
+                    freed.push(slot);
+                    false
+                } else {
+                    true
+                }
+            });
+            changed |= s.retired.len() != before;
+        }
+        st.draining_slots.retain(|&slot| {
+            if idle(slot) {
+                freed.push(slot);
+                false
+            } else {
+                true
+            }
+        });
+        st.free_slots.extend(freed);
+        if changed {
+            self.table.store(Arc::new(build(&mut st.services)));
+        }
+    }
+
+    /// The health checks to run: every enabled real server of every checked service.
+    pub fn targets(&self) -> Vec<Target> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for s in &st.services {
+            let Some(check) = &s.config.check else {
+                continue;
+            };
+            for r in s.reals.iter().filter(|r| r.admin != Admin::Disabled) {
+                out.push(Target {
+                    key: TargetKey {
+                        service: s.name().to_string(),
+                        real: r.addr,
+                    },
+                    check: check.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The services as the datapath's interception rules need them: every VIP, and every
+    /// NAT real server whose replies the datapath translates (sorry and retired included).
+    pub fn nft_services(&self) -> Vec<VirtualService> {
+        let st = self.lock();
+        st.services
+            .iter()
+            .map(|s| {
+                let mut vs = s.config.virtual_service.clone();
+                let mut addrs: Vec<SocketAddrV4> = s.reals.iter().map(|r| r.addr).collect();
+                addrs.extend(s.sorry.iter().map(|(a, _)| *a));
+                addrs.extend(s.retired.iter().map(|(a, _)| *a));
+                vs.reals = addrs
+                    .into_iter()
+                    .map(|addr| RealServer { addr, weight: 1 })
+                    .collect();
+                vs
+            })
+            .collect()
+    }
+
+    /// The running config and when it was loaded.
+    pub fn config(&self) -> (Config, u64, SystemTime) {
+        let st = self.lock();
+        (st.config.clone(), st.generation, st.loaded_at)
+    }
+
+    /// `director services`: each service with its real servers, their weights (effective and
+    /// configured), admin state, health, and counters. `last_check` gives the latest probe of
+    /// a real server, from the checker.
+    pub fn services_json(&self, last_check: &dyn Fn(&str, SocketAddrV4) -> Value) -> Value {
+        let st = self.lock();
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let counters = |slot: RealSlot| {
+            let c = self.reals.get(slot);
+            json!({
+                "active": c.active.load(Ordering::Relaxed),
+                "inactive": c.inactive.load(Ordering::Relaxed),
+                "conns": l(&c.conns),
+                "packets_in": l(&c.packets_in),
+                "packets_out": l(&c.packets_out),
+                "bytes_in": l(&c.bytes_in),
+                "bytes_out": l(&c.bytes_out),
+            })
+        };
+        let merge = |mut a: Value, b: Value| {
+            if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+                a.extend(b);
+            }
+            a
+        };
+        let list: Vec<Value> = st
+            .services
+            .iter()
+            .map(|s| {
+                let vs = &s.config.virtual_service;
+                let on_fail = s.config.check.as_ref().map_or(OnFail::Inhibit, |c| c.on_fail);
+                let reals: Vec<Value> = s
+                    .reals
+                    .iter()
+                    .map(|r| {
+                        let eff = effective(r, on_fail);
+                        merge(
+                            json!({
+                                "address": r.addr.to_string(),
+                                "weight": eff.unwrap_or(0),
+                                "scheduled": eff.is_some(),
+                                "configured_weight": r.weight,
+                                "runtime_weight": r.weight_override,
+                                "admin": r.admin.as_str(),
+                                "health": match r.health {
+                                    None => "unchecked",
+                                    Some(Health::Up) => "up",
+                                    Some(Health::Down) => "down",
+                                },
+                                "health_cause": r.health_cause,
+                                "last_check": if s.config.check.is_some() { last_check(vs.name.as_str(), r.addr) } else { Value::Null },
+                            }),
+                            counters(r.slot),
+                        )
+                    })
+                    .collect();
+                let retired: Vec<Value> = s
+                    .retired
+                    .iter()
+                    .map(|(addr, slot)| merge(json!({ "address": addr.to_string() }), counters(*slot)))
+                    .collect();
+                json!({
+                    "name": vs.name,
+                    "vip": vs.vip.to_string(),
+                    "protocol": vs.protocol.as_str(),
+                    "mode": vs.mode.as_str(),
+                    "scheduler": vs.scheduler.as_str(),
+                    "persistence": vs.persistence.as_secs(),
+                    "quorum": s.config.quorum,
+                    "healthy": s.reals.iter().filter(|r| r.admin != Admin::Disabled && r.health != Some(Health::Down)).count(),
+                    "serving": s.serving,
+                    "up": s.up() || s.sorry_active,
+                    "sorry_server": s.sorry.map(|(addr, slot)| merge(json!({
+                        "address": addr.to_string(),
+                        "active": s.sorry_active,
+                    }), counters(slot))),
+                    "check": s.config.check.as_ref().map(|c| json!({
+                        "kind": match &c.kind {
+                            CheckKind::Tcp => "tcp",
+                            CheckKind::Http { .. } => "http",
+                            CheckKind::Udp { .. } => "udp",
+                            CheckKind::Exec { .. } => "exec",
+                        },
+                        "interval_ms": c.interval.as_millis() as u64,
+                        "timeout_ms": c.timeout.as_millis() as u64,
+                        "rise": c.rise,
+                        "fall": c.fall,
+                        "on_fail": match c.on_fail { OnFail::Inhibit => "inhibit", OnFail::Remove => "remove" },
+                    })),
+                    "reals": reals,
+                    "retired": retired,
+                })
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    /// `director status`'s per-service lines.
+    pub fn status_json(&self) -> (Value, Value) {
+        let st = self.lock();
+        let services: Vec<Value> = st
+            .services
+            .iter()
+            .map(|s| {
+                let vs = &s.config.virtual_service;
+                json!({
+                    "name": vs.name,
+                    "vip": vs.vip.to_string(),
+                    "protocol": vs.protocol.as_str(),
+                    "mode": vs.mode.as_str(),
+                    "up": s.up() || s.sorry_active,
+                    "healthy": s.serving,
+                    "total": s.reals.len(),
+                    "quorum": s.config.quorum,
+                    "sorry_active": s.sorry_active,
+                })
+            })
+            .collect();
+        let config = json!({
+            "generation": st.generation,
+            "loaded_at": unix_seconds(st.loaded_at),
+        });
+        (Value::Array(services), config)
+    }
+}
+
+fn find_real<'a>(
+    st: &'a mut State,
+    service: &str,
+    real: SocketAddrV4,
+) -> Result<&'a mut RealState, String> {
+    let s = st
+        .services
+        .iter_mut()
+        .find(|s| s.name() == service)
+        .ok_or_else(|| format!("no service named {service:?}"))?;
+    s.reals
+        .iter_mut()
+        .find(|r| r.addr == real)
+        .ok_or_else(|| format!("service {service:?} has no real server {real}"))
+}
+
+/// The VRRP instance that carries a service's VIP.
+fn instance_of<'a>(config: &'a Config, s: &ServiceState) -> Option<&'a str> {
+    let vip = *s.config.virtual_service.vip.ip();
+    config
+        .vrrp
+        .as_ref()?
+        .instances
+        .iter()
+        .find(|i| i.vips.iter().any(|p| p.addr == vip))
+        .map(|i| i.name.as_str())
+}
+
+/// The table for the datapath; also records how many real servers serve each service.
+fn build(services: &mut [ServiceState]) -> ServiceTable {
+    let mut specs = Vec::with_capacity(services.len());
+    for s in services.iter_mut() {
+        let on_fail = s
+            .config
+            .check
+            .as_ref()
+            .map_or(OnFail::Inhibit, |c| c.on_fail);
+        let mut vs = s.config.virtual_service.clone();
+        let mut reals = Vec::new();
+        let mut slots = Vec::new();
+        let mut retired: Vec<SocketAddrV4> = s.retired.iter().map(|(a, _)| *a).collect();
+        for r in &s.reals {
+            match effective(r, on_fail) {
+                Some(weight) => {
+                    reals.push(RealServer {
+                        addr: r.addr,
+                        weight,
+                    });
+                    slots.push(r.slot);
+                }
+                None => retired.push(r.addr),
+            }
+        }
+        s.serving = reals.iter().filter(|r| r.weight > 0).count();
+        if let Some((addr, slot)) = s.sorry {
+            // Always listed (weight 0 while a real server serves), so its flows finish.
+            reals.push(RealServer {
+                addr,
+                weight: u32::from(s.serving == 0),
+            });
+            slots.push(slot);
+        }
+        vs.reals = reals;
+        specs.push(ServiceSpec {
+            id: s.id,
+            config: vs,
+            slots,
+            retired,
+        });
+    }
+    ServiceTable::build(specs)
+}
+
+/// Bring one staying service up to its new config; real servers matched by address.
+fn update_service(
+    st: &mut State,
+    registry: &RealRegistry,
+    s: &mut ServiceState,
+    new: &config::Service,
+    changes: &mut Vec<String>,
+) -> Result<(), String> {
+    let name = new.virtual_service.name.clone();
+    let old = &s.config;
+    let (ov, nv) = (&old.virtual_service, &new.virtual_service);
+    if ov.name != nv.name {
+        changes.push(format!("service {} renamed {}", ov.name, nv.name));
+    }
+    if ov.mode != nv.mode {
+        changes.push(format!(
+            "service {name}: mode {} -> {} (established flows keep {})",
+            ov.mode.as_str(),
+            nv.mode.as_str(),
+            ov.mode.as_str()
+        ));
+    }
+    if ov.scheduler != nv.scheduler {
+        changes.push(format!(
+            "service {name}: scheduler {} -> {}",
+            ov.scheduler.as_str(),
+            nv.scheduler.as_str()
+        ));
+    }
+    if ov.persistence != nv.persistence {
+        changes.push(format!(
+            "service {name}: persistence {}s -> {}s",
+            ov.persistence.as_secs(),
+            nv.persistence.as_secs()
+        ));
+    }
+    if old.quorum != new.quorum {
+        changes.push(format!(
+            "service {name}: quorum {} -> {}",
+            old.quorum.map_or("none".into(), |q| q.to_string()),
+            new.quorum.map_or("none".into(), |q| q.to_string())
+        ));
+    }
+    let check_changed = old.check != new.check;
+    if check_changed {
+        changes.push(match (&old.check, &new.check) {
+            (None, Some(_)) => format!("service {name}: health check added"),
+            (Some(_), None) => format!("service {name}: health check removed"),
+            _ => format!("service {name}: health check changed (states start again)"),
+        });
+    }
+    if old.sorry_server != new.sorry_server {
+        if let Some((addr, slot)) = s.sorry.take() {
+            s.retired.push((addr, slot));
+        }
+        if let Some(addr) = new.sorry_server {
+            s.sorry = Some((addr, st.alloc_slot(registry)?));
+        }
+        changes.push(format!(
+            "service {name}: sorry server {} -> {}",
+            old.sorry_server.map_or("none".into(), |a| a.to_string()),
+            new.sorry_server.map_or("none".into(), |a| a.to_string())
+        ));
+    }
+    let mut reals = Vec::new();
+    let mut old_reals: Vec<RealState> = std::mem::take(&mut s.reals);
+    for nr in &nv.reals {
+        let kept = old_reals
+            .iter()
+            .position(|r| r.addr == nr.addr)
+            .map(|i| old_reals.remove(i));
+        let r = match kept {
+            Some(mut r) => {
+                if r.weight != nr.weight {
+                    changes.push(format!(
+                        "service {name}: real {} weight {} -> {}",
+                        r.addr, r.weight, nr.weight
+                    ));
+                    r.weight = nr.weight;
+                    r.weight_override = None;
+                }
+                if check_changed {
+                    r.health = new.check.as_ref().map(|_| Health::Up);
+                    r.health_cause = None;
+                }
+                r
+            }
+            None => {
+                let slot = match s.retired.iter().position(|(a, _)| *a == nr.addr) {
+                    Some(i) => s.retired.remove(i).1,
+                    None => st.alloc_slot(registry)?,
+                };
+                changes.push(format!(
+                    "service {name}: real {} added (weight {})",
+                    nr.addr, nr.weight
+                ));
+                RealState {
+                    addr: nr.addr,
+                    slot,
+                    weight: nr.weight,
+                    weight_override: None,
+                    admin: Admin::Enabled,
+                    health: new.check.as_ref().map(|_| Health::Up),
+                    health_cause: None,
+                }
+            }
+        };
+        reals.push(r);
+    }
+    for r in old_reals {
+        changes.push(format!(
+            "service {name}: real {} removed (its established flows finish)",
+            r.addr
+        ));
+        s.retired.push((r.addr, r.slot));
+    }
+    s.reals = reals;
+    s.config = new.clone();
+    Ok(())
+}
+
+/// What differs outside `[[service]]`, in words.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.node != new.node {
+        out.push(format!(
+            "[node] name {:?} -> {:?}",
+            old.node.name, new.node.name
+        ));
+    }
+    if old.vrrp != new.vrrp {
+        out.push("[vrrp] changed".into());
+    }
+    if old.sync != new.sync {
+        out.push("[sync] changed".into());
+    }
+    if old.control != new.control {
+        out.push("[control] changed".into());
+    }
+    if old.datapath != new.datapath || old.xdp != new.xdp {
+        out.push("[datapath] changed".into());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forwarder::model::Protocol;
+
+    const BASE: &str = r#"
+[node]
+name = "lb-a"
+
+[[service]]
+name = "web"
+vip = "198.18.1.100:80"
+mode = "nat"
+sorry_server = "198.18.2.99:80"
+[service.check]
+kind = "tcp"
+interval = "200ms"
+timeout = "100ms"
+[[service.real]]
+address = "198.18.2.11:8080"
+[[service.real]]
+address = "198.18.2.12:8080"
+weight = 2
+
+[[service]]
+name = "dns"
+vip = "198.18.1.100:53"
+protocol = "udp"
+mode = "nat"
+[[service.real]]
+address = "198.18.2.11:8053"
+"#;
+
+    fn parse(text: &str) -> Config {
+        config::parse(text, std::path::Path::new("test.toml")).expect("valid")
+    }
+
+    fn runtime(text: &str) -> Runtime {
+        Runtime::new(
+            &parse(text),
+            Arc::new(RealRegistry::new(REAL_SLOTS)),
+            EventLog::default(),
+        )
+        .expect("runtime")
+    }
+
+    fn weights(rt: &Runtime, vip: &str, proto: Protocol) -> Vec<(String, u32)> {
+        let t = rt.table.load();
+        let s = t.find(proto, vip.parse().unwrap()).expect("service");
+        s.sched
+            .backends()
+            .iter()
+            .map(|b| (b.addr.to_string(), b.weight))
+            .collect()
+    }
+
+    fn key(real: &str) -> TargetKey {
+        TargetKey {
+            service: "web".into(),
+            real: real.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn health_inhibits_then_sorry_server_then_back() {
+        let rt = runtime(BASE);
+        assert_eq!(
+            weights(&rt, "198.18.1.100:80", Protocol::Tcp),
+            [
+                ("198.18.2.11:8080".into(), 1),
+                ("198.18.2.12:8080".into(), 2),
+                ("198.18.2.99:80".into(), 0)
+            ]
+        );
+        rt.set_health(&key("198.18.2.11:8080"), Health::Down, "refused");
+        assert_eq!(weights(&rt, "198.18.1.100:80", Protocol::Tcp)[0].1, 0);
+        rt.set_health(&key("198.18.2.12:8080"), Health::Down, "refused");
+        assert_eq!(
+            weights(&rt, "198.18.1.100:80", Protocol::Tcp),
+            [
+                ("198.18.2.11:8080".into(), 0),
+                ("198.18.2.12:8080".into(), 0),
+                ("198.18.2.99:80".into(), 1)
+            ]
+        );
+        rt.set_health(&key("198.18.2.12:8080"), Health::Up, "ok");
+        assert_eq!(
+            weights(&rt, "198.18.1.100:80", Protocol::Tcp),
+            [
+                ("198.18.2.11:8080".into(), 0),
+                ("198.18.2.12:8080".into(), 2),
+                ("198.18.2.99:80".into(), 0)
+            ]
+        );
+        let events = rt.events.recent(100);
+        assert!(events
+            .iter()
+            .any(|e| e.message.contains("sorry server 198.18.2.99:80")));
+    }
+
+    #[test]
+    fn remove_policy_takes_the_real_out_but_keeps_its_replies() {
+        let rt = runtime(&BASE.replace(
+            "timeout = \"100ms\"",
+            "timeout = \"100ms\"\non_fail = \"remove\"",
+        ));
+        rt.set_health(&key("198.18.2.11:8080"), Health::Down, "refused");
+        let t = rt.table.load();
+        let s = t
+            .find(Protocol::Tcp, "198.18.1.100:80".parse().unwrap())
+            .unwrap();
+        assert!(s.sched.find("198.18.2.11:8080".parse().unwrap()).is_none());
+        assert_eq!(
+            s.retired,
+            ["198.18.2.11:8080".parse::<SocketAddrV4>().unwrap()]
+        );
+        assert!(rt.nft_services()[0]
+            .reals
+            .iter()
+            .any(|r| r.addr.to_string() == "198.18.2.11:8080"));
+    }
+
+    #[test]
+    fn operator_drain_disable_enable_and_weight() {
+        let rt = runtime(BASE);
+        let real: SocketAddrV4 = "198.18.2.12:8080".parse().unwrap();
+        rt.set_admin("web", real, Admin::Drained).unwrap();
+        assert_eq!(weights(&rt, "198.18.1.100:80", Protocol::Tcp)[1].1, 0);
+        rt.set_admin("web", real, Admin::Disabled).unwrap();
+        assert_eq!(weights(&rt, "198.18.1.100:80", Protocol::Tcp).len(), 2);
+        assert_eq!(rt.targets().len(), 1, "a disabled real is not checked");
+        rt.set_weight("web", real, 7).unwrap();
+        rt.set_admin("web", real, Admin::Enabled).unwrap();
+        assert_eq!(weights(&rt, "198.18.1.100:80", Protocol::Tcp)[1].1, 7);
+        assert!(rt
+            .set_admin("web", "198.18.2.13:8080".parse().unwrap(), Admin::Drained)
+            .unwrap_err()
+            .contains("has no real server"));
+        assert!(rt
+            .set_weight("nope", real, 1)
+            .unwrap_err()
+            .contains("no service"));
+    }
+
+    #[test]
+    fn reload_keeps_ids_slots_and_state_and_retires_removed_reals() {
+        let rt = runtime(BASE);
+        let before = rt.table.load();
+        let web_id = before
+            .find(Protocol::Tcp, "198.18.1.100:80".parse().unwrap())
+            .unwrap()
+            .id;
+        let slot_12 = before
+            .find(Protocol::Tcp, "198.18.1.100:80".parse().unwrap())
+            .unwrap()
+            .sched
+            .backends()[1]
+            .slot;
+        rt.set_admin("web", "198.18.2.12:8080".parse().unwrap(), Admin::Drained)
+            .unwrap();
+        // Service dns removed and a new one put first; web loses .11, reweights .12, gains .13.
+        let new = r#"
+[node]
+name = "lb-a"
+
+[[service]]
+name = "ssh"
+vip = "198.18.1.100:22"
+mode = "nat"
+[[service.real]]
+address = "198.18.2.11:8022"
+
+[[service]]
+name = "web"
+vip = "198.18.1.100:80"
+mode = "nat"
+sorry_server = "198.18.2.99:80"
+[service.check]
+kind = "tcp"
+interval = "200ms"
+timeout = "100ms"
+[[service.real]]
+address = "198.18.2.12:8080"
+weight = 5
+[[service.real]]
+address = "198.18.2.13:8080"
+"#;
+        let applied = rt.apply(&parse(new)).expect("applied");
+        assert_eq!(applied.generation, 2);
+        let text = applied.changes.join("\n");
+        for want in [
+            "service dns (udp 198.18.1.100:53) removed",
+            "service ssh (tcp 198.18.1.100:22, nat) added with 1 real servers",
+            "service web: real 198.18.2.12:8080 weight 2 -> 5",
+            "service web: real 198.18.2.13:8080 added (weight 1)",
+            "service web: real 198.18.2.11:8080 removed",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+        let t = rt.table.load();
+        let web = t
+            .find(Protocol::Tcp, "198.18.1.100:80".parse().unwrap())
+            .unwrap();
+        assert_eq!(web.id, web_id);
+        assert_eq!(web.sched.backends()[0].slot, slot_12);
+        assert_eq!(web.sched.backends()[0].weight, 0, "still drained");
+        assert_eq!(
+            web.retired,
+            ["198.18.2.11:8080".parse::<SocketAddrV4>().unwrap()]
+        );
+        let ssh = t
+            .find(Protocol::Tcp, "198.18.1.100:22".parse().unwrap())
+            .unwrap();
+        assert_ne!(ssh.id, web_id);
+        assert!(t
+            .find(Protocol::Udp, "198.18.1.100:53".parse().unwrap())
+            .is_none());
+        // No connection counts on the retired slot: the next tick frees it.
+        rt.tick();
+        assert!(rt
+            .table
+            .load()
+            .find(Protocol::Tcp, "198.18.1.100:80".parse().unwrap())
+            .unwrap()
+            .retired
+            .is_empty());
+    }
+
+    #[test]
+    fn reload_refuses_changes_that_need_a_restart() {
+        let rt = runtime(BASE);
+        let err = rt.apply(&parse(&BASE.replace("lb-a", "lb-b"))).unwrap_err();
+        assert!(err.contains("[node] name \"lb-a\" -> \"lb-b\""), "{err}");
+        assert_eq!(rt.config().1, 1, "nothing applied");
+    }
+}

@@ -1,0 +1,78 @@
+//! Driving `flowcheck` (the long-lived checked echo connections plus a stream of short HTTP
+//! connections) from a lab client: start it, stop it for its report, and check the report.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::lab::{wait_until, Host, Proc, Signal};
+use crate::topo::{vip, workspace_bin, ECHO_PORT};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Starts `flowcheck` on the client and waits until its long connections are established.
+pub fn start(client: &Host, long: u64) -> Proc {
+    let flowcheck = workspace_bin("flowcheck").expect("flowcheck binary");
+    let mut proc = client
+        .spawn([
+            flowcheck.display().to_string(),
+            "--target".into(),
+            vip(ECHO_PORT).to_string(),
+            "--long".into(),
+            long.to_string(),
+            "--short-target".into(),
+            vip(80).to_string(),
+        ])
+        .expect("start flowcheck");
+    let ready = wait_until(T, || {
+        !proc.is_running() || proc.stderr().is_ok_and(|e| e.contains("ready"))
+    });
+    assert!(
+        ready.is_ok() && proc.is_running(),
+        "flowcheck did not get its {long} connections up: {}",
+        proc.stderr().unwrap_or_default()
+    );
+    proc
+}
+
+/// SIGTERM: flowcheck drains (up to 10 s) and prints its report.
+pub fn stop(mut proc: Proc) -> Value {
+    proc.kill(Signal::Term).expect("SIGTERM flowcheck");
+    let status = proc
+        .wait_timeout(Duration::from_secs(40))
+        .expect("wait for flowcheck");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "flowcheck did not finish cleanly ({status:?}): {}",
+        proc.stderr().unwrap_or_default()
+    );
+    let out = proc.stdout().expect("flowcheck stdout");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("flowcheck report {out:?}: {e}"))
+}
+
+/// Every long connection delivered every byte and closed cleanly; every short one completed.
+pub fn assert_all_ok(report: &Value, n: u64) {
+    let long = &report["long"];
+    let short = &report["short"];
+    let failures = || {
+        format!(
+            "long failures: {}\nshort failures: {}",
+            long["failures"], short["failures"]
+        )
+    };
+    assert_eq!(report["long"]["count"], n, "{}", failures());
+    for k in ["reset", "corrupt", "eof", "timeout", "other", "unclosed"] {
+        assert_eq!(long[k], 0, "long connections failed ({k}): {}", failures());
+    }
+    assert_eq!(report["long"]["ok"], n, "{}", failures());
+    assert!(long["bytes"].as_u64().unwrap_or(0) > 0, "no bytes echoed");
+    assert_eq!(
+        short["failed"],
+        0,
+        "short connections failed: {}",
+        failures()
+    );
+    let opened = short["opened"].as_u64().expect("short.opened");
+    assert!(opened > 0, "no short connection was opened");
+    assert_eq!(short["ok"], opened, "{}", failures());
+}

@@ -1,0 +1,272 @@
+//! Day-to-day operations against running daemons: a reload that reweights and removes a
+//! real server under live flows, a refused reload that keeps the running config, SIGHUP,
+//! a planned switchover with `director demote`/`promote` under live flows, every CLI
+//! command against a running pair, and a box whose health checks fail resigning through
+//! the service quorum.
+
+use std::process::Output;
+use std::time::Duration;
+
+use director_lab::flows;
+use director_lab::pair::{Pair, PairSpec};
+use director_lab::topo::{Mode, ServiceSpec, Topo};
+use director_lab::{wait_until, Lab, Signal};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(20);
+const LONG: u64 = 60;
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn echo_reals(topo: &Topo) -> (Vec<Value>, Vec<Value>) {
+    let v = topo.director_json("services").expect("services");
+    let s = v
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "tcp-echo"))
+        .expect("service tcp-echo")
+        .clone();
+    (
+        s["reals"].as_array().cloned().unwrap_or_default(),
+        s["retired"].as_array().cloned().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn reload_reweights_and_removes_without_dropping_a_flow() {
+    let services = vec![
+        ServiceSpec::http("rr", &[1, 1, 1]),
+        ServiceSpec::echo("rr", &[1, 1, 1]),
+    ];
+    let Some(mut topo) = Topo::started("reload", Mode::Nat, &services) else {
+        return;
+    };
+    let flows = flows::start(&topo.client, LONG);
+    let (reals, _) = echo_reals(&topo);
+    let on_rs3 = reals[2]["active"].as_u64().expect("active");
+    assert!(on_rs3 > 0, "rs3 carries some of the long flows: {reals:?}");
+
+    // rs1 weight 3, rs2 stays, rs3 leaves the echo service.
+    let new = vec![
+        ServiceSpec::http("rr", &[1, 1, 1]),
+        ServiceSpec::echo("rr", &[3, 1]),
+    ];
+    std::fs::write(&topo.config, topo.config_text(&new)).expect("write config");
+    let reply = topo.director_json("reload").expect("reload");
+    let changes: Vec<&str> = reply["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(reply["generation"], 2);
+    assert!(
+        changes.iter().any(|c| c.contains("weight 1 -> 3"))
+            && changes
+                .iter()
+                .any(|c| c.contains("198.18.2.13:8007 removed")),
+        "{changes:?}"
+    );
+    let (reals, retired) = echo_reals(&topo);
+    assert_eq!(reals.len(), 2);
+    assert_eq!(reals[0]["weight"], 3);
+    assert_eq!(retired.len(), 1, "rs3 kept for its flows: {retired:?}");
+
+    // A broken file is refused with its location; nothing changes.
+    let good = std::fs::read_to_string(&topo.config).expect("read config");
+    std::fs::write(&topo.config, good.replace("weight = 3", "weight = -3")).expect("write");
+    let out = std::process::Command::new(director_lab::topo::workspace_bin("director").unwrap())
+        .arg("--socket")
+        .arg(&topo.socket)
+        .arg("reload")
+        .output()
+        .expect("director reload");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:", topo.config.display())) && err.contains("weight"),
+        "the error names the file, line and key: {err}"
+    );
+    assert_eq!(echo_reals(&topo).0[0]["weight"], 3, "running config kept");
+
+    // SIGHUP applies a good file as `reload` does.
+    std::fs::write(&topo.config, good.replace("weight = 3", "weight = 2")).expect("write");
+    topo.daemon
+        .as_mut()
+        .expect("daemon")
+        .kill(Signal::Hup)
+        .expect("SIGHUP");
+    wait_until(T, || echo_reals(&topo).0[0]["weight"] == 2).expect("SIGHUP reloaded");
+    let status = topo.director_json("status").expect("status");
+    assert_eq!(status["config"]["generation"], 3, "{status}");
+
+    // New flows follow the new weights; the old ones all finish intact.
+    let report = flows::stop(flows);
+    flows::assert_all_ok(&report, LONG);
+    let events = topo.director_json("events").expect("events");
+    let config_events = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "config")
+        .count();
+    assert_eq!(config_events, 3, "two applied, one refused: {events}");
+}
+
+fn cli(pair: &Pair, n: usize, args: &[&str]) -> String {
+    let out = pair.cli(n, args).expect("run director");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "director {args:?}: {}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cli_json(pair: &Pair, n: usize, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = cli(pair, n, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("director {args:?} --json: {e}: {out}"))
+}
+
+fn synced_pair(tag: &str, extra: &str, check: Option<&str>) -> Option<Pair> {
+    let lab = Lab::for_test(tag)?;
+    let mut spec = PairSpec::new(Mode::Nat);
+    spec.sync = true;
+    spec.interval = "100ms".into();
+    spec.preempt = true;
+    spec.services = vec![
+        ServiceSpec {
+            extra: extra.into(),
+            check: check.map(str::to_string),
+            ..ServiceSpec::http("rr", &[1, 1, 1])
+        },
+        ServiceSpec::echo("rr", &[1, 1, 1]),
+    ];
+    let mut pair = Pair::new(lab, spec).expect("pair topology");
+    pair.start(0).expect("start lb-a");
+    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
+    pair.start(1).expect("start lb-b");
+    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b backup");
+    wait_until(T, || pair.sync_peer_up(0).unwrap_or(false)).expect("sync up");
+    Some(pair)
+}
+
+#[test]
+fn demote_and_promote_move_the_vip_with_no_flow_lost_and_every_command_answers() {
+    let check = "kind = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"";
+    let Some(pair) = synced_pair("ops-pair", "quorum = 1", Some(check)) else {
+        return;
+    };
+    let flows = flows::start(&pair.client, LONG);
+
+    // Every command, human and JSON, on both nodes.
+    for n in 0..2 {
+        for cmd in [
+            "status", "services", "conns", "vrrp", "sync", "stats", "events",
+        ] {
+            let human = cli(&pair, n, &[cmd]);
+            assert!(!human.trim().is_empty(), "director {cmd} printed nothing");
+            cli_json(&pair, n, &[cmd]);
+        }
+    }
+    let status = cli_json(&pair, 0, &["status"]);
+    assert_eq!(status["vrrp"][0]["state"], "MASTER", "{status}");
+    assert_eq!(status["sync"]["peer"], "up", "{status}");
+    assert_eq!(status["services"][0]["up"], true, "{status}");
+    let human = cli(&pair, 0, &["status"]);
+    assert!(human.contains("MASTER") && human.contains("web"), "{human}");
+    let services = cli(&pair, 0, &["services"]);
+    assert!(services.contains("198.18.1.100:80"), "{services}");
+    let real = "198.18.2.12:8080";
+    let r = cli_json(&pair, 0, &["real", "drain", "web", real]);
+    assert_eq!(
+        (r["admin"].as_str(), r["weight"].as_u64()),
+        (Some("drained"), Some(0))
+    );
+    let r = cli_json(&pair, 0, &["real", "disable", "web", real]);
+    assert_eq!(r["admin"], "disabled");
+    let r = cli_json(&pair, 0, &["real", "enable", "web", real]);
+    assert_eq!(
+        (r["admin"].as_str(), r["weight"].as_u64()),
+        (Some("enabled"), Some(1))
+    );
+    let r = cli_json(&pair, 0, &["real", "weight", "web", real, "4"]);
+    assert_eq!(r["weight"], 4);
+    let out = pair
+        .cli(0, &["real", "drain", "web", "198.18.2.99:8080"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "unknown real: {}", text(&out));
+    let out = pair.cli(0, &["real", "drain"]).unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage error: {}", text(&out));
+    let r = cli_json(&pair, 0, &["reload"]);
+    assert!(r["changes"].as_array().is_some(), "{r}");
+    let cfg = pair.configs[0].display().to_string();
+    assert!(cli(&pair, 0, &["check-config", &cfg]).contains("ok"));
+
+    // Planned switchover and back.
+    let v = cli_json(&pair, 0, &["demote"]);
+    assert!(v["instances"].is_array());
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over");
+    pair.wait_state(0, "ext", "BACKUP", T)
+        .expect("lb-a steps back");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pair.state(0, "ext").unwrap(),
+        "BACKUP",
+        "demoted stays backup"
+    );
+    cli_json(&pair, 0, &["promote"]);
+    pair.wait_state(0, "ext", "MASTER", T)
+        .expect("lb-a takes over again");
+    std::thread::sleep(Duration::from_secs(2));
+    let report = flows::stop(flows);
+    flows::assert_all_ok(&report, LONG);
+
+    let events = cli(&pair, 0, &["events"]);
+    assert!(
+        events.contains("demote") && events.contains("promote"),
+        "{events}"
+    );
+}
+
+#[test]
+fn a_box_whose_checks_fail_resigns_through_the_quorum() {
+    let check = "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"";
+    let Some(pair) = synced_pair("ops-quorum", "quorum = 2", Some(check)) else {
+        return;
+    };
+    // lb-a's own packets to the real servers' HTTP port are dropped: its checks fail, while
+    // the traffic it forwards (not its own) still flows.
+    pair.nodes[0]
+        .run([
+            "nft",
+            "add table ip labblock; add chain ip labblock out { type filter hook output priority 0; }; add rule ip labblock out tcp dport 8080 drop",
+        ])
+        .expect("nft");
+    let ok = pair.nodes[0]
+        .exec_ok(["nft", "list", "table", "ip", "labblock"])
+        .unwrap_or(false);
+    assert!(ok, "the lab's block rule is in place");
+    pair.wait_state(0, "ext", "FAULT", T).expect("lb-a resigns");
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over");
+    let events = cli(&pair, 0, &["events"]);
+    assert!(events.contains("quorum lost"), "{events}");
+    assert!(pair.curl().is_ok(), "the VIP answers through lb-b");
+
+    pair.nodes[0]
+        .run(["nft", "delete table ip labblock"])
+        .expect("nft");
+    pair.wait_state(0, "ext", "MASTER", T)
+        .expect("lb-a back with its quorum");
+}

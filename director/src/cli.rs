@@ -950,7 +950,10 @@ fn render_services(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
                 } else {
                     "INHIBITED"
                 };
-                match r["last_check"]["detail"].as_str() {
+                match r["health_cause"]
+                    .as_str()
+                    .or(r["last_check"]["detail"].as_str())
+                {
                     Some(d) => notes.push(format!("{what}: {d}")),
                     None => notes.push(what.to_string()),
                 }
@@ -983,8 +986,8 @@ fn render_services(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
                 "  -> {addr:<28} {fwd:<7} {:<6} {:<10} {:<10} {:<6} {:<9} {}",
                 "-",
                 "-",
-                "-",
-                "-",
+                num_or(&sorry["counters"]["active"]),
+                num_or(&sorry["counters"]["inactive"]),
                 "-",
                 if sorry["active"] == true {
                     "SORRY SERVER, ACTIVE: no real server is up"

@@ -639,10 +639,11 @@ impl Runtime {
                     "healthy": s.reals.iter().filter(|r| r.admin != Admin::Disabled && r.health != Some(Health::Down)).count(),
                     "serving": s.serving,
                     "up": s.up() || s.sorry_active,
-                    "sorry_server": s.sorry.map(|(addr, slot)| merge(json!({
+                    "sorry_server": s.sorry.map(|(addr, slot)| json!({
                         "address": addr.to_string(),
                         "active": s.sorry_active,
-                    }), counters(slot))),
+                        "counters": counters(slot),
+                    })),
                     "check": s.config.check.as_ref().map(|c| json!({
                         "kind": match &c.kind {
                             CheckKind::Tcp => "tcp",

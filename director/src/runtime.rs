@@ -354,7 +354,8 @@ impl Runtime {
         self.publish(&mut st);
     }
 
-    /// `director real weight`.
+    /// `director real weight`: a runtime weight, kept until the file's weight for this real
+    /// server changes; it ends a drain (not a disable).
     pub fn set_weight(
         &self,
         service: &str,
@@ -364,6 +365,10 @@ impl Runtime {
         let mut st = self.lock();
         let r = find_real(&mut st, service, real)?;
         r.weight_override = Some(weight);
+        // Setting a weight ends a drain (as with ipvsadm, where a drain is weight 0).
+        if r.admin == Admin::Drained {
+            r.admin = Admin::Enabled;
+        }
         let admin = r.admin;
         self.events.push(
             "operator",

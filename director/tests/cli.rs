@@ -274,6 +274,8 @@ struct Daemon {
     child: std::process::Child,
     dir: std::path::PathBuf,
     socket: std::path::PathBuf,
+    /// Where the daemon's sd_notify messages arrive (`NOTIFY_SOCKET`).
+    notify: std::os::unix::net::UnixDatagram,
 }
 
 impl Daemon {
@@ -312,14 +314,27 @@ impl Daemon {
             env!("CARGO_BIN_EXE_directord"),
             config.display()
         );
+        let notify_path = dir.join("notify.sock");
+        let notify =
+            std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+        notify
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
         let child = Command::new("unshare")
             .args(["--net", "--", "sh", "-c", &script])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "400000")
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("run unshare");
-        let mut d = Daemon { child, dir, socket };
+        let mut d = Daemon {
+            child,
+            dir,
+            socket,
+            notify,
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Some(exit) = d.child.try_wait().expect("wait for the daemon") {
@@ -345,6 +360,26 @@ impl Daemon {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("directord.log")).unwrap_or_default()
+    }
+
+    /// The next sd_notify message (10 s at most).
+    fn notified(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Notify messages until one contains `want`; all of them.
+    fn notified_until(&self, want: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let m = self.notified();
+            let done = m.contains(want);
+            seen.push(m);
+            if done || seen.len() > 200 {
+                return seen;
+            }
+        }
     }
 
     /// Kill it with SIGKILL: the socket file stays, with nobody behind it.
@@ -423,4 +458,42 @@ fn exit_codes_against_a_running_daemon() {
     assert!(d.socket.exists());
     let out = d.cli(&["services"]);
     assert_eq!(status(&out), 3, "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_daemon_speaks_sd_notify() {
+    let Some(mut d) = Daemon::start("notify") else {
+        return;
+    };
+    let seen = d.notified_until("READY=1");
+    assert!(
+        seen.last().is_some_and(|m| m.contains("READY=1")),
+        "{seen:?}"
+    );
+    // WATCHDOG_USEC = 400 ms: a ping every 200 ms while the datapath is alive.
+    let seen = d.notified_until("WATCHDOG=1");
+    assert!(seen.last().is_some_and(|m| m == "WATCHDOG=1"), "{seen:?}");
+    let out = d.cli(&["reload"]);
+    assert_eq!(status(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "config generation 2: no changes\n");
+    let seen = d.notified_until("RELOADING=1");
+    assert!(
+        seen.last().is_some_and(|m| m.contains("MONOTONIC_USEC=")),
+        "{seen:?}"
+    );
+    let seen = d.notified_until("READY=1");
+    assert!(
+        seen.last().is_some_and(|m| m.contains("READY=1")),
+        "{seen:?}"
+    );
+    // SIGTERM: STOPPING=1, then a clean exit.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    let seen = d.notified_until("STOPPING=1");
+    assert!(
+        seen.last().is_some_and(|m| m.contains("STOPPING=1")),
+        "{seen:?}"
+    );
+    let exit = d.child.wait().expect("wait for directord");
+    assert!(exit.success(), "{exit}: {}", d.log());
 }

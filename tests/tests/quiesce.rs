@@ -215,7 +215,7 @@ fn cli_tables_and_no_daemon() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("TCP  198.18.1.100:80 wrr") && l.ends_with("(web)")),
+            .any(|l| l.starts_with("TCP  198.18.1.100:80 wrr [nat]  web: UP, 3/3 healthy")),
         "no service row in:\n{services}"
     );
     for (i, r) in reals.iter().enumerate() {

@@ -559,6 +559,21 @@ struct Rows {
     clients: Vec<String>,
 }
 
+fn count<'a>(kinds: &mut Vec<(&'a str, usize)>, k: &'a str) {
+    match kinds.iter_mut().find(|(kk, _)| *kk == k) {
+        Some((_, n)) => *n += 1,
+        None => kinds.push((k, 1)),
+    }
+}
+
+fn kinds_text(kinds: &[(&str, usize)]) -> String {
+    kinds
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn report(s: &Setting, case: Case, trials: &[Trial], reqs: &[Req], rows: &mut Rows) {
     let det = sorted(trials.iter().filter_map(|t| t.detect));
     let ev = sorted(trials.iter().filter_map(|t| t.detect_event));
@@ -596,6 +611,12 @@ fn report(s: &Setting, case: Case, trials: &[Trial], reqs: &[Req], rows: &mut Ro
     };
     let (mut started, mut failed, mut to_rs1, mut late) = (0usize, 0usize, 0usize, 0usize);
     let mut kinds: Vec<(&str, usize)> = Vec::new();
+    let mut outside_kinds: Vec<(&str, usize)> = Vec::new();
+    for r in reqs.iter().filter(|r| !in_window(r)) {
+        if let Err(k) = &r.outcome {
+            count(&mut outside_kinds, k);
+        }
+    }
     for r in reqs.iter().filter(|r| in_window(r)) {
         started += 1;
         if r.outcome.is_ok() && r.took > LATE {
@@ -606,21 +627,15 @@ fn report(s: &Setting, case: Case, trials: &[Trial], reqs: &[Req], rows: &mut Ro
             Ok(_) => {}
             Err(k) => {
                 failed += 1;
-                match kinds.iter_mut().find(|(kk, _)| kk == k) {
-                    Some((_, n)) => *n += 1,
-                    None => kinds.push((k, 1)),
-                }
+                count(&mut kinds, k);
             }
         }
     }
     let window_ms: f64 = trials.iter().map(|t| ms(t.window.1 - t.window.0)).sum();
-    let outside = reqs
-        .iter()
-        .filter(|r| !in_window(r) && r.outcome.is_err())
-        .count();
+    let outside: usize = outside_kinds.iter().map(|(_, n)| n).sum();
     let outside_all = reqs.iter().filter(|r| !in_window(r)).count();
     rows.clients.push(format!(
-        "| {} | {} | {:.1} s | {} | {} | {} | {} ({:.1} per trial) | {} | {} of {} |",
+        "| {} | {} | {:.1} s | {} | {} | {} | {} ({:.1} per trial) | {} | {} of {}{} |",
         s.label(),
         case.label(),
         window_ms / 1e3,
@@ -632,14 +647,15 @@ fn report(s: &Setting, case: Case, trials: &[Trial], reqs: &[Req], rows: &mut Ro
         if kinds.is_empty() {
             "-".to_string()
         } else {
-            kinds
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            kinds_text(&kinds)
         },
         outside,
         outside_all,
+        if outside_kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kinds_text(&outside_kinds))
+        },
     ));
 }
 

@@ -300,7 +300,7 @@ impl Daemon {
                  [[service]]\nname = \"web\"\nvip = \"198.18.1.100:80\"\nmode = \"nat\"\n\n\
                  [[service.real]]\naddress = \"198.18.2.11:8080\"\n\n\
                  [[service.real]]\naddress = \"198.18.2.12:8080\"\nweight = 2\n\n\
-                 [control]\nsocket = \"{}\"\n\n\
+                 [control]\nsocket = \"{}\"\nmetrics = \"127.0.0.1:9586\"\n\n\
                  [datapath]\nworkers = 1\ninterfaces = [\"d0\", \"d1\"]\n",
                 socket.display()
             ),
@@ -496,4 +496,34 @@ fn the_daemon_speaks_sd_notify() {
     );
     let exit = d.child.wait().expect("wait for directord");
     assert!(exit.success(), "{exit}: {}", d.log());
+}
+
+#[test]
+fn the_live_daemon_serves_prometheus_metrics() {
+    let Some(d) = Daemon::start("metrics") else {
+        return;
+    };
+    // The daemon's 127.0.0.1 is in its own network namespace: curl from there.
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &d.child.id().to_string(),
+            "-n",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .arg("http://127.0.0.1:9586/metrics")
+        .output()
+        .expect("run nsenter curl");
+    assert_eq!(status(&out), 0, "{}", text(&out.stderr));
+    let body = text(&out.stdout);
+    for want in [
+        "# TYPE director_datapath_received_frames_total counter",
+        "director_real_weight{service=\"web\",real=\"198.18.2.12:8080\"} 2",
+        "director_connections ",
+    ] {
+        assert!(body.contains(want), "{want:?} not in:\n{body}");
+    }
 }

@@ -76,6 +76,21 @@ struct RealState {
     health_cause: Option<String>,
 }
 
+impl RealState {
+    /// A real server as it joins: enabled, and up if checked (keepalived's default).
+    fn new(r: &RealServer, slot: RealSlot, checked: bool) -> RealState {
+        RealState {
+            addr: r.addr,
+            slot,
+            weight: r.weight,
+            weight_override: None,
+            admin: Admin::Enabled,
+            health: checked.then_some(Health::Up),
+            health_cause: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ServiceState {
     id: u16,
@@ -92,6 +107,14 @@ struct ServiceState {
 impl ServiceState {
     fn name(&self) -> &str {
         &self.config.virtual_service.name
+    }
+
+    /// What a failed check does to a real server of this service.
+    fn on_fail(&self) -> OnFail {
+        self.config
+            .check
+            .as_ref()
+            .map_or(OnFail::Inhibit, |c| c.on_fail)
     }
 
     fn key(&self) -> (SocketAddrV4, forwarder::model::Protocol) {
@@ -166,15 +189,8 @@ impl State {
             sorry_active: false,
         };
         for r in &svc.virtual_service.reals {
-            out.reals.push(RealState {
-                addr: r.addr,
-                slot: self.alloc_slot(reals)?,
-                weight: r.weight,
-                weight_override: None,
-                admin: Admin::Enabled,
-                health: svc.check.as_ref().map(|_| Health::Up),
-                health_cause: None,
-            });
+            let slot = self.alloc_slot(reals)?;
+            out.reals.push(RealState::new(r, slot, svc.check.is_some()));
         }
         if let Some(addr) = svc.sorry_server {
             out.sorry = Some((addr, self.alloc_slot(reals)?));
@@ -327,11 +343,7 @@ impl Runtime {
         let Some(s) = st.services.iter_mut().find(|s| s.name() == key.service) else {
             return;
         };
-        let on_fail = s
-            .config
-            .check
-            .as_ref()
-            .map_or(OnFail::Inhibit, |c| c.on_fail);
+        let on_fail = s.on_fail();
         let Some(r) = s.reals.iter_mut().find(|r| r.addr == key.real) else {
             return;
         };
@@ -602,7 +614,7 @@ impl Runtime {
             .iter()
             .map(|s| {
                 let vs = &s.config.virtual_service;
-                let on_fail = s.config.check.as_ref().map_or(OnFail::Inhibit, |c| c.on_fail);
+                let on_fail = s.on_fail();
                 let reals: Vec<Value> = s
                     .reals
                     .iter()
@@ -731,11 +743,7 @@ fn instance_of<'a>(config: &'a Config, s: &ServiceState) -> Option<&'a str> {
 fn build(services: &mut [ServiceState]) -> ServiceTable {
     let mut specs = Vec::with_capacity(services.len());
     for s in services.iter_mut() {
-        let on_fail = s
-            .config
-            .check
-            .as_ref()
-            .map_or(OnFail::Inhibit, |c| c.on_fail);
+        let on_fail = s.on_fail();
         let mut vs = s.config.virtual_service.clone();
         let mut reals = Vec::new();
         let mut slots = Vec::new();
@@ -868,15 +876,7 @@ fn update_service(
                     "service {name}: real {} added (weight {})",
                     nr.addr, nr.weight
                 ));
-                RealState {
-                    addr: nr.addr,
-                    slot,
-                    weight: nr.weight,
-                    weight_override: None,
-                    admin: Admin::Enabled,
-                    health: new.check.as_ref().map(|_| Health::Up),
-                    health_cause: None,
-                }
+                RealState::new(nr, slot, new.check.is_some())
             }
         };
         reals.push(r);

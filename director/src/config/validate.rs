@@ -936,11 +936,16 @@ impl Validator<'_> {
             .flat_map(|v| v.instances.iter())
             .flat_map(|i| i.vips.iter().map(move |p| (i.name.clone(), *p)))
             .collect();
-        let in_prefix = |p: &VipPrefix, a: Ipv4Addr| {
+        // The network of a VIP prefix, as (network address, mask).
+        let network = |p: &VipPrefix| {
             let mask = u32::MAX
                 .checked_shl(32 - u32::from(p.prefix_len))
                 .unwrap_or(0);
-            u32::from(p.addr) & mask == u32::from(a) & mask
+            (u32::from(p.addr) & mask, mask)
+        };
+        let in_prefix = |p: &VipPrefix, a: Ipv4Addr| {
+            let (net, mask) = network(p);
+            u32::from(a) & mask == net
         };
         for (f, svc) in files.iter().zip(services) {
             let f = f.get_ref();
@@ -985,16 +990,7 @@ impl Validator<'_> {
                 {
                     let nets: Vec<String> = reach
                         .iter()
-                        .map(|p| {
-                            let mask = u32::MAX
-                                .checked_shl(32 - u32::from(p.prefix_len))
-                                .unwrap_or(0);
-                            format!(
-                                "{}/{}",
-                                Ipv4Addr::from(u32::from(p.addr) & mask),
-                                p.prefix_len
-                            )
-                        })
+                        .map(|p| format!("{}/{}", Ipv4Addr::from(network(p).0), p.prefix_len))
                         .collect();
                     self.err(span, format!("mode dr forwards by MAC address, so real server {ip} must be on a network this box shares with it; it is in none of the VRRP instances' networks ({}); use mode nat or tun for a routed real server", nets.join(", ")));
                 }

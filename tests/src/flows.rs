@@ -76,3 +76,22 @@ pub fn assert_all_ok(report: &Value, n: u64) {
     assert!(opened > 0, "no short connection was opened");
     assert_eq!(short["ok"], opened, "{}", failures());
 }
+
+/// The longest stall (ms) that began in `[from, to)`, and how many listed stalls (> 100 ms)
+/// did. A stall is attributed to the failover during which it began: a flow stalls when the
+/// first bytes after the switch go unanswered, so its stall begins at most a round trip
+/// before the moment the test acted (callers widen the window by a margin for that).
+pub fn stalls_from(report: &Value, from: u64, to: u64) -> (f64, usize) {
+    let mut max = 0.0f64;
+    let mut n = 0;
+    for s in report["long"]["stalls"].as_array().into_iter().flatten() {
+        if s["start_ns"]
+            .as_u64()
+            .is_some_and(|t| (from..to).contains(&t))
+        {
+            max = max.max(s["ms"].as_f64().unwrap_or(0.0));
+            n += 1;
+        }
+    }
+    (max, n)
+}

@@ -415,6 +415,19 @@ impl Lab {
         Ok(())
     }
 
+    /// The switch namespace (where the bridges are) as a host, e.g. to run QEMU there so that
+    /// its tap devices can join the bridges.
+    pub fn switch_host(&self) -> Host {
+        self.switch()
+    }
+
+    /// A new interface name, unique in this lab and valid for any namespace (≤ 15 bytes).
+    pub fn new_ifname(&self) -> String {
+        let mut st = self.inner.state();
+        st.next_port += 1;
+        format!("{}t{}", self.inner.if_prefix, st.next_port)
+    }
+
     fn switch(&self) -> Host {
         Host {
             lab: self.inner.clone(),
@@ -834,7 +847,9 @@ impl Host {
         Ok(self.output(&argv, RUN_TIMEOUT)?.status.success())
     }
 
-    fn output(&self, argv: &[OsString], timeout: Duration) -> Result<Output> {
+    /// Runs `argv` in this host and returns its output whatever its exit status; an error only
+    /// when it cannot be started or outlives `timeout` (then it is killed).
+    pub fn output(&self, argv: &[OsString], timeout: Duration) -> Result<Output> {
         // Output goes to files, not pipes: a daemon forked by the command may keep a pipe open
         // forever, a file it cannot hold hostage.
         let n = {

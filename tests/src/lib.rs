@@ -16,6 +16,7 @@ pub mod pair;
 pub mod pattern;
 pub mod router;
 pub mod topo;
+pub mod vm;
 
 pub use lab::{
     mono_ns, parse_pcap, preflight, reap_stale, udp_request, under_ci, wait_until, write_file,

@@ -100,7 +100,7 @@ pub fn sync_addr(node: usize) -> Ipv4Addr {
 }
 
 /// 32 random bytes from the kernel, hex-encoded: a sync key file's content.
-fn random_key_hex() -> Result<String> {
+pub fn random_key_hex() -> Result<String> {
     let mut key = [0u8; 32];
     std::io::Read::read_exact(
         &mut std::fs::File::open("/dev/urandom").context("open /dev/urandom")?,

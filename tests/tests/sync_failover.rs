@@ -11,11 +11,10 @@
 
 use std::time::Duration;
 
-use director_lab::flows;
+use director_lab::flows::{self, stalls_from};
 use director_lab::pair::{Pair, PairSpec};
 use director_lab::topo::{Mode, ServiceSpec, Topo};
 use director_lab::{mono_ns, wait_until, Lab};
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
 const LONG: u64 = 200;
@@ -26,25 +25,6 @@ fn services() -> Vec<ServiceSpec> {
         ServiceSpec::http("rr", &[1, 1, 1]),
         ServiceSpec::echo("rr", &[1, 1, 1]),
     ]
-}
-
-/// The longest stall (ms) that began in `[from, to)`, and how many listed stalls (> 100 ms)
-/// did. A stall is attributed to the failover during which it began: a flow stalls when the
-/// first bytes after the switch go unanswered, so its stall begins at most a round trip
-/// before the moment the test acted (callers widen the window by a margin for that).
-fn stalls_from(report: &Value, from: u64, to: u64) -> (f64, usize) {
-    let mut max = 0.0f64;
-    let mut n = 0;
-    for s in report["long"]["stalls"].as_array().into_iter().flatten() {
-        if s["start_ns"]
-            .as_u64()
-            .is_some_and(|t| (from..to).contains(&t))
-        {
-            max = max.max(s["ms"].as_f64().unwrap_or(0.0));
-            n += 1;
-        }
-    }
-    (max, n)
 }
 
 /// One mode's product test: kill the master, let the backup carry the flows, bring the

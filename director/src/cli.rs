@@ -30,6 +30,7 @@ Examples:
   director real drain web 198.18.2.11:8080
   director --json vrrp | jq '.instances[].state'
   director --socket /run/director/lab-b.sock status
+  director upgrade /tmp/director-0.7.0.img     write the other root slot and boot it
 
 Exit codes: 0 ok, 1 the daemon reported an error, 2 usage error, 3 no daemon.";
 
@@ -169,6 +170,7 @@ Examples:
 
 The new slot boots with TRIES attempts; a boot counts as good once `director boot-check` saw
 the daemon and its peer. After TRIES failed boots systemd-boot boots the previous slot again.
+
 Exit codes: 0 done, 1 a step failed (it is named, with its path), 2 usage error.")]
     Upgrade {
         /// The new image: a disk image file or device (its partition root-a is used), or a

@@ -709,6 +709,15 @@ impl Upgraded {
     }
 }
 
+/// A size for people: bytes below 1 MiB, MiB above.
+fn size(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{bytes} bytes")
+    } else {
+        mib(bytes)
+    }
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
@@ -996,7 +1005,7 @@ pub fn upgrade(
         let n = File::open(from)
             .and_then(|mut f| replace_file(&to, &mut f))
             .map_err(at("install the kernel", &to))?;
-        say!("installed {} ({})", to.display(), mib(n));
+        say!("installed {} ({})", to.display(), size(n));
     }
 
     let name = EntryName {
@@ -1246,7 +1255,7 @@ pub fn render_slots(v: &Value, out: &mut dyn Write) -> io::Result<()> {
     for slot in v["slots"].as_array().into_iter().flatten() {
         writeln!(
             out,
-            "slot {}     {:<32} {}{}",
+            "slot {}     {}  {}{}",
             s(&slot["slot"]),
             s(&slot["device"]),
             slot["version"].as_str().map_or_else(
@@ -1288,7 +1297,7 @@ pub fn render_slots(v: &Value, out: &mut dyn Write) -> io::Result<()> {
         .max(5);
     writeln!(
         out,
-        "  {:<width$} {:>4}  {:<4}  {:<16}  Title",
+        "  {:<width$}  {:>4}  {:<4}  {:<20}  Title",
         "Entry", "Gen", "Slot", "Tries"
     )?;
     for e in entries {
@@ -1299,10 +1308,10 @@ pub fn render_slots(v: &Value, out: &mut dyn Write) -> io::Result<()> {
         };
         writeln!(
             out,
-            "{} {:<width$} {:>4}  {:<4}  {:<16}  {}",
+            "{} {:<width$}  {:>4}  {:<4}  {:<20}  {}",
             if e["boots_next"] == true { "*" } else { " " },
             s(&e["file"]),
-            e["gen"],
+            e["gen"].as_u64().unwrap_or(0),
             s(&e["slot"]),
             tries,
             s(&e["title"])

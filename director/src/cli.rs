@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use crate::control::{self, ClientError};
+use crate::upgrade;
 
 /// Exit code: the daemon reported an error, or `check-config` found errors.
 pub const EXIT_ERROR: i32 = 1;
@@ -29,6 +30,7 @@ Examples:
   director real drain web 198.18.2.11:8080
   director --json vrrp | jq '.instances[].state'
   director --socket /run/director/lab-b.sock status
+  director upgrade /tmp/director-0.7.0.img     write the other root slot and boot it
 
 Exit codes: 0 ok, 1 the daemon reported an error, 2 usage error, 3 no daemon.";
 
@@ -158,6 +160,56 @@ Examples:
   director check-config && director reload
   systemctl reload directord            # the same, through SIGHUP")]
     Reload,
+    /// Write a new image into the root slot that is not running, verify it, install its
+    /// kernel on the ESP and make it the next boot, with boot counting; then reboot.
+    #[command(after_help = "\
+Examples:
+  director upgrade /tmp/director-0.7.0.img                # a disk image from the build
+  director upgrade /tmp/director-0.7.0.img --no-reboot    # boot it later: systemctl reboot
+  director upgrade /tmp/root.ext4 --tries 5               # a bare root filesystem
+
+The new slot boots with TRIES attempts; a boot counts as good once `director boot-check` saw
+the daemon and its peer. After TRIES failed boots systemd-boot boots the previous slot again.
+
+Exit codes: 0 done, 1 a step failed (it is named, with its path), 2 usage error.")]
+    Upgrade {
+        /// The new image: a disk image file or device (its partition root-a is used), or a
+        /// bare ext4 root filesystem.
+        image: PathBuf,
+        /// Boot attempts before systemd-boot falls back to the previous slot.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        tries: u32,
+        /// Prepare the next boot but do not reboot now.
+        #[arg(long)]
+        no_reboot: bool,
+        #[command(flatten)]
+        paths: SlotPaths,
+    },
+    /// Confirm a counted boot: wait until the daemon answers and sees its peer (VRRP adverts
+    /// heard, or the sync peer up). Run by a unit before boot-complete.target.
+    #[command(after_help = "\
+Examples:
+  director boot-check                   # what the boot-check unit runs
+  director boot-check --timeout 30
+
+Exit codes: 0 good (or not a counted boot), 1 not good within the timeout, 2 usage error.")]
+    BootCheck {
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        timeout: u64,
+        #[command(flatten)]
+        paths: SlotPaths,
+    },
+    /// The root slots: the running one, each slot's image version, and the boot entries in
+    /// the order systemd-boot tries them.
+    #[command(after_help = "\
+Examples:
+  director slots
+  director --json slots | jq -r .next")]
+    Slots {
+        #[command(flatten)]
+        paths: SlotPaths,
+    },
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -168,6 +220,41 @@ Examples:
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// Where `upgrade`, `boot-check` and `slots` find the appliance's files. Hidden: they exist
+/// so that tests can point the commands at temporary files.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SlotPaths {
+    #[arg(long, hide = true, value_name = "PATH", default_value = upgrade::DEFAULT_CMDLINE)]
+    cmdline_file: PathBuf,
+    #[arg(long, hide = true, value_name = "DIR", default_value = upgrade::DEFAULT_PARTLABEL_DIR)]
+    partlabel_dir: PathBuf,
+    #[arg(long, hide = true, value_name = "DIR", default_value = upgrade::DEFAULT_ESP)]
+    esp: PathBuf,
+    #[arg(long, hide = true, value_name = "DIR", default_value = upgrade::DEFAULT_EFIVARS)]
+    efivars: PathBuf,
+    #[arg(long, hide = true, value_name = "PATH", default_value = upgrade::DEFAULT_IMAGE_VERSION)]
+    image_version_file: PathBuf,
+    #[arg(long, hide = true, value_name = "COMMAND", default_value = upgrade::DEFAULT_REBOOT)]
+    reboot_command: String,
+}
+
+impl SlotPaths {
+    pub fn paths(&self) -> upgrade::Paths {
+        upgrade::Paths {
+            cmdline: self.cmdline_file.clone(),
+            by_partlabel: self.partlabel_dir.clone(),
+            esp: self.esp.clone(),
+            efivars: self.efivars.clone(),
+            image_version: self.image_version_file.clone(),
+            reboot: self
+                .reboot_command
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,7 +317,11 @@ Examples:
 fn request_of(command: &Command) -> Option<(Value, &'static str)> {
     let admin = |service: &str, real: &std::net::SocketAddrV4, action: &str| json!({"command": "real-admin", "service": service, "real": real.to_string(), "action": action});
     Some(match command {
-        Command::CheckConfig { .. } | Command::Completions { .. } => return None,
+        Command::CheckConfig { .. }
+        | Command::Completions { .. }
+        | Command::Upgrade { .. }
+        | Command::BootCheck { .. }
+        | Command::Slots { .. } => return None,
         Command::Status => (json!({"command": "status"}), "status"),
         Command::Stats => (json!({"command": "stats"}), "stats"),
         Command::Services => (json!({"command": "services"}), "services"),
@@ -282,9 +373,108 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Resu
             clap_complete::generate(*shell, &mut Cli::command(), "director", out);
             Ok(0)
         }
+        Command::Upgrade {
+            image,
+            tries,
+            no_reboot,
+            paths,
+        } => upgrade_command(
+            &paths.paths(),
+            image,
+            *tries,
+            *no_reboot,
+            cli.json,
+            out,
+            err,
+        ),
+        Command::BootCheck { timeout, paths } => {
+            let check = upgrade::boot_check(
+                &paths.paths(),
+                &cli.socket,
+                std::time::Duration::from_secs(*timeout),
+                out,
+            );
+            match check {
+                Ok(upgrade::BootCheck::NotCounted | upgrade::BootCheck::Good(_)) => Ok(0),
+                Ok(upgrade::BootCheck::Failed(_)) => Ok(EXIT_ERROR),
+                Err(e) => {
+                    writeln!(err, "director: boot-check: {e}")?;
+                    Ok(EXIT_ERROR)
+                }
+            }
+        }
+        Command::Slots { paths } => match upgrade::slots(&paths.paths()) {
+            Ok(v) if cli.json => {
+                writeln!(out, "{v}")?;
+                Ok(0)
+            }
+            Ok(v) => {
+                upgrade::render_slots(&v, out)?;
+                Ok(0)
+            }
+            Err(e) => {
+                writeln!(err, "director: slots: {e}")?;
+                Ok(EXIT_ERROR)
+            }
+        },
         command => {
             let (req, view) = request_of(command).expect("every other command asks the daemon");
             daemon_view(cli, &req, view, out, err)
+        }
+    }
+}
+
+/// `director upgrade`: the steps' lines on stdout (stderr with `--json`, whose summary goes
+/// to stdout), the copy's progress on stderr; then the reboot.
+fn upgrade_command(
+    paths: &upgrade::Paths,
+    image: &Path,
+    tries: u32,
+    no_reboot: bool,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<i32> {
+    let result = if json {
+        upgrade::upgrade(paths, image, tries, err, &mut std::io::sink())
+    } else {
+        upgrade::upgrade(paths, image, tries, out, err)
+    };
+    let done = match result {
+        Ok(done) => done,
+        Err(e) => {
+            writeln!(err, "director: upgrade failed: {e}")?;
+            return Ok(EXIT_ERROR);
+        }
+    };
+    if json {
+        let mut v = done.to_json();
+        v["rebooting"] = json!(!no_reboot);
+        writeln!(out, "{v}")?;
+    }
+    if no_reboot {
+        if !json {
+            writeln!(
+                out,
+                "not rebooting (--no-reboot): slot {} boots at the next reboot",
+                done.target
+            )?;
+        }
+        return Ok(0);
+    }
+    if !json {
+        writeln!(out, "rebooting into slot {}", done.target)?;
+    }
+    out.flush()?;
+    match upgrade::reboot(paths) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            writeln!(
+                err,
+                "director: {e} (slot {} is ready and boots at the next reboot)",
+                done.target
+            )?;
+            Ok(EXIT_ERROR)
         }
     }
 }
@@ -1160,6 +1350,9 @@ mod tests {
         }
         assert_eq!(request(&["check-config"]), None);
         assert_eq!(request(&["completions", "bash"]), None);
+        assert_eq!(request(&["slots"]), None);
+        assert_eq!(request(&["boot-check"]), None);
+        assert_eq!(request(&["upgrade", "/tmp/x.img"]), None);
     }
 
     #[test]
@@ -1192,6 +1385,36 @@ mod tests {
         assert_eq!(duration_words(61), "1m 1s");
         assert_eq!(duration_words(3 * 3600 + 5), "3h 0m 5s");
         assert_eq!(duration_words(86_400 * 2 + 3661), "2d 1h 1m");
+    }
+
+    #[test]
+    fn slot_commands_default_to_the_appliance() {
+        for args in [&["slots"][..], &["boot-check"], &["upgrade", "x.img"]] {
+            let cli = Cli::try_parse_from(std::iter::once("director").chain(args.iter().copied()))
+                .expect("valid command line");
+            let paths = match &cli.command {
+                Command::Slots { paths }
+                | Command::BootCheck { paths, .. }
+                | Command::Upgrade { paths, .. } => paths.paths(),
+                other => panic!("parsed as {other:?}"),
+            };
+            assert_eq!(paths, upgrade::Paths::default(), "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["director", "upgrade", "x.img"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::Upgrade {
+                tries: 3,
+                no_reboot: false,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["director", "upgrade", "x.img", "--tries", "0"]).is_err());
+        let cli = Cli::try_parse_from(["director", "boot-check"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::BootCheck { timeout: 120, .. }
+        ));
     }
 
     #[test]

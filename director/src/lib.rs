@@ -15,6 +15,8 @@
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 //! - `metrics`: the Prometheus text endpoint, rendered from the control socket's views.
 //! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
+//! - `upgrade`: the A/B root slots: `director upgrade` (write the other slot, add a counted
+//!   systemd-boot entry), `director boot-check` (confirm a counted boot) and `director slots`.
 
 pub mod cli;
 pub mod config;
@@ -26,3 +28,4 @@ pub mod logging;
 pub mod metrics;
 pub mod runtime;
 pub mod sdnotify;
+pub mod upgrade;

@@ -120,9 +120,7 @@ pub fn accel(lab: &Lab, image: &Image) -> &'static str {
             let mut argv = base_argv("kvm", &overlay, &vars, &serial, &pidfile);
             argv.push("-nic".into());
             argv.push("none".into());
-            let out = lab
-                .switch_host()
-                .output(&argv, Duration::from_secs(20))?;
+            let out = lab.switch_host().output(&argv, Duration::from_secs(20))?;
             ensure!(
                 out.status.success(),
                 "{}",
@@ -167,11 +165,19 @@ fn overlay(image: &Image, path: &Path) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-fn base_argv(accel: &str, disk: &Path, vars: &Path, serial: &Path, pidfile: &Path) -> Vec<OsString> {
+fn base_argv(
+    accel: &str,
+    disk: &Path,
+    vars: &Path,
+    serial: &Path,
+    pidfile: &Path,
+) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: String| a.push(s.into());
     push("qemu-system-x86_64".into());
-    for s in ["-machine", "q35", "-accel", accel, "-m", "1024", "-smp", "1"] {
+    for s in [
+        "-machine", "q35", "-accel", accel, "-m", "1024", "-smp", "1",
+    ] {
         push(s.into());
     }
     push("-display".into());
@@ -302,7 +308,11 @@ impl Vm {
             .arg(&tar)
             .arg(".")
             .output()?;
-        ensure!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(Vm {
             name: name.into(),
             switch: lab.switch_host(),

@@ -137,6 +137,28 @@ impl Bed {
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// `director upgrade ARGS` on node `n` (writing a 1.5 GiB slot takes minutes under TCG).
+    fn upgrade(&self, n: usize, args: &str) -> String {
+        let t = Instant::now();
+        let cmd = format!("director upgrade /dev/disk/by-id/virtio-upgrade {args} 2>&1");
+        let out = self.vms[n]
+            .ssh_output(&self.admin, &cmd, Duration::from_secs(1200))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{cmd} on {}: {}\n{text}",
+            self.vms[n].name,
+            out.status
+        );
+        eprintln!(
+            "appliance: {cmd} on {} took {:.0} s:\n{text}",
+            self.vms[n].name,
+            t.elapsed().as_secs_f64()
+        );
+        text
+    }
+
     fn json(&self, n: usize, args: &str) -> Value {
         self.vms[n]
             .director_json(&self.admin, args)
@@ -177,24 +199,40 @@ impl Bed {
             panic!(
                 "{what}: pair not ready (lb-a MASTER, lb-b BACKUP, sync up)\nlb-a: {}\nlb-b: {}",
                 self.vms[0]
-                    .ssh(&self.admin, "director status; journalctl -u directord -n 30 --no-pager")
+                    .ssh(
+                        &self.admin,
+                        "director status; journalctl -u directord -n 30 --no-pager"
+                    )
                     .unwrap_or_else(|e| format!("{e:#}")),
                 self.vms[1]
-                    .ssh(&self.admin, "director status; journalctl -u directord -n 30 --no-pager")
+                    .ssh(
+                        &self.admin,
+                        "director status; journalctl -u directord -n 30 --no-pager"
+                    )
                     .unwrap_or_else(|e| format!("{e:#}")),
             )
         });
-        eprintln!("{what}: pair ready after {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "{what}: pair ready after {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
 
     /// Reboots node `n` from inside (as an operator would) and waits for SSH to come back
     /// on a boot whose /proc/cmdline says `director.slot=SLOT`.
     fn reboot_into(&self, n: usize, slot: char, timeout: Duration) -> Duration {
         let t = Instant::now();
-        self.ssh(n, "systemd-run --on-active=1s --no-block systemctl reboot >/dev/null");
+        self.ssh(
+            n,
+            "systemd-run --on-active=1s --no-block systemctl reboot >/dev/null",
+        );
         wait_until(timeout, || {
             self.vms[n]
-                .ssh_output(&self.admin, "cat /proc/cmdline; cat /proc/uptime", Duration::from_secs(15))
+                .ssh_output(
+                    &self.admin,
+                    "cat /proc/cmdline; cat /proc/uptime",
+                    Duration::from_secs(15),
+                )
                 .is_ok_and(|o| {
                     let s = String::from_utf8_lossy(&o.stdout);
                     let up: f64 = s
@@ -250,10 +288,7 @@ fn upgrade_source(lab: &Lab, image: &Image) -> (std::path::PathBuf, String) {
     fs::write(&vfile, format!("{version}\n")).unwrap();
     for req in [
         "rm /usr/lib/director/image-version".to_string(),
-        format!(
-            "write {} /usr/lib/director/image-version",
-            vfile.display()
-        ),
+        format!("write {} /usr/lib/director/image-version", vfile.display()),
     ] {
         let out = Command::new("debugfs")
             .args(["-w", "-R", &req])
@@ -267,7 +302,11 @@ fn upgrade_source(lab: &Lab, image: &Image) -> (std::path::PathBuf, String) {
 
 fn build_bed(lab: Lab) -> Bed {
     let image = image().unwrap_or_else(|e| panic!("building the appliance image: {e:#}"));
-    eprintln!("appliance: image {} in {}", image.version(), image.dir.display());
+    eprintln!(
+        "appliance: image {} in {}",
+        image.version(),
+        image.dir.display()
+    );
     let ext_br = lab.bridge("ext").unwrap();
     let int_br = lab.bridge("int").unwrap();
     let sync_br = lab.bridge("sync").unwrap();
@@ -344,7 +383,10 @@ fn appliance_pair() {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            assert!(!under_ci(), "{tool} missing and CI is set: run scripts/install-deps --image");
+            assert!(
+                !under_ci(),
+                "{tool} missing and CI is set: run scripts/install-deps --image"
+            );
             eprintln!("skipping appliance test: {tool} missing (scripts/install-deps --image)");
             return;
         }
@@ -360,13 +402,20 @@ fn appliance_pair() {
         let d = vm
             .wait_ssh(&bed.admin, BOOT)
             .unwrap_or_else(|e| panic!("{e:#}"));
-        eprintln!("appliance: {} answers SSH {:.0} s after power-on", vm.name, (t.elapsed()).as_secs_f64().max(d.as_secs_f64()));
+        eprintln!(
+            "appliance: {} answers SSH {:.0} s after power-on",
+            vm.name,
+            (t.elapsed()).as_secs_f64().max(d.as_secs_f64())
+        );
     }
     bed.wait_pair_ready("first boot");
     let mut host_keys = Vec::new();
     for n in 0..2 {
         let status = bed.ssh(n, "director status");
-        eprintln!("appliance: director status on {}:\n{status}", bed.vms[n].name);
+        eprintln!(
+            "appliance: director status on {}:\n{status}",
+            bed.vms[n].name
+        );
         assert!(status.contains(["lb-a", "lb-b"][n]), "{status}");
         let ident = bed.ssh(
             n,
@@ -382,11 +431,18 @@ fn appliance_pair() {
         assert_eq!(lines[7], "1", "ip_forward: {ident}");
         host_keys.push((lines[1].to_string(), lines[2].to_string()));
     }
-    assert_ne!(host_keys[0], host_keys[1], "both boxes made the same machine-id or host key");
+    assert_ne!(
+        host_keys[0], host_keys[1],
+        "both boxes made the same machine-id or host key"
+    );
     // Key-only SSH: a password login is refused by the server's configuration.
     let sshd = bed.ssh(0, "sshd -T | grep -E '^(passwordauthentication|kbdinteractiveauthentication|permitrootlogin) '");
     assert!(sshd.contains("passwordauthentication no"), "{sshd}");
-    assert!(sshd.contains("permitrootlogin without-password") || sshd.contains("permitrootlogin prohibit-password"), "{sshd}");
+    assert!(
+        sshd.contains("permitrootlogin without-password")
+            || sshd.contains("permitrootlogin prohibit-password"),
+        "{sshd}"
+    );
 
     // 2. Pull lb-a's power cord under load, then boot it again.
     let fc = flows::start(&bed.client, LONG);
@@ -402,10 +458,16 @@ fn appliance_pair() {
     std::thread::sleep(Duration::from_secs(10));
     let restart_ns = mono_ns();
     bed.vms[0].boot().unwrap();
-    bed.vms[0].wait_ssh(&bed.admin, BOOT).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.vms[0]
+        .wait_ssh(&bed.admin, BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     // Same box after the reboot: the config partition kept its host key.
     let key_again = bed.ssh(0, "cat /config/ssh/ssh_host_ed25519_key.pub");
-    assert_eq!(key_again.trim(), host_keys[0].1, "lb-a's host key changed across a reboot");
+    assert_eq!(
+        key_again.trim(),
+        host_keys[0].1,
+        "lb-a's host key changed across a reboot"
+    );
     bed.wait_pair_ready("lb-a rejoined");
     std::thread::sleep(Duration::from_secs(5));
     let end_ns = mono_ns();
@@ -422,7 +484,11 @@ fn appliance_pair() {
 
     // 3. keepalived + kernel LVS in the same VMs, the same cut.
     for n in 0..2 {
-        fs::write(bed.lab.dir().join(format!("keepalived-{n}.conf")), keepalived_conf(n, &bed.reals)).unwrap();
+        fs::write(
+            bed.lab.dir().join(format!("keepalived-{n}.conf")),
+            keepalived_conf(n, &bed.reals),
+        )
+        .unwrap();
         let conf = keepalived_conf(n, &bed.reals);
         bed.ssh(
             n,
@@ -432,15 +498,18 @@ fn appliance_pair() {
             ),
         );
     }
-    wait_until(Duration::from_secs(60), || bed.holds_vip(0) && !bed.holds_vip(1))
-        .expect("keepalived: lb-a did not take the VIP");
+    wait_until(Duration::from_secs(60), || {
+        bed.holds_vip(0) && !bed.holds_vip(1)
+    })
+    .expect("keepalived: lb-a did not take the VIP");
     let fc = flows::start(&bed.client, LONG);
     std::thread::sleep(Duration::from_secs(8));
     let lvs_b = bed.ssh(1, "ipvsadm -L -n -c | grep -c ESTABLISHED || true");
     eprintln!("appliance: keepalived: lb-b's IPVS table holds {} synced ESTABLISHED connections before the cut", lvs_b.trim());
     let kill2 = mono_ns();
     bed.vms[0].kill();
-    wait_until(Duration::from_secs(60), || bed.holds_vip(1)).expect("keepalived: lb-b did not take the VIP");
+    wait_until(Duration::from_secs(60), || bed.holds_vip(1))
+        .expect("keepalived: lb-b did not take the VIP");
     std::thread::sleep(Duration::from_secs(10));
     let end2 = mono_ns();
     let lvs_report = {
@@ -459,25 +528,39 @@ fn appliance_pair() {
         long["ok"], long["count"], long["reset"], long["timeout"], long["eof"], long["corrupt"], long["unclosed"],
         short["ok"], short["opened"]
     );
-    fs::write(bed.lab.dir().join("keepalived-report.json"), lvs_report.to_string()).unwrap();
+    fs::write(
+        bed.lab.dir().join("keepalived-report.json"),
+        lvs_report.to_string(),
+    )
+    .unwrap();
     if let Ok(dir) = std::env::var("DIRECTOR_APPLIANCE_REPORT") {
         let _ = fs::create_dir_all(&dir);
-        let _ = fs::write(Path::new(&dir).join("keepalived.json"), lvs_report.to_string());
+        let _ = fs::write(
+            Path::new(&dir).join("keepalived.json"),
+            lvs_report.to_string(),
+        );
         let _ = fs::write(Path::new(&dir).join("director.json"), report.to_string());
     }
     // Back to directord: lb-b first, then lb-a boots (directord starts at boot).
-    bed.ssh(1, "systemctl stop keepalived; ipvsadm -C; systemctl start directord");
+    bed.ssh(
+        1,
+        "systemctl stop keepalived; ipvsadm -C; systemctl start directord",
+    );
     bed.vms[0].boot().unwrap();
-    bed.vms[0].wait_ssh(&bed.admin, BOOT).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.vms[0]
+        .wait_ssh(&bed.admin, BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     bed.wait_pair_ready("directord again after keepalived");
 
     // 4. Upgrade lb-b (the backup) from the "USB stick": slot b, boot-counted, blessed.
     let before = bed.json(1, "slots");
     eprintln!("appliance: lb-b slots before the upgrade: {before}");
-    let out = bed.ssh(1, "director upgrade /dev/disk/by-id/virtio-upgrade --no-reboot 2>&1");
-    eprintln!("appliance: director upgrade on lb-b:\n{out}");
+    bed.upgrade(1, "--no-reboot");
     let took = bed.reboot_into(1, 'b', BOOT);
-    eprintln!("appliance: lb-b back on slot b after {:.0} s", took.as_secs_f64());
+    eprintln!(
+        "appliance: lb-b back on slot b after {:.0} s",
+        took.as_secs_f64()
+    );
     wait_until(BOOT, || {
         bed.vms[1]
             .ssh_output(&bed.admin, "systemctl is-active systemd-bless-boot.service", Duration::from_secs(15))
@@ -494,16 +577,21 @@ fn appliance_pair() {
     let slots = bed.json(1, "slots");
     eprintln!("appliance: lb-b slots after the upgrade: {slots}");
     let version = bed.ssh(1, "cat /usr/lib/director/image-version");
-    assert!(version.contains("(upgrade test)"), "lb-b runs {version:?}, not the upgrade");
+    assert!(
+        version.contains("(upgrade test)"),
+        "lb-b runs {version:?}, not the upgrade"
+    );
     let entries = bed.ssh(1, "ls /efi/loader/entries");
-    assert!(entries.lines().any(|l| l == "director-2-b.conf"), "entry not blessed: {entries}");
+    assert!(
+        entries.lines().any(|l| l == "director-2-b.conf"),
+        "entry not blessed: {entries}"
+    );
     bed.wait_pair_ready("after the upgrade");
 
     // 5. Forced fallback: lb-b cannot see a peer (lb-a's directord stopped), upgrade with one try.
     bed.ssh(1, "echo BOOT_CHECK_TIMEOUT=30 > /config/boot-check.env");
     bed.ssh(0, "systemctl stop directord");
-    let out = bed.ssh(1, "director upgrade /dev/disk/by-id/virtio-upgrade --tries 1 --no-reboot 2>&1");
-    eprintln!("appliance: director upgrade --tries 1 on lb-b:\n{out}");
+    bed.upgrade(1, "--tries 1 --no-reboot");
     let serial_before = serial_all(&bed.vms[1]).len();
     let took = bed.reboot_into(1, 'b', BOOT + BOOT);
     let serial = serial_all(&bed.vms[1]);
@@ -512,12 +600,24 @@ fn appliance_pair() {
         tail.contains("director.slot=a"),
         "lb-b never tried slot a (serial since the reboot):\n{tail}"
     );
-    eprintln!("appliance: lb-b fell back to slot b {:.0} s after the reboot", took.as_secs_f64());
+    eprintln!(
+        "appliance: lb-b fell back to slot b {:.0} s after the reboot",
+        took.as_secs_f64()
+    );
     let entries = bed.ssh(1, "ls /efi/loader/entries");
-    assert!(entries.lines().any(|l| l.starts_with("director-3-a+0-1")), "no bad slot-a entry: {entries}");
-    assert!(entries.lines().any(|l| l == "director-2-b.conf"), "{entries}");
+    assert!(
+        entries.lines().any(|l| l.starts_with("director-3-a+0-1")),
+        "no bad slot-a entry: {entries}"
+    );
+    assert!(
+        entries.lines().any(|l| l == "director-2-b.conf"),
+        "{entries}"
+    );
     bed.ssh(1, "rm -f /config/boot-check.env");
     bed.ssh(0, "systemctl start directord");
     bed.wait_pair_ready("after the fallback");
-    eprintln!("appliance: lb-b slots after the fallback: {}", bed.json(1, "slots"));
+    eprintln!(
+        "appliance: lb-b slots after the fallback: {}",
+        bed.json(1, "slots")
+    );
 }

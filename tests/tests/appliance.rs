@@ -510,6 +510,10 @@ fn appliance_pair() {
     bed.vms[0].kill();
     wait_until(Duration::from_secs(60), || bed.holds_vip(1))
         .expect("keepalived: lb-b did not take the VIP");
+    eprintln!(
+        "appliance: keepalived: lb-b holds the VIP {:.1} s after lb-a's QEMU was killed",
+        (mono_ns() - kill2) as f64 / 1e9
+    );
     std::thread::sleep(Duration::from_secs(10));
     let end2 = mono_ns();
     let lvs_report = {

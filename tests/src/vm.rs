@@ -335,6 +335,21 @@ impl Vm {
         self.dir.join(format!("serial.{n}.log"))
     }
 
+    /// The serial console of every boot so far, in order (a reboot inside the guest stays in
+    /// the same boot's log: it is the same QEMU process).
+    pub fn serial(&self) -> String {
+        (1..=self.boots)
+            .map(|b| fs::read_to_string(self.serial_log(b)).unwrap_or_default())
+            .collect()
+    }
+
+    /// The last `lines` lines of [`Vm::serial`].
+    pub fn serial_tail(&self, lines: usize) -> String {
+        let all = self.serial();
+        let v: Vec<&str> = all.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Powers the VM on (QEMU daemonized in the switch namespace) and plugs its taps into
     /// their bridges.
     pub fn boot(&mut self) -> Result<()> {
@@ -445,14 +460,11 @@ impl Vm {
                 .is_ok_and(|o| o.status.success())
         });
         if ok.is_err() {
-            let serial = fs::read_to_string(self.serial_log(self.boots)).unwrap_or_default();
-            let tail: Vec<&str> = serial.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(
                 "{}: no SSH after {timeout:?} (qemu running: {}); serial console:\n{}",
                 self.name,
                 self.running(),
-                tail.join("\n")
+                self.serial_tail(40)
             );
         }
         Ok(start.elapsed())

@@ -250,26 +250,11 @@ impl Bed {
             panic!(
                 "{} did not come back on slot {slot}; serial console:\n{}",
                 self.vms[n].name,
-                serial_tail(&self.vms[n], 60)
+                self.vms[n].serial_tail(60)
             )
         });
         t.elapsed()
     }
-}
-
-fn serial_tail(vm: &Vm, lines: usize) -> String {
-    let mut all = String::new();
-    for b in 1..=8 {
-        all += &fs::read_to_string(vm.serial_log(b)).unwrap_or_default();
-    }
-    let v: Vec<&str> = all.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
-fn serial_all(vm: &Vm) -> String {
-    (1..=8)
-        .map(|b| fs::read_to_string(vm.serial_log(b)).unwrap_or_default())
-        .collect()
 }
 
 /// A copy of the image's root slot with a different image-version, written with debugfs: the
@@ -516,13 +501,7 @@ fn appliance_pair() {
     );
     std::thread::sleep(Duration::from_secs(10));
     let end2 = mono_ns();
-    let lvs_report = {
-        let mut p = fc;
-        p.kill(director_lab::Signal::Term).unwrap();
-        let _ = p.wait_timeout(Duration::from_secs(40)).unwrap();
-        let out = p.stdout().unwrap();
-        serde_json::from_str::<Value>(out.trim()).expect("flowcheck report")
-    };
+    let lvs_report = flows::stop(fc);
     let (kfo, kfo_n) = stalls_from(&lvs_report, kill2 - margin, end2 + 1);
     let long = &lvs_report["long"];
     let short = &lvs_report["short"];
@@ -596,9 +575,9 @@ fn appliance_pair() {
     bed.ssh(1, "echo BOOT_CHECK_TIMEOUT=30 > /config/boot-check.env");
     bed.ssh(0, "systemctl stop directord");
     bed.upgrade(1, "--tries 1 --no-reboot");
-    let serial_before = serial_all(&bed.vms[1]).len();
+    let serial_before = bed.vms[1].serial().len();
     let took = bed.reboot_into(1, 'b', BOOT + BOOT);
-    let serial = serial_all(&bed.vms[1]);
+    let serial = bed.vms[1].serial();
     let tail = &serial[serial_before.min(serial.len())..];
     assert!(
         tail.contains("director.slot=a"),

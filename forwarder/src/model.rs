@@ -40,9 +40,12 @@ pub enum Mode {
     /// Direct routing: only the destination MAC is rewritten; the real server holds the VIP
     /// on a non-ARP interface and replies straight to the client.
     Dr = 1,
-    /// IPIP tunnelling (issue 7).
+    /// IPIP tunnelling: the client's packet, untouched, inside an IPv4 header from the
+    /// director to the real server, which decapsulates it (VIP on a non-ARP interface) and
+    /// replies straight to the client.
     Tun = 2,
-    /// Source and destination rewritten (issue 7).
+    /// Source and destination rewritten: client:port → LIP:lport, VIP:port → real:port.
+    /// Replies come back to the LIP, so real servers need no route to the clients.
     FullNat = 3,
 }
 
@@ -106,6 +109,19 @@ pub struct VirtualService {
     /// Client-IP affinity timeout; zero = off.
     pub persistence: Duration,
     pub reals: Vec<RealServer>,
+    /// FULLNAT: the local addresses (LIPs) used as the source toward the real servers.
+    /// They float with VRRP like the VIPs. Empty for the other modes.
+    pub local_addresses: Vec<Ipv4Addr>,
+    /// FULLNAT TCP: pass the client's address to the real server in a PROXY protocol
+    /// header at the start of each stream.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol versions the datapath can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyProtocol {
+    /// The binary version 2 header (28 bytes for TCP over IPv4).
+    V2,
 }
 
 impl VirtualService {

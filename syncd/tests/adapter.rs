@@ -45,6 +45,8 @@ fn node() -> Node {
                 weight: 1,
             })
             .collect(),
+        local_addresses: Vec::new(),
+        proxy_protocol: None,
     };
     // Slots 5, 6, 7: not the peer's numbering, which the wire does not carry.
     let services = Arc::new(ArcSwap::from_pointee(ServiceTable::new(

@@ -217,18 +217,12 @@ pub enum SyncDestination {
 pub struct Service {
     pub virtual_service: VirtualService,
     pub check: Option<Check>,
-    /// FULLNAT local addresses (LIPs); empty for other modes.
-    pub local_addresses: Vec<Ipv4Addr>,
-    pub proxy_protocol: Option<ProxyProtocol>,
     pub sorry_server: Option<SocketAddrV4>,
     /// Minimum healthy real servers for the service to count as up (VRRP tracking).
     pub quorum: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    V2,
-}
+pub use forwarder::model::ProxyProtocol;
 
 /// `[service.check]`
 #[derive(Debug, Clone, PartialEq, Eq)]

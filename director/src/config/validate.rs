@@ -777,10 +777,10 @@ impl Validator<'_> {
                     .into_iter()
                     .map(|(addr, _, weight)| RealServer { addr, weight })
                     .collect(),
+                local_addresses,
+                proxy_protocol,
             },
             check,
-            local_addresses,
-            proxy_protocol,
             sorry_server,
             quorum,
         }

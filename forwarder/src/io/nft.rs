@@ -166,6 +166,8 @@ mod tests {
                 addr: real.parse().unwrap(),
                 weight: 1,
             }],
+            local_addresses: Vec::new(),
+            proxy_protocol: None,
         };
         let rules = ruleset(
             &[

@@ -84,6 +84,8 @@ pub fn service(
                 weight,
             })
             .collect(),
+        local_addresses: Vec::new(),
+        proxy_protocol: None,
     }
 }
 

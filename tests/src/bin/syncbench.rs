@@ -75,6 +75,8 @@ fn service() -> VirtualService {
                 weight: 1,
             })
             .collect(),
+        local_addresses: Vec::new(),
+        proxy_protocol: None,
     }
 }
 

@@ -619,6 +619,7 @@ impl Engine {
                         vip,
                         real: backend.addr,
                         local: None,
+                        proxy: None,
                         mode: svc.config.mode,
                         service: svc.id,
                         real_slot: backend.slot,

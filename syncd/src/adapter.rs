@@ -240,6 +240,8 @@ impl Replicas {
             vip: e.vip(),
             real,
             local: e.local(),
+            // Carried from wire minor version 1 on (the plumbing of issue 7).
+            proxy: None,
             service: svc.id,
             real_slot: slot,
             flags: e.flags & ConnEntry::CALLER_FLAGS,

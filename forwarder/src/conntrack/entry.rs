@@ -86,9 +86,22 @@ impl ConnState {
     }
 }
 
+/// The sequence-number shift of a FULLNAT TCP flow whose real server is sent a PROXY
+/// protocol header: `delta` bytes are inserted before the client's first byte (sequence
+/// number `client_isn + 1`), so every later client sequence number is `delta` higher on the
+/// real server's side, and the real server's acknowledgements `delta` higher than the
+/// client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProxySeq {
+    /// The initial sequence number of the client's SYN.
+    pub client_isn: u32,
+    /// Length of the inserted header.
+    pub delta: u16,
+}
+
 /// One tracked connection. Fields are private because both lookup keys are derived from
 /// them: changing one in place would strand the entry in the index. Addresses are stored
-/// as host-order integers so the layout is plain `repr(C)` (48 bytes, align 4) and can be
+/// as host-order integers so the layout is plain `repr(C)` (56 bytes, align 4) and can be
 /// mirrored as-is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
@@ -105,12 +118,16 @@ pub struct ConnEntry {
     pub(crate) reported: u32,
     pub(crate) packets_in: u32,
     pub(crate) packets_out: u32,
+    /// [`ProxySeq::client_isn`] (meaningful when `seq_delta` is not 0).
+    pub(crate) client_isn: u32,
     pub(crate) client_port: u16,
     pub(crate) vip_port: u16,
     pub(crate) real_port: u16,
     pub(crate) local_port: u16,
     pub(crate) service: u16,
     pub(crate) real_slot: RealSlot,
+    /// [`ProxySeq::delta`]; 0 = no PROXY header, sequence numbers pass unchanged.
+    pub(crate) seq_delta: u16,
     pub(crate) proto: u8,
     pub(crate) mode: u8,
     /// `ConnState` as u8; 0 marks a vacant slab slot.
@@ -140,12 +157,14 @@ impl ConnEntry {
         reported: 0,
         packets_in: 0,
         packets_out: 0,
+        client_isn: 0,
         client_port: 0,
         vip_port: 0,
         real_port: 0,
         local_port: 0,
         service: 0,
         real_slot: 0,
+        seq_delta: 0,
         proto: 0,
         mode: 0,
         state: 0,
@@ -169,12 +188,14 @@ impl ConnEntry {
             reported: expiry,
             packets_in: 0,
             packets_out: 0,
+            client_isn: n.proxy.map_or(0, |p| p.client_isn),
             client_port: n.client.port(),
             vip_port: n.vip.port(),
             real_port: n.real.port(),
             local_port: local.port(),
             service: n.service,
             real_slot: n.real_slot,
+            seq_delta: n.proxy.map_or(0, |p| p.delta),
             proto: n.proto as u8,
             mode: n.mode as u8,
             state: state as u8,
@@ -202,6 +223,14 @@ impl ConnEntry {
     pub fn local(&self) -> Option<SocketAddrV4> {
         (self.flags & Self::LOCAL != 0)
             .then(|| SocketAddrV4::new(Ipv4Addr::from_bits(self.local_ip), self.local_port))
+    }
+
+    /// The PROXY protocol sequence shift, if this flow's real server gets a header.
+    pub fn proxy_seq(&self) -> Option<ProxySeq> {
+        (self.seq_delta != 0).then_some(ProxySeq {
+            client_isn: self.client_isn,
+            delta: self.seq_delta,
+        })
     }
 
     /// The reply packets' destination: the local address if any, else the client.
@@ -312,6 +341,8 @@ pub struct NewConn {
     pub real: SocketAddrV4,
     /// FULLNAT local address (LIP:lport); `None` for NAT, DR and TUN.
     pub local: Option<SocketAddrV4>,
+    /// FULLNAT TCP with a PROXY protocol header: the sequence shift.
+    pub proxy: Option<ProxySeq>,
     pub service: u16,
     pub real_slot: RealSlot,
     /// Only [`ConnEntry::CALLER_FLAGS`] are kept.

@@ -91,7 +91,6 @@ impl Hasher {
 #[derive(Debug)]
 pub(crate) struct Index {
     cells: Box<[u64]>,
-    mask: usize,
 }
 
 fn encode(hash: u32, slot: u32, dir: u32) -> u64 {
@@ -102,12 +101,12 @@ impl Index {
     /// An index for `entries` entries (two cells each) at no more than the maximum load.
     pub(crate) fn for_entries(entries: usize) -> Index {
         let refs = entries.max(1) * 2;
-        let cells = (refs * MAX_LOAD_DEN)
-            .div_ceil(MAX_LOAD_NUM)
-            .next_power_of_two();
+        // Any size will do: homes come from a multiply-shift range reduction, not a mask,
+        // so the index is not rounded up to a power of two (which cost up to twice the
+        // memory).
+        let cells = (refs * MAX_LOAD_DEN).div_ceil(MAX_LOAD_NUM).max(2);
         Index {
             cells: vec![0u64; cells].into_boxed_slice(),
-            mask: cells - 1,
         }
     }
 
@@ -116,11 +115,28 @@ impl Index {
     }
 
     fn home(&self, hash: u32) -> usize {
-        hash as usize & self.mask
+        ((u64::from(hash) * self.cells.len() as u64) >> 32) as usize
+    }
+
+    fn next(&self, pos: usize) -> usize {
+        if pos + 1 >= self.cells.len() {
+            0
+        } else {
+            pos + 1
+        }
+    }
+
+    /// How far `to` is past `from`, going forward with wrap-around.
+    fn distance(&self, from: usize, to: usize) -> usize {
+        if to >= from {
+            to - from
+        } else {
+            to + self.cells.len() - from
+        }
     }
 
     fn at(&self, pos: usize) -> u64 {
-        self.cells.get(pos & self.mask).copied().unwrap_or(0)
+        self.cells.get(pos).copied().unwrap_or(0)
     }
 
     /// First slot whose cell has this hash and direction and for which `matches(slot)`.
@@ -143,7 +159,7 @@ impl Index {
                     return Some((r >> 1, pos));
                 }
             }
-            pos = (pos + 1) & self.mask;
+            pos = self.next(pos);
         }
     }
 
@@ -159,7 +175,7 @@ impl Index {
             if cell == want {
                 return Some(pos);
             }
-            pos = (pos + 1) & self.mask;
+            pos = self.next(pos);
         }
     }
 
@@ -167,7 +183,7 @@ impl Index {
     pub(crate) fn insert(&mut self, hash: u32, slot: u32, dir: u32) {
         let mut pos = self.home(hash);
         while self.at(pos) != 0 {
-            pos = (pos + 1) & self.mask;
+            pos = self.next(pos);
         }
         if let Some(c) = self.cells.get_mut(pos) {
             *c = encode(hash, slot, dir);
@@ -177,18 +193,17 @@ impl Index {
     /// Empties the cell at `pos` and shifts back the cells after it that may move closer
     /// to home, so every remaining cell stays reachable from its home without a gap.
     pub(crate) fn remove_at(&mut self, pos: usize) {
-        let mask = self.mask;
-        let mut hole = pos & mask;
+        let mut hole = pos;
         let mut next = hole;
         loop {
-            next = (next + 1) & mask;
+            next = self.next(next);
             let cell = self.at(next);
             if cell == 0 {
                 break;
             }
             let home = self.home((cell >> 32) as u32);
             // The cell may fill the hole if its home is not inside (hole, next].
-            if (next.wrapping_sub(home) & mask) >= (next.wrapping_sub(hole) & mask) {
+            if self.distance(home, next) >= self.distance(hole, next) {
                 if let Some(c) = self.cells.get_mut(hole) {
                     *c = cell;
                 }
@@ -212,13 +227,14 @@ mod tests {
 
     /// Hashes whose homes crowd the end of the table, so runs wrap around to the start.
     fn crowded(i: u32) -> u32 {
-        0xabc0_0000 | (29 + i % 3)
+        0xffff_ff00 | (i % 3)
     }
 
     #[test]
     fn backward_shift_keeps_wrapped_runs_reachable() {
         let mut idx = Index::for_entries(8);
-        assert_eq!(idx.cells(), 32);
+        assert_eq!(idx.cells(), 23);
+        assert_eq!(idx.home(crowded(0)), 22);
         for slot in 0..8 {
             idx.insert(crowded(slot), slot, DIR_IN);
             idx.insert(crowded(slot) ^ 0x10, slot, DIR_REPLY);

@@ -29,7 +29,7 @@ mod tests;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-pub use entry::{ConnEntry, ConnState, FlowKey, NewConn, ReplyKey};
+pub use entry::{ConnEntry, ConnState, FlowKey, NewConn, ProxySeq, ReplyKey};
 pub use tcp::{tcp_flags, tcp_next_state, Direction};
 
 use crate::model::{Protocol, Timeouts};

@@ -166,6 +166,7 @@ fn insert(node: &Node, n: u64) -> bool {
         vip: VIP,
         real: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 11 + (n % 3) as u8), 8080),
         local: None,
+        proxy: None,
         service: 0,
         real_slot: (n % 3) as u16,
         flags: 0,

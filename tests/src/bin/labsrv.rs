@@ -1,7 +1,7 @@
 //! `labsrv`: the lab's real server, on the kernel's own TCP and UDP stacks.
 //!
 //! ```text
-//! labsrv --name rs1 [--http ADDR]... [--udp ADDR]... [--echo ADDR]...
+//! labsrv --name rs1 [--http ADDR]... [--udp ADDR]... [--echo ADDR]... [--echo-proxy ADDR]...
 //! labsrv --udp-client ADDR PAYLOAD [--timeout-ms N]
 //! ```
 //!
@@ -17,11 +17,17 @@
 //! client's EOF, then the connection is closed. For DR/TUN real servers `0.0.0.0:PORT` is
 //! enough (the VIP is on `lo`, and TCP answers from the address the SYN was sent to).
 //!
+//! TCP echo behind the PROXY protocol (`--echo-proxy`, for FULLNAT with `proxy_protocol =
+//! "v2"`): each connection must start with a PROXY protocol v2 header (the 16-byte preamble
+//! and its address block, TLVs skipped); its addresses are logged, and everything after it is
+//! echoed as by `--echo`. A connection without a valid header is closed.
+//!
 //! UDP: every datagram is answered with `NAME ` + payload, from the socket it came in on. For
 //! DR/TUN real servers bind the VIP itself (`--udp VIP:PORT`), so replies leave from the VIP.
 //!
 //! stdout gets one line per accepted TCP connection (`conn peer=… local=…`, or `echo peer=…
-//! local=…` for the echo service) and per datagram
+//! local=…` for the echo service; `echo-proxy peer=… local=…` and, once its header is read,
+//! `proxy peer=… client=SRC:PORT dst=DST:PORT`, or `proxy peer=… bad=WHY`) and per datagram
 //! (`udp peer=… len=…`), so tests count what reached each real server; `ready` follows once
 //! every socket is bound. SIGTERM/SIGINT end it at once (default disposition, restored at
 //! start in case the parent ignored them).
@@ -43,6 +49,7 @@ struct Args {
     http: Vec<SocketAddr>,
     udp: Vec<SocketAddr>,
     echo: Vec<SocketAddr>,
+    echo_proxy: Vec<SocketAddr>,
     udp_client: Option<(SocketAddr, String)>,
     timeout: Duration,
 }
@@ -53,6 +60,7 @@ fn parse_args() -> Result<Args> {
         http: Vec::new(),
         udp: Vec::new(),
         echo: Vec::new(),
+        echo_proxy: Vec::new(),
         udp_client: None,
         timeout: Duration::from_secs(2),
     };
@@ -64,6 +72,9 @@ fn parse_args() -> Result<Args> {
             "--http" => a.http.push(value()?.parse().context("--http ADDR:PORT")?),
             "--udp" => a.udp.push(value()?.parse().context("--udp ADDR:PORT")?),
             "--echo" => a.echo.push(value()?.parse().context("--echo ADDR:PORT")?),
+            "--echo-proxy" => a
+                .echo_proxy
+                .push(value()?.parse().context("--echo-proxy ADDR:PORT")?),
             "--udp-client" => {
                 let addr = value()?.parse().context("--udp-client ADDR:PORT")?;
                 a.udp_client = Some((addr, value()?));
@@ -71,7 +82,8 @@ fn parse_args() -> Result<Args> {
             "--timeout-ms" => a.timeout = Duration::from_millis(value()?.parse()?),
             "-h" | "--help" => {
                 println!(
-                    "labsrv --name NAME [--http ADDR]... [--udp ADDR]... [--echo ADDR]...\n\
+                    "labsrv --name NAME [--http ADDR]... [--udp ADDR]... [--echo ADDR]... \
+                     [--echo-proxy ADDR]...\n\
                      labsrv --udp-client ADDR PAYLOAD [--timeout-ms N]"
                 );
                 std::process::exit(0);
@@ -79,7 +91,12 @@ fn parse_args() -> Result<Args> {
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    if a.udp_client.is_none() && a.http.is_empty() && a.udp.is_empty() && a.echo.is_empty() {
+    if a.udp_client.is_none()
+        && a.http.is_empty()
+        && a.udp.is_empty()
+        && a.echo.is_empty()
+        && a.echo_proxy.is_empty()
+    {
         bail!("nothing to serve: give --http, --udp and/or --echo (or --udp-client)");
     }
     Ok(a)
@@ -122,6 +139,25 @@ fn run() -> Result<()> {
         println!("listening echo {}", l.local_addr()?);
         threads.push(std::thread::spawn(move || {
             accept_loop(l, "echo", |stream, _| echo(stream))
+        }));
+    }
+    for addr in &args.echo_proxy {
+        let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
+        println!("listening echo-proxy {}", l.local_addr()?);
+        threads.push(std::thread::spawn(move || {
+            accept_loop(l, "echo-proxy", |mut stream, peer| {
+                match read_proxy_v2(&mut stream) {
+                    Ok((client, dst)) => println!("proxy peer={peer} client={client} dst={dst}"),
+                    Err(e) => {
+                        println!(
+                            "proxy peer={peer} bad={}",
+                            format!("{e:#}").replace(' ', "_")
+                        );
+                        return Err(e);
+                    }
+                }
+                echo(stream)
+            })
         }));
     }
     for addr in &args.udp {
@@ -222,6 +258,49 @@ fn echo(mut stream: TcpStream) -> Result<()> {
         };
         stream.write_all(&buf[..n])?;
     }
+}
+
+/// The PROXY protocol v2 preamble (signature, then version/command, family, length).
+const PROXY_V2_SIG: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Reads a PROXY protocol v2 header for TCP over IPv4 from the start of `r` and returns the
+/// source (the client) and destination addresses it carries. Reads exactly the header, so the
+/// stream continues with the client's first byte.
+fn read_proxy_v2(r: &mut impl std::io::Read) -> Result<(SocketAddr, SocketAddr)> {
+    let mut pre = [0u8; 16];
+    r.read_exact(&mut pre)
+        .context("stream ended inside the PROXY preamble")?;
+    let len = usize::from(u16::from_be_bytes([pre[14], pre[15]]));
+    let mut block = vec![0u8; len];
+    r.read_exact(&mut block)
+        .context("stream ended inside the PROXY addresses")?;
+    parse_proxy_v2(&pre, &block)
+}
+
+/// The addresses of a PROXY v2 header: `pre` its 16-byte preamble, `block` the `len` bytes
+/// that follow (IPv4: source, destination, source port, destination port, then TLVs).
+fn parse_proxy_v2(pre: &[u8; 16], block: &[u8]) -> Result<(SocketAddr, SocketAddr)> {
+    if pre[..12] != PROXY_V2_SIG {
+        bail!("no PROXY v2 signature: {:02x?}", &pre[..12]);
+    }
+    if pre[12] != 0x21 {
+        bail!("version/command {:#04x}, want 0x21 (v2 PROXY)", pre[12]);
+    }
+    if pre[13] != 0x11 {
+        bail!(
+            "family/transport {:#04x}, want 0x11 (TCP over IPv4)",
+            pre[13]
+        );
+    }
+    if block.len() < 12 {
+        bail!("address block of {} bytes, IPv4 needs 12", block.len());
+    }
+    let ip = |i: usize| std::net::Ipv4Addr::new(block[i], block[i + 1], block[i + 2], block[i + 3]);
+    let port = |i: usize| u16::from_be_bytes([block[i], block[i + 1]]);
+    Ok((
+        SocketAddr::from((ip(0), port(8))),
+        SocketAddr::from((ip(4), port(10))),
+    ))
 }
 
 struct Request {
@@ -366,5 +445,31 @@ fn serve(stream: TcpStream, name: &str, peer: SocketAddr) -> Result<()> {
         if !req.keep_alive {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_v2_header() {
+        // 198.18.1.10:40000 → 198.18.1.100:7, then one TLV (type 4, NOOP, 2 bytes), then data.
+        let mut wire = PROXY_V2_SIG.to_vec();
+        wire.extend_from_slice(&[0x21, 0x11, 0, 17]);
+        wire.extend_from_slice(&[198, 18, 1, 10, 198, 18, 1, 100, 0x9c, 0x40, 0, 7]);
+        wire.extend_from_slice(&[4, 0, 2, 0, 0]);
+        wire.extend_from_slice(b"hello");
+        let mut r = &wire[..];
+        let (src, dst) = read_proxy_v2(&mut r).unwrap();
+        assert_eq!(src, "198.18.1.10:40000".parse().unwrap());
+        assert_eq!(dst, "198.18.1.100:7".parse().unwrap());
+        assert_eq!(r, b"hello");
+
+        let mut local = wire.clone();
+        local[12] = 0x20;
+        assert!(read_proxy_v2(&mut &local[..]).is_err());
+        assert!(read_proxy_v2(&mut &b"GET / HTTP/1.1\r\n\r\n"[..]).is_err());
+        assert!(read_proxy_v2(&mut &wire[..20]).is_err());
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use forwarder::wire::{EthernetFrame, Icmpv4Packet, Ipv4Packet};
+
 use crate::lab::{wait_until, Host, Mac};
 use crate::topo::{workspace_bin, Topo};
 
@@ -146,4 +148,37 @@ pub fn wait_drops(
         drop_counters(topo).is_ok_and(|now| reached(&drops_since(before, &now)))
     });
     Ok(drops_since(before, &drop_counters(topo)?))
+}
+
+/// A fragmentation-needed message as seen on the wire.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FragNeeded {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub mtu: u16,
+    pub quoted_src: SocketAddrV4,
+    pub quoted_dst: SocketAddrV4,
+}
+
+/// The ICMP fragmentation-needed messages among captured Ethernet frames (each one's ICMP
+/// checksum must be right).
+pub fn frag_needed(frames: &[Vec<u8>]) -> Vec<FragNeeded> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let eth = EthernetFrame::new_checked(&f[..]).ok()?;
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+            assert!(icmp.verify_checksum(), "ICMP checksum wrong in {f:02x?}");
+            let q = Ipv4Packet::new_checked_quoted(icmp.payload()).ok()?;
+            let (sport, dport) = forwarder::wire::l4_ports(q.payload())?;
+            Some(FragNeeded {
+                src: ip.src_addr(),
+                dst: ip.dst_addr(),
+                mtu: icmp.next_hop_mtu()?,
+                quoted_src: SocketAddrV4::new(q.src_addr(), sport),
+                quoted_dst: SocketAddrV4::new(q.dst_addr(), dport),
+            })
+        })
+        .collect()
 }

@@ -6,12 +6,17 @@
 //! - `pattern`: the deterministic byte stream `labsrv` serves on `/stream`, so a client can
 //!   check that a long-lived connection delivered every byte in order.
 //! - `keepalived`: keepalived as a lab VRRP peer (config, start, state from its log, stop/kill).
+//! - `nginx`: Debian's nginx as a real server behind the PROXY protocol (FULLNAT).
+//! - `topo`, `pair`, `router`: single-director, HA-pair and routed topologies of every mode.
 //! - `bin/labsrv`: the real server (HTTP/1.1 + UDP echo) used as a lab real server.
+//! - `bin/ipip-decap`: LAB STAND-IN for a stock kernel's `ipip` device on TUN real servers
+//!   (this host kernel has no ipip module): raw IP-protocol-4 socket → TUN device.
 
 pub mod flows;
 pub mod keepalived;
 pub mod lab;
 pub mod labpkt;
+pub mod nginx;
 pub mod pair;
 pub mod pattern;
 pub mod router;

@@ -10,6 +10,13 @@
 //! In NAT mode both instances form the sync group `lb`. In DR mode there is no `int`
 //! segment: the real servers 198.18.1.11-13 sit on `ext` with the VIP on `lo`.
 //!
+//! TUN: the real servers on `int` as in `Topo::tun` (VIP on `lo`, `ipip-decap`, default route
+//! via the gateway `gw`, which joins `ext` and `int`); only the `ext` instance (the directors
+//! encapsulate from their own `int` addresses, and the real servers never route through
+//! them). FULLNAT: the real servers on `int` with no default route, as in `Topo::fullnat`;
+//! the `int` instance floats the LIPs 198.18.2.5 and 198.18.2.6 instead of a gateway, in the
+//! sync group `lb` with `ext`, so the real servers' replies reach whichever node is master.
+//!
 //! With `PairSpec::sync`, a third segment joins the two directors only:
 //! ```text
 //!  lb-a sync 198.18.3.2 ── sync 198.18.3.0/24 ── lb-b sync 198.18.3.3
@@ -28,7 +35,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::lab::{wait_until, write_file, Host, Lab, Proc, Signal};
-use crate::topo::{dr_reals, nat_reals, start_labsrv, workspace_bin, Mode, ServiceSpec, VIP};
+use crate::topo::{
+    dr_reals, fullnat_reals, gateway_host, nat_reals, start_decap, start_labsrv, tun_reals,
+    workspace_bin, Mode, ServiceSpec, LIPS, VIP,
+};
 
 /// The NAT real servers' gateway, a VIP of the `int` instance.
 pub const INT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
@@ -82,6 +92,10 @@ pub struct Pair {
     pub reals: Vec<Host>,
     pub real_addrs: Vec<Ipv4Addr>,
     pub servers: Vec<Proc>,
+    /// TUN: `ipip-decap` on each real server.
+    pub helpers: Vec<Proc>,
+    /// TUN: the router the real servers reply through.
+    pub gateway: Option<Host>,
     pub daemons: [Option<Proc>; 2],
     pub sockets: [PathBuf; 2],
     pub configs: [PathBuf; 2],
@@ -125,9 +139,9 @@ impl Pair {
         let ext = lab.bridge("ext")?;
         let client = lab.host("client")?;
         lab.attach(&client, &ext, "eth0", "198.18.1.10/24")?;
-        let int = match spec.mode {
-            Mode::Nat => Some(lab.bridge("int")?),
-            Mode::Dr => None,
+        let int = match spec.mode.has_int() {
+            true => Some(lab.bridge("int")?),
+            false => None,
         };
         let sync = if spec.sync {
             Some(lab.bridge("sync")?)
@@ -147,9 +161,18 @@ impl Pair {
             h.sysctl("net.ipv4.ip_forward", "0")?;
             nodes.push(h);
         }
-        let (reals, real_addrs) = match &int {
-            Some(int) => nat_reals(&lab, int, 3)?,
-            None => dr_reals(&lab, &ext, 3)?,
+        let mut helpers = Vec::new();
+        let mut gateway = None;
+        let (reals, real_addrs) = match (spec.mode, &int) {
+            (Mode::Nat, Some(int)) => nat_reals(&lab, int, 3)?,
+            (Mode::FullNat, Some(int)) => fullnat_reals(&lab, int, 3)?,
+            (Mode::Tun, Some(int)) => {
+                gateway = Some(gateway_host(&lab, &ext, int)?);
+                let (reals, addrs) = tun_reals(&lab, int, 3)?;
+                helpers = start_decap(&reals)?;
+                (reals, addrs)
+            }
+            _ => dr_reals(&lab, &ext, 3)?,
         };
         let sockets = [lab.dir().join("lb-a.sock"), lab.dir().join("lb-b.sock")];
         let configs = [lab.dir().join("lb-a.toml"), lab.dir().join("lb-b.toml")];
@@ -170,6 +193,8 @@ impl Pair {
             reals,
             real_addrs,
             servers: Vec::new(),
+            helpers,
+            gateway,
             daemons: [None, None],
             sockets,
             configs,
@@ -205,18 +230,26 @@ impl Pair {
             "[vrrp]\nversion = {}\nadvert_interval = \"{}\"\n",
             spec.version, spec.interval
         );
-        let mut instances = vec![("ext", "ext", 51, format!("{VIP}/24"), ext_addr(peer))];
-        if spec.mode == Mode::Nat {
-            instances.push(("int", "int", 52, format!("{INT_VIP}/24"), int_addr(peer)));
+        let mut instances = vec![("ext", "ext", 51, vec![VIP], ext_addr(peer))];
+        match spec.mode {
+            Mode::Nat => instances.push(("int", "int", 52, vec![INT_VIP], int_addr(peer))),
+            Mode::FullNat => instances.push(("int", "int", 52, LIPS.to_vec(), int_addr(peer))),
+            Mode::Dr | Mode::Tun => {}
         }
-        for (iname, ifname, vrid, vip, peer_addr) in &instances {
+        for (iname, ifname, vrid, vips, peer_addr) in &instances {
+            let vips: Vec<String> = vips.iter().map(|v| format!("\"{v}/24\"")).collect();
             let _ = writeln!(c, "[[vrrp.instance]]");
             let _ = writeln!(
                 c,
                 "name = \"{iname}\"\ninterface = \"{ifname}\"\nvrid = {vrid}"
             );
             let _ = writeln!(c, "priority = {}", spec.priorities[n]);
-            let _ = writeln!(c, "vips = [\"{vip}\"]\npreempt = {}", spec.preempt);
+            let _ = writeln!(
+                c,
+                "vips = [{}]\npreempt = {}",
+                vips.join(", "),
+                spec.preempt
+            );
             if spec.unicast {
                 let _ = writeln!(c, "unicast_peers = [\"{peer_addr}\"]");
             }
@@ -229,11 +262,11 @@ impl Pair {
             );
         }
         let _ = writeln!(c, "[control]\nsocket = \"{}\"\n", self.sockets[n].display());
-        let ifaces = match spec.mode {
-            Mode::Nat => "[\"ext\", \"int\"]",
-            Mode::Dr => "[\"ext\"]",
-        };
-        let _ = writeln!(c, "[datapath]\nworkers = 1\ninterfaces = {ifaces}\n");
+        let _ = writeln!(
+            c,
+            "[datapath]\nworkers = 1\ninterfaces = {}\n",
+            spec.mode.interfaces_toml()
+        );
         if let Some(key) = &self.sync_key {
             let _ = writeln!(
                 c,
@@ -261,6 +294,7 @@ impl Pair {
                 spec.mode.as_str(),
                 s.scheduler
             );
+            spec.mode.write_service_keys(&mut c);
             s.write_extra(&mut c);
             for (addr, w) in self.real_addrs.iter().zip(&s.weights) {
                 let _ = writeln!(

@@ -12,6 +12,22 @@
 //! on `lo` with `arp_ignore=1`/`arp_announce=2` (the classic LVS-DR recipe), so they accept
 //! VIP traffic but never answer ARP for it, and reply to the client directly.
 //!
+//! TUN (`Topo::tun`): the real servers 198.18.2.11-13 sit on the internal segment, hold the
+//! VIP on `lo` (the DR recipe) and run `ipip-decap`, the lab's stand-in for a stock kernel's
+//! `ipip` device (this host kernel has none); their default route is a plain router, the
+//! gateway `gw` (198.18.2.254 on `int`, 198.18.1.254 on `ext`), so their replies reach the
+//! client without the director:
+//! ```text
+//!  client .1.10 ── ext ── director .1.2 ═══ IPIP to 198.18.2.1x ═══ int ── rs1..3 (VIP on lo)
+//!        ▲          │                                                │
+//!        └──────────┴─ gw 198.18.1.254 ◄─── replies VIP → client ────┘ 198.18.2.254
+//! ```
+//!
+//! FULLNAT (`Topo::fullnat`): the real servers as in NAT but with no route beyond their own
+//! /24 (no default route): they only ever talk to the director's local addresses (LIPs)
+//! 198.18.2.5 and 198.18.2.6, which the director holds on `int` the way it holds the VIP on
+//! `ext`.
+//!
 //! Every real server runs `labsrv` (HTTP, TCP echo or UDP on the service port, per
 //! [`ServiceSpec::app`]), and the director runs
 //! `directord` with a config written into the lab's directory.
@@ -22,18 +38,28 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
-use crate::lab::{wait_until, Bridge, Host, Lab, Proc};
+use crate::lab::{wait_until, Bridge, Host, Lab, Proc, Signal};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+/// The FULLNAT services' local addresses (`local_addresses`), on the director's `int`.
+pub const LIPS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 2, 5), Ipv4Addr::new(198, 18, 2, 6)];
+/// The TUN topologies' plain router: its address on `int` (the real servers' default route)
+/// and on `ext` (the client's segment).
+pub const GATEWAY_INT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 254);
+pub const GATEWAY_EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
+/// The TUN device `ipip-decap` creates on each TUN real server.
+pub const DECAP_DEV: &str = "decap0";
 
 /// The forwarding mode of a topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Nat,
     Dr,
+    Tun,
+    FullNat,
 }
 
 impl Mode {
@@ -41,17 +67,45 @@ impl Mode {
         match self {
             Mode::Nat => "nat",
             Mode::Dr => "dr",
+            Mode::Tun => "tun",
+            Mode::FullNat => "fullnat",
         }
     }
-}
 
-impl Mode {
-    /// The port a real server listens on for a service port: NAT maps 80 → 8080 to show the
-    /// rewrite; DR cannot change the port.
+    /// The port a real server listens on for a service port: NAT and FULLNAT map 80 → 8080
+    /// to show the rewrite; DR and TUN cannot change the port.
     pub fn real_port(self, port: u16) -> u16 {
         match self {
-            Mode::Nat => port + 8000,
-            Mode::Dr => port,
+            Mode::Nat | Mode::FullNat => port + 8000,
+            Mode::Dr | Mode::Tun => port,
+        }
+    }
+
+    /// Whether the real servers sit on the director's internal segment (`int`).
+    pub fn has_int(self) -> bool {
+        self != Mode::Dr
+    }
+
+    /// Whether the real servers hold the VIP themselves (on `lo`) and answer the client
+    /// directly.
+    pub fn vip_on_reals(self) -> bool {
+        matches!(self, Mode::Dr | Mode::Tun)
+    }
+
+    /// `[datapath] interfaces` of a director in this mode's topology.
+    pub fn interfaces_toml(self) -> &'static str {
+        if self.has_int() {
+            "[\"ext\", \"int\"]"
+        } else {
+            "[\"ext\"]"
+        }
+    }
+
+    /// The service keys this mode needs beyond the common ones (FULLNAT: its LIPs).
+    pub fn write_service_keys(self, c: &mut String) {
+        if self == Mode::FullNat {
+            let lips: Vec<String> = LIPS.iter().map(|l| format!("\"{l}\"")).collect();
+            let _ = writeln!(c, "local_addresses = [{}]", lips.join(", "));
         }
     }
 }
@@ -73,17 +127,22 @@ pub fn start_labsrv(
             format!("rs{}", i + 1),
         ];
         for s in services {
-            let flag = s.app.labsrv_flag();
-            // A UDP socket bound to 0.0.0.0 answers from the interface's address; in DR the
-            // reply must come from the VIP (which the real holds on `lo`), so bind the VIP
-            // itself there.
-            let bind = if s.protocol == "udp" && mode == Mode::Dr {
+            let Some(flag) = s.app.labsrv_flag() else {
+                continue;
+            };
+            // A UDP socket bound to 0.0.0.0 answers from the interface's address; in DR and
+            // TUN the reply must come from the VIP (which the real holds on `lo`), so bind the
+            // VIP itself there.
+            let bind = if s.protocol == "udp" && mode.vip_on_reals() {
                 VIP
             } else {
                 Ipv4Addr::UNSPECIFIED
             };
             argv.push(flag.into());
             argv.push(format!("{bind}:{}", mode.real_port(s.port)));
+        }
+        if argv.len() == 3 {
+            continue; // every service runs something else
         }
         let mut proc = h.spawn(&argv)?;
         // `ready` follows once every socket is bound (UDP has no listen to wait for).
@@ -92,7 +151,7 @@ pub fn start_labsrv(
         procs.push(proc);
     }
     for (i, s) in services.iter().enumerate() {
-        if s.protocol == "tcp" {
+        if s.protocol == "tcp" && s.app != App::External {
             for (h, addr) in reals.iter().zip(real_addrs) {
                 h.wait_tcp_listen(
                     SocketAddr::from((*addr, mode.real_port(s.port))),
@@ -112,17 +171,25 @@ pub enum App {
     Http,
     /// `labsrv --echo`: every byte written back until EOF (the flows of `flowcheck`).
     TcpEcho,
+    /// `labsrv --echo-proxy`: TCP echo after a PROXY protocol v2 header, whose client
+    /// address it logs (FULLNAT with `proxy_protocol = "v2"`).
+    TcpEchoProxy,
     /// `labsrv --udp`: each datagram answered with the server's name and the payload.
     Udp,
+    /// Not `labsrv`: the test starts the real servers' program itself (e.g. `nginx`).
+    External,
 }
 
 impl App {
-    pub fn labsrv_flag(self) -> &'static str {
-        match self {
+    /// `labsrv`'s flag for this app; `None` for [`App::External`].
+    pub fn labsrv_flag(self) -> Option<&'static str> {
+        Some(match self {
             App::Http => "--http",
             App::TcpEcho => "--echo",
+            App::TcpEchoProxy => "--echo-proxy",
             App::Udp => "--udp",
-        }
+            App::External => return None,
+        })
     }
 }
 
@@ -184,6 +251,17 @@ impl ServiceSpec {
             weights: weights.to_vec(),
             extra: String::new(),
             check: None,
+        }
+    }
+
+    /// [`ServiceSpec::echo`] behind the PROXY protocol: `proxy_protocol = "v2"` (FULLNAT
+    /// only) and `labsrv --echo-proxy` on the real servers.
+    pub fn echo_proxy(scheduler: &'static str, weights: &[u32]) -> ServiceSpec {
+        ServiceSpec {
+            name: "tcp-echo-pp".into(),
+            app: App::TcpEchoProxy,
+            extra: "proxy_protocol = \"v2\"".into(),
+            ..ServiceSpec::echo(scheduler, weights)
         }
     }
 
@@ -265,6 +343,97 @@ pub fn dr_reals(lab: &Lab, ext: &Bridge, n: usize) -> Result<(Vec<Host>, Vec<Ipv
     Ok((reals, addrs))
 }
 
+/// TUN real servers rs1..rsN at 198.18.2.11.. on `int`, holding the VIP on `lo` as in DR,
+/// `rp_filter` off (the client's packets arrive on the decapsulating device, not on the
+/// route back to the client), default route via [`GATEWAY_INT`]. Start [`start_decap`] on
+/// them before traffic.
+pub fn tun_reals(lab: &Lab, int: &Bridge, n: usize) -> Result<(Vec<Host>, Vec<Ipv4Addr>)> {
+    let mut reals = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let h = lab.host(&format!("rs{}", i + 1))?;
+        let addr = Ipv4Addr::new(198, 18, 2, 11 + i as u8);
+        h.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+        h.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        h.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        h.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        lab.attach(&h, int, "eth0", &format!("{addr}/24"))?;
+        h.sysctl("net.ipv4.conf.eth0.arp_ignore", "1")?;
+        h.sysctl("net.ipv4.conf.eth0.arp_announce", "2")?;
+        h.addr_add("lo", &format!("{VIP}/32"))?;
+        h.route_add("default", &GATEWAY_INT.to_string())?;
+        reals.push(h);
+        addrs.push(addr);
+    }
+    Ok((reals, addrs))
+}
+
+/// Starts `ipip-decap` (the lab's stand-in for a stock kernel's `ipip` device) on each TUN
+/// real server and turns `rp_filter` off on its device; the helpers stop with their `Proc`s.
+pub fn start_decap(reals: &[Host]) -> Result<Vec<Proc>> {
+    let bin = workspace_bin("ipip-decap")?;
+    let mut procs = Vec::new();
+    for h in reals {
+        let mut p = h.spawn([bin.display().to_string(), "--dev".into(), DECAP_DEV.into()])?;
+        p.wait_stdout("ready", Duration::from_secs(10))
+            .with_context(|| format!("ipip-decap on {} did not start", h.name()))?;
+        h.sysctl(&format!("net.ipv4.conf.{DECAP_DEV}.rp_filter"), "0")?;
+        procs.push(p);
+    }
+    Ok(procs)
+}
+
+/// The TUN topologies' router `gw`: [`GATEWAY_EXT`] on `ext`, [`GATEWAY_INT`] on `int`,
+/// forwarding on, `rp_filter` off (replies from the VIP come in on `int` while the VIP's
+/// own subnet is on `ext`).
+pub fn gateway_host(lab: &Lab, ext: &Bridge, int: &Bridge) -> Result<Host> {
+    let gw = lab.host("gw")?;
+    gw.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+    gw.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+    lab.attach(&gw, ext, "ext", &format!("{GATEWAY_EXT}/24"))?;
+    lab.attach(&gw, int, "int", &format!("{GATEWAY_INT}/24"))?;
+    gw.sysctl("net.ipv4.ip_forward", "1")?;
+    Ok(gw)
+}
+
+/// The counters of each running `ipip-decap` (SIGUSR1 makes it print them as one JSON line):
+/// `{"decapsulated":N,"bytes":N,"bad":N,"write_errors":N}`.
+pub fn decap_counters(helpers: &mut [Proc]) -> Result<Vec<serde_json::Value>> {
+    let json_lines = |p: &Proc| -> Vec<String> {
+        p.stdout()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for p in helpers.iter_mut() {
+        let before = json_lines(p).len();
+        p.kill(Signal::Usr1)?;
+        wait_until(Duration::from_secs(5), || json_lines(p).len() > before)
+            .context("ipip-decap did not print its counters")?;
+        let last = json_lines(p).pop().context("no counters line")?;
+        out.push(serde_json::from_str(&last).with_context(|| format!("counters {last:?}"))?);
+    }
+    Ok(out)
+}
+
+/// FULLNAT real servers rs1..rsN at 198.18.2.11.. on `int`, with no route beyond that /24:
+/// they can only answer the director's LIPs.
+pub fn fullnat_reals(lab: &Lab, int: &Bridge, n: usize) -> Result<(Vec<Host>, Vec<Ipv4Addr>)> {
+    let mut reals = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let h = lab.host(&format!("rs{}", i + 1))?;
+        let addr = Ipv4Addr::new(198, 18, 2, 11 + i as u8);
+        lab.attach(&h, int, "eth0", &format!("{addr}/24"))?;
+        reals.push(h);
+        addrs.push(addr);
+    }
+    Ok((reals, addrs))
+}
+
 /// A built topology with its processes.
 pub struct Topo {
     pub lab: Lab,
@@ -274,6 +443,10 @@ pub struct Topo {
     pub reals: Vec<Host>,
     pub real_addrs: Vec<Ipv4Addr>,
     pub servers: Vec<Proc>,
+    /// Lab helpers that are not servers (TUN: `ipip-decap` on each real server).
+    pub helpers: Vec<Proc>,
+    /// TUN: the router the real servers reply through.
+    pub gateway: Option<Host>,
     pub daemon: Option<Proc>,
     pub socket: PathBuf,
     pub config: PathBuf,
@@ -289,6 +462,8 @@ impl Topo {
         match mode {
             Mode::Nat => Topo::nat(lab, n),
             Mode::Dr => Topo::dr(lab, n),
+            Mode::Tun => Topo::tun(lab, n),
+            Mode::FullNat => Topo::fullnat(lab, n),
         }
     }
 
@@ -322,6 +497,38 @@ impl Topo {
         Topo::finish(lab, Mode::Dr, client, director, reals, real_addrs)
     }
 
+    /// The TUN topology: real servers on `int` with the VIP on `lo` and `ipip-decap`
+    /// running, replying through the gateway `gw`.
+    pub fn tun(lab: Lab, n: usize) -> Result<Topo> {
+        let ext = lab.bridge("ext")?;
+        let int = lab.bridge("int")?;
+        let client = lab.host("client")?;
+        lab.attach(&client, &ext, "eth0", "198.18.1.10/24")?;
+        let director = director_host(&lab, &ext, Some(&int))?;
+        let gw = gateway_host(&lab, &ext, &int)?;
+        let (reals, real_addrs) = tun_reals(&lab, &int, n)?;
+        let helpers = start_decap(&reals)?;
+        let mut topo = Topo::finish(lab, Mode::Tun, client, director, reals, real_addrs)?;
+        topo.helpers = helpers;
+        topo.gateway = Some(gw);
+        Ok(topo)
+    }
+
+    /// The FULLNAT topology: real servers on `int` with no route to the client; the
+    /// director holds the LIPs on `int` as it holds the VIP on `ext`.
+    pub fn fullnat(lab: Lab, n: usize) -> Result<Topo> {
+        let ext = lab.bridge("ext")?;
+        let int = lab.bridge("int")?;
+        let client = lab.host("client")?;
+        lab.attach(&client, &ext, "eth0", "198.18.1.10/24")?;
+        let director = director_host(&lab, &ext, Some(&int))?;
+        for lip in LIPS {
+            director.addr_add("int", &format!("{lip}/32"))?;
+        }
+        let (reals, real_addrs) = fullnat_reals(&lab, &int, n)?;
+        Topo::finish(lab, Mode::FullNat, client, director, reals, real_addrs)
+    }
+
     /// Common end of every topology builder: director settings and file paths.
     pub fn finish(
         lab: Lab,
@@ -343,6 +550,8 @@ impl Topo {
             reals,
             real_addrs,
             servers: Vec::new(),
+            helpers: Vec::new(),
+            gateway: None,
             daemon: None,
             socket,
             config,
@@ -368,14 +577,11 @@ impl Topo {
         let mut c = String::new();
         let _ = writeln!(c, "[node]\nname = \"lab-director\"\n");
         let _ = writeln!(c, "[control]\nsocket = \"{}\"\n", self.socket.display());
-        let ifaces = match self.mode {
-            Mode::Nat => "[\"ext\", \"int\"]",
-            Mode::Dr => "[\"ext\"]",
-        };
         let _ = writeln!(
             c,
-            "[datapath]\nworkers = {}\ninterfaces = {ifaces}",
-            self.workers
+            "[datapath]\nworkers = {}\ninterfaces = {}",
+            self.workers,
+            self.mode.interfaces_toml()
         );
         if let Some(max) = self.max_connections {
             let _ = writeln!(c, "max_connections = {max}");
@@ -389,6 +595,7 @@ impl Topo {
             let _ = writeln!(c, "mode = \"{}\"", self.mode.as_str());
             let _ = writeln!(c, "scheduler = \"{}\"", s.scheduler);
             let _ = writeln!(c, "persistence = \"{}\"", s.persistence);
+            self.mode.write_service_keys(&mut c);
             s.write_extra(&mut c);
             for (addr, w) in self.real_addrs.iter().zip(&s.weights) {
                 let _ = writeln!(c, "[[service.real]]");
@@ -503,6 +710,91 @@ impl Topo {
             bail!("expected {n} responses, got {}: {names:?}", names.len());
         }
         Ok(names)
+    }
+
+    /// `n` UDP requests from the client to VIP:`port`, each on a new unconnected socket, so
+    /// each is a new flow. Each reply must come from the VIP's address and port and be
+    /// `rsN <payload>`; returns the rsN in order.
+    pub fn udp_many(&self, port: u16, n: usize) -> Result<Vec<String>> {
+        let target = SocketAddr::V4(vip(port));
+        let replies = self
+            .client
+            .in_ns(|| -> Result<Vec<(SocketAddr, String, Vec<u8>)>> {
+                // Every socket stays open until the end: a closed one's port could be picked
+                // again, and its request would then ride the earlier flow's connection entry.
+                let mut sockets = Vec::with_capacity(n);
+                let mut replies = Vec::with_capacity(n);
+                for i in 0..n {
+                    let payload = format!("request {i} from the client");
+                    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    sock.send_to(payload.as_bytes(), target)?;
+                    let mut buf = vec![0u8; 2048];
+                    let (len, from) = sock
+                        .recv_from(&mut buf)
+                        .with_context(|| format!("no reply to UDP request {i}"))?;
+                    buf.truncate(len);
+                    sockets.push(sock);
+                    replies.push((from, payload, buf));
+                }
+                Ok(replies)
+            })??;
+        replies
+            .into_iter()
+            .map(|(from, payload, reply)| {
+                ensure!(from == target, "reply to {payload:?} came from {from}");
+                let reply = String::from_utf8(reply).context("non-UTF-8 reply")?;
+                let (name, echoed) = reply
+                    .split_once(' ')
+                    .with_context(|| format!("malformed reply {reply:?}"))?;
+                ensure!(echoed == payload, "reply {reply:?} to {payload:?}");
+                ensure!(
+                    self.real_index(name).is_some(),
+                    "reply from unknown server {name:?}"
+                );
+                Ok(name.to_string())
+            })
+            .collect()
+    }
+
+    /// Datagrams each real server's `labsrv` logged, by peer address.
+    pub fn udp_peers_seen(&self) -> Result<Vec<std::collections::BTreeMap<Ipv4Addr, usize>>> {
+        self.servers
+            .iter()
+            .map(|p| {
+                let mut m = std::collections::BTreeMap::new();
+                for l in p.stdout()?.lines() {
+                    if let Some(peer) = l
+                        .strip_prefix("udp peer=")
+                        .and_then(|r| r.split(' ').next())
+                    {
+                        let peer: SocketAddrV4 = peer.parse()?;
+                        *m.entry(*peer.ip()).or_insert(0) += 1;
+                    }
+                }
+                Ok(m)
+            })
+            .collect()
+    }
+
+    /// The peer of every TCP connection each real server's `labsrv` accepted for `kind`
+    /// (`conn` for HTTP, `echo`, `echo-proxy`), in order.
+    pub fn tcp_peers_seen(&self, kind: &str) -> Result<Vec<Vec<SocketAddrV4>>> {
+        let prefix = format!("{kind} peer=");
+        self.servers
+            .iter()
+            .map(|p| {
+                p.stdout()?
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(&prefix))
+                    .map(|r| {
+                        let peer = r.split(' ').next().unwrap_or_default();
+                        peer.parse::<SocketAddrV4>()
+                            .with_context(|| format!("peer in {r:?}"))
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// The address (as the director's config names it) of real server `i` (0-based) of a

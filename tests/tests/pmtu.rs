@@ -13,49 +13,18 @@
 //! Offloads (TSO, GSO, GRO) are off on the real server and the router, so the real server
 //! really sends 1500-byte frames and the router sees them as such.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
+use director_lab::labpkt::frag_needed;
 use director_lab::pattern;
 use director_lab::router::{dr_via_router, nat_via_router, Routed, FAR_CLIENT, ROUTER_EXT};
 use director_lab::topo::{Mode, ServiceSpec, VIP};
 use director_lab::Lab;
-use forwarder::wire::{EthernetFrame, Icmpv4Packet, Ipv4Packet};
 
 const MTU: u32 = 1400;
 const BYTES: usize = 300_000;
 const FRAG_NEEDED: &str = "icmp[icmptype] == icmp-unreach and icmp[icmpcode] == 4";
-
-/// A fragmentation-needed message as seen on the wire.
-#[derive(Debug, PartialEq, Eq)]
-struct FragNeeded {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    mtu: u16,
-    quoted_src: SocketAddrV4,
-    quoted_dst: SocketAddrV4,
-}
-
-fn frag_needed(frames: &[Vec<u8>]) -> Vec<FragNeeded> {
-    frames
-        .iter()
-        .filter_map(|f| {
-            let eth = EthernetFrame::new_checked(&f[..]).ok()?;
-            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-            let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
-            assert!(icmp.verify_checksum(), "ICMP checksum wrong in {f:02x?}");
-            let q = Ipv4Packet::new_checked_quoted(icmp.payload()).ok()?;
-            let (sport, dport) = forwarder::wire::l4_ports(q.payload())?;
-            Some(FragNeeded {
-                src: ip.src_addr(),
-                dst: ip.dst_addr(),
-                mtu: icmp.next_hop_mtu()?,
-                quoted_src: SocketAddrV4::new(q.src_addr(), sport),
-                quoted_dst: SocketAddrV4::new(q.dst_addr(), dport),
-            })
-        })
-        .collect()
-}
 
 fn pmtu_through_director(mode: Mode) {
     let Some(lab) = Lab::for_test(&format!("pmtu-{}", mode.as_str())) else {
@@ -64,6 +33,7 @@ fn pmtu_through_director(mode: Mode) {
     let Routed { mut topo, router } = match mode {
         Mode::Nat => nat_via_router(lab, 1, MTU),
         Mode::Dr => dr_via_router(lab, 1, MTU),
+        Mode::Tun | Mode::FullNat => panic!("no router topology for {mode:?} (see tun.rs)"),
     }
     .expect("topology");
     let real = topo.reals[0].clone();
@@ -120,7 +90,7 @@ fn pmtu_through_director(mode: Mode) {
     );
     let (dst, quoted_src) = match mode {
         Mode::Nat => (*real_addr.ip(), real_addr),
-        Mode::Dr => (VIP, SocketAddrV4::new(VIP, 80)),
+        Mode::Dr | Mode::Tun | Mode::FullNat => (VIP, SocketAddrV4::new(VIP, 80)),
     };
     for m in &got {
         assert_eq!(

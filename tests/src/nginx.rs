@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::lab::{Host, Lab, Proc};
+use crate::topo::{App, ServiceSpec};
 
 /// One nginx on one real server.
 pub struct Nginx {
@@ -157,6 +158,25 @@ pub fn start(lab: &Lab, host: &Host, name: &str, port: u16) -> Result<Nginx> {
         error_log,
         proc,
     })
+}
+
+/// The VIP port of [`service`].
+pub const PORT: u16 = 81;
+
+/// A FULLNAT service on VIP:[`PORT`] with `proxy_protocol = "v2"` whose real servers run
+/// nginx (start it with [`start_all`] on `mode.real_port(PORT)`).
+pub fn service(scheduler: &'static str, weights: &[u32]) -> ServiceSpec {
+    ServiceSpec {
+        name: "nginx-pp".into(),
+        protocol: "tcp",
+        app: App::External,
+        port: PORT,
+        scheduler,
+        persistence: "0s",
+        weights: weights.to_vec(),
+        extra: "proxy_protocol = \"v2\"".into(),
+        check: None,
+    }
 }
 
 /// nginx on each real server, named rs1, rs2, ... like `labsrv`.

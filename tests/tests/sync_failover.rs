@@ -6,6 +6,10 @@
 //! short ones that had fewer than 3 packets through the dead node. Start it again: it
 //! resyncs, takes the VIP back (preempt) only after that, and failback loses nothing either.
 //!
+//! In every mode: NAT, DR, TUN, FULLNAT, and FULLNAT with the PROXY protocol on the long
+//! connections (`labsrv --echo-proxy` reads the header, then echoes), whose per-connection
+//! sequence shift must be synced too.
+//!
 //! The longest client-observed stall of each failover is printed (not asserted: speed is for
 //! the benchmarks). `flowcheck_baseline` checks the instrument itself through one director.
 
@@ -13,24 +17,59 @@ use std::time::Duration;
 
 use director_lab::flows::{self, stalls_from};
 use director_lab::pair::{Pair, PairSpec};
-use director_lab::topo::{Mode, ServiceSpec, Topo};
+use director_lab::topo::{Mode, ServiceSpec, Topo, CLIENT};
 use director_lab::{mono_ns, wait_until, Lab};
 
 const T: Duration = Duration::from_secs(20);
 const LONG: u64 = 200;
 
-/// The services of both tests: HTTP (short connections) and TCP echo (long ones).
-fn services() -> Vec<ServiceSpec> {
+/// Whether the long (echo) connections go through the PROXY protocol (FULLNAT only).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proxy {
+    No,
+    V2,
+}
+
+/// The services of the tests: HTTP (short connections) and TCP echo (long ones), the echo
+/// behind the PROXY protocol with `Proxy::V2`.
+fn services(proxy: Proxy) -> Vec<ServiceSpec> {
     vec![
         ServiceSpec::http("rr", &[1, 1, 1]),
-        ServiceSpec::echo("rr", &[1, 1, 1]),
+        match proxy {
+            Proxy::No => ServiceSpec::echo("rr", &[1, 1, 1]),
+            Proxy::V2 => ServiceSpec::echo_proxy("rr", &[1, 1, 1]),
+        },
     ]
+}
+
+fn tag_of(prefix: &str, mode: Mode, proxy: Proxy) -> String {
+    let pp = if proxy == Proxy::V2 { "-pp" } else { "" };
+    format!("{prefix}-{}{pp}", mode.as_str())
+}
+
+/// With the PROXY protocol: every long connection began with a header naming the client
+/// (`labsrv --echo-proxy` logs `proxy peer=LIP:lport client=CLIENT:cport dst=VIP:7`), one per
+/// connection, none refused.
+fn assert_proxy_headers(servers: &[director_lab::Proc], long: u64) {
+    let mut good = 0;
+    for p in servers {
+        for l in p.stdout().expect("labsrv log").lines() {
+            if let Some(rest) = l.strip_prefix("proxy ") {
+                assert!(
+                    rest.contains(&format!(" client={CLIENT}:")) && !rest.contains(" bad="),
+                    "{rest}"
+                );
+                good += 1;
+            }
+        }
+    }
+    assert_eq!(good, long, "PROXY headers read by the real servers");
 }
 
 /// One mode's product test: kill the master, let the backup carry the flows, bring the
 /// master back and let it take them back.
-fn failover_loses_nothing(mode: Mode) {
-    let tag = format!("syncfo-{}", mode.as_str());
+fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
+    let tag = tag_of("syncfo", mode, proxy);
     let Some(lab) = Lab::for_test(&tag) else {
         return;
     };
@@ -38,7 +77,7 @@ fn failover_loses_nothing(mode: Mode) {
     spec.sync = true;
     spec.interval = "100ms".into();
     spec.preempt = true;
-    spec.services = services();
+    spec.services = services(proxy);
     let mut pair = Pair::new(lab, spec).expect("pair topology");
     pair.start(0).expect("start lb-a");
     pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
@@ -126,23 +165,44 @@ fn failover_loses_nothing(mode: Mode) {
         }),
     );
     flows::assert_all_ok(&report, LONG);
+    if proxy == Proxy::V2 {
+        assert_proxy_headers(&pair.servers, LONG);
+    }
 }
 
 #[test]
 fn nat_failover_and_failback_lose_no_flow() {
-    failover_loses_nothing(Mode::Nat);
+    failover_loses_nothing(Mode::Nat, Proxy::No);
 }
 
 #[test]
 fn dr_failover_and_failback_lose_no_flow() {
-    failover_loses_nothing(Mode::Dr);
+    failover_loses_nothing(Mode::Dr, Proxy::No);
+}
+
+#[test]
+fn tun_failover_and_failback_lose_no_flow() {
+    failover_loses_nothing(Mode::Tun, Proxy::No);
+}
+
+#[test]
+fn fullnat_failover_and_failback_lose_no_flow() {
+    failover_loses_nothing(Mode::FullNat, Proxy::No);
+}
+
+/// FULLNAT with the PROXY protocol on the long connections: the sequence shift of each
+/// connection must survive both switches, or the echoed bytes would be misplaced.
+#[test]
+fn fullnat_proxy_protocol_failover_and_failback_lose_no_flow() {
+    failover_loses_nothing(Mode::FullNat, Proxy::V2);
 }
 
 /// The instrument itself: through one director and no failover, every long connection
 /// echoes every byte and every short connection completes.
-fn baseline(mode: Mode) {
-    let tag = format!("fcbase-{}", mode.as_str());
-    let Some(topo) = Topo::started(&tag, mode, &services()) else {
+fn baseline(mode: Mode, proxy: Proxy) {
+    let tag = tag_of("fcbase", mode, proxy);
+    let services = services(proxy);
+    let Some(topo) = Topo::started(&tag, mode, &services) else {
         return;
     };
     let flows = flows::start(&topo.client, LONG);
@@ -154,18 +214,36 @@ fn baseline(mode: Mode) {
     );
     flows::assert_all_ok(&report, LONG);
     assert!(topo
-        .real_conns("tcp-echo")
+        .real_conns(&services[1].name)
         .expect("echo conns")
         .iter()
         .all(|c| *c > 0));
+    if proxy == Proxy::V2 {
+        assert_proxy_headers(&topo.servers, LONG);
+    }
 }
 
 #[test]
 fn flowcheck_baseline_nat() {
-    baseline(Mode::Nat);
+    baseline(Mode::Nat, Proxy::No);
 }
 
 #[test]
 fn flowcheck_baseline_dr() {
-    baseline(Mode::Dr);
+    baseline(Mode::Dr, Proxy::No);
+}
+
+#[test]
+fn flowcheck_baseline_tun() {
+    baseline(Mode::Tun, Proxy::No);
+}
+
+#[test]
+fn flowcheck_baseline_fullnat() {
+    baseline(Mode::FullNat, Proxy::No);
+}
+
+#[test]
+fn flowcheck_baseline_fullnat_proxy_protocol() {
+    baseline(Mode::FullNat, Proxy::V2);
 }

@@ -215,16 +215,19 @@ impl Engine {
             peer: local,
         };
         let len = flow.end - flow.ip;
-        let (vip, client) = {
+        let (vip, client, proxy) = {
             let mut shard = self.conns.shard_for(local);
             let Some(id) = shard.get_reply(&key, now) else {
                 return Verdict::Pass;
             };
             shard.update(id, Direction::Out, ports.tcp_flags, len, now);
             let e = shard.entry(id);
-            (e.vip(), e.client())
+            (e.vip(), e.client(), e.proxy_seq())
         };
         rewrite_out(frame, flow, ports, vip, client, meta.csum_partial);
+        if let Some(ps) = proxy {
+            super::proxy::reply(frame, flow, ports.tcp_flags, ps, meta.csum_partial);
+        }
         self.emit(frame, flow, *client.ip(), meta, t, ctx, |c| {
             &c.forwarded_out
         })

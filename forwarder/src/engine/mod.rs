@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use crate::conntrack::{
     Change, ConnEntry, ConnObserver, ConnTable, DeleteCause, Direction, FlowKey, InsertError,
-    NewConn, ReplyKey,
+    NewConn, ProxySeq, ReplyKey,
 };
 use crate::fib::{FastMap, Fib, FibMiss};
 use crate::model::{Mode, Protocol, VirtualService};
@@ -49,6 +49,7 @@ use crate::wire::icmp::{self, Icmpv4Packet};
 use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 mod fullnat;
+mod proxy;
 
 pub use fullnat::DEFAULT_LOCAL_PORTS;
 
@@ -61,6 +62,17 @@ pub enum Verdict {
     Pass,
     /// Counted and dropped (the kernel's copy is dropped by the interception rules).
     Drop(DropReason),
+    /// Send the (rewritten) frame out of this interface with `insert` spliced into it.
+    ForwardInsert { ifindex: u32, insert: Insert },
+}
+
+/// Bytes to splice into a forwarded frame on the way out (the frame itself is not copied):
+/// `bytes[..len]` go at byte offset `at` of the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insert {
+    pub at: u16,
+    pub len: u8,
+    pub bytes: [u8; 32],
 }
 
 macro_rules! drop_reasons {
@@ -470,7 +482,7 @@ impl Engine {
         match v {
             Verdict::Pass => WorkerCounters::bump(&c.passed),
             Verdict::Drop(r) => WorkerCounters::bump(&c.drops[r as usize]),
-            Verdict::Forward { .. } => {}
+            Verdict::Forward { .. } | Verdict::ForwardInsert { .. } => {}
         }
         v
     }
@@ -634,7 +646,7 @@ impl Engine {
 
         // The flow's own mode, not the service's: a reload that changes a service's mode
         // leaves its established flows as they were made.
-        let (real, local, mode) = {
+        let (real, local, mode, proxy) = {
             let my_shard = self.conns.shard_index(client);
             let mut shard = self.conns.shard(my_shard);
             let mut found = shard.get_in(&key, now);
@@ -649,7 +661,7 @@ impl Engine {
                 Some(id) => {
                     shard.update(id, Direction::In, ports.tcp_flags, len, now);
                     let e = shard.entry(id);
-                    (e.real(), e.local(), e.mode())
+                    (e.real(), e.local(), e.mode(), e.proxy_seq())
                 }
                 None => {
                     if proto == Protocol::Tcp && !syn {
@@ -697,13 +709,21 @@ impl Engine {
                     } else {
                         None
                     };
+                    // FULLNAT TCP with a PROXY header: the shift starts at the SYN's ISN.
+                    let proxy = (local.is_some()
+                        && proto == Protocol::Tcp
+                        && svc.config.proxy_protocol.is_some())
+                    .then(|| ProxySeq {
+                        client_isn: tcp_seq(frame, flow),
+                        delta: proxy::V2_TCP4_LEN,
+                    });
                     let new = NewConn {
                         proto,
                         client,
                         vip,
                         real: backend.addr,
                         local,
-                        proxy: None,
+                        proxy,
                         mode: svc.config.mode,
                         service: svc.id,
                         real_slot: backend.slot,
@@ -728,19 +748,40 @@ impl Engine {
                             });
                         }
                     }
-                    (backend.addr, local, svc.config.mode)
+                    (backend.addr, local, svc.config.mode, proxy)
                 }
             }
         };
 
+        let mut insert = None;
         match (mode, local) {
             (Mode::Nat, _) => rewrite_dst(frame, flow, ports, real, meta),
             (Mode::FullNat, Some(local)) => {
-                fullnat::rewrite_in(frame, flow, ports, local, real, meta.csum_partial)
+                fullnat::rewrite_in(frame, flow, ports, local, real, meta.csum_partial);
+                if let Some(ps) = proxy {
+                    insert = proxy::inbound(
+                        frame,
+                        flow,
+                        ports.tcp_flags,
+                        ps,
+                        client,
+                        vip,
+                        meta.csum_partial,
+                    );
+                }
             }
             _ => {}
         }
-        self.emit(frame, flow, *real.ip(), meta, t, ctx, |c| &c.forwarded_in)
+        let grow = insert.map_or(0, |i| usize::from(i.len));
+        let v = self.emit_sized(frame, flow, *real.ip(), meta, t, ctx, grow, |c| {
+            &c.forwarded_in
+        });
+        match (v, insert) {
+            (Verdict::Forward { ifindex }, Some(insert)) => {
+                Verdict::ForwardInsert { ifindex, insert }
+            }
+            _ => v,
+        }
     }
 
     /// NAT real server → client: the source becomes VIP:port again.
@@ -879,6 +920,22 @@ impl Engine {
         ctx: &mut WorkerCtx<'_>,
         counter: fn(&WorkerCounters) -> &AtomicU64,
     ) -> Verdict {
+        self.emit_sized(frame, flow, toward, meta, t, ctx, 0, counter)
+    }
+
+    /// [`Engine::emit`] for a packet that leaves `grow` bytes longer than it came in.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_sized(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        toward: Ipv4Addr,
+        meta: RxMeta,
+        t: &Tables<'_>,
+        ctx: &mut WorkerCtx<'_>,
+        grow: usize,
+        counter: fn(&WorkerCounters) -> &AtomicU64,
+    ) -> Verdict {
         if flow.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
@@ -900,7 +957,7 @@ impl Engine {
                 }
             }
         };
-        if !meta.gso && flow.end - flow.ip > hop.mtu as usize {
+        if !meta.gso && flow.end - flow.ip + grow > hop.mtu as usize {
             return Verdict::Drop(DropReason::TooBig);
         }
         let mut ip = Ipv4Packet::new_unchecked(&mut frame[flow.ip..flow.end]);
@@ -913,6 +970,12 @@ impl Engine {
             ifindex: hop.ifindex,
         }
     }
+}
+
+/// The TCP sequence number of a segment whose header `read_ports` has checked.
+fn tcp_seq(frame: &[u8], flow: Flow) -> u32 {
+    let at = flow.l4 + 4;
+    u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
 }
 
 fn read_ports(frame: &[u8], flow: Flow) -> Option<Ports> {

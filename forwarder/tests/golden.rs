@@ -1172,6 +1172,7 @@ fn random_mutations_never_panic_and_always_add_up() {
                     );
                 }
             }
+            Verdict::ForwardInsert { .. } => panic!("run {i}: no service here inserts: {v:?}"),
             Verdict::Pass => assert_eq!(f, input, "run {i}: passed frame was modified"),
             Verdict::Drop(_) => {}
         }

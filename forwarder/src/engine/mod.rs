@@ -6,10 +6,13 @@
 //!    rewrite per mode); an ICMP error about a reply we sent toward a client → forwarded to
 //!    the flow's real server; anything else (ICMP echo, SSH to the VIP) → `Pass` to the
 //!    kernel;
-//! 2. from a NAT real server's service port → *reply* (source back to VIP:port) when the
+//! 2. TCP/UDP to a FULLNAT local address (LIP) → *FULLNAT reply* when the table knows
+//!    (real, LIP:lport), else `Pass` (the kernel's copy is dropped by the interception
+//!    rules); an ICMP error to a LIP quoting LIP → real → translated back to the client;
+//! 3. from a NAT real server's service port → *reply* (source back to VIP:port) when the
 //!    connection table knows the flow, else `Pass` (the box's own health checks);
-//! 3. an ICMP error quoting a client → NAT-real packet → translated back to the client;
-//! 4. anything else → `Pass`.
+//! 4. an ICMP error quoting a client → NAT-real packet → translated back to the client;
+//! 5. anything else → `Pass`.
 //!
 //! Stated rules for bad or unusual input (all counted, see [`DropReason`]):
 //! - frames too short for the headers they claim, bad IHL, total length past the frame:
@@ -34,7 +37,7 @@ use std::sync::Arc;
 
 use crate::conntrack::{
     Change, ConnEntry, ConnObserver, ConnTable, DeleteCause, Direction, FlowKey, InsertError,
-    NewConn, ReplyKey,
+    NewConn, ProxySeq, ReplyKey,
 };
 use crate::fib::{FastMap, Fib, FibMiss};
 use crate::model::{Mode, Protocol, VirtualService};
@@ -45,6 +48,11 @@ use crate::wire::ethernet::{self, EthernetFrame, MacAddr, ETHERTYPE_IPV4};
 use crate::wire::icmp::{self, Icmpv4Packet};
 use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
+mod fullnat;
+mod proxy;
+
+pub use fullnat::DEFAULT_LOCAL_PORTS;
+
 /// What the worker does with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -54,6 +62,17 @@ pub enum Verdict {
     Pass,
     /// Counted and dropped (the kernel's copy is dropped by the interception rules).
     Drop(DropReason),
+    /// Send the (rewritten) frame out of this interface with `insert` spliced into it.
+    ForwardInsert { ifindex: u32, insert: Insert },
+}
+
+/// Bytes to splice into a forwarded frame on the way out (the frame itself is not copied):
+/// `bytes[..len]` go at byte offset `at` of the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insert {
+    pub at: u16,
+    pub len: u8,
+    pub bytes: [u8; 32],
 }
 
 macro_rules! drop_reasons {
@@ -107,6 +126,8 @@ drop_reasons! {
     /// NAT could not keep two flows apart: the same client address and port reaching one
     /// real server through two VIPs.
     FlowClash => "flow_clash",
+    /// FULLNAT found no free local port on any LIP for the real server chosen.
+    PortExhausted => "port_exhausted",
 }
 
 /// Per-worker counters. Written by one worker only (plain load + store), read by anyone.
@@ -207,6 +228,8 @@ pub struct ServiceTable {
     by_vip: FastMap<u64, u16>,
     vips: FastMap<u32, ()>,
     nat_reals: FastMap<u64, ()>,
+    /// FULLNAT local addresses of every service.
+    lips: FastMap<u32, ()>,
 }
 
 fn l4_key(addr: Ipv4Addr, port: u16, proto: u8) -> u64 {
@@ -239,6 +262,7 @@ impl ServiceTable {
             by_vip: FastMap::default(),
             vips: FastMap::default(),
             nat_reals: FastMap::default(),
+            lips: FastMap::default(),
         };
         for (i, spec) in specs.into_iter().enumerate() {
             let ServiceSpec {
@@ -263,6 +287,11 @@ impl ServiceTable {
                 .by_vip
                 .insert(l4_key(*svc.vip.ip(), svc.vip.port(), proto), index);
             table.vips.insert(u32::from(*svc.vip.ip()), ());
+            if svc.mode == Mode::FullNat {
+                for lip in &svc.local_addresses {
+                    table.lips.insert(u32::from(*lip), ());
+                }
+            }
             if svc.mode == Mode::Nat {
                 for a in svc
                     .reals
@@ -364,6 +393,12 @@ impl ServiceTable {
         self.vips.contains_key(&u32::from(addr))
     }
 
+    /// A FULLNAT local address (LIP) of some service.
+    #[inline]
+    pub fn is_lip(&self, addr: Ipv4Addr) -> bool {
+        self.lips.contains_key(&u32::from(addr))
+    }
+
     #[inline]
     fn is_nat_real(&self, addr: Ipv4Addr, port: u16, proto: u8) -> bool {
         self.nat_reals.contains_key(&l4_key(addr, port, proto))
@@ -375,6 +410,8 @@ pub struct Engine {
     pub conns: ConnTable,
     pub persist: Arc<PersistTable>,
     pub reals: Arc<RealRegistry>,
+    /// FULLNAT local ports (inclusive range), [`DEFAULT_LOCAL_PORTS`] unless set.
+    local_ports: (u16, u16),
 }
 
 /// The tables a worker reads for one batch of frames.
@@ -416,7 +453,18 @@ impl Engine {
             conns,
             persist,
             reals,
+            local_ports: DEFAULT_LOCAL_PORTS,
         }
+    }
+
+    /// Sets the FULLNAT local port range (inclusive). Panics if `lo > hi`.
+    pub fn set_local_ports(&mut self, lo: u16, hi: u16) {
+        assert!(lo <= hi, "local port range {lo}-{hi} is empty");
+        self.local_ports = (lo, hi);
+    }
+
+    pub fn local_ports(&self) -> (u16, u16) {
+        self.local_ports
     }
 
     /// Process one frame (starting at its Ethernet header) at time `now` (engine seconds).
@@ -434,7 +482,7 @@ impl Engine {
         match v {
             Verdict::Pass => WorkerCounters::bump(&c.passed),
             Verdict::Drop(r) => WorkerCounters::bump(&c.drops[r as usize]),
-            Verdict::Forward { .. } => {}
+            Verdict::Forward { .. } | Verdict::ForwardInsert { .. } => {}
         }
         v
     }
@@ -463,8 +511,9 @@ impl Engine {
         let raw_src = Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15]);
         let raw_dst = Ipv4Addr::new(raw[16], raw[17], raw[18], raw[19]);
         let to_vip = t.services.is_vip(raw_dst);
+        let to_lip = t.services.is_lip(raw_dst);
         let ours = |reason| {
-            if to_vip || Self::from_nat_real_raw(t, raw_src, raw) {
+            if to_vip || to_lip || Self::from_nat_real_raw(t, raw_src, raw) {
                 Verdict::Drop(reason)
             } else {
                 Verdict::Pass
@@ -514,6 +563,27 @@ impl Engine {
                 return Verdict::Drop(DropReason::BadIpChecksum);
             }
             return self.inbound(frame, flow, ports, svc, meta, t, now, ctx);
+        }
+
+        if to_lip {
+            return match flow.proto {
+                PROTO_TCP | PROTO_UDP => {
+                    if flow.fragment {
+                        return Verdict::Drop(DropReason::Fragment);
+                    }
+                    let Some(ports) = read_ports(frame, flow) else {
+                        return Verdict::Drop(DropReason::Malformed);
+                    };
+                    if !ip_header_ok(frame, flow) {
+                        return Verdict::Drop(DropReason::BadIpChecksum);
+                    }
+                    self.fullnat_reply(frame, flow, ports, meta, t, now, ctx)
+                }
+                PROTO_ICMP if ip_header_ok(frame, flow) => {
+                    self.icmp_to_lip(frame, flow, t, now, ctx)
+                }
+                _ => Verdict::Pass,
+            };
         }
 
         match flow.proto {
@@ -574,8 +644,11 @@ impl Engine {
         let len = flow.end - flow.ip;
         let syn = ports.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
 
-        let real = {
-            let mut shard = self.conns.shard_for(client);
+        // The flow's own mode, not the service's: a reload that changes a service's mode
+        // leaves its established flows as they were made.
+        let (real, local, mode, proxy) = {
+            let my_shard = self.conns.shard_index(client);
+            let mut shard = self.conns.shard(my_shard);
             let mut found = shard.get_in(&key, now);
             // A client reusing its port after the old flow closed gets a new scheduling.
             if let Some(id) = found {
@@ -587,7 +660,8 @@ impl Engine {
             match found {
                 Some(id) => {
                     shard.update(id, Direction::In, ports.tcp_flags, len, now);
-                    shard.entry(id).real()
+                    let e = shard.entry(id);
+                    (e.real(), e.local(), e.mode(), e.proxy_seq())
                 }
                 None => {
                     if proto == Protocol::Tcp && !syn {
@@ -613,13 +687,43 @@ impl Engine {
                         return Verdict::Drop(DropReason::NoRealServer);
                     };
                     let backend = svc.sched.backends()[idx];
+                    let local = if svc.config.mode == Mode::FullNat {
+                        let local = fullnat::allocate_local(
+                            &mut shard,
+                            my_shard,
+                            |a| self.conns.shard_index(a),
+                            svc,
+                            proto,
+                            client,
+                            backend.addr,
+                            self.local_ports,
+                            now,
+                        );
+                        if local.is_none() {
+                            if persistent {
+                                self.persist.release(svc.id, flow.src, now, svc.persistence);
+                            }
+                            return Verdict::Drop(DropReason::PortExhausted);
+                        }
+                        local
+                    } else {
+                        None
+                    };
+                    // FULLNAT TCP with a PROXY header: the shift starts at the SYN's ISN.
+                    let proxy = (local.is_some()
+                        && proto == Protocol::Tcp
+                        && svc.config.proxy_protocol.is_some())
+                    .then(|| ProxySeq {
+                        client_isn: tcp_seq(frame, flow),
+                        delta: proxy::V2_TCP4_LEN,
+                    });
                     let new = NewConn {
                         proto,
                         client,
                         vip,
                         real: backend.addr,
-                        local: None,
-                        proxy: None,
+                        local,
+                        proxy,
                         mode: svc.config.mode,
                         service: svc.id,
                         real_slot: backend.slot,
@@ -644,15 +748,40 @@ impl Engine {
                             });
                         }
                     }
-                    backend.addr
+                    (backend.addr, local, svc.config.mode, proxy)
                 }
             }
         };
 
-        if svc.config.mode == Mode::Nat {
-            rewrite_dst(frame, flow, ports, real, meta);
+        let mut insert = None;
+        match (mode, local) {
+            (Mode::Nat, _) => rewrite_dst(frame, flow, ports, real, meta),
+            (Mode::FullNat, Some(local)) => {
+                fullnat::rewrite_in(frame, flow, ports, local, real, meta.csum_partial);
+                if let Some(ps) = proxy {
+                    insert = proxy::inbound(
+                        frame,
+                        flow,
+                        ports.tcp_flags,
+                        ps,
+                        client,
+                        vip,
+                        meta.csum_partial,
+                    );
+                }
+            }
+            _ => {}
         }
-        self.emit(frame, flow, *real.ip(), meta, t, ctx, |c| &c.forwarded_in)
+        let grow = insert.map_or(0, |i| usize::from(i.len));
+        let v = self.emit_sized(frame, flow, *real.ip(), meta, t, ctx, grow, |c| {
+            &c.forwarded_in
+        });
+        match (v, insert) {
+            (Verdict::Forward { ifindex }, Some(insert)) => {
+                Verdict::ForwardInsert { ifindex, insert }
+            }
+            _ => v,
+        }
     }
 
     /// NAT real server → client: the source becomes VIP:port again.
@@ -718,16 +847,20 @@ impl Engine {
             let mut shard = self.conns.shard_for(key.client);
             shard.get_in(&key, now).map(|id| {
                 let e = shard.entry(id);
-                (e.real(), e.mode())
+                (e.real(), e.mode(), e.local())
             })
         };
-        let Some((real, mode)) = found else {
+        let Some((real, mode, local)) = found else {
             return Verdict::Drop(DropReason::IcmpNoConnection);
         };
-        if mode == Mode::Nat {
-            // Outer destination VIP → real; quoted source VIP:vport → real:rport.
-            set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
-            translate_quoted(frame, flow, q, QuotedSide::Src, real);
+        match (mode, local) {
+            (Mode::Nat, _) => {
+                // Outer destination VIP → real; quoted source VIP:vport → real:rport.
+                set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
+                translate_quoted(frame, flow, q, QuotedSide::Src, real);
+            }
+            (Mode::FullNat, Some(local)) => fullnat::icmp_to_real(frame, flow, q, real, local),
+            _ => {}
         }
         self.emit(frame, flow, *real.ip(), meta, t, ctx, |c| &c.icmp_forwarded)
     }
@@ -787,6 +920,22 @@ impl Engine {
         ctx: &mut WorkerCtx<'_>,
         counter: fn(&WorkerCounters) -> &AtomicU64,
     ) -> Verdict {
+        self.emit_sized(frame, flow, toward, meta, t, ctx, 0, counter)
+    }
+
+    /// [`Engine::emit`] for a packet that leaves `grow` bytes longer than it came in.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_sized(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        toward: Ipv4Addr,
+        meta: RxMeta,
+        t: &Tables<'_>,
+        ctx: &mut WorkerCtx<'_>,
+        grow: usize,
+        counter: fn(&WorkerCounters) -> &AtomicU64,
+    ) -> Verdict {
         if flow.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
@@ -808,7 +957,7 @@ impl Engine {
                 }
             }
         };
-        if !meta.gso && flow.end - flow.ip > hop.mtu as usize {
+        if !meta.gso && flow.end - flow.ip + grow > hop.mtu as usize {
             return Verdict::Drop(DropReason::TooBig);
         }
         let mut ip = Ipv4Packet::new_unchecked(&mut frame[flow.ip..flow.end]);
@@ -821,6 +970,12 @@ impl Engine {
             ifindex: hop.ifindex,
         }
     }
+}
+
+/// The TCP sequence number of a segment whose header `read_ports` has checked.
+fn tcp_seq(frame: &[u8], flow: Flow) -> u32 {
+    let at = flow.l4 + 4;
+    u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
 }
 
 fn read_ports(frame: &[u8], flow: Flow) -> Option<Ports> {

@@ -1,0 +1,295 @@
+//! FULLNAT: both ends of the flow rewritten.
+//!
+//! ```text
+//!   client:cport → VIP:vport      becomes   LIP:lport → real:rport      (inbound)
+//!   real:rport   → LIP:lport      becomes   VIP:vport → client:cport    (reply)
+//! ```
+//!
+//! The real servers see a local address of the director (a LIP) as the source, so they need
+//! no route back to the clients: their replies go to the LIP, which is on whichever box is
+//! the VRRP master (the LIPs float with the VIPs). The local port is chosen when the flow is
+//! scheduled:
+//!
+//! - per (LIP, real server): the reply key (real:rport, LIP:lport) must be free, so one port
+//!   may serve one flow to each real server at once;
+//! - held for the life of the entry, TIME_WAIT included, because the entry keeps its reply
+//!   key in the table until it expires (tcp_fin 120 s by default);
+//! - in the client's shard: `shard_index(LIP:lport) == shard_index(client)`, so the reply
+//!   finds the entry under the same lock as the inbound packets (see `conntrack`);
+//! - exhaustion (no free port for any LIP after a bounded search) is counted as
+//!   `port_exhausted` and the new flow refused; established flows are untouched.
+//!
+//! ICMP errors are translated in both directions: one from the client's side about a reply
+//! we sent (VIP → client) goes to the real server as if about LIP → real, and one from the
+//! real servers' side about a packet we sent (LIP → real) goes to the client as if about
+//! client → VIP.
+
+use std::net::SocketAddrV4;
+
+use super::{
+    fix_l4_csum, l4_csum_offset, quoted, set_ip_addr, DropReason, Engine, Flow, Ports, Quoted,
+    RxMeta, Service, Tables, Verdict, WorkerCtx, ADDR_DST, ADDR_SRC,
+};
+use crate::conntrack::{Direction, ReplyKey, ShardGuard};
+use crate::model::Protocol;
+use crate::wire::checksum;
+use crate::wire::icmp::Icmpv4Packet;
+use crate::wire::ipv4::PROTO_UDP;
+
+/// The default local port range: everything above the well-known ports. The director never
+/// opens sockets on a LIP, so it shares the range with nothing on the box.
+pub const DEFAULT_LOCAL_PORTS: (u16, u16) = (1024, 65535);
+
+/// How many free-looking candidates in the client's shard are examined per LIP before the
+/// LIP counts as exhausted for this flow. A full scan of a nearly exhausted range would cost
+/// up to 64 K hashes per refused SYN; this bounds the work a SYN flood can cause.
+const PROBES_PER_LIP: usize = 512;
+
+/// Picks a free LIP:lport for a new flow of `proto` from `client` to `real`, or `None` when
+/// every LIP is exhausted. `shard` is the client's shard, locked by the caller; `my_shard`
+/// its index; `shard_of` computes the shard index of an address.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn allocate_local(
+    shard: &mut ShardGuard<'_>,
+    my_shard: usize,
+    shard_of: impl Fn(SocketAddrV4) -> usize,
+    svc: &Service,
+    proto: Protocol,
+    client: SocketAddrV4,
+    real: SocketAddrV4,
+    ports: (u16, u16),
+    now: u32,
+) -> Option<SocketAddrV4> {
+    let lips = &svc.config.local_addresses;
+    if lips.is_empty() || ports.1 < ports.0 {
+        return None;
+    }
+    let span = u32::from(ports.1 - ports.0) + 1;
+    // Start somewhere that depends on the flow, so that flows do not all walk the same run
+    // of ports; the walk itself is sequential (every port is considered).
+    let mix = (u64::from(client.ip().to_bits()) << 16 | u64::from(client.port()))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(real.ip().to_bits()).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let start = ((mix >> 32) as u32) % span;
+    // LIPs take turns by client port, so clients spread over them.
+    let first_lip = usize::from(client.port()) % lips.len();
+    for k in 0..lips.len() {
+        let lip = lips[(first_lip + k) % lips.len()];
+        let mut probes = 0;
+        for i in 0..span {
+            let port = ports.0 + ((start + i) % span) as u16;
+            let candidate = SocketAddrV4::new(lip, port);
+            if shard_of(candidate) != my_shard {
+                continue;
+            }
+            let key = ReplyKey {
+                proto,
+                real,
+                peer: candidate,
+            };
+            // Taken while an entry holds it (expired entries are removed by the lookup).
+            if shard.get_reply(&key, now).is_none() {
+                return Some(candidate);
+            }
+            probes += 1;
+            if probes >= PROBES_PER_LIP {
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// Writes `addr` as the source (`src = true`) or destination of the IPv4 header and L4
+/// header at `flow`, fixing the IPv4 and TCP/UDP checksums incrementally.
+fn rewrite_end(
+    frame: &mut [u8],
+    flow: Flow,
+    src: bool,
+    old_port: u16,
+    to: SocketAddrV4,
+    partial: bool,
+) {
+    let which = if src { ADDR_SRC } else { ADDR_DST };
+    let old = set_ip_addr(frame, flow.ip, which, *to.ip());
+    let port_at = flow.l4 + if src { 0 } else { 2 };
+    frame[port_at..port_at + 2].copy_from_slice(&to.port().to_be_bytes());
+    fix_l4_csum(
+        frame,
+        flow.proto,
+        flow.l4,
+        old,
+        u32::from(*to.ip()),
+        old_port,
+        to.port(),
+        partial,
+    );
+}
+
+/// Inbound: client:cport → VIP:vport becomes local → real.
+pub(super) fn rewrite_in(
+    frame: &mut [u8],
+    flow: Flow,
+    ports: Ports,
+    local: SocketAddrV4,
+    real: SocketAddrV4,
+    partial: bool,
+) {
+    rewrite_end(frame, flow, true, ports.src, local, partial);
+    rewrite_end(frame, flow, false, ports.dst, real, partial);
+}
+
+/// Reply: real:rport → LIP:lport becomes VIP:vport → client:cport.
+pub(super) fn rewrite_out(
+    frame: &mut [u8],
+    flow: Flow,
+    ports: Ports,
+    vip: SocketAddrV4,
+    client: SocketAddrV4,
+    partial: bool,
+) {
+    rewrite_end(frame, flow, true, ports.src, vip, partial);
+    rewrite_end(frame, flow, false, ports.dst, client, partial);
+}
+
+/// Rewrites both ends of the packet quoted in an ICMP error (`src` → `new_src`, `dst` →
+/// `new_dst`), fixing the quoted IPv4 checksum and the quoted L4 checksum where it was
+/// quoted, then recomputes the ICMP checksum.
+pub(super) fn translate_quoted_both(
+    frame: &mut [u8],
+    flow: Flow,
+    q: Quoted,
+    new_src: SocketAddrV4,
+    new_dst: SocketAddrV4,
+) {
+    let old_src = set_ip_addr(frame, q.ip, ADDR_SRC, *new_src.ip());
+    let old_dst = set_ip_addr(frame, q.ip, ADDR_DST, *new_dst.ip());
+    frame[q.l4..q.l4 + 2].copy_from_slice(&new_src.port().to_be_bytes());
+    frame[q.l4 + 2..q.l4 + 4].copy_from_slice(&new_dst.port().to_be_bytes());
+    let at = q.l4 + l4_csum_offset(q.proto);
+    if at + 2 <= flow.end {
+        let mut c = u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let changes = [
+            (old_src, u32::from(*new_src.ip()), q.sport, new_src.port()),
+            (old_dst, u32::from(*new_dst.ip()), q.dport, new_dst.port()),
+        ];
+        for (old_a, new_a, old_p, new_p) in changes {
+            c = if q.proto == PROTO_UDP {
+                checksum::udp_update16(checksum::udp_update32(c, old_a, new_a), old_p, new_p)
+            } else {
+                checksum::update16(checksum::update32(c, old_a, new_a), old_p, new_p)
+            };
+        }
+        frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut icmp = Icmpv4Packet::new_unchecked(&mut frame[q.icmp..flow.end]);
+    icmp.fill_checksum();
+}
+
+/// The packet quoted in an ICMP error addressed to a LIP, if it is TCP/UDP from that LIP.
+pub(super) fn quoted_from_lip(frame: &[u8], flow: Flow) -> Option<Quoted> {
+    quoted(frame, flow).filter(|q| q.src == flow.dst)
+}
+
+impl Engine {
+    /// Real server → LIP:lport: the reply of a FULLNAT flow goes to the client from the VIP.
+    /// A packet to a LIP the table does not know is the kernel's to drop (`Pass`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fullnat_reply(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        ports: Ports,
+        meta: RxMeta,
+        t: &Tables<'_>,
+        now: u32,
+        ctx: &mut WorkerCtx<'_>,
+    ) -> Verdict {
+        let Some(proto) = Protocol::from_ip_proto(flow.proto) else {
+            return Verdict::Pass;
+        };
+        let local = SocketAddrV4::new(flow.dst, ports.dst);
+        let key = ReplyKey {
+            proto,
+            real: SocketAddrV4::new(flow.src, ports.src),
+            peer: local,
+        };
+        let len = flow.end - flow.ip;
+        let (vip, client, proxy) = {
+            let mut shard = self.conns.shard_for(local);
+            let Some(id) = shard.get_reply(&key, now) else {
+                return Verdict::Pass;
+            };
+            shard.update(id, Direction::Out, ports.tcp_flags, len, now);
+            let e = shard.entry(id);
+            (e.vip(), e.client(), e.proxy_seq())
+        };
+        rewrite_out(frame, flow, ports, vip, client, meta.csum_partial);
+        if let Some(ps) = proxy {
+            super::proxy::reply(frame, flow, ports.tcp_flags, ps, meta.csum_partial);
+        }
+        self.emit(frame, flow, *client.ip(), meta, t, ctx, |c| {
+            &c.forwarded_out
+        })
+    }
+
+    /// An ICMP message to a LIP. An error quoting LIP:lport → real:rport (a packet we sent
+    /// to a real server) goes to the client as if about client:cport → VIP:vport, from the
+    /// VIP; anything else (echo) is the kernel's.
+    pub(super) fn icmp_to_lip(
+        &self,
+        frame: &mut [u8],
+        flow: Flow,
+        t: &Tables<'_>,
+        now: u32,
+        ctx: &mut WorkerCtx<'_>,
+    ) -> Verdict {
+        let Some(q) = quoted_from_lip(frame, flow) else {
+            return Verdict::Pass;
+        };
+        let Some(proto) = Protocol::from_ip_proto(q.proto) else {
+            return Verdict::Pass;
+        };
+        if flow.fragment {
+            return Verdict::Drop(DropReason::Fragment);
+        }
+        let local = SocketAddrV4::new(q.src, q.sport);
+        let key = ReplyKey {
+            proto,
+            real: SocketAddrV4::new(q.dst, q.dport),
+            peer: local,
+        };
+        let found = {
+            let mut shard = self.conns.shard_for(local);
+            shard.get_reply(&key, now).map(|id| {
+                let e = shard.entry(id);
+                (e.vip(), e.client())
+            })
+        };
+        let Some((vip, client)) = found else {
+            return Verdict::Drop(DropReason::IcmpNoConnection);
+        };
+        set_ip_addr(frame, flow.ip, ADDR_SRC, *vip.ip());
+        set_ip_addr(frame, flow.ip, ADDR_DST, *client.ip());
+        translate_quoted_both(frame, flow, q, client, vip);
+        self.emit(frame, flow, *client.ip(), RxMeta::default(), t, ctx, |c| {
+            &c.icmp_forwarded
+        })
+    }
+}
+
+/// An ICMP error to the VIP quoting VIP:vport → client:cport, about a FULLNAT flow: it goes
+/// to the real server from the LIP, quoting real:rport → LIP:lport, the packet the real
+/// server sent. The outer source becomes the LIP because the real server has no route to
+/// whoever sent the error (and reverse-path filtering could drop it).
+pub(super) fn icmp_to_real(
+    frame: &mut [u8],
+    flow: Flow,
+    q: Quoted,
+    real: SocketAddrV4,
+    local: SocketAddrV4,
+) {
+    set_ip_addr(frame, flow.ip, ADDR_SRC, *local.ip());
+    set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
+    translate_quoted_both(frame, flow, q, real, local);
+}

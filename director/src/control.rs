@@ -224,6 +224,7 @@ impl Views {
             "unknown_real": l(&r.unknown_real),
             "invalid": l(&r.invalid),
             "table_full": l(&r.full),
+            "shard_mismatch": l(&r.shard_mismatch),
         });
         let Some(snap) = syncd.snapshot() else {
             return json!({ "enabled": true, "starting": true });

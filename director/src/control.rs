@@ -400,7 +400,7 @@ impl Views {
             total += 1;
             if list.len() < limit {
                 let service = name.to_string();
-                list.push(json!({
+                let mut conn = json!({
                     "protocol": e.proto().as_str(),
                     "client": e.client().to_string(),
                     "vip": e.vip().to_string(),
@@ -411,7 +411,12 @@ impl Views {
                     "service": service,
                     "packets_in": e.packets_in(),
                     "packets_out": e.packets_out(),
-                }));
+                });
+                // FULLNAT: the director's side toward the real server, LIP:lport.
+                if let Some(local) = e.local() {
+                    conn["local"] = json!(local.to_string());
+                }
+                list.push(conn);
             }
         });
         json!({ "total": total, "shown": list.len(), "connections": list })

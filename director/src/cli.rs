@@ -1124,6 +1124,14 @@ fn render_services(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
                 format!(": {}", state.join(", "))
             }
         )?;
+        if let Some(lips) = s["local_addresses"].as_array() {
+            let lips: Vec<&str> = lips.iter().map(str_or).collect();
+            let proxy = match s["proxy_protocol"].as_str() {
+                Some(v) => format!("; PROXY protocol {v} to the real servers"),
+                None => String::new(),
+            };
+            writeln!(out, "  local addresses {}{proxy}", lips.join(", "))?;
+        }
         let fwd = forward_method(mode);
         let on_fail = check["on_fail"].as_str().unwrap_or("inhibit");
         for r in s["reals"].as_array().into_iter().flatten() {
@@ -1190,15 +1198,25 @@ fn render_services(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Connections as `ipvsadm -L -n -c` lists them; the LocalIP:Port column (FULLNAT's
+/// LIP:lport, the source the real server sees) only when a connection shown has one.
 fn render_conns(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    let conns = v["connections"].as_array().map_or(&[][..], Vec::as_slice);
+    let local = conns.iter().any(|c| c["local"].is_string());
     writeln!(
         out,
-        "Pro FromIP:Port          ToIP:Port             DestIP:Port           State        Expires Origin"
+        "Pro FromIP:Port          ToIP:Port             {}DestIP:Port           State        Expires Origin",
+        if local { "LocalIP:Port          " } else { "" }
     )?;
-    for c in v["connections"].as_array().into_iter().flatten() {
+    for c in conns {
+        let local = if local {
+            format!("{:<21} ", c["local"].as_str().unwrap_or("-"))
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "{:<3} {:<21} {:<21} {:<21} {:<12} {:>6}s {}",
+            "{:<3} {:<21} {:<21} {local}{:<21} {:<12} {:>6}s {}",
             c["protocol"].as_str().unwrap_or("?").to_uppercase(),
             c["client"].as_str().unwrap_or("?"),
             c["vip"].as_str().unwrap_or("?"),

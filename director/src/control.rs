@@ -224,6 +224,7 @@ impl Views {
             "unknown_real": l(&r.unknown_real),
             "invalid": l(&r.invalid),
             "table_full": l(&r.full),
+            "shard_mismatch": l(&r.shard_mismatch),
         });
         let Some(snap) = syncd.snapshot() else {
             return json!({ "enabled": true, "starting": true });
@@ -399,7 +400,7 @@ impl Views {
             total += 1;
             if list.len() < limit {
                 let service = name.to_string();
-                list.push(json!({
+                let mut conn = json!({
                     "protocol": e.proto().as_str(),
                     "client": e.client().to_string(),
                     "vip": e.vip().to_string(),
@@ -410,7 +411,12 @@ impl Views {
                     "service": service,
                     "packets_in": e.packets_in(),
                     "packets_out": e.packets_out(),
-                }));
+                });
+                // FULLNAT: the director's side toward the real server, LIP:lport.
+                if let Some(local) = e.local() {
+                    conn["local"] = json!(local.to_string());
+                }
+                list.push(conn);
             }
         });
         json!({ "total": total, "shown": list.len(), "connections": list })

@@ -46,7 +46,9 @@ pub const DATAPATH_MAX_STALL: Duration = Duration::from_secs(1);
 /// How often the monitor looks at the datapath's heartbeat.
 const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 
-/// Connection-table shards: enough that workers rarely meet on one lock.
+/// Connection-table shards: enough that workers rarely meet on one lock. A constant, not a
+/// setting: both nodes of a pair must have the same count for FULLNAT replicas to land in
+/// the shard their replies look in (with the same shard key, derived from the sync key).
 const CONN_SHARDS: usize = 256;
 /// Table changes that may wait for the sync thread; beyond, the peer gets a resync.
 const SYNC_QUEUE: usize = 1 << 20;
@@ -439,6 +441,11 @@ impl Daemon {
             config.datapath.timeouts,
             reals.clone(),
         );
+        // Both nodes of a pair choose shards alike, so a FULLNAT replica's replies (to
+        // LIP:lport) find it in its client's shard on the standby too.
+        if let Some(key) = &sync_key {
+            conns.set_shard_key(key.derive(syncd::adapter::SHARD_KEY_LABEL));
+        }
         conns.set_observer(Arc::new(EngineObserver {
             persist: persist.clone(),
             services: table.clone(),

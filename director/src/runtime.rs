@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use anyhow::Result;
 use arc_swap::ArcSwap;
 use forwarder::engine::{ServiceSpec, ServiceTable};
-use forwarder::model::{RealServer, VirtualService};
+use forwarder::model::{Mode, ProxyProtocol, RealServer, VirtualService};
 use forwarder::stats::{RealRegistry, RealSlot};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -645,7 +645,7 @@ impl Runtime {
                     .iter()
                     .map(|(addr, slot)| merge(json!({ "address": addr.to_string() }), counters(*slot)))
                     .collect();
-                json!({
+                let mut service = json!({
                     "name": vs.name,
                     "vip": vs.vip.to_string(),
                     "protocol": vs.protocol.as_str(),
@@ -676,7 +676,18 @@ impl Runtime {
                     })),
                     "reals": reals,
                     "retired": retired,
-                })
+                });
+                if vs.mode == Mode::FullNat {
+                    service["local_addresses"] = json!(vs
+                        .local_addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>());
+                    service["proxy_protocol"] = json!(vs.proxy_protocol.map(|p| match p {
+                        ProxyProtocol::V2 => "v2",
+                    }));
+                }
+                service
             })
             .collect();
         Value::Array(list)
@@ -1015,6 +1026,29 @@ address = "198.18.2.11:8053"
         assert!(events
             .iter()
             .any(|e| e.message.contains("sorry server 198.18.2.99:80")));
+    }
+
+    #[test]
+    fn a_fullnat_service_shows_and_intercepts_its_local_addresses() {
+        // Built past validation, which refuses fullnat until the datapath has it.
+        let mut config = parse(BASE);
+        let vs = &mut config.services[0].virtual_service;
+        vs.mode = Mode::FullNat;
+        vs.local_addresses = vec!["198.18.2.5".parse().unwrap(), "198.18.2.6".parse().unwrap()];
+        vs.proxy_protocol = Some(ProxyProtocol::V2);
+        let rt = Runtime::new(
+            &config,
+            Arc::new(RealRegistry::new(REAL_SLOTS)),
+            EventLog::default(),
+        )
+        .expect("runtime");
+        let v = rt.services_json(&|_, _| Value::Null);
+        assert_eq!(v[0]["local_addresses"], json!(["198.18.2.5", "198.18.2.6"]));
+        assert_eq!(v[0]["proxy_protocol"], "v2");
+        let nat = v[1].as_object().expect("a service object");
+        assert!(!nat.contains_key("local_addresses") && !nat.contains_key("proxy_protocol"));
+        // The interception rules get the LIPs with the service.
+        assert_eq!(rt.nft_services()[0].local_addresses.len(), 2);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! In: [`Replicas`] turns the peer's entries into table entries: the service and the real
 //! server's counter slot are looked up in this node's own service table, the expiry is the
 //! peer's remaining time (at most this node's timeout for the state) on this node's clock.
+//! A replica goes in its client's shard; a FULLNAT one is found by its replies (to
+//! LIP:lport) only if both nodes' tables choose shards alike: [`SHARD_KEY_LABEL`].
 
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -17,12 +19,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use forwarder::conntrack::{Change, ConnEntry, ConnObserver, ConnState, DeleteCause, NewConn};
+use forwarder::conntrack::{
+    Change, ConnEntry, ConnObserver, ConnState, DeleteCause, NewConn, ProxySeq,
+};
 use forwarder::engine::{Engine, ServiceTable};
 use forwarder::model::{Mode, Protocol};
 
 use crate::session::{Apply, Source};
 use crate::wire::{Entry, Op};
+
+/// The label of the connection table's shard key, derived from the sync key
+/// ([`crate::wire::Key::derive`]) so that both nodes of a pair set the same one
+/// (`forwarder::conntrack::ConnTable::set_shard_key`).
+pub const SHARD_KEY_LABEL: &[u8] = b"director conntrack shard v1";
 
 thread_local! {
     static APPLYING: Cell<bool> = const { Cell::new(false) };
@@ -130,6 +139,7 @@ pub fn to_wire(op: Op, e: &ConnEntry, now: u32) -> Entry {
         real_port: e.real().port(),
         local,
         remaining: e.expiry().saturating_sub(now),
+        proxy: e.proxy_seq().map(|p| (p.client_isn, p.delta)),
     }
 }
 
@@ -158,6 +168,10 @@ pub struct ReplicaCounters {
     pub full: AtomicU64,
     /// Replicas removed after a resync because the peer no longer had them.
     pub swept: AtomicU64,
+    /// FULLNAT replicas whose local address (LIP:lport) hashes to another shard than their
+    /// client here: installed, but replies will not find them (the nodes' shard keys differ,
+    /// or the peer picked the port without the shard rule).
+    pub shard_mismatch: AtomicU64,
 }
 
 /// Installs the peer's entries in the local table.
@@ -240,13 +254,20 @@ impl Replicas {
             vip: e.vip(),
             real,
             local: e.local(),
-            // Carried from wire minor version 1 on (the plumbing of issue 7).
-            proxy: None,
+            // None from a 1.0 peer, which does not carry it (nor does it do PROXY protocol).
+            proxy: e
+                .proxy
+                .map(|(client_isn, delta)| ProxySeq { client_isn, delta }),
             service: svc.id,
             real_slot: slot,
             flags: e.flags & ConnEntry::CALLER_FLAGS,
         };
         let expiry = now.saturating_add(e.remaining.min(table.timeout(state)).max(1));
+        if let Some(local) = new.local {
+            if table.shard_index(local) != table.shard_index(client) {
+                c.shard_mismatch.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let mut shard = table.shard_for(client);
         let existed = shard.get_in(&new.flow_key(), now).is_some();
         match shard.install(&new, state, expiry, self.mark) {

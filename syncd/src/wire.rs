@@ -1,4 +1,4 @@
-//! The sync wire format, version 1.0.
+//! The sync wire format, version 1.1.
 //!
 //! One UDP datagram is one message:
 //!
@@ -27,6 +27,23 @@
 //! - [`Kind::Data`]: a [`DataHead`] then `count` entries, each a varint length followed by
 //!   a postcard [`Entry`]. The length lets a newer minor version append fields to an entry
 //!   (an older reader skips them; a newer reader treats absent fields as their default).
+//!   The entry's fields, in wire order:
+//!
+//!   | since | field | postcard type | meaning |
+//!   |-------|-------|---------------|---------|
+//!   | 1.0 | `op` | u8 | [`Op`]: 0 upsert, 1 delete |
+//!   | 1.0 | `proto` | u8 | IP protocol: 6 TCP, 17 UDP |
+//!   | 1.0 | `mode` | u8 | 0 NAT, 1 DR, 2 TUN, 3 FULLNAT |
+//!   | 1.0 | `state` | u8 | connection state (`forwarder::conntrack::ConnState`) |
+//!   | 1.0 | `flags` | u8 | the entry's caller flags (persistence) |
+//!   | 1.0 | `client`, `client_port` | [u8; 4], varint u16 | the client |
+//!   | 1.0 | `vip`, `vip_port` | [u8; 4], varint u16 | the service |
+//!   | 1.0 | `real`, `real_port` | [u8; 4], varint u16 | the real server |
+//!   | 1.0 | `local` | Option<([u8; 4], varint u16)> | FULLNAT LIP and local port |
+//!   | 1.0 | `remaining` | varint u32 | seconds left on the sender's clock |
+//!   | 1.1 | `proxy` | Option<(varint u32, varint u16)> | FULLNAT PROXY protocol sequence shift: (client ISN, header length) |
+//!
+//!   A 1.0 entry (it ends after `remaining`) is read by a 1.1 reader with `proxy = None`.
 //! - [`Kind::Heartbeat`]: a [`Heartbeat`] (acknowledgement and liveness).
 //! - [`Kind::Nack`]: a [`Nack`] (sequence numbers to send again).
 //!
@@ -42,7 +59,7 @@ use sha2::Sha256;
 
 pub const MAGIC: [u8; 4] = *b"DSYN";
 pub const VERSION_MAJOR: u8 = 1;
-pub const VERSION_MINOR: u8 = 0;
+pub const VERSION_MINOR: u8 = 1;
 pub const HEADER_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
 /// Largest datagram we send: an Ethernet MTU of 1500 less the IPv4 and UDP headers.
@@ -92,7 +109,11 @@ pub enum Op {
     Delete = 1,
 }
 
-/// One connection on the wire: about 27 bytes for a NAT/DR flow, against IPVS sync v1's 36.
+/// One connection on the wire: about 28 bytes for a NAT/DR flow, against IPVS sync v1's 36.
+///
+/// Serialized, it is every field in order. Deserialized, it is the 1.0 fields only: the
+/// fields later minor versions appended (`#[serde(skip_deserializing)]`) are read by
+/// [`decode`] from the bytes after them, each only when the entry is long enough to hold it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
     pub op: u8,
@@ -114,6 +135,10 @@ pub struct Entry {
     pub local: Option<([u8; 4], u16)>,
     /// Seconds the connection has left on the sender's clock.
     pub remaining: u32,
+    /// Since 1.1: the PROXY protocol sequence shift of a FULLNAT connection, as
+    /// (the client's initial sequence number, the inserted header's length).
+    #[serde(skip_deserializing)]
+    pub proxy: Option<(u32, u16)>,
 }
 
 impl Entry {
@@ -272,6 +297,17 @@ impl Key {
         Key::new(raw.trim_ascii()).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// A 32-byte secret for another use, HMAC-SHA256(key, `label`): nodes with the same key
+    /// derive the same secret, which tells nothing about the key nor about other labels'
+    /// secrets. No label may start with [`MAGIC`], so none is the MAC of a message.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        assert!(
+            !label.starts_with(&MAGIC),
+            "a derive label is not a message"
+        );
+        self.tag(label)
+    }
+
     fn tag(&self, data: &[u8]) -> [u8; MAC_LEN] {
         let mut m = self.0.clone();
         m.update(data);
@@ -417,6 +453,15 @@ pub fn encode_control(key: &Key, h: Header, body: &Body) -> Vec<u8> {
     seal(out, key)
 }
 
+/// One entry of any 1.x minor version: the 1.0 fields, then each later field if present.
+fn entry(bytes: &[u8]) -> Option<Entry> {
+    let (mut e, rest) = postcard::take_from_bytes::<Entry>(bytes).ok()?;
+    if !rest.is_empty() {
+        e.proxy = postcard::take_from_bytes(rest).ok()?.0;
+    }
+    Some(e)
+}
+
 /// Checks and decodes a datagram. Nothing in it is believed before the MAC matches.
 pub fn decode(key: &Key, buf: &[u8]) -> Result<(Header, Body), DecodeError> {
     if buf.len() < HEADER_LEN + MAC_LEN {
@@ -455,8 +500,7 @@ pub fn decode(key: &Key, buf: &[u8]) -> Result<(Header, Body), DecodeError> {
                 if len > after.len() {
                     return Err(DecodeError::Malformed);
                 }
-                let (e, _) =
-                    postcard::take_from_bytes::<Entry>(&after[..len]).map_err(malformed)?;
+                let e = entry(&after[..len]).ok_or(DecodeError::Malformed)?;
                 if e.op().is_none() {
                     return Err(DecodeError::Malformed);
                 }

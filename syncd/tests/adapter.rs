@@ -1,6 +1,7 @@
 //! The adapter between the forwarder's table and the session: what the change queue streams,
 //! and how the peer's entries become replicas (service and real-server slot looked up here,
-//! expiry on this node's clock and timeouts, no echo back, sweep after a resync).
+//! expiry on this node's clock and timeouts, no echo back, sweep after a resync), and
+//! FULLNAT replicas: local address and PROXY protocol shift carried, found by both keys.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering;
@@ -8,16 +9,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use forwarder::conntrack::{ConnState, ConnTable, DeleteCause, FlowKey, NewConn};
+use forwarder::conntrack::{
+    ConnState, ConnTable, DeleteCause, FlowKey, NewConn, ProxySeq, ReplyKey,
+};
 use forwarder::engine::{Engine, ServiceTable};
-use forwarder::model::{Mode, Protocol, RealServer, SchedulerKind, Timeouts, VirtualService};
+use forwarder::model::{
+    Mode, Protocol, ProxyProtocol, RealServer, SchedulerKind, Timeouts, VirtualService,
+};
 use forwarder::sched::PersistTable;
 use forwarder::stats::RealRegistry;
-use syncd::adapter::{to_wire, ChangeQueue, ReplicaCounters, Replicas};
+use syncd::adapter::{to_wire, ChangeQueue, ReplicaCounters, Replicas, SHARD_KEY_LABEL};
 use syncd::session::Apply;
-use syncd::wire::{Entry, Op};
+use syncd::wire::{Entry, Key, Op};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 100), 80);
+/// The FULLNAT service, and its local address.
+const FULL_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 100), 81);
+const LIP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 5);
 
 fn real(i: u8) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 10 + i), 8080)
@@ -31,6 +39,11 @@ struct Node {
 }
 
 fn node() -> Node {
+    node_keyed(None)
+}
+
+/// A node whose table's shard key is `shard_key` (random when `None`).
+fn node_keyed(shard_key: Option<[u8; 32]>) -> Node {
     let reals = Arc::new(RealRegistry::new(8));
     let svc = VirtualService {
         name: "web".into(),
@@ -48,12 +61,23 @@ fn node() -> Node {
         local_addresses: Vec::new(),
         proxy_protocol: None,
     };
+    let full = VirtualService {
+        name: "full".into(),
+        vip: FULL_VIP,
+        mode: Mode::FullNat,
+        local_addresses: vec![LIP],
+        proxy_protocol: Some(ProxyProtocol::V2),
+        ..svc.clone()
+    };
     // Slots 5, 6, 7: not the peer's numbering, which the wire does not carry.
     let services = Arc::new(ArcSwap::from_pointee(ServiceTable::new(
-        vec![svc],
-        &[vec![5, 6, 7]],
+        vec![svc, full],
+        &[vec![5, 6, 7], vec![5, 6, 7]],
     )));
     let mut table = ConnTable::new(4096, 4, Timeouts::default(), reals.clone());
+    if let Some(k) = shard_key {
+        table.set_shard_key(k);
+    }
     let queue = Arc::new(ChangeQueue::new(16).unwrap());
     table.set_observer(queue.clone());
     let engine = Arc::new(Engine::new(
@@ -85,6 +109,7 @@ fn entry(port: u16, state: ConnState, remaining: u32) -> Entry {
         real_port: 8080,
         local: None,
         remaining,
+        proxy: None,
     }
 }
 
@@ -231,4 +256,122 @@ fn unknown_services_are_counted_deletes_remove_and_a_resync_sweeps_what_it_did_n
     drop(g);
     let mut g = n.engine.conns.shard_for(key(40033).client);
     assert!(g.get_in(&key(40033), 11).is_none());
+}
+
+/// The shard key both nodes of a pair derive from their sync key, as directord does.
+fn pair_shard_key() -> [u8; 32] {
+    Key::new(b"0123456789abcdef0123456789abcdef")
+        .unwrap()
+        .derive(SHARD_KEY_LABEL)
+}
+
+/// A FULLNAT connection with local port `lport`, its PROXY protocol header inserted.
+fn fullnat_conn(client_port: u16, lport: u16) -> NewConn {
+    NewConn {
+        proto: Protocol::Tcp,
+        mode: Mode::FullNat,
+        client: key(client_port).client,
+        vip: FULL_VIP,
+        real: real(2),
+        local: Some(SocketAddrV4::new(LIP, lport)),
+        proxy: Some(ProxySeq {
+            client_isn: 0x8000_0001,
+            delta: 28,
+        }),
+        service: 1,
+        real_slot: 6,
+        flags: 0,
+    }
+}
+
+/// The first local port from 61000 up for which `ok` holds.
+fn lport_where(ok: impl Fn(SocketAddrV4) -> bool) -> u16 {
+    (61000..65535)
+        .find(|p| ok(SocketAddrV4::new(LIP, *p)))
+        .expect("some port qualifies")
+}
+
+#[test]
+fn a_fullnat_replica_keeps_its_local_address_and_proxy_shift_and_is_found_by_its_replies() {
+    let active = node_keyed(Some(pair_shard_key()));
+    let mut standby = node_keyed(Some(pair_shard_key()));
+    let client = key(40100).client;
+    // The active node's port allocator keeps both keys of the flow in one shard.
+    let t = &active.engine.conns;
+    let lport = lport_where(|l| t.shard_index(l) == t.shard_index(client));
+    let conn = fullnat_conn(40100, lport);
+    {
+        let mut g = active.engine.conns.shard_for(client);
+        let id = g.insert(&conn, 10).unwrap();
+        let e = *g.entry(id);
+        drop(g);
+        assert_eq!(e.local(), conn.local);
+    }
+    let mut out = Vec::new();
+    active.queue.drain(&mut out);
+    let wire = to_wire(Op::Upsert, &out.last().expect("queued").1, 10);
+    assert_eq!(wire.local, Some((LIP.octets(), lport)));
+    assert_eq!(wire.proxy, Some((0x8000_0001, 28)));
+
+    standby.replicas.apply(Apply::Entry(wire), 20);
+    assert_eq!(standby.counters.installed.load(Ordering::Relaxed), 1);
+    assert_eq!(standby.counters.shard_mismatch.load(Ordering::Relaxed), 0);
+    let table = &standby.engine.conns;
+    let by_client = {
+        let mut g = table.shard_for(client);
+        let id = g
+            .get_in(&conn.flow_key(), 20)
+            .expect("found by its inbound key");
+        *g.entry(id)
+    };
+    assert!(by_client.is_replica());
+    assert_eq!(by_client.mode(), Mode::FullNat);
+    assert_eq!(by_client.state(), ConnState::SynRecv);
+    assert_eq!(by_client.local(), Some(SocketAddrV4::new(LIP, lport)));
+    assert_eq!(
+        by_client.proxy_seq(),
+        Some(ProxySeq {
+            client_isn: 0x8000_0001,
+            delta: 28
+        })
+    );
+    // A real server's reply goes to LIP:lport; the standby finds the flow in that shard.
+    let reply = ReplyKey {
+        proto: Protocol::Tcp,
+        real: real(2),
+        peer: SocketAddrV4::new(LIP, lport),
+    };
+    assert_eq!(by_client.reply_key(), reply);
+    let mut g = table.shard_for(reply.peer);
+    let id = g.get_reply(&reply, 20).expect("found by its reply key");
+    assert_eq!(*g.entry(id), by_client);
+}
+
+#[test]
+fn a_fullnat_replica_outside_its_clients_shard_is_installed_and_counted() {
+    // The standby chooses shards with another key: the active node's choice of port does
+    // not put LIP:lport in the client's shard here.
+    let active = node_keyed(Some(pair_shard_key()));
+    let mut standby = node_keyed(Some([7; 32]));
+    let client = key(40200).client;
+    let (a, b) = (&active.engine.conns, &standby.engine.conns);
+    let lport = lport_where(|l| {
+        a.shard_index(l) == a.shard_index(client) && b.shard_index(l) != b.shard_index(client)
+    });
+    let mut e = entry(40200, ConnState::Established, 100);
+    e.mode = Mode::FullNat as u8;
+    e.vip_port = FULL_VIP.port();
+    e.local = Some((LIP.octets(), lport));
+    standby.replicas.apply(Apply::Entry(e), 10);
+    assert_eq!(standby.counters.installed.load(Ordering::Relaxed), 1);
+    assert_eq!(standby.counters.shard_mismatch.load(Ordering::Relaxed), 1);
+    let mut g = standby.engine.conns.shard_for(client);
+    let id = g
+        .get_in(&fullnat_conn(40200, lport).flow_key(), 10)
+        .expect("installed in its client's shard");
+    assert_eq!(
+        g.entry(id).proxy_seq(),
+        None,
+        "no proxy shift on the wire: none"
+    );
 }

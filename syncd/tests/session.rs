@@ -121,6 +121,7 @@ fn flow(node: u8, n: u32, state: u8) -> Entry {
         real_port: 8080,
         local: None,
         remaining: 900,
+        proxy: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn entry(port: u16) -> Entry {
         real_port: 8080,
         local: None,
         remaining: 900,
+        proxy: None,
     }
 }
 
@@ -77,7 +78,7 @@ fn data_heartbeat_and_nack_round_trip() {
 }
 
 #[test]
-fn a_full_datagram_fits_the_mtu_and_an_entry_is_about_27_bytes() {
+fn a_full_datagram_fits_the_mtu_and_an_entry_is_about_28_bytes() {
     let mut w = DataWriter::new(header(1), &DataHead::default());
     let mut n = 0u16;
     while w.push(&entry(40000 + n)) {
@@ -91,10 +92,11 @@ fn a_full_datagram_fits_the_mtu_and_an_entry_is_about_27_bytes() {
         "{per_entry} B per entry"
     );
     assert!(n >= 50, "{n} entries per datagram");
-    // FULLNAT entries carry the local address too and still fit.
+    // FULLNAT entries carry the local address and the PROXY protocol shift too.
     let fullnat = Entry {
         local: Some(([198, 18, 2, 5], 61000)),
         mode: 3,
+        proxy: Some((0xfedc_ba98, 28)),
         ..entry(1)
     };
     let bytes = wire::encode_data(&key(), header(2), &DataHead::default(), &[fullnat]);
@@ -182,6 +184,105 @@ fn a_newer_minor_version_with_longer_entries_is_read_and_a_newer_major_is_refuse
     count[29] = 3;
     assert_eq!(
         wire::decode(&k, &seal(&count)).unwrap_err(),
+        DecodeError::Malformed
+    );
+}
+
+/// The entries of a data message, each as (length prefix, bytes); lengths below 128.
+fn entries_of(signed: &[u8]) -> Vec<&[u8]> {
+    let mut rest = &signed[HEADER_LEN + 1..]; // after the DataHead (None: one byte)
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = usize::from(rest[0]);
+        out.push(&rest[1..=len]);
+        rest = &rest[1 + len..];
+    }
+    out
+}
+
+/// Builds a data message of `minor` from entry bytes, as a sender of that version would.
+fn data_message(minor: u8, entries: &[&[u8]]) -> Vec<u8> {
+    let mut h = header(1);
+    h.minor = minor;
+    let mut out = wire::encode_data(&key(), h, &DataHead::default(), &[]);
+    out.truncate(out.len() - MAC_LEN);
+    out[28..30].copy_from_slice(&(entries.len() as u16).to_be_bytes());
+    for e in entries {
+        out.push(e.len() as u8);
+        out.extend_from_slice(e);
+    }
+    seal(&out)
+}
+
+/// The entry as a 1.0 reader knew it: what it decodes from an entry's bytes.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct EntryV10 {
+    op: u8,
+    proto: u8,
+    mode: u8,
+    state: u8,
+    flags: u8,
+    client: [u8; 4],
+    client_port: u16,
+    vip: [u8; 4],
+    vip_port: u16,
+    real: [u8; 4],
+    real_port: u16,
+    local: Option<([u8; 4], u16)>,
+    remaining: u32,
+}
+
+#[test]
+fn minor_1_and_minor_0_entries_are_read_by_each_other() {
+    let fullnat = Entry {
+        mode: 3,
+        local: Some(([198, 18, 2, 5], 61000)),
+        proxy: Some((0x8000_0001, 28)),
+        ..entry(40000)
+    };
+    let no_proxy = Entry {
+        proxy: None,
+        ..fullnat
+    };
+    let ours = wire::encode_data(
+        &key(),
+        header(1),
+        &DataHead::default(),
+        &[fullnat, no_proxy],
+    );
+    let signed = &ours[..ours.len() - MAC_LEN];
+    assert_eq!(signed[5], 1, "this build speaks 1.1");
+    let ours = entries_of(signed);
+
+    // A 1.0 reader decodes the 1.0 fields and skips the rest of the entry by its length.
+    for bytes in &ours {
+        let (old, _rest) = postcard::take_from_bytes::<EntryV10>(bytes).unwrap();
+        assert_eq!(
+            (old.mode, old.client_port, old.local, old.remaining),
+            (3, 40000, Some(([198, 18, 2, 5], 61000)), 900)
+        );
+    }
+
+    // A 1.0 entry ends after `remaining` (1.1 appends one zero byte for `proxy: None`); a
+    // 1.1 reader takes its proxy as None.
+    let v10 = &ours[1][..ours[1].len() - 1];
+    assert_eq!(ours[1].last(), Some(&0), "None is one zero byte");
+    assert!(
+        ours[0].starts_with(v10),
+        "1.1 appends, changes nothing before"
+    );
+    let (h, body) = wire::decode(&key(), &data_message(0, &[v10, ours[0]])).unwrap();
+    assert_eq!(h.minor, 0);
+    assert_eq!(
+        body,
+        Body::Data(DataHead::default(), vec![no_proxy, fullnat])
+    );
+
+    // A proxy field that does not decode makes the message malformed, as any bad field.
+    let mut bad = v10.to_vec();
+    bad.extend_from_slice(&[1, 0x80]); // Some, then a varint cut short
+    assert_eq!(
+        wire::decode(&key(), &data_message(1, &[&bad])).unwrap_err(),
         DecodeError::Malformed
     );
 }

@@ -725,10 +725,15 @@ impl Validator<'_> {
                 if l.get_ref().is_empty() {
                     self.err(l.span(), "local_addresses is empty; mode fullnat needs at least one local address (LIP)");
                 }
-                l.get_ref()
+                let lips: Vec<(Ipv4Addr, Range<usize>)> = l
+                    .get_ref()
                     .iter()
-                    .filter_map(|a| self.ipv4(a, "local address"))
-                    .collect()
+                    .filter_map(|a| Some((self.ipv4(a, "local address")?, a.span())))
+                    .collect();
+                self.duplicates(lips.iter().cloned(), |lip, line| {
+                    format!("local address {lip} is listed twice in service {name:?} (first on line {line})")
+                });
+                lips.into_iter().map(|(lip, _)| lip).collect()
             }
             None => {
                 if is_fullnat {
@@ -920,7 +925,8 @@ impl Validator<'_> {
 
     /// Where services and real servers sit relative to this box: every VIP on a VRRP
     /// instance (or nothing would bring it up), real servers that are plain unicast hosts
-    /// and not a VIP, and DR/TUN real servers within reach of the mode.
+    /// and not a VIP, DR/TUN real servers within reach of the mode, and FULLNAT LIPs placed
+    /// like VIPs ([`Self::lip_placement`]).
     fn placement(
         &mut self,
         vrrp: Option<&Vrrp>,
@@ -995,6 +1001,20 @@ impl Validator<'_> {
                     self.err(span, format!("mode dr forwards by MAC address, so real server {ip} must be on a network this box shares with it; it is in none of the VRRP instances' networks ({}); use mode nat or tun for a routed real server", nets.join(", ")));
                 }
             }
+            let lips = f.local_addresses.iter().flat_map(|l| l.get_ref());
+            for lip_text in lips.filter(|_| vs.mode == Mode::FullNat) {
+                let Ok(lip) = lip_text.get_ref().parse::<Ipv4Addr>() else {
+                    continue;
+                };
+                self.lip_placement(
+                    lip,
+                    lip_text.span(),
+                    &vs.name,
+                    vrrp.is_some(),
+                    &prefixes,
+                    services,
+                );
+            }
             if let Some(sorry) = f.sorry_server.as_ref() {
                 if let Ok(addr) = sorry.get_ref().parse::<SocketAddrV4>() {
                     if vips.contains(addr.ip()) {
@@ -1002,6 +1022,43 @@ impl Validator<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// A FULLNAT local address (LIP) is where the real servers send their replies, so it must
+    /// move with VRRP like a VIP (or replies go to a box that is not forwarding), and it must
+    /// be an address of its own: not a VIP (a packet to VIP:port could then be a client's or a
+    /// real server's reply) and not a real server (the director would forward to itself).
+    /// Several services may share LIPs: their ports are allocated per (LIP, real server).
+    fn lip_placement(
+        &mut self,
+        lip: Ipv4Addr,
+        span: Range<usize>,
+        service: &str,
+        has_vrrp: bool,
+        prefixes: &[(String, VipPrefix)],
+        services: &[Service],
+    ) {
+        let mut all = services.iter().map(|s| &s.virtual_service);
+        if let Some(owner) = all.clone().find(|vs| *vs.vip.ip() == lip) {
+            self.err(span, format!(
+                "local address {lip} of service {service:?} is the VIP of service {:?}; a LIP needs an address of its own (a packet to it could be a client's request or a real server's reply)",
+                owner.name
+            ));
+        } else if let Some(owner) = all.find(|vs| vs.reals.iter().any(|r| *r.addr.ip() == lip)) {
+            self.err(span, format!(
+                "local address {lip} of service {service:?} is a real server of service {:?}; a LIP is the director's own source address, not a real server's",
+                owner.name
+            ));
+        } else if has_vrrp && !prefixes.iter().any(|(_, p)| p.addr == lip) {
+            let have: Vec<String> = prefixes
+                .iter()
+                .map(|(n, p)| format!("{n}: {}/{}", p.addr, p.prefix_len))
+                .collect();
+            self.err(span, format!(
+                "local address {lip} of service {service:?} is in no [[vrrp.instance]] vips, so VRRP would never bring it up and the real servers' replies would not reach the active box; add it to an instance, like a VIP (now: {})",
+                if have.is_empty() { "none".to_string() } else { have.join(", ") }
+            ));
         }
     }
 

@@ -14,7 +14,10 @@
 //! address for inbound packets and the reply's destination (the [`ReplyKey::peer`]) for
 //! replies. For NAT, DR and TUN both are the client, so both directions of a flow meet in
 //! one shard. For FULLNAT the peer is the local address: the port allocator must pick local
-//! ports with `shard_index(lip:lport) == shard_index(client)`.
+//! ports with `shard_index(lip:lport) == shard_index(client)`. The shard hash has its own
+//! key, which two nodes of a pair set alike ([`ConnTable::set_shard_key`]): a standby
+//! installs a replica in the client's shard, and its reply key must be found there too. The
+//! index hashes stay keyed with the table's own random secret.
 //!
 //! Real-server counters ([`RealRegistry`]) follow the entries: an insert bumps `conns` and
 //! `inactive`; ESTABLISHED counts in `active`, every other state (UDP too) in `inactive`.
@@ -149,7 +152,10 @@ struct Shard {
 pub struct ConnTable {
     shards: Box<[Shard]>,
     per_shard: u32,
+    /// The index hashes (inbound and reply keys): random per table.
     hasher: Hasher,
+    /// The shard choice: random unless set by [`ConnTable::set_shard_key`].
+    shard_hasher: Hasher,
     /// Timeout in seconds, indexed by raw state.
     timeouts: [AtomicU32; ConnState::RAW_COUNT],
     reals: Arc<RealRegistry>,
@@ -196,7 +202,9 @@ impl ConnTable {
     /// Panics if `shards` is 0 or a shard would exceed [`MAX_SHARD_CAPACITY`]: the config
     /// validation keeps both in range.
     pub fn new(capacity: u32, shards: usize, timeouts: Timeouts, reals: Arc<RealRegistry>) -> Self {
-        Self::with_hasher(capacity, shards, timeouts, reals, Hasher::random())
+        let mut table = Self::with_hasher(capacity, shards, timeouts, reals, Hasher::random());
+        table.shard_hasher = Hasher::random();
+        table
     }
 
     fn with_hasher(
@@ -239,6 +247,7 @@ impl ConnTable {
             shards,
             per_shard,
             hasher,
+            shard_hasher: hasher,
             timeouts: Default::default(),
             reals,
             observer: None,
@@ -246,6 +255,23 @@ impl ConnTable {
         };
         table.set_timeouts(timeouts);
         table
+    }
+
+    /// Keys the shard choice with `key` instead of a random secret, before the first insert
+    /// (an entry stays in the shard it was inserted in). Nodes that replicate each other's
+    /// entries must set the same key, from a secret they share (directord derives it from
+    /// the sync key): with the same key and shard count, [`ConnTable::shard_index`] is the
+    /// same function on both, so a FULLNAT replica's reply key (LIP:lport) is in the shard
+    /// of its client on the standby as it was on the active node.
+    pub fn set_shard_key(&mut self, key: [u8; 32]) {
+        debug_assert!(
+            self.is_empty(),
+            "the shard key is set before the first insert"
+        );
+        let seeds = std::array::from_fn(|i| {
+            u64::from_le_bytes(key[i * 8..i * 8 + 8].try_into().expect("8 of 32 bytes"))
+        });
+        self.shard_hasher = Hasher::from_seeds(seeds);
     }
 
     /// Registers the listener for changes (replaces any previous one).
@@ -275,9 +301,10 @@ impl ConnTable {
     }
 
     /// The shard of a packet: hash the client for inbound packets, the reply's destination
-    /// ([`ReplyKey::peer`]) for replies. Keyed with this table's secret seed.
+    /// ([`ReplyKey::peer`]) for replies. Keyed with the shard key
+    /// ([`ConnTable::set_shard_key`]).
     pub fn shard_index(&self, addr: std::net::SocketAddrV4) -> usize {
-        let h = u64::from(self.hasher.shard(addr));
+        let h = u64::from(self.shard_hasher.shard(addr));
         ((h * self.shards.len() as u64) >> 32) as usize
     }
 
@@ -802,5 +829,61 @@ impl ShardGuard<'_> {
         }
         table.notify(Change::Delete(entry, cause));
         entry
+    }
+}
+
+#[cfg(test)]
+mod shard_key_tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::*;
+
+    fn table() -> ConnTable {
+        ConnTable::new(
+            1024,
+            256,
+            Timeouts::default(),
+            Arc::new(RealRegistry::new(1)),
+        )
+    }
+
+    fn addrs() -> impl Iterator<Item = SocketAddrV4> {
+        (0..2000u16).map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 18, (i % 7) as u8, 10), i))
+    }
+
+    /// How many of `addrs()` the two tables put in the same shard.
+    fn agree(a: &ConnTable, b: &ConnTable) -> usize {
+        addrs()
+            .filter(|x| a.shard_index(*x) == b.shard_index(*x))
+            .count()
+    }
+
+    #[test]
+    fn tables_with_the_same_shard_key_choose_the_same_shards() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8 * 7 + 1);
+        let (mut a, mut b) = (table(), table());
+        a.set_shard_key(key);
+        b.set_shard_key(key);
+        assert_eq!(agree(&a, &b), addrs().count());
+        // The index hashes stay each table's own.
+        let k = FlowKey {
+            proto: Protocol::Tcp,
+            client: "198.18.1.10:40000".parse().expect("addr"),
+            vip: "198.18.1.100:80".parse().expect("addr"),
+        };
+        assert_ne!(a.hasher.flow(&k), b.hasher.flow(&k));
+    }
+
+    #[test]
+    fn tables_with_other_shard_keys_mostly_disagree() {
+        // 256 shards: two independent keys agree on about 1 address in 256.
+        let (a, b) = (table(), table());
+        assert!(agree(&a, &b) < addrs().count() / 8, "random keys");
+        let mut c = table();
+        c.set_shard_key([1; 32]);
+        let mut d = table();
+        d.set_shard_key([2; 32]);
+        assert!(agree(&c, &d) < addrs().count() / 8, "two set keys");
+        assert!(agree(&a, &c) < addrs().count() / 8, "random and set");
     }
 }

@@ -9,8 +9,13 @@
 //! - VIP service traffic (VIP . protocol . port), and fragments to a VIP for TCP/UDP (the
 //!   datapath counts and drops those; the kernel must not reassemble and answer them);
 //! - NAT replies (real . protocol . port) that are not addressed to this box, so the box's
-//!   own health checks to the same real servers still reach their sockets.
-//!
+//!   own health checks to the same real servers still reach their sockets;
+//! - all TCP and UDP to a FULLNAT local address (LIP), fragments included: the real servers'
+//!   replies to LIP:lport are the datapath's, and no local socket lives on a LIP (the kernel
+//!   would reset them). The box's own traffic must therefore not use a LIP as its source
+//!   address (keep the LIP a secondary address beside the interface's own, as VRRP adds it).
+//!   ICMP to a LIP stays the kernel's, as ICMP to a VIP does (echo answered; errors about
+//!   LIP:lport find no socket and are ignored);
 //! - with VRRP Accept_Mode off (`accept = false`), every other packet to those VIPs (ping, SSH
 //!   to the VIP): RFC 9568 §6.4.3 says a non-owner master must not accept them.
 //!
@@ -33,6 +38,7 @@ pub fn ruleset(services: &[VirtualService], no_accept: &[Ipv4Addr]) -> String {
     let mut vips = Vec::new();
     let mut vip_addrs = Vec::new();
     let mut reals = Vec::new();
+    let mut lips = Vec::new();
     for s in services {
         let proto = s.protocol.as_str();
         vips.push(format!("{} . {} . {}", s.vip.ip(), proto, s.vip.port()));
@@ -42,7 +48,12 @@ pub fn ruleset(services: &[VirtualService], no_accept: &[Ipv4Addr]) -> String {
                 reals.push(format!("{} . {} . {}", r.addr.ip(), proto, r.addr.port()));
             }
         }
+        if s.mode == Mode::FullNat {
+            lips.extend(s.local_addresses.iter().map(Ipv4Addr::to_string));
+        }
     }
+    lips.sort();
+    lips.dedup();
     vips.sort();
     vips.dedup();
     vip_addrs.sort();
@@ -78,6 +89,7 @@ pub fn ruleset(services: &[VirtualService], no_accept: &[Ipv4Addr]) -> String {
         "  set nat_reals {{ type ipv4_addr . inet_proto . inet_service; {} }}",
         elements(&reals)
     );
+    let _ = writeln!(out, "  set lips {{ type ipv4_addr; {} }}", elements(&lips));
     let _ = writeln!(
         out,
         "  set no_accept {{ type ipv4_addr; {} }}",
@@ -95,6 +107,11 @@ pub fn ruleset(services: &[VirtualService], no_accept: &[Ipv4Addr]) -> String {
     let _ = writeln!(
         out,
         "    ip daddr . meta l4proto . th dport @vip_services counter drop"
+    );
+    // No port match, so non-first fragments (which have no ports) are dropped too.
+    let _ = writeln!(
+        out,
+        "    ip daddr @lips meta l4proto {{ tcp, udp }} counter drop"
     );
     let _ = writeln!(
         out,
@@ -154,7 +171,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn ruleset_names_vips_and_nat_reals_only() {
+    fn ruleset_names_vips_nat_reals_and_lips_only() {
         let svc = |name: &str, vip: &str, proto, mode, real: &str| VirtualService {
             name: name.into(),
             vip: vip.parse().unwrap(),
@@ -169,8 +186,24 @@ mod tests {
             local_addresses: Vec::new(),
             proxy_protocol: None,
         };
+        let fullnat = |name: &str, vip: &str, real: &str, lips: &[&str]| VirtualService {
+            local_addresses: lips.iter().map(|l| l.parse().unwrap()).collect(),
+            ..svc(name, vip, Protocol::Tcp, Mode::FullNat, real)
+        };
         let rules = ruleset(
             &[
+                fullnat(
+                    "full",
+                    "198.18.1.100:81",
+                    "198.18.2.31:8080",
+                    &["198.18.2.6", "198.18.2.5"],
+                ),
+                fullnat(
+                    "full2",
+                    "198.18.1.100:82",
+                    "198.18.2.32:8080",
+                    &["198.18.2.5"],
+                ),
                 svc(
                     "web",
                     "198.18.1.100:80",
@@ -189,12 +222,23 @@ mod tests {
             &["198.18.1.101".parse().unwrap()],
         );
         assert!(rules.contains("set no_accept { type ipv4_addr; elements = { 198.18.1.101 } }"));
-        assert!(rules.contains("elements = { 198.18.1.100 . tcp . 80, 198.18.1.100 . udp . 53 }"));
+        assert!(rules.contains(
+            "elements = { 198.18.1.100 . tcp . 80, 198.18.1.100 . tcp . 81, \
+             198.18.1.100 . tcp . 82, 198.18.1.100 . udp . 53 }"
+        ));
         assert!(rules.contains("elements = { 198.18.2.11 . tcp . 8080 }"));
         assert!(
             !rules.contains("198.18.1.21"),
             "DR real servers reply directly, no rule needed"
         );
         assert!(rules.contains("fib daddr type != local"));
+        assert!(
+            rules.contains("set lips { type ipv4_addr; elements = { 198.18.2.5, 198.18.2.6 } }")
+        );
+        assert!(rules.contains("ip daddr @lips meta l4proto { tcp, udp } counter drop"));
+        assert!(
+            !rules.contains("198.18.2.31") && !rules.contains("198.18.2.32"),
+            "FULLNAT real servers reply to a LIP, which the lips rule covers"
+        );
     }
 }

@@ -52,6 +52,7 @@ mod fullnat;
 mod proxy;
 
 pub use fullnat::DEFAULT_LOCAL_PORTS;
+pub use proxy::{header_v2 as proxy_header_v2, V2_TCP4_LEN as PROXY_V2_TCP4_LEN};
 
 /// What the worker does with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

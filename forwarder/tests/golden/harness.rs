@@ -374,6 +374,18 @@ impl Row {
         self
     }
 
+    /// Forwarded with bytes spliced in (`Verdict::ForwardInsert`): `out` is the frame as it
+    /// goes on the wire, insert included.
+    #[allow(dead_code)] // golden.rs has no inserting service
+    pub fn forward_insert(mut self, ifindex: u32, out: Vec<u8>) -> Row {
+        self.verdict = Verdict::ForwardInsert {
+            ifindex,
+            insert: forwarder::engine::Insert::new(0, &[]),
+        };
+        self.out = Out::Frame(out);
+        self
+    }
+
     pub fn pass(mut self) -> Row {
         self.verdict = Verdict::Pass;
         self.out = Out::Unchanged;

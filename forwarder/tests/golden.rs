@@ -452,6 +452,9 @@ fn nat_table() {
             forwarded_in: 16,
             forwarded_out: 11,
             icmp_forwarded: 4,
+            emitted: 0,
+            icmp_sent: 0,
+            icmp_limited: 0,
             new_conns: 8,
             drops: vec![
                 (DropReason::NoConnection, 1),
@@ -596,6 +599,9 @@ fn dr_table() {
             forwarded_in: 7,
             forwarded_out: 0,
             icmp_forwarded: 1,
+            emitted: 0,
+            icmp_sent: 0,
+            icmp_limited: 0,
             new_conns: 4,
             drops: vec![(DropReason::TtlExceeded, 1)],
         },
@@ -847,6 +853,9 @@ fn nat_bad_input_table() {
             forwarded_in: 4,
             forwarded_out: 0,
             icmp_forwarded: 0,
+            emitted: 0,
+            icmp_sent: 0,
+            icmp_limited: 0,
             // The SYN to the unresolved real made its flow before the miss: its
             // retransmission finds it once the neighbour is resolved.
             new_conns: 4,
@@ -1147,6 +1156,12 @@ fn random_mutations_never_panic_and_always_add_up() {
             csum_partial: bits & 0x0f == 0,
             csum_verified: bits & 0xf0 == 0,
             gso: bits & 0xf00 == 0,
+            gso_size: if bits & 0xf00 == 0 {
+                (bits >> 20) as u16 & 0x7ff
+            } else {
+                0
+            },
+            gso_udp: bits & 0x0100_0000 == 0,
             truncated: bits & 0xf000 == 0,
             vlan: bits & 0xf0000 == 0,
         };
@@ -1159,20 +1174,38 @@ fn random_mutations_never_panic_and_always_add_up() {
         } else {
             L4Check::Valid
         };
+        let emitted = lab.take_emitted();
+        let ok_in = check_checksums(&input, l4).is_empty();
         match v {
-            Verdict::Forward { ifindex } => {
+            Verdict::Forward { ifindex } | Verdict::ForwardInsert { ifindex, .. } => {
                 assert!(ifindex == EXT || ifindex == INT, "run {i}: {v:?}");
+                let mut wire = f.clone();
+                if let Verdict::ForwardInsert { insert, .. } = v {
+                    wire.clear();
+                    insert.splice_into(&f, &mut wire);
+                }
                 // A frame whose checksums were all right leaves with all of them right.
-                if check_checksums(&input, l4).is_empty() {
-                    let bad = check_checksums(&f, l4);
+                if ok_in {
+                    let bad = check_checksums(&wire, l4);
                     assert!(
                         bad.is_empty(),
                         "run {i}: {bad:?}\n{}",
-                        frames::diff(&input, &f)
+                        frames::diff(&input, &wire)
                     );
                 }
             }
-            Verdict::ForwardInsert { .. } => panic!("run {i}: no service here inserts: {v:?}"),
+            Verdict::Emitted => {
+                assert!(!emitted.is_empty(), "run {i}: emitted nothing");
+                for (ifindex, e) in &emitted {
+                    assert!(*ifindex == EXT || *ifindex == INT, "run {i}: {ifindex}");
+                    let bad = check_checksums(e, L4Check::Valid);
+                    assert!(
+                        !ok_in || bad.is_empty(),
+                        "run {i}: {bad:?}\n{}",
+                        frames::hexdump(e)
+                    );
+                }
+            }
             Verdict::Pass => assert_eq!(f, input, "run {i}: passed frame was modified"),
             Verdict::Drop(_) => {}
         }

@@ -320,6 +320,9 @@ fn fullnat_table() {
             forwarded_in: 9,
             forwarded_out: 4,
             icmp_forwarded: 3,
+            emitted: 0,
+            icmp_sent: 0,
+            icmp_limited: 0,
             new_conns: 7,
             drops: vec![
                 (DropReason::IcmpNoConnection, 1),
@@ -425,10 +428,192 @@ fn fullnat_port_held_through_time_wait() {
             forwarded_in: 4,
             forwarded_out: 2,
             icmp_forwarded: 0,
+            emitted: 0,
+            icmp_sent: 0,
+            icmp_limited: 0,
             new_conns: 2,
             drops: vec![(DropReason::PortExhausted, 2)],
         },
         [((y, web), (SynRecv, real, l1))].into_iter().collect(),
     );
+    assert_no_failures(failures);
+}
+
+/// PROXY protocol v2: the header before the client's first byte, every later sequence and
+/// acknowledgement number shifted by its 28 bytes, SACK edges too, MSS lowered.
+#[test]
+fn fullnat_proxy_protocol_table() {
+    let mut s = fullnat(
+        "pp",
+        80,
+        TCP,
+        &[(nat_real(1), 8080, 1), (nat_real(2), 8080, 1)],
+        &[LIP1],
+    );
+    s.proxy_protocol = Some(forwarder::model::ProxyProtocol::V2);
+    let mut lab = lab(vec![s]);
+    let web = sa(VIP, 80);
+    let real = sa(nat_real(1), 8080);
+    let l1 = sa(LIP1, LPORT);
+    let a = sa(CLIENT, 40000);
+    let header = forwarder::engine::proxy_header_v2(a, web);
+    let with_header = |data: &[u8]| [&header[..], data].concat();
+    let mut rows = Vec::new();
+
+    let p = from_client(Pkt::tcp(a, web, SYN, 999, 0).tcp_options(&[2, 4, 0x05, 0xb4]));
+    rows.push(
+        row(
+            "SYN (ISN 999) → real, unchanged but for FULLNAT",
+            10,
+            p.build(),
+        )
+        .forward(INT, to_real(&p, l1, 1, 8080))
+        .conn(TCP, a, web, Some((SynRecv, real))),
+    );
+    let p = from_real(
+        1,
+        Pkt::tcp(real, l1, SYN | ACK, 5000, 1000).tcp_options(&[2, 4, 0x05, 0xb4]),
+    );
+    let want = Pkt::tcp(real, l1, SYN | ACK, 5000, 1000).tcp_options(&[2, 4, 0x05, 0x98]);
+    rows.push(
+        row(
+            "SYN-ACK: MSS 1460 → 1432 (room for the header)",
+            10,
+            p.build(),
+        )
+        .forward(EXT, to_client(&from_real(1, want), web, a)),
+    );
+    let p = from_client(Pkt::tcp(a, web, ACK, 1000, 5001));
+    rows.push(
+        row(
+            "handshake ACK at ISN + 1, no data: unchanged",
+            11,
+            p.build(),
+        )
+        .forward(INT, to_real(&p, l1, 1, 8080))
+        .conn(TCP, a, web, Some((Established, real))),
+    );
+    let p = from_client(Pkt::tcp(a, web, PSH | ACK, 1000, 5001).payload(b"GET /"));
+    let want = Pkt::tcp(a, web, PSH | ACK, 1000, 5001).payload(&with_header(b"GET /"));
+    rows.push(
+        row(
+            "first data: the PROXY v2 header goes in front of it",
+            11,
+            p.build(),
+        )
+        .forward_insert(INT, to_real(&from_client(want), l1, 1, 8080)),
+    );
+    let p = from_real(1, Pkt::tcp(real, l1, ACK, 5001, 1000 + 28 + 5));
+    let want = Pkt::tcp(real, l1, ACK, 5001, 1005);
+    rows.push(
+        row(
+            "real's ACK of header + 5 bytes → client sees 1005",
+            12,
+            p.build(),
+        )
+        .forward(EXT, to_client(&from_real(1, want), web, a)),
+    );
+    let sack = |l: u32, r: u32| {
+        let mut o = vec![1, 1, 5, 10];
+        o.extend_from_slice(&l.to_be_bytes());
+        o.extend_from_slice(&r.to_be_bytes());
+        o
+    };
+    let p = from_real(
+        1,
+        Pkt::tcp(real, l1, ACK, 5001, 1033).tcp_options(&sack(1040 + 28, 1050 + 28)),
+    );
+    let want = Pkt::tcp(real, l1, ACK, 5001, 1005).tcp_options(&sack(1040, 1050));
+    rows.push(
+        row("real's SACK block loses the shift too", 12, p.build())
+            .forward(EXT, to_client(&from_real(1, want), web, a)),
+    );
+    let p = from_client(Pkt::tcp(a, web, PSH | ACK, 1000, 5001).payload(b"GET /"));
+    let want = Pkt::tcp(a, web, PSH | ACK, 1000, 5001).payload(&with_header(b"GET /"));
+    rows.push(
+        row(
+            "a retransmission of the first data gets the header again",
+            13,
+            p.build(),
+        )
+        .forward_insert(INT, to_real(&from_client(want), l1, 1, 8080)),
+    );
+    let p = from_client(Pkt::tcp(a, web, PSH | ACK, 1005, 5001).payload(b"more"));
+    let want = Pkt::tcp(a, web, PSH | ACK, 1005 + 28, 5001).payload(b"more");
+    rows.push(
+        row("later data: sequence number + 28", 13, p.build())
+            .forward(INT, to_real(&from_client(want), l1, 1, 8080)),
+    );
+    let p = from_client(
+        Pkt::tcp(a, web, PSH | ACK, 1009, 5001)
+            .payload(b"partial")
+            .csum(Csum::Partial),
+    );
+    let want = Pkt::tcp(a, web, PSH | ACK, 1009 + 28, 5001)
+        .payload(b"partial")
+        .csum(Csum::Partial);
+    let meta = forwarder::engine::RxMeta {
+        csum_partial: true,
+        ..Default::default()
+    };
+    rows.push(
+        row(
+            "later data, CHECKSUM_PARTIAL: the seed is untouched by the shift",
+            13,
+            p.build(),
+        )
+        .meta(meta)
+        .forward(INT, to_real(&from_client(want), l1, 1, 8080)),
+    );
+    let p = from_client(Pkt::tcp(a, web, FIN | ACK, 1016, 5001));
+    let want = Pkt::tcp(a, web, FIN | ACK, 1016 + 28, 5001);
+    rows.push(
+        row("client FIN: + 28", 14, p.build())
+            .forward(INT, to_real(&from_client(want), l1, 1, 8080))
+            .conn(TCP, a, web, Some((FinWait, real))),
+    );
+    let p = from_real(1, Pkt::tcp(real, l1, FIN | ACK, 5001, 1017 + 28));
+    let want = Pkt::tcp(real, l1, FIN | ACK, 5001, 1017);
+    rows.push(
+        row("real FIN acking the client's FIN → 1017", 14, p.build())
+            .forward(EXT, to_client(&from_real(1, want), web, a))
+            .conn(TCP, a, web, Some((TimeWait, real))),
+    );
+
+    // B (rr → real 2): a client that closes without sending a byte; its FIN at ISN + 1
+    // carries the header.
+    let b = sa(CLIENT, 40002);
+    let real2 = sa(nat_real(2), 8080);
+    let hb = forwarder::engine::proxy_header_v2(b, web);
+    let p = from_client(Pkt::tcp(b, web, SYN, 7000, 0));
+    rows.push(
+        row("B: SYN → real 2", 20, p.build())
+            .forward(INT, to_real(&p, l1, 2, 8080))
+            .conn(TCP, b, web, Some((SynRecv, real2))),
+    );
+    let p = from_client(Pkt::tcp(b, web, FIN | ACK, 7001, 9001));
+    let want = Pkt::tcp(b, web, FIN | ACK, 7001, 9001).payload(&hb);
+    rows.push(
+        row(
+            "B: FIN at ISN + 1 without data: the header goes with it",
+            21,
+            p.build(),
+        )
+        .forward_insert(INT, to_real(&from_client(want), l1, 2, 8080)),
+    );
+
+    let mut failures = run_table(&mut lab, "fullnat-proxy", rows);
+    let e = lab.conn(TCP, a, web).expect("flow A");
+    if e.proxy_seq()
+        != Some(forwarder::conntrack::ProxySeq {
+            client_isn: 999,
+            delta: 28,
+        })
+    {
+        failures.push(format!(
+            "[fullnat-proxy] entry's shift: {:?}",
+            e.proxy_seq()
+        ));
+    }
     assert_no_failures(failures);
 }

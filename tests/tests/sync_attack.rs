@@ -116,6 +116,7 @@ fn bad_sync_datagrams_are_refused_by_kind_and_change_no_replica() {
         real_port: 8080,
         local: None,
         remaining: 0,
+        proxy: None,
     };
     let forged = wire::encode_data(
         &wrong,

@@ -29,7 +29,7 @@ use super::{
 
 /// The forwarding modes this build's datapath implements. TUN and FULLNAT parse and validate
 /// fully; adding them here is all it takes to accept them (issue 7).
-const SUPPORTED_MODES: &[Mode] = &[Mode::Nat, Mode::Dr];
+const SUPPORTED_MODES: &[Mode] = &[Mode::Nat, Mode::Dr, Mode::FullNat];
 
 const MODES: &[(&str, Mode)] = &[
     ("nat", Mode::Nat),
@@ -1192,16 +1192,20 @@ mod tests {
     }
 
     #[test]
-    fn fullnat_is_refused_only_because_the_datapath_lacks_it() {
+    fn a_fullnat_service_carries_its_lips_and_proxy_protocol() {
         let text = format!(
             "{NODE}[[service]]\nname = \"f\"\nvip = \"198.18.1.100:80\"\nmode = \"fullnat\"\n\
-             local_addresses = [\"198.18.2.5\"]\nproxy_protocol = \"v2\"\n"
+             local_addresses = [\"198.18.2.5\", \"198.18.2.6\"]\nproxy_protocol = \"v2\"\n\
+             [[service.real]]\naddress = \"198.18.2.11:8080\"\n"
         );
+        let c = check(&text).expect("valid");
+        let vs = &c.services[0].virtual_service;
+        assert_eq!(vs.mode, Mode::FullNat);
         assert_eq!(
-            messages(&text),
-            ["mode \"fullnat\" is not supported by this build yet (allowed now: nat, dr)"]
+            vs.local_addresses,
+            [Ipv4Addr::new(198, 18, 2, 5), Ipv4Addr::new(198, 18, 2, 6)]
         );
-        assert!(!SUPPORTED_MODES.contains(&Mode::FullNat));
+        assert_eq!(vs.proxy_protocol, Some(ProxyProtocol::V2));
     }
 
     #[test]

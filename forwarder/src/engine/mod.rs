@@ -52,27 +52,74 @@ mod fullnat;
 mod proxy;
 
 pub use fullnat::DEFAULT_LOCAL_PORTS;
+pub use proxy::{header_v2 as proxy_header_v2, V2_TCP4_LEN as PROXY_V2_TCP4_LEN};
 
 /// What the worker does with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Send the (rewritten) frame out of this interface.
     Forward { ifindex: u32 },
+    /// Send the (rewritten) frame out of this interface with `insert` spliced in: still no
+    /// copy of the frame, the transmitter points one more iovec at the inserted bytes.
+    ForwardInsert { ifindex: u32, insert: Insert },
+    /// The frame was consumed and replaced by the frames the engine queued on
+    /// [`WorkerCtx::out`] (software segments, fragments).
+    Emitted,
     /// Not the datapath's: the kernel's copy is the one that counts.
     Pass,
     /// Counted and dropped (the kernel's copy is dropped by the interception rules).
     Drop(DropReason),
-    /// Send the (rewritten) frame out of this interface with `insert` spliced into it.
-    ForwardInsert { ifindex: u32, insert: Insert },
 }
 
-/// Bytes to splice into a forwarded frame on the way out (the frame itself is not copied):
-/// `bytes[..len]` go at byte offset `at` of the frame.
+/// Bytes to splice into a forwarded frame: the IPIP outer header (TUN), the PROXY protocol
+/// header (FULLNAT). The frame goes out as `frame[..at] + bytes[..len] + frame[at..]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Insert {
+    /// Offset in the received frame before which the bytes go.
     pub at: u16,
     pub len: u8,
     pub bytes: [u8; 32],
+}
+
+impl Insert {
+    /// The most bytes an insert carries.
+    pub const MAX: usize = 32;
+
+    /// `bytes` (at most [`Insert::MAX`]) to go before offset `at`.
+    pub fn new(at: usize, bytes: &[u8]) -> Insert {
+        assert!(
+            bytes.len() <= Self::MAX,
+            "an insert carries at most 32 bytes"
+        );
+        let mut b = [0u8; Self::MAX];
+        b[..bytes.len()].copy_from_slice(bytes);
+        Insert {
+            at: u16::try_from(at).expect("an insert lies inside a frame"),
+            len: bytes.len() as u8,
+            bytes: b,
+        }
+    }
+
+    /// The inserted bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len).min(Self::MAX)]
+    }
+
+    /// Appends the frame as it goes on the wire to `out` (recorders and tests; the datapath
+    /// sends it as iovecs, without this copy).
+    pub fn splice_into(&self, frame: &[u8], out: &mut Vec<u8>) {
+        let at = usize::from(self.at).min(frame.len());
+        out.extend_from_slice(&frame[..at]);
+        out.extend_from_slice(self.as_slice());
+        out.extend_from_slice(&frame[at..]);
+    }
+}
+
+/// Where the engine queues the frames it builds itself (ICMP errors it originates, software
+/// segments and fragments). The frame is copied; its checksums are complete and it asks the
+/// device for no offload.
+pub trait FrameOut {
+    fn emit(&mut self, ifindex: u32, frame: &[u8]);
 }
 
 macro_rules! drop_reasons {
@@ -138,6 +185,12 @@ pub struct WorkerCounters {
     pub forwarded_in: AtomicU64,
     pub forwarded_out: AtomicU64,
     pub icmp_forwarded: AtomicU64,
+    /// Received frames replaced by frames the engine built (`Verdict::Emitted`).
+    pub emitted: AtomicU64,
+    /// ICMP errors the engine originated (fragmentation needed).
+    pub icmp_sent: AtomicU64,
+    /// ICMP errors not sent because the worker's budget was spent.
+    pub icmp_limited: AtomicU64,
     pub new_conns: AtomicU64,
     pub tx_errors: AtomicU64,
     pub ring_drops: AtomicU64,
@@ -170,6 +223,12 @@ pub struct RxMeta {
     pub csum_verified: bool,
     /// A GSO super-frame: it is segmented on egress, so it may exceed the MTU.
     pub gso: bool,
+    /// Payload bytes per segment of a GSO super-frame (the vnet header's `gso_size`: the
+    /// MSS for TCP); 0 when unknown.
+    pub gso_size: u16,
+    /// The GSO super-frame is UDP (`VIRTIO_NET_HDR_GSO_UDP_L4`: one datagram per segment),
+    /// not TCP.
+    pub gso_udp: bool,
     /// Only part of the frame is in the buffer.
     pub truncated: bool,
     /// The device stripped a VLAN tag.
@@ -188,10 +247,62 @@ pub trait NeighbourMiss {
     fn on_miss(&mut self, ifindex: u32, addr: Ipv4Addr) -> Option<crate::fib::Mac>;
 }
 
-/// Where a worker reports what it saw.
+/// Where a worker reports what it saw, and where it sends what the engine builds.
 pub struct WorkerCtx<'a> {
     pub counters: &'a WorkerCounters,
     pub neighbours: &'a mut dyn NeighbourMiss,
+    pub out: &'a mut dyn FrameOut,
+    pub state: &'a mut WorkerState,
+}
+
+/// What one worker keeps between frames for the packets the engine builds itself.
+pub struct WorkerState {
+    /// Next IPv4 identification of a header the engine writes.
+    ident: u16,
+    /// Added to `ident` after each use: worker `i` of `n` uses i, i + n, i + 2n... so two
+    /// workers never hand out the same identification close together.
+    ident_step: u16,
+    /// ICMP errors this worker may still send (token bucket, refilled every second).
+    icmp_tokens: u32,
+    icmp_refilled: u32,
+}
+
+impl WorkerState {
+    /// ICMP errors per second and burst, per worker (Linux: `icmp_msgs_per_sec` 1000,
+    /// burst 50 for the whole box).
+    pub const ICMP_PER_SEC: u32 = 100;
+
+    /// The state of worker `index` of `workers`.
+    pub fn new(index: u16, workers: u16) -> WorkerState {
+        WorkerState {
+            ident: index,
+            ident_step: workers.max(1),
+            icmp_tokens: Self::ICMP_PER_SEC,
+            icmp_refilled: 0,
+        }
+    }
+
+    pub fn next_ident(&mut self) -> u16 {
+        let id = self.ident;
+        self.ident = self.ident.wrapping_add(self.ident_step);
+        id
+    }
+
+    /// Takes one ICMP error from the budget at engine second `now`; false when spent.
+    pub fn icmp_allowed(&mut self, now: u32) -> bool {
+        if now != self.icmp_refilled {
+            let add = now
+                .wrapping_sub(self.icmp_refilled)
+                .saturating_mul(Self::ICMP_PER_SEC);
+            self.icmp_tokens = self.icmp_tokens.saturating_add(add).min(Self::ICMP_PER_SEC);
+            self.icmp_refilled = now;
+        }
+        if self.icmp_tokens == 0 {
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
+    }
 }
 
 /// One virtual service as the engine runs it.
@@ -482,6 +593,8 @@ impl Engine {
         match v {
             Verdict::Pass => WorkerCounters::bump(&c.passed),
             Verdict::Drop(r) => WorkerCounters::bump(&c.drops[r as usize]),
+            Verdict::Emitted => WorkerCounters::bump(&c.emitted),
+            // Counted by the path that forwarded it (see `emit`).
             Verdict::Forward { .. } | Verdict::ForwardInsert { .. } => {}
         }
         v
@@ -1216,5 +1329,36 @@ impl ConnObserver for EngineObserver {
         if let Some(d) = &self.downstream {
             d.on_change(change);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_splices_at_its_offset() {
+        let ins = Insert::new(2, b"xyz");
+        assert_eq!(ins.as_slice(), b"xyz");
+        let mut out = Vec::new();
+        ins.splice_into(b"abcd", &mut out);
+        assert_eq!(out, b"abxyzcd");
+    }
+
+    #[test]
+    fn workers_hand_out_disjoint_identifications() {
+        let mut w1 = WorkerState::new(1, 3);
+        let ids: Vec<u16> = (0..4).map(|_| w1.next_ident()).collect();
+        assert_eq!(ids, [1, 4, 7, 10]);
+    }
+
+    #[test]
+    fn icmp_budget_refills_each_second() {
+        let mut w = WorkerState::new(0, 1);
+        let sent = (0..WorkerState::ICMP_PER_SEC + 5)
+            .filter(|_| w.icmp_allowed(10))
+            .count();
+        assert_eq!(sent, WorkerState::ICMP_PER_SEC as usize);
+        assert!(w.icmp_allowed(11));
     }
 }

@@ -56,6 +56,11 @@ impl VnetHdr {
     /// The checksum was verified by the device or the kernel.
     pub const F_DATA_VALID: u8 = 2;
     pub const GSO_NONE: u8 = 0;
+    /// `VIRTIO_NET_HDR_GSO_UDP_L4`: UDP segmentation (one datagram per segment).
+    pub const GSO_UDP_L4: u8 = 5;
+    /// `VIRTIO_NET_HDR_GSO_ECN`: a flag on the type (TCP with CWR to keep on the first
+    /// segment only).
+    pub const GSO_ECN: u8 = 0x80;
 
     pub fn needs_csum(&self) -> bool {
         self.flags & Self::F_NEEDS_CSUM != 0
@@ -72,6 +77,20 @@ impl VnetHdr {
     /// The header to send with a frame: DATA_VALID is a receive-side hint only.
     pub fn for_transmit(mut self) -> VnetHdr {
         self.flags &= Self::F_NEEDS_CSUM;
+        self
+    }
+
+    /// The header for the frame with `len` bytes inserted at offset `at`: offsets at or
+    /// after the insert move with it (the checksum start, and the header length of a GSO
+    /// frame unless the bytes go at its end, i.e. into the payload).
+    pub fn with_insert(mut self, at: usize, len: usize) -> VnetHdr {
+        let len = len as u16;
+        if self.needs_csum() && at <= usize::from(self.csum_start) {
+            self.csum_start += len;
+        }
+        if self.hdr_len != 0 && at < usize::from(self.hdr_len) {
+            self.hdr_len += len;
+        }
         self
     }
 }
@@ -427,11 +446,20 @@ impl Drop for RxRing {
 
 /// Frames queued for one `sendmmsg`. Holds raw pointers into receive-ring blocks: the
 /// caller flushes before it releases the block (see [`RxRing::drain_block`]).
+///
+/// Three kinds of message: a received frame as it is (`push`: vnet header + frame), a
+/// received frame with bytes spliced in (`push_insert`: vnet header + frame[..at] + the
+/// bytes, kept in the slot + frame[at..]), and a frame the engine built (`push_copy`, also
+/// the [`FrameOut`](crate::engine::FrameOut) of a worker: copied into the slot's own
+/// buffer, which is allocated on first use and reused, so the steady state allocates
+/// nothing).
 pub struct TxBatch {
     fd: OwnedFd,
     vnet: Vec<VnetHdr>,
     addrs: Vec<libc::sockaddr_ll>,
-    iovs: Vec<[libc::iovec; 2]>,
+    iovs: Vec<[libc::iovec; 4]>,
+    inserts: Vec<[u8; INSERT_MAX]>,
+    owned: Vec<Vec<u8>>,
     msgs: Vec<libc::mmsghdr>,
     len: usize,
     /// Frames the kernel refused (e.g. device down, too big); counted, never retried.
@@ -459,51 +487,97 @@ impl TxBatch {
             PACKET_QDISC_BYPASS,
             &1 as &libc::c_int,
         )?;
+        Ok(TxBatch::with_fd(fd, capacity))
+    }
+
+    fn with_fd(fd: OwnedFd, capacity: usize) -> TxBatch {
         let empty_iov = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
-        Ok(TxBatch {
+        TxBatch {
             fd,
             vnet: vec![VnetHdr::default(); capacity],
             addrs: vec![sockaddr_ll(0, ETH_P_IP, None); capacity],
-            iovs: vec![[empty_iov, empty_iov]; capacity],
+            iovs: vec![[empty_iov; 4]; capacity],
+            inserts: vec![[0; INSERT_MAX]; capacity],
+            owned: vec![Vec::new(); capacity],
             // SAFETY: mmsghdr is plain old data; zero is a valid (empty) value.
             msgs: (0..capacity).map(|_| unsafe { zeroed() }).collect(),
             len: 0,
             errors: 0,
             sent: 0,
-        })
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// Queue `frame` for `ifindex`. Flushes first when the batch is full.
-    pub fn push(&mut self, frame: &mut [u8], vnet: VnetHdr, ifindex: u32) {
+    /// The next free slot, flushing first when the batch is full.
+    fn slot(&mut self) -> usize {
         if self.len == self.msgs.len() {
             self.flush();
         }
-        let i = self.len;
-        self.vnet[i] = vnet.for_transmit();
+        self.len
+    }
+
+    /// Completes slot `i` (its first `iovlen` iovecs filled) for `ifindex`.
+    fn commit(&mut self, i: usize, ifindex: u32, iovlen: usize) {
         self.addrs[i].sll_ifindex = ifindex as i32;
-        self.iovs[i] = [
-            libc::iovec {
-                iov_base: (&mut self.vnet[i] as *mut VnetHdr).cast(),
-                iov_len: VnetHdr::LEN,
-            },
-            libc::iovec {
-                iov_base: frame.as_mut_ptr().cast(),
-                iov_len: frame.len(),
-            },
-        ];
+        self.iovs[i][0] = libc::iovec {
+            iov_base: (&mut self.vnet[i] as *mut VnetHdr).cast(),
+            iov_len: VnetHdr::LEN,
+        };
         let m = &mut self.msgs[i].msg_hdr;
         m.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_ll).cast();
         m.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
         m.msg_iov = self.iovs[i].as_mut_ptr();
-        m.msg_iovlen = 2;
+        m.msg_iovlen = iovlen;
         self.len += 1;
+    }
+
+    /// Queue `frame` for `ifindex`. Flushes first when the batch is full.
+    pub fn push(&mut self, frame: &mut [u8], vnet: VnetHdr, ifindex: u32) {
+        let i = self.slot();
+        self.vnet[i] = vnet.for_transmit();
+        self.iovs[i][1] = iovec(frame);
+        self.commit(i, ifindex, 2);
+    }
+
+    /// Queue `frame` for `ifindex` with `bytes` (at most 32) inserted before offset `at`,
+    /// without copying the frame. The vnet header's offsets move with the insert
+    /// ([`VnetHdr::with_insert`]).
+    pub fn push_insert(
+        &mut self,
+        frame: &mut [u8],
+        vnet: VnetHdr,
+        ifindex: u32,
+        at: usize,
+        bytes: &[u8],
+    ) {
+        let at = at.min(frame.len());
+        let n = bytes.len().min(INSERT_MAX);
+        let i = self.slot();
+        self.vnet[i] = vnet.for_transmit().with_insert(at, n);
+        self.inserts[i][..n].copy_from_slice(&bytes[..n]);
+        let (head, tail) = frame.split_at_mut(at);
+        self.iovs[i][1] = iovec(head);
+        self.iovs[i][2] = iovec(&mut self.inserts[i][..n]);
+        self.iovs[i][3] = iovec(tail);
+        self.commit(i, ifindex, 4);
+    }
+
+    /// Queue a copy of `frame` for `ifindex`, with a plain vnet header: the frame is
+    /// complete (checksums filled in, no segmentation wanted).
+    pub fn push_copy(&mut self, frame: &[u8], ifindex: u32) {
+        let i = self.slot();
+        self.vnet[i] = VnetHdr::default();
+        let buf = &mut self.owned[i];
+        buf.clear();
+        buf.extend_from_slice(frame);
+        self.iovs[i][1] = iovec(&mut self.owned[i][..]);
+        self.commit(i, ifindex, 2);
     }
 
     /// Send everything queued. A frame the kernel rejects is counted and skipped.
@@ -534,6 +608,22 @@ impl TxBatch {
             }
         }
         self.len = 0;
+    }
+}
+
+impl crate::engine::FrameOut for TxBatch {
+    fn emit(&mut self, ifindex: u32, frame: &[u8]) {
+        self.push_copy(frame, ifindex);
+    }
+}
+
+/// The most bytes [`TxBatch::push_insert`] splices in.
+const INSERT_MAX: usize = crate::engine::Insert::MAX;
+
+fn iovec(b: &mut [u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: b.len(),
     }
 }
 
@@ -587,5 +677,47 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(h.for_transmit().flags, VnetHdr::F_NEEDS_CSUM);
+    }
+
+    #[test]
+    fn insert_moves_the_offsets_behind_it() {
+        // A partial TCP checksum of a GSO frame: Ethernet 14 + IPv4 20 + TCP 32.
+        let h = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: 1,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        // An outer IPv4 header after the Ethernet header: everything moves.
+        let outer = h.with_insert(14, 20);
+        assert_eq!((outer.csum_start, outer.hdr_len), (54, 86));
+        assert_eq!((outer.csum_offset, outer.gso_size), (16, 1448));
+        // A PROXY header at the start of the payload: payload, not header.
+        let proxy = h.with_insert(66, 28);
+        assert_eq!((proxy.csum_start, proxy.hdr_len), (34, 66));
+        // Without a partial checksum csum_start means nothing and stays.
+        let plain = VnetHdr::default().with_insert(14, 20);
+        assert_eq!(plain, VnetHdr::default());
+    }
+
+    #[test]
+    fn slots_reuse_their_buffers() {
+        // The slots are filled without a socket; nothing is flushed.
+        let null = std::fs::File::open("/dev/null").expect("/dev/null exists");
+        let mut tx = TxBatch::with_fd(null.into(), 2);
+        tx.push_copy(&[1; 100], 0);
+        let before = tx.owned[0].as_ptr();
+        tx.len = 0; // as after a flush
+        tx.push_copy(&[2; 60], 0);
+        assert_eq!(tx.owned[0].as_ptr(), before);
+        assert_eq!(tx.iovs[0][1].iov_len, 60);
+        let mut frame = [7u8; 54];
+        tx.push_insert(&mut frame, VnetHdr::default(), 0, 14, &[9; 20]);
+        let lens: Vec<usize> = tx.iovs[1].iter().map(|v| v.iov_len).collect();
+        assert_eq!(lens, [VnetHdr::LEN, 14, 20, 40]);
+        assert_eq!(tx.msgs[1].msg_hdr.msg_iovlen, 4);
+        tx.len = 0;
     }
 }

@@ -21,10 +21,10 @@ use arc_swap::ArcSwap;
 
 use crate::engine::{
     Engine, NeighbourMiss, RxMeta, ServiceTable, Solicit, Tables, Verdict, WorkerCounters,
-    WorkerCtx,
+    WorkerCtx, WorkerState,
 };
 use crate::fib::{FastMap, Fib, FibMiss, Mac};
-use crate::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch};
+use crate::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch, VnetHdr};
 use crate::io::netlink::{Notifications, Rtnl};
 
 /// How the datapath is started.
@@ -159,6 +159,7 @@ impl Datapath {
                 solicit: solicit_tx.clone(),
                 stop: stop.clone(),
                 clock,
+                state: WorkerState::new(i as u16, workers as u16),
             };
             dp.threads.push(
                 std::thread::Builder::new()
@@ -218,6 +219,9 @@ pub struct Totals {
     pub forwarded_in: u64,
     pub forwarded_out: u64,
     pub icmp_forwarded: u64,
+    pub emitted: u64,
+    pub icmp_sent: u64,
+    pub icmp_limited: u64,
     pub new_conns: u64,
     pub tx_errors: u64,
     pub ring_drops: u64,
@@ -235,6 +239,9 @@ impl Totals {
             t.forwarded_in += l(&c.forwarded_in);
             t.forwarded_out += l(&c.forwarded_out);
             t.icmp_forwarded += l(&c.icmp_forwarded);
+            t.emitted += l(&c.emitted);
+            t.icmp_sent += l(&c.icmp_sent);
+            t.icmp_limited += l(&c.icmp_limited);
             t.new_conns += l(&c.new_conns);
             t.tx_errors += l(&c.tx_errors);
             t.ring_drops += l(&c.ring_drops);
@@ -373,6 +380,7 @@ struct Worker {
     solicit: SyncSender<Solicit>,
     stop: Arc<AtomicBool>,
     clock: Clock,
+    state: WorkerState,
 }
 
 /// Blocks drained from one ring before looking at the next, so one busy interface cannot
@@ -394,11 +402,9 @@ impl Worker {
                 services: &services,
                 fib: &fib,
             };
-            let mut ctx = WorkerCtx {
-                counters: &self.counters,
-                neighbours: &mut misses,
-            };
             let engine = &*self.engine;
+            let counters = &*self.counters;
+            let state = &mut self.state;
             let mut busy = false;
             for ring in self.rings.iter_mut() {
                 for _ in 0..BLOCKS_PER_TURN {
@@ -406,19 +412,25 @@ impl Worker {
                         &mut self.tx,
                         |tx, frame| {
                             let vnet = frame.vnet();
-                            let meta = RxMeta {
-                                csum_partial: vnet.needs_csum(),
-                                csum_verified: vnet.data_valid(),
-                                gso: vnet.is_gso(),
-                                truncated: frame.truncated(),
-                                vlan: frame.status() & crate::io::afpacket::TP_STATUS_VLAN_VALID
-                                    != 0,
-                            };
+                            let meta = rx_meta(vnet, frame.truncated(), frame.status());
                             let data = frame.data_mut();
-                            if let Verdict::Forward { ifindex } =
-                                engine.process(data, meta, &tables, now, &mut ctx)
-                            {
-                                tx.push(data, vnet, ifindex);
+                            let mut ctx = WorkerCtx {
+                                counters,
+                                neighbours: &mut misses,
+                                out: tx,
+                                state,
+                            };
+                            match engine.process(data, meta, &tables, now, &mut ctx) {
+                                Verdict::Forward { ifindex } => tx.push(data, vnet, ifindex),
+                                Verdict::ForwardInsert { ifindex, insert } => tx.push_insert(
+                                    data,
+                                    vnet,
+                                    ifindex,
+                                    usize::from(insert.at),
+                                    insert.as_slice(),
+                                ),
+                                // Emitted: what replaces the frame is queued already.
+                                Verdict::Emitted | Verdict::Pass | Verdict::Drop(_) => {}
                             }
                         },
                         |tx| tx.flush(),
@@ -445,6 +457,19 @@ impl Worker {
                 let _ = wait_readable(&fds, &mut pollfds, 20);
             }
         }
+    }
+}
+
+/// What the ring's headers say about a frame.
+fn rx_meta(vnet: VnetHdr, truncated: bool, status: u32) -> RxMeta {
+    RxMeta {
+        csum_partial: vnet.needs_csum(),
+        csum_verified: vnet.data_valid(),
+        gso: vnet.is_gso(),
+        gso_size: if vnet.is_gso() { vnet.gso_size } else { 0 },
+        gso_udp: vnet.gso_type & !VnetHdr::GSO_ECN == VnetHdr::GSO_UDP_L4,
+        truncated,
+        vlan: status & crate::io::afpacket::TP_STATUS_VLAN_VALID != 0,
     }
 }
 

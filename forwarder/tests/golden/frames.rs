@@ -66,6 +66,8 @@ pub struct Pkt {
     pub more_frags: bool,
     /// IPv4 options, a multiple of 4 bytes.
     pub options: Vec<u8>,
+    /// TCP options, a multiple of 4 bytes.
+    pub tcp_options: Vec<u8>,
     pub l4: L4,
     pub csum: Csum,
 }
@@ -81,6 +83,7 @@ impl Pkt {
             ident: 0x1c46,
             more_frags: false,
             options: Vec::new(),
+            tcp_options: Vec::new(),
             l4,
             csum: Csum::Full,
         }
@@ -173,6 +176,14 @@ impl Pkt {
     pub fn options(mut self, options: &[u8]) -> Pkt {
         assert_eq!(options.len() % 4, 0, "IPv4 options come in 32-bit words");
         self.options = options.to_vec();
+        self
+    }
+
+    /// TCP options (a multiple of 4 bytes) after the 20-byte TCP header.
+    #[allow(dead_code)] // not every test binary that includes this file uses it
+    pub fn tcp_options(mut self, options: &[u8]) -> Pkt {
+        assert_eq!(options.len() % 4, 0, "TCP options are padded to 4 bytes");
+        self.tcp_options = options.to_vec();
         self
     }
 
@@ -301,13 +312,15 @@ impl Pkt {
                 flags,
                 payload,
             } => {
-                let mut b = vec![0u8; 20 + payload.len()];
+                let hl = 20 + self.tcp_options.len();
+                let mut b = vec![0u8; hl + payload.len()];
+                b[20..hl].copy_from_slice(&self.tcp_options);
                 let mut t = TcpPacket::new_unchecked(&mut b[..]);
                 t.set_src_port(*sport);
                 t.set_dst_port(*dport);
                 t.set_seq_number(*seq);
                 t.set_ack_number(*ack);
-                t.set_header_len(20);
+                t.set_header_len(u8::try_from(hl).expect("TCP header fits"));
                 t.set_flags(forwarder::wire::TcpFlags(*flags));
                 t.set_window(64240);
                 t.set_urgent(0);

@@ -10,8 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use forwarder::conntrack::{ConnEntry, ConnState, ConnTable, FlowKey};
 use forwarder::engine::{
-    DropReason, Engine, EngineObserver, NeighbourMiss, RxMeta, ServiceTable, Tables, Verdict,
-    WorkerCounters, WorkerCtx,
+    DropReason, Engine, EngineObserver, FrameOut, NeighbourMiss, RxMeta, ServiceTable, Tables,
+    Verdict, WorkerCounters, WorkerCtx, WorkerState,
 };
 use forwarder::fib::{Fib, Interface, Route};
 use forwarder::model::{Mode, Protocol, RealServer, SchedulerKind, Timeouts, VirtualService};
@@ -140,6 +140,16 @@ impl NeighbourMiss for Misses {
     }
 }
 
+/// Records every frame the engine builds and emits, as the transmit batch would send it.
+#[derive(Default)]
+pub struct Emitted(pub Vec<(u32, Vec<u8>)>);
+
+impl FrameOut for Emitted {
+    fn emit(&mut self, ifindex: u32, frame: &[u8]) {
+        self.0.push((ifindex, frame.to_vec()));
+    }
+}
+
 /// One engine with its tables, as one datapath worker sees them.
 pub struct Lab {
     pub engine: Engine,
@@ -147,6 +157,8 @@ pub struct Lab {
     pub fib: Fib,
     pub counters: WorkerCounters,
     pub misses: Misses,
+    pub emitted: Emitted,
+    pub state: WorkerState,
 }
 
 impl Lab {
@@ -185,6 +197,9 @@ impl Lab {
             fib: lab_fib(),
             counters: WorkerCounters::default(),
             misses: Misses::default(),
+            emitted: Emitted::default(),
+            // Worker 0 of 1: identifications 0, 1, 2...
+            state: WorkerState::new(0, 1),
         }
     }
 
@@ -197,8 +212,15 @@ impl Lab {
         let mut ctx = WorkerCtx {
             counters: &self.counters,
             neighbours: &mut self.misses,
+            out: &mut self.emitted,
+            state: &mut self.state,
         };
         self.engine.process(frame, meta, &tables, now, &mut ctx)
+    }
+
+    /// The frames emitted since the last call.
+    pub fn take_emitted(&mut self) -> Vec<(u32, Vec<u8>)> {
+        std::mem::take(&mut self.emitted.0)
     }
 
     /// Swaps in a service table with one real server's weight changed (`director real
@@ -244,6 +266,9 @@ impl Lab {
             forwarded_in: l(&c.forwarded_in),
             forwarded_out: l(&c.forwarded_out),
             icmp_forwarded: l(&c.icmp_forwarded),
+            emitted: l(&c.emitted),
+            icmp_sent: l(&c.icmp_sent),
+            icmp_limited: l(&c.icmp_limited),
             new_conns: l(&c.new_conns),
             drops: DropReason::ALL
                 .iter()
@@ -262,6 +287,9 @@ pub struct Counts {
     pub forwarded_in: u64,
     pub forwarded_out: u64,
     pub icmp_forwarded: u64,
+    pub emitted: u64,
+    pub icmp_sent: u64,
+    pub icmp_limited: u64,
     pub new_conns: u64,
     pub drops: Vec<(DropReason, u64)>,
 }
@@ -271,7 +299,12 @@ impl Counts {
     pub fn balanced(&self) -> bool {
         let drops: u64 = self.drops.iter().map(|&(_, n)| n).sum();
         self.rx
-            == self.passed + self.forwarded_in + self.forwarded_out + self.icmp_forwarded + drops
+            == self.passed
+                + self.forwarded_in
+                + self.forwarded_out
+                + self.icmp_forwarded
+                + self.emitted
+                + drops
     }
 }
 
@@ -279,7 +312,8 @@ impl Counts {
 
 /// What the frame must look like after `process`.
 pub enum Out {
-    /// Byte for byte this frame.
+    /// Byte for byte this frame (for `ForwardInsert`: the frame with the insert spliced in,
+    /// as it goes on the wire).
     Frame(Vec<u8>),
     /// Untouched (the kernel's copy is the one that counts, the engine must not scribble).
     Unchanged,
@@ -306,6 +340,8 @@ pub struct Row {
     pub out: Out,
     pub l4: L4Check,
     pub conn: Option<ConnCheck>,
+    /// The frames the engine must emit, in order (none unless said).
+    pub emits: Vec<(u32, Vec<u8>)>,
 }
 
 /// Starts a row; finish it with `forward`, `pass` or `drop`.
@@ -319,6 +355,7 @@ pub fn row(name: &str, now: u32, input: Vec<u8>) -> Row {
         out: Out::Unchanged,
         l4: L4Check::Valid,
         conn: None,
+        emits: Vec::new(),
     }
 }
 
@@ -333,6 +370,18 @@ impl Row {
 
     pub fn forward(mut self, ifindex: u32, out: Vec<u8>) -> Row {
         self.verdict = Verdict::Forward { ifindex };
+        self.out = Out::Frame(out);
+        self
+    }
+
+    /// Forwarded with bytes spliced in (`Verdict::ForwardInsert`): `out` is the frame as it
+    /// goes on the wire, insert included.
+    #[allow(dead_code)] // golden.rs has no inserting service
+    pub fn forward_insert(mut self, ifindex: u32, out: Vec<u8>) -> Row {
+        self.verdict = Verdict::ForwardInsert {
+            ifindex,
+            insert: forwarder::engine::Insert::new(0, &[]),
+        };
         self.out = Out::Frame(out);
         self
     }
@@ -378,8 +427,15 @@ pub fn run_table(lab: &mut Lab, table: &str, rows: Vec<Row>) -> Vec<String> {
     for r in rows {
         let mut frame = r.input.clone();
         let verdict = lab.process(&mut frame, r.meta, r.now);
+        let emitted = lab.take_emitted();
+        // What goes on the wire in place of the received frame.
+        if let Verdict::ForwardInsert { insert, .. } = verdict {
+            let mut wire = Vec::new();
+            insert.splice_into(&frame, &mut wire);
+            frame = wire;
+        }
         let mut problems = Vec::new();
-        if verdict != r.verdict {
+        if !same_verdict(&verdict, &r.verdict) {
             problems.push(format!(
                 "  verdict: expected {:?}, got {:?}",
                 r.verdict, verdict
@@ -397,7 +453,24 @@ pub fn run_table(lab: &mut Lab, table: &str, rows: Vec<Row>) -> Vec<String> {
             }
             _ => {}
         }
-        if matches!(verdict, Verdict::Forward { .. }) {
+        if emitted != r.emits {
+            problems.push(emits_diff(&r.emits, &emitted));
+        }
+        for (i, (_, f)) in emitted.iter().enumerate() {
+            // What the engine builds always has complete checksums.
+            let bad = check_checksums(f, L4Check::Valid);
+            if !bad.is_empty() {
+                problems.push(format!(
+                    "  checksums of emitted frame {i}: {}\n{}",
+                    bad.join("; "),
+                    hexdump(f)
+                ));
+            }
+        }
+        if matches!(
+            verdict,
+            Verdict::Forward { .. } | Verdict::ForwardInsert { .. }
+        ) {
             let bad = check_checksums(&frame, r.l4);
             if !bad.is_empty() {
                 problems.push(format!(
@@ -428,6 +501,41 @@ pub fn run_table(lab: &mut Lab, table: &str, rows: Vec<Row>) -> Vec<String> {
         }
     }
     failures
+}
+
+/// Equal verdicts; for `ForwardInsert` only the interface (the inserted bytes are checked
+/// through the output frame).
+fn same_verdict(got: &Verdict, want: &Verdict) -> bool {
+    match (got, want) {
+        (Verdict::ForwardInsert { ifindex: a, .. }, Verdict::ForwardInsert { ifindex: b, .. }) => {
+            a == b
+        }
+        _ => got == want,
+    }
+}
+
+fn emits_diff(want: &[(u32, Vec<u8>)], got: &[(u32, Vec<u8>)]) -> String {
+    let mut out = format!("  emitted {} frame(s), expected {}", got.len(), want.len());
+    for i in 0..want.len().max(got.len()) {
+        match (want.get(i), got.get(i)) {
+            (Some(w), Some(g)) if w == g => {}
+            (Some((wi, wf)), Some((gi, gf))) => {
+                out += &format!("\n  emitted frame {i}: ");
+                if wi != gi {
+                    out += &format!("interface expected {wi}, got {gi}; ");
+                }
+                out += &diff(wf, gf);
+            }
+            (Some((wi, wf)), None) => {
+                out += &format!("\n  missing frame {i} (to {wi}):\n{}", hexdump(wf));
+            }
+            (None, Some((gi, gf))) => {
+                out += &format!("\n  extra frame {i} (to {gi}):\n{}", hexdump(gf));
+            }
+            (None, None) => {}
+        }
+    }
+    out
 }
 
 /// Panics with every failure report, if any.

@@ -43,7 +43,7 @@ fn services(proxy: Proxy) -> Vec<ServiceSpec> {
 }
 
 fn tag_of(prefix: &str, mode: Mode, proxy: Proxy) -> String {
-    let pp = if proxy == Proxy::V2 { "-pp" } else { "" };
+    let pp = if proxy == Proxy::V2 { "pp" } else { "" };
     format!("{prefix}-{}{pp}", mode.as_str())
 }
 

@@ -7,12 +7,14 @@
 //!      director's receive processing left where veth puts it (CPU 0) and steered to CPU 1
 //!      with RPS;
 //!    - baseline B, `bareforward` (the datapath's AF_PACKET I/O, no logic) on CPU 1;
-//!    - `directord` NAT and DR, one worker, on CPU 1.
+//!    - `directord` NAT, DR, TUN and FULLNAT, one worker, on CPU 1.
 //!
-//!    The real server drops the frames in nftables; delivered = its interface's receive
-//!    counter delta.
-//! 2. New flows per second: SYNs from unique (address, port) pairs through `directord` NAT;
-//!    TCP handshakes per second with wrk through the director and straight at a real server.
+//!    The real server drops the frames in nftables (TUN: the IPIP frames, with the lab's
+//!    decapsulating stand-in `ipip-decap` stopped, so user-space decapsulation is not
+//!    measured); delivered = its interface's receive counter delta.
+//! 2. New flows per second: SYNs from unique (address, port) pairs through `directord` in each
+//!    mode; TCP handshakes per second with wrk through the director in each mode and straight
+//!    at a real server.
 //! 3. Memory: bytes per connection entry, and `directord`'s resident memory idle and with
 //!    1M entries in its table.
 //!
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use director_lab::topo::{workspace_bin, ServiceSpec, Topo, CLIENT, VIP};
+use director_lab::topo::{workspace_bin, Mode, ServiceSpec, Topo, CLIENT, VIP};
 use director_lab::{wait_until, Host, Lab, Proc};
 use serde_json::Value;
 
@@ -291,15 +293,29 @@ enum Path {
     Bare,
     Nat,
     Dr,
+    Tun,
+    FullNat,
 }
 
 impl Path {
+    /// The forwarding mode of a `directord` path.
+    fn mode(self) -> Option<Mode> {
+        match self {
+            Path::Kernel | Path::Bare => None,
+            Path::Nat => Some(Mode::Nat),
+            Path::Dr => Some(Mode::Dr),
+            Path::Tun => Some(Mode::Tun),
+            Path::FullNat => Some(Mode::FullNat),
+        }
+    }
     fn label(self) -> &'static str {
         match self {
             Path::Kernel => "A: kernel ip_forward",
             Path::Bare => "B: bareforward (AF_PACKET, no logic)",
             Path::Nat => "directord NAT, 1 worker",
             Path::Dr => "directord DR, 1 worker",
+            Path::Tun => "directord TUN, 1 worker",
+            Path::FullNat => "directord FULLNAT, 1 worker",
         }
     }
     fn tag(self) -> &'static str {
@@ -308,6 +324,8 @@ impl Path {
             Path::Bare => "b-bare",
             Path::Nat => "b-nat",
             Path::Dr => "b-dr",
+            Path::Tun => "b-tun",
+            Path::FullNat => "b-fnat",
         }
     }
 }
@@ -325,19 +343,22 @@ struct Rate {
 
 fn packet_rate(path: Path, rps: bool, secs: f64) -> Result<Rate> {
     let lab = Lab::new(path.tag())?;
-    let mut topo = if path == Path::Dr {
-        Topo::dr(lab, 1)?
-    } else {
-        Topo::nat(lab, 1)?
-    };
+    let mut topo = Topo::new(lab, path.mode().unwrap_or(Mode::Nat), 1)?;
+    // TUN: the real server drops the IPIP frames itself; the lab's user-space decapsulator
+    // would only compete for the two cores.
+    topo.helpers.clear();
     let rs = topo.reals[0].clone();
     let rs_addr = topo.real_addrs[0];
     let real_port = topo.real_port(UDP_PORT);
-    // Both ports: bareforward leaves the VIP as the destination.
-    nft_drop(
-        &rs,
-        &format!("udp dport {{ {UDP_PORT}, {real_port} }} counter drop"),
-    )?;
+    if path == Path::Tun {
+        nft_drop(&rs, "ip protocol 4 counter drop")?;
+    } else {
+        // Both ports: bareforward leaves the VIP as the destination.
+        nft_drop(
+            &rs,
+            &format!("udp dport {{ {UDP_PORT}, {real_port} }} counter drop"),
+        )?;
+    }
     if rps {
         // The director's receive processing (softirq: AF_PACKET ring fill, or the kernel's
         // forwarding) runs on the forwarder's CPU instead of the generator's.
@@ -387,7 +408,7 @@ fn packet_rate(path: Path, rps: bool, secs: f64) -> Result<Rate> {
             fwd_pid = Some(p.pid());
             bare = Some(p);
         }
-        Path::Nat | Path::Dr => {
+        Path::Nat | Path::Dr | Path::Tun | Path::FullNat => {
             start_directord(&mut topo, &[ServiceSpec::udp("rr", &[1])], 1 << 20)?;
             fwd_pid = topo.daemon.as_ref().map(Proc::pid);
         }
@@ -443,6 +464,8 @@ fn packet_rate(path: Path, rps: bool, secs: f64) -> Result<Rate> {
 // 2. New flows and handshakes
 
 struct Flows {
+    mode: Mode,
+    reals: usize,
     secs: f64,
     offered_pps: f64,
     new_conns: u64,
@@ -450,23 +473,42 @@ struct Flows {
     ring_drops: u64,
     count: u64,
     full: u64,
+    /// FULLNAT: new flows refused for want of a free LIP:lport.
+    port_exhausted: u64,
     cpu: String,
 }
 
-/// A NAT director for the web service with the SYN sink on the real server and the SYN
-/// generator's source addresses on the client.
-fn syn_topo(tag: &str, max_conns: u32) -> Result<Topo> {
+/// How many real servers the SYN benchmark of `mode` uses: one, except FULLNAT, whose local
+/// ports are per (LIP, real server): 2 LIPs × 8 reals × 64 K ports hold about 1 M flows, so
+/// the run does not measure port exhaustion instead of the datapath.
+fn syn_reals(mode: Mode) -> usize {
+    if mode == Mode::FullNat {
+        8
+    } else {
+        1
+    }
+}
+
+/// A director in `mode` for the web service with the SYN sink on the real servers and the
+/// SYN generator's source addresses on the client.
+fn syn_topo(tag: &str, mode: Mode, max_conns: u32) -> Result<Topo> {
     let lab = Lab::new(tag)?;
-    let mut topo = Topo::nat(lab, 1)?;
-    nft_drop(
-        &topo.reals[0],
-        &format!("tcp dport {} counter drop", topo.real_port(80)),
-    )?;
+    let mut topo = Topo::new(lab, mode, syn_reals(mode))?;
+    // TUN: the real server drops the IPIP frames (the user-space stand-in stays out of it).
+    topo.helpers.clear();
+    let rule = match mode {
+        Mode::Tun => "ip protocol 4 counter drop".to_string(),
+        _ => format!("tcp dport {} counter drop", topo.real_port(80)),
+    };
+    for rs in &topo.reals {
+        nft_drop(rs, &rule)?;
+    }
     for i in 0..SYN_SOURCES {
         let a = Ipv4Addr::from(u32::from(SYN_BASE) + i);
         topo.client.addr_add("eth0", &format!("{a}/24"))?;
     }
-    start_directord(&mut topo, &[ServiceSpec::http("rr", &[1])], max_conns)?;
+    let weights = vec![1; topo.reals.len()];
+    start_directord(&mut topo, &[ServiceSpec::http("rr", &weights)], max_conns)?;
     Ok(topo)
 }
 
@@ -481,8 +523,8 @@ fn syn_args(sources: u32) -> Vec<String> {
     ]
 }
 
-fn new_flows(secs: f64) -> Result<Flows> {
-    let topo = syn_topo("b-flows", 1 << 22)?;
+fn new_flows(mode: Mode, secs: f64) -> Result<Flows> {
+    let topo = syn_topo(&format!("b-flows-{}", mode.as_str()), mode, 1 << 22)?;
     let dmac = topo.director.mac("ext")?.to_string();
     let s0 = stats(&topo)?;
     let c0 = cpu_times();
@@ -491,7 +533,7 @@ fn new_flows(secs: f64) -> Result<Flows> {
     let perf = topo
         .daemon
         .as_ref()
-        .and_then(|p| perf_start(p.pid(), "flows", secs));
+        .and_then(|p| perf_start(p.pid(), &format!("flows-{}", mode.as_str()), secs));
     let g = pktgen(&topo, &dmac, &format!("{VIP}:80"), secs, &args)?;
     let c1 = cpu_times();
     perf_wait(perf);
@@ -505,6 +547,8 @@ fn new_flows(secs: f64) -> Result<Flows> {
         );
     }
     Ok(Flows {
+        mode,
+        reals: topo.reals.len(),
         secs: g.secs,
         offered_pps: g.sent as f64 / g.secs,
         new_conns: d(&["datapath", "new_conns"]),
@@ -512,6 +556,7 @@ fn new_flows(secs: f64) -> Result<Flows> {
         ring_drops: d(&["datapath", "ring_drops"]),
         count: counter(&s1, &["connections", "count"]),
         full: counter(&s1, &["connections", "full"]),
+        port_exhausted: d(&["datapath", "drops", "port_exhausted"]),
         cpu: cpu_use(&c0, &c1),
     })
 }
@@ -552,16 +597,29 @@ fn wrk(host: &Host, url: &str, secs: u32) -> Result<Wrk> {
     Ok(Wrk { rps, errors })
 }
 
+const MODES: [Mode; 4] = [Mode::Nat, Mode::Dr, Mode::Tun, Mode::FullNat];
+
 struct Handshakes {
     direct: Wrk,
-    nat: Wrk,
-    secs: u32,
+    /// wrk through the director, per mode.
+    modes: Vec<(Mode, Result<Wrk>)>,
+}
+
+/// wrk against a director in `mode` with 3 real servers (TUN: with the lab's user-space
+/// decapsulating stand-in on each, unpinned).
+fn handshakes_through(mode: Mode, secs: u32) -> Result<Wrk> {
+    let lab = Lab::new(&format!("b-wrk-{}", mode.as_str()))?;
+    let mut topo = Topo::new(lab, mode, 3)?;
+    let svc = [ServiceSpec::http("rr", &[1, 1, 1])];
+    topo.start_servers(&svc)?;
+    start_directord(&mut topo, &svc, 1 << 20)?;
+    wrk(&topo.client, &format!("http://{VIP}/"), secs)
 }
 
 fn handshakes(secs: u32) -> Result<Handshakes> {
     let lab = Lab::new("b-wrk")?;
-    let mut topo = Topo::nat(lab, 3)?;
-    let svc = [ServiceSpec::http("rr", &[1, 1, 1])];
+    let mut topo = Topo::nat(lab, 1)?;
+    let svc = [ServiceSpec::http("rr", &[1])];
     topo.start_servers(&svc)?;
     // The baseline client sits on its own veth straight to rs1: no director on the path.
     let direct = topo.lab.host("direct")?;
@@ -574,15 +632,16 @@ fn handshakes(secs: u32) -> Result<Handshakes> {
         "198.18.3.1/24",
     )?;
     let port = topo.real_port(80);
-    let direct_res = wrk(&direct, &format!("http://198.18.3.1:{port}/"), secs)?;
-    start_directord(&mut topo, &svc, 1 << 20)?;
-    // Let the servers' TIME_WAIT from the baseline not matter: different client address.
-    let nat = wrk(&topo.client, &format!("http://{VIP}/"), secs)?;
-    Ok(Handshakes {
-        direct: direct_res,
-        nat,
-        secs,
-    })
+    let direct = wrk(&direct, &format!("http://198.18.3.1:{port}/"), secs)?;
+    drop(topo);
+    let modes = MODES
+        .iter()
+        .map(|&m| {
+            eprintln!("bench: TCP handshakes with wrk, {}", m.as_str());
+            (m, handshakes_through(m, secs))
+        })
+        .collect();
+    Ok(Handshakes { direct, modes })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,7 +678,7 @@ fn memory(quick: bool) -> Result<Memory> {
     let sources = 17;
     let unique = u64::from(sources) * PORTS_PER_SOURCE;
     let capacity: u32 = 1_310_720;
-    let topo = syn_topo("b-mem", capacity)?;
+    let topo = syn_topo("b-mem", Mode::Nat, capacity)?;
     let pid = topo.daemon.as_ref().map(Proc::pid).context("no daemon")?;
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle_kib = vm_rss_kib(pid)?;
@@ -710,7 +769,14 @@ fn main() -> Result<()> {
         let reps = if opts.quick { 1 } else { 5 };
         let mut runs: Vec<((Path, bool), Vec<Rate>)> = Vec::new();
         for rps in [true, false] {
-            for path in [Path::Kernel, Path::Bare, Path::Nat, Path::Dr] {
+            for path in [
+                Path::Kernel,
+                Path::Bare,
+                Path::Nat,
+                Path::Dr,
+                Path::Tun,
+                Path::FullNat,
+            ] {
                 runs.push(((path, rps), Vec::new()));
             }
         }
@@ -780,36 +846,41 @@ fn main() -> Result<()> {
 
     if opts.wants("flows") {
         let secs = if opts.quick { 2.0 } else { 3.0 };
-        eprintln!("bench: new flows per second");
         let _ = writeln!(
             out,
-            "\n### New flows: SYNs from unique (address, port), NAT, 1 worker\n"
+            "\n### New flows: SYNs from unique (address, port), 1 worker, {secs} s per mode\n"
         );
-        match new_flows(secs) {
-            Ok(f) => {
-                let _ = writeln!(
-                    out,
-                    "| new flows/s (per core) | offered SYN/s | new_conns | forwarded_in | ring_drops | table count | table full | CPU use |"
-                );
-                let _ = writeln!(
-                    out,
-                    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-                );
-                let _ = writeln!(
-                    out,
-                    "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
-                    f.new_conns as f64 / f.secs,
-                    f.offered_pps,
-                    f.new_conns,
-                    f.forwarded,
-                    f.ring_drops,
-                    f.count,
-                    f.full,
-                    f.cpu
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(out, "failed: {e:#}");
+        let _ = writeln!(
+            out,
+            "| mode | reals | new flows/s (per core) | offered SYN/s | new_conns | forwarded_in | ring_drops | table count | table full | port_exhausted | CPU use |"
+        );
+        let _ = writeln!(
+            out,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        );
+        for mode in MODES {
+            eprintln!("bench: new flows per second, {}", mode.as_str());
+            match new_flows(mode, secs) {
+                Ok(f) => {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                        f.mode.as_str(),
+                        f.reals,
+                        f.new_conns as f64 / f.secs,
+                        f.offered_pps,
+                        f.new_conns,
+                        f.forwarded,
+                        f.ring_drops,
+                        f.count,
+                        f.full,
+                        f.port_exhausted,
+                        f.cpu
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "| {} | failed: {e:#} |", mode.as_str());
+                }
             }
         }
     }
@@ -830,12 +901,20 @@ fn main() -> Result<()> {
                     "| baseline: straight at rs1 (veth, no director) | {:.0} | {} |",
                     h.direct.rps, h.direct.errors
                 );
-                let _ = writeln!(
-                    out,
-                    "| through directord NAT (1 worker, CPU {FWD_CPU}), 3 reals | {:.0} | {} |",
-                    h.nat.rps, h.nat.errors
-                );
-                let _ = h.secs;
+                for (mode, r) in &h.modes {
+                    let path = format!(
+                        "through directord {} (1 worker, CPU {FWD_CPU}), 3 reals",
+                        mode.as_str().to_uppercase()
+                    );
+                    match r {
+                        Ok(w) => {
+                            let _ = writeln!(out, "| {path} | {:.0} | {} |", w.rps, w.errors);
+                        }
+                        Err(e) => {
+                            let _ = writeln!(out, "| {path} | failed | {e:#} |");
+                        }
+                    }
+                }
             }
             Err(e) => {
                 let _ = writeln!(out, "failed: {e:#}");

@@ -7,14 +7,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use director_lab::topo::{tally, vip, Mode, ServiceSpec, Topo, CLIENT, LIPS};
+use director_lab::topo::{decap_counters, tally, vip, Mode, ServiceSpec, Topo, CLIENT, LIPS};
 use director_lab::udp_request;
 
 const REQUESTS: usize = 90;
 
 fn udp_distribution(tag: &str, mode: Mode, scheduler: &'static str, weights: &[u32]) {
     let svc = ServiceSpec::udp(scheduler, weights);
-    let Some(topo) = Topo::started(tag, mode, std::slice::from_ref(&svc)) else {
+    let Some(mut topo) = Topo::started(tag, mode, std::slice::from_ref(&svc)) else {
         return;
     };
     let names = topo
@@ -52,6 +52,20 @@ fn udp_distribution(tag: &str, mode: Mode, scheduler: &'static str, weights: &[u
             (got, true),
             "rs{} saw {m:?}, the client got {got} replies from it",
             i + 1
+        );
+    }
+    if mode == Mode::Tun {
+        // Every request reached its real server inside IPIP (DR-style forwarding would also
+        // get answers here, the real servers being on the director's segment).
+        let decap = decap_counters(&mut topo.helpers).expect("ipip-decap counters");
+        let got: Vec<u64> = decap
+            .iter()
+            .map(|c| c["decapsulated"].as_u64().unwrap_or(0))
+            .collect();
+        assert_eq!(
+            got,
+            counts.iter().map(|&n| n as u64).collect::<Vec<_>>(),
+            "datagrams decapsulated per real vs replies: {decap:?}"
         );
     }
     let conns = topo

@@ -281,8 +281,13 @@ impl Segments {
         meta: RxMeta,
         mtu: u32,
     ) -> Result<Option<Segments>, DropReason> {
-        if !meta.gso || !matches!(flow.proto, PROTO_TCP | PROTO_UDP) {
+        if !meta.gso {
             return Ok(None);
+        }
+        if !matches!(flow.proto, PROTO_TCP | PROTO_UDP) {
+            // No kernel segments anything else; passed on, the GSO type would make the
+            // egress device cut the outer packet as if it were TCP.
+            return Err(DropReason::Malformed);
         }
         let udp = flow.proto == PROTO_UDP;
         if udp != meta.gso_udp {

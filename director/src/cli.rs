@@ -899,6 +899,14 @@ fn render_stats(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
         "Frames rx {}  passed {}  forwarded in {}  out {}  icmp {}  new conns {}  tx errors {}  ring drops {}",
         d["rx"], d["passed"], d["forwarded_in"], d["forwarded_out"], d["icmp_forwarded"], d["new_conns"], d["tx_errors"], d["ring_drops"]
     )?;
+    // Frames the datapath rebuilt (TUN copies and segments) and ICMP errors it originated.
+    if !d["emitted"].is_null() {
+        writeln!(
+            out,
+            "Rebuilt and sent {}  icmp sent {}  icmp rate-limited {}",
+            d["emitted"], d["icmp_sent"], d["icmp_limited"]
+        )?;
+    }
     if let Some(drops) = d["drops"].as_object() {
         let nonzero: Vec<String> = drops
             .iter()

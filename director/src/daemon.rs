@@ -94,8 +94,8 @@ impl Rates {
             inner.per_second = [
                 d(t.rx, prev.rx),
                 d(
-                    t.forwarded_in + t.forwarded_out,
-                    prev.forwarded_in + prev.forwarded_out,
+                    t.forwarded_in + t.forwarded_out + t.emitted,
+                    prev.forwarded_in + prev.forwarded_out + prev.emitted,
                 ),
                 d(t.new_conns, prev.new_conns),
                 d(drops(&t), drops(prev)),

@@ -275,6 +275,24 @@ fn datapath(x: &mut Exposition, stats: &Value) {
         &d["icmp_forwarded"],
     );
     x.counter(
+        "director_datapath_rebuilt_packets_total",
+        "Received packets the datapath sent on as frames it built (TUN: software segments and copies).",
+        &[],
+        &d["emitted"],
+    );
+    x.counter(
+        "director_datapath_icmp_sent_total",
+        "ICMP errors the datapath originated (TUN fragmentation needed).",
+        &[],
+        &d["icmp_sent"],
+    );
+    x.counter(
+        "director_datapath_icmp_rate_limited_total",
+        "ICMP errors not sent because of the per-worker rate limit.",
+        &[],
+        &d["icmp_limited"],
+    );
+    x.counter(
         "director_datapath_new_connections_total",
         "Connections the datapath scheduled to a real server.",
         &[],

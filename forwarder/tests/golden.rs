@@ -621,6 +621,370 @@ fn dr_table() {
     assert_no_failures(failures);
 }
 
+// ---- TUN ------------------------------------------------------------------------------------
+
+/// The TUN lab: web (rr over the int reals, same port), dns (UDP), near (a real on ext's
+/// subnet) and far (a real beyond the client-side router).
+fn tun_lab() -> Lab {
+    use Mode::Tun;
+    use SchedulerKind::Rr;
+    let reals: Vec<_> = (1..=3).map(|i| (nat_real(i), 80, 1)).collect();
+    let mut lab = Lab::new(vec![
+        service("web-tun", 80, TCP, Tun, Rr, &reals),
+        service("dns-tun", 53, UDP, Tun, Rr, &[(nat_real(1), 53, 1)]),
+        service("near-tun", 81, TCP, Tun, Rr, &[(dr_real(1), 81, 1)]),
+        service("far-tun", 82, TCP, Tun, Rr, &[(FAR_REAL, 82, 1)]),
+    ]);
+    lab.fib = tun_fib();
+    lab
+}
+
+/// `p` as the director must tunnel it to NAT-lab real `i` on int: the inner packet with TTL
+/// − 1 in an IPIP header from int's address (outer identification `ident`).
+fn tun_to_real(p: &Pkt, i: u8, ident: u16) -> Vec<u8> {
+    let inner = p.clone().ttl(p.ttl - 1).ip_bytes();
+    frames::ipip(
+        (INT_MAC, nat_real_mac(i)),
+        INT_ADDR,
+        nat_real(i),
+        ident,
+        &inner,
+    )
+}
+
+/// The ICMP fragmentation-needed the director must send the client about `p` (received
+/// from the client): from the VIP, next-hop MTU `mtu`, quoting `p`'s header and 8 bytes.
+fn frag_needed_to_client(p: &Pkt, mtu: u16, ident: u16) -> Vec<u8> {
+    let mut rest = [0u8; 4];
+    rest[2..].copy_from_slice(&mtu.to_be_bytes());
+    Pkt::icmp_error(VIP, CLIENT, 3, 4, rest, p, Some(28))
+        .macs(EXT_MAC, CLIENT_MAC)
+        .ident(ident)
+        .may_fragment()
+        .build()
+}
+
+fn gso(size: u16, udp: bool) -> RxMeta {
+    RxMeta {
+        csum_partial: true,
+        gso: true,
+        gso_size: size,
+        gso_udp: udp,
+        ..RxMeta::default()
+    }
+}
+
+/// Bytes 0, 1, 2... so that a misplaced segment boundary shows.
+fn counting(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn tun_table() {
+    let mut lab = tun_lab();
+    let web = sa(VIP, 80);
+    let dns = sa(VIP, 53);
+    let r = |i| sa(nat_real(i), 80);
+    let mut rows = Vec::new();
+    // Outer identifications come from the worker's counter: 0, 1, 2...
+    let mut id = 0u16..;
+    let mut next = || id.next().expect("enough identifications");
+
+    let a = sa(CLIENT, 42000);
+    let p = from_client(Pkt::tcp(a, web, SYN, 1000, 0));
+    rows.push(
+        row("A: SYN → real 1 in IPIP from int's address", 100, p.build())
+            .forward_insert(INT, tun_to_real(&p, 1, next()))
+            .conn(TCP, a, web, entry(SynRecv, r(1))),
+    );
+    let p = from_client(Pkt::tcp(a, web, ACK, 1001, 5001));
+    rows.push(
+        row(
+            "A: ACK (the real answers the client itself)",
+            100,
+            p.build(),
+        )
+        .forward_insert(INT, tun_to_real(&p, 1, next()))
+        .conn(TCP, a, web, entry(Established, r(1))),
+    );
+    let p = from_client(
+        Pkt::tcp(a, web, PSH | ACK, 1001, 5001)
+            .payload(b"GET / HTTP/1.1\r\n\r\n")
+            .tos(0xb9),
+    );
+    rows.push(
+        row(
+            "A: data, DSCP EF + ECT(1): TOS copied outside",
+            101,
+            p.build(),
+        )
+        .forward_insert(INT, tun_to_real(&p, 1, next())),
+    );
+    let sent = Pkt::tcp(web, a, ACK, 5001, 1019)
+        .payload(&[0x55; 64])
+        .ttl(64);
+    let p =
+        Pkt::icmp_error(ROUTER_EXT, VIP, 3, 1, [0; 4], &sent, None).macs(ROUTER_EXT_MAC, EXT_MAC);
+    rows.push(
+        row(
+            "A: host-unreachable about the real's reply → tunnelled to real 1",
+            101,
+            p.build(),
+        )
+        .forward_insert(INT, tun_to_real(&p, 1, next())),
+    );
+
+    let u = sa(CLIENT, 42001);
+    let p = from_client(Pkt::udp(u, dns, b"query"));
+    rows.push(
+        row("U: UDP → real 1", 102, p.build())
+            .forward_insert(INT, tun_to_real(&p, 1, next()))
+            .conn(UDP, u, dns, entry(Udp, sa(nat_real(1), 53))),
+    );
+
+    // Path MTU: egress MTU 1500, so 1480 bytes of inner packet fit.
+    let p = from_client(Pkt::tcp(a, web, PSH | ACK, 1019, 5001).payload(&counting(1460)));
+    rows.push(
+        row(
+            "A: 1500 bytes with DF → frag-needed, MTU 1480",
+            103,
+            p.build(),
+        )
+        .drop(DropReason::FragNeeded)
+        .emits(vec![(EXT, frag_needed_to_client(&p, 1480, next()))]),
+    );
+    let p = from_client(Pkt::tcp(a, web, PSH | ACK, 1019, 5001).payload(&counting(1440)));
+    rows.push(
+        row("A: 1480 bytes with DF → fits exactly", 103, p.build())
+            .forward_insert(INT, tun_to_real(&p, 1, next())),
+    );
+    let p = from_client(
+        Pkt::tcp(a, web, PSH | ACK, 2459, 5001)
+            .payload(&counting(1460))
+            .may_fragment(),
+    );
+    let inner = p.clone().ttl(63).ip_bytes();
+    let frags = frames::ipip_fragments(
+        (INT_MAC, nat_real_mac(1)),
+        INT_ADDR,
+        nat_real(1),
+        next(),
+        &inner,
+        1500,
+    );
+    assert_eq!(frags.len(), 2, "1520 bytes in two fragments");
+    rows.push(
+        row(
+            "A: 1500 bytes without DF → outer packet in 2 fragments",
+            103,
+            p.build(),
+        )
+        .emitted(frags.into_iter().map(|f| (INT, f)).collect()),
+    );
+
+    // GSO super-frames (always with a partial checksum).
+    let p = from_client(
+        Pkt::tcp(a, web, PSH | ACK, 3919, 5001)
+            .payload(&counting(2920))
+            .csum(Csum::Partial),
+    );
+    rows.push(
+        row(
+            "A: GSO, 1460-byte segments: 1520 with the tunnel → frag-needed",
+            104,
+            p.build(),
+        )
+        .meta(gso(1460, false))
+        .drop(DropReason::FragNeeded)
+        .emits(vec![(EXT, frag_needed_to_client(&p, 1480, next()))]),
+    );
+    let data = counting(3000);
+    let cwr = 0x80;
+    let p = from_client(
+        Pkt::tcp(a, web, ACK | cwr | PSH | FIN, 3919, 5001)
+            .payload(&data)
+            .csum(Csum::Partial),
+    );
+    let segs: Vec<(u32, Vec<u8>)> = data
+        .chunks(1400)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let last = i == 2;
+            let flags = ACK | if i == 0 { cwr } else { 0 } | if last { PSH | FIN } else { 0 };
+            let seg = from_client(
+                Pkt::tcp(a, web, flags, 3919 + 1400 * i as u32, 5001)
+                    .payload(chunk)
+                    .ident(0x1c46 + i as u16),
+            );
+            (INT, tun_to_real(&seg, 1, next()))
+        })
+        .collect();
+    rows.push(
+        row(
+            "A: GSO 3000 bytes, MSS 1400 → 3 segments (CWR first, PSH+FIN last), each tunnelled",
+            104,
+            p.build(),
+        )
+        .meta(gso(1400, false))
+        .emitted(segs)
+        .conn(TCP, a, web, entry(FinWait, r(1))),
+    );
+    let data = counting(2500);
+    let p = from_client(Pkt::udp(u, dns, &data).csum(Csum::Partial));
+    let dgrams: Vec<(u32, Vec<u8>)> = data
+        .chunks(1000)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let d = from_client(Pkt::udp(u, dns, chunk).ident(0x1c46 + i as u16));
+            (INT, tun_to_real(&d, 1, next()))
+        })
+        .collect();
+    rows.push(
+        row(
+            "U: UDP GSO 2500 bytes by 1000 → 3 datagrams",
+            104,
+            p.build(),
+        )
+        .meta(gso(1000, true))
+        .emitted(dgrams),
+    );
+
+    let d = sa(CLIENT, 42003);
+    let p = from_client(Pkt::tcp(d, web, SYN, 7000, 0).csum(Csum::Partial));
+    let done = from_client(Pkt::tcp(d, web, SYN, 7000, 0));
+    rows.push(
+        row(
+            "D: SYN, partial checksum → finished in software, copied out",
+            105,
+            p.build(),
+        )
+        .meta(partial())
+        .emitted(vec![(INT, tun_to_real(&done, 2, next()))])
+        .conn(TCP, d, web, entry(SynRecv, r(2))),
+    );
+    let p = from_client(Pkt::tcp(sa(CLIENT, 42004), web, SYN, 1, 0).ttl(1));
+    rows.push(row("E: TTL 1", 105, p.build()).drop(DropReason::TtlExceeded));
+
+    let f = sa(CLIENT, 42005);
+    let p = from_client(Pkt::tcp(f, sa(VIP, 81), SYN, 1, 0));
+    let inner = p.clone().ttl(63).ip_bytes();
+    rows.push(
+        row(
+            "F: real on ext's subnet → source ext's address there, not the VIP",
+            106,
+            p.build(),
+        )
+        .forward_insert(
+            EXT,
+            frames::ipip(
+                (EXT_MAC, dr_real_mac(1)),
+                EXT_ADDR,
+                dr_real(1),
+                next(),
+                &inner,
+            ),
+        ),
+    );
+    let g = sa(CLIENT, 42006);
+    let p = from_client(Pkt::tcp(g, sa(VIP, 82), SYN, 1, 0));
+    let inner = p.clone().ttl(63).ip_bytes();
+    rows.push(
+        row(
+            "G: real beyond the router → via the router, from ext's first own address",
+            106,
+            p.build(),
+        )
+        .forward_insert(
+            EXT,
+            frames::ipip(
+                (EXT_MAC, ROUTER_EXT_MAC),
+                EXT_SECOND,
+                FAR_REAL,
+                next(),
+                &inner,
+            ),
+        ),
+    );
+
+    let big = Pkt::tcp(web, a, ACK, 5001, 1019).payload(&counting(1460));
+    let p = Pkt::icmp_error(ROUTER_EXT, VIP, 3, 4, [0, 0, 0x05, 0x78], &big, None)
+        .macs(ROUTER_EXT_MAC, EXT_MAC);
+    rows.push(
+        row(
+            "A: ICMP error quoting 1500 bytes, DF → too big, never an error about an error",
+            107,
+            p.build(),
+        )
+        .drop(DropReason::TooBig),
+    );
+
+    let mut failures = run_table(&mut lab, "tun", rows);
+    expect_counts(
+        &mut failures,
+        "tun",
+        &lab,
+        Counts {
+            rx: 16,
+            passed: 0,
+            forwarded_in: 7,
+            forwarded_out: 0,
+            icmp_forwarded: 1,
+            emitted: 4,
+            icmp_sent: 2,
+            icmp_limited: 0,
+            new_conns: 5,
+            drops: vec![
+                (DropReason::TtlExceeded, 1),
+                (DropReason::TooBig, 1),
+                (DropReason::FragNeeded, 2),
+            ],
+        },
+    );
+    expect_conns(
+        &mut failures,
+        "tun",
+        &lab,
+        [
+            ((a, web), (FinWait, r(1))),
+            ((u, dns), (Udp, sa(nat_real(1), 53))),
+            ((d, web), (SynRecv, r(2))),
+            ((f, sa(VIP, 81)), (SynRecv, sa(dr_real(1), 81))),
+            ((g, sa(VIP, 82)), (SynRecv, sa(FAR_REAL, 82))),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    assert_no_failures(failures);
+}
+
+#[test]
+fn tun_frag_needed_is_rate_limited_per_worker() {
+    let mut lab = tun_lab();
+    let web = sa(VIP, 80);
+    let a = sa(CLIENT, 43000);
+    let mut syn = from_client(Pkt::tcp(a, web, SYN, 1, 0)).build();
+    assert!(matches!(
+        lab.process(&mut syn, RxMeta::default(), 10),
+        Verdict::ForwardInsert { .. }
+    ));
+    let big = from_client(Pkt::tcp(a, web, ACK, 2, 1).payload(&counting(1460))).build();
+    let mut sent = 0;
+    let budget = forwarder::engine::WorkerState::ICMP_PER_SEC;
+    for _ in 0..budget + 5 {
+        let mut f = big.clone();
+        let v = lab.process(&mut f, RxMeta::default(), 10);
+        assert_eq!(v, Verdict::Drop(DropReason::FragNeeded));
+        sent += lab.take_emitted().len() as u32;
+    }
+    assert_eq!(sent, budget, "one second's budget");
+    let mut f = big.clone();
+    lab.process(&mut f, RxMeta::default(), 11);
+    assert_eq!(lab.take_emitted().len(), 1, "refilled a second later");
+    let c = lab.counts();
+    assert_eq!((c.icmp_sent, c.icmp_limited), (u64::from(budget) + 1, 5));
+    assert!(c.balanced(), "{c:?}");
+}
+
 // ---- bad and unusual input ------------------------------------------------------------------
 
 /// `frame` changed by `f`, then its IPv4 header checksum made right again.
@@ -1056,59 +1420,12 @@ impl XorShift {
     }
 }
 
-#[test]
-fn random_mutations_never_panic_and_always_add_up() {
-    const RUNS: u64 = 20_000;
-    let mut lab = Lab::new(nat_services());
-    let web = sa(VIP, 80);
-    let dns = sa(VIP, 53);
-    let a = sa(CLIENT, 40000);
-    let r1 = sa(nat_real(1), 8080);
-    // Live flows, so that mutations also hit existing state.
-    let setup = [
-        from_client(Pkt::tcp(a, web, SYN, 1, 0)),
-        from_real(1, Pkt::tcp(r1, a, SYN | ACK, 1, 2)),
-        from_client(Pkt::tcp(a, web, ACK, 2, 2)),
-        from_client(Pkt::udp(sa(CLIENT, 50000), dns, b"q")),
-    ];
-    for p in &setup {
-        let mut f = p.build();
-        assert!(matches!(
-            lab.process(&mut f, RxMeta::default(), 1000),
-            Verdict::Forward { .. }
-        ));
-    }
-    let reply = Pkt::tcp(web, a, ACK, 2, 2).ttl(63);
-    let bases: Vec<Vec<u8>> = vec![
-        from_client(Pkt::tcp(sa(CLIENT, 40001), web, SYN, 1, 0)).build(),
-        from_client(Pkt::tcp(a, web, PSH | ACK, 2, 2).payload(b"GET /")).build(),
-        from_real(1, Pkt::tcp(r1, a, PSH | ACK, 2, 7).payload(b"200 OK")).build(),
-        from_client(Pkt::udp(sa(CLIENT, 50000), dns, b"query")).build(),
-        from_real(
-            1,
-            Pkt::udp(sa(nat_real(1), 8053), sa(CLIENT, 50000), b"answer"),
-        )
-        .build(),
-        Pkt::icmp_error(ROUTER_EXT, VIP, 3, 4, [0, 0, 5, 0x78], &reply, None)
-            .macs(ROUTER_EXT_MAC, EXT_MAC)
-            .build(),
-        Pkt::icmp_error(
-            ROUTER_INT,
-            CLIENT,
-            3,
-            1,
-            [0; 4],
-            &Pkt::tcp(a, r1, ACK, 2, 2).ttl(63),
-            Some(28),
-        )
-        .macs(ROUTER_INT_MAC, INT_MAC)
-        .build(),
-        from_client(Pkt::icmp_echo(CLIENT, VIP, 1, 1)).build(),
-        from_client(Pkt::tcp(sa(CLIENT, 40002), web, SYN, 1, 0).options(&[1, 1, 1, 0])).build(),
-        arp_request(CLIENT_MAC, CLIENT, VIP),
-    ];
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    for i in 0..RUNS {
+/// `runs` frames, each one of `bases` with one to three random mutations and random ring
+/// metadata, through `lab`: nothing panics, a passed frame is untouched, and whatever leaves
+/// with all checksums right came in with all checksums right.
+fn mutate_and_check(lab: &mut Lab, bases: &[Vec<u8>], runs: u64, seed: u64) {
+    let mut rng = XorShift(seed);
+    for i in 0..runs {
         let mut f = bases[rng.below(bases.len())].clone();
         for _ in 0..1 + rng.below(3) {
             let len = f.len();
@@ -1210,6 +1527,60 @@ fn random_mutations_never_panic_and_always_add_up() {
             Verdict::Drop(_) => {}
         }
     }
+}
+
+#[test]
+fn random_mutations_never_panic_and_always_add_up() {
+    const RUNS: u64 = 20_000;
+    let mut lab = Lab::new(nat_services());
+    let web = sa(VIP, 80);
+    let dns = sa(VIP, 53);
+    let a = sa(CLIENT, 40000);
+    let r1 = sa(nat_real(1), 8080);
+    // Live flows, so that mutations also hit existing state.
+    let setup = [
+        from_client(Pkt::tcp(a, web, SYN, 1, 0)),
+        from_real(1, Pkt::tcp(r1, a, SYN | ACK, 1, 2)),
+        from_client(Pkt::tcp(a, web, ACK, 2, 2)),
+        from_client(Pkt::udp(sa(CLIENT, 50000), dns, b"q")),
+    ];
+    for p in &setup {
+        let mut f = p.build();
+        assert!(matches!(
+            lab.process(&mut f, RxMeta::default(), 1000),
+            Verdict::Forward { .. }
+        ));
+    }
+    let reply = Pkt::tcp(web, a, ACK, 2, 2).ttl(63);
+    let bases: Vec<Vec<u8>> = vec![
+        from_client(Pkt::tcp(sa(CLIENT, 40001), web, SYN, 1, 0)).build(),
+        from_client(Pkt::tcp(a, web, PSH | ACK, 2, 2).payload(b"GET /")).build(),
+        from_real(1, Pkt::tcp(r1, a, PSH | ACK, 2, 7).payload(b"200 OK")).build(),
+        from_client(Pkt::udp(sa(CLIENT, 50000), dns, b"query")).build(),
+        from_real(
+            1,
+            Pkt::udp(sa(nat_real(1), 8053), sa(CLIENT, 50000), b"answer"),
+        )
+        .build(),
+        Pkt::icmp_error(ROUTER_EXT, VIP, 3, 4, [0, 0, 5, 0x78], &reply, None)
+            .macs(ROUTER_EXT_MAC, EXT_MAC)
+            .build(),
+        Pkt::icmp_error(
+            ROUTER_INT,
+            CLIENT,
+            3,
+            1,
+            [0; 4],
+            &Pkt::tcp(a, r1, ACK, 2, 2).ttl(63),
+            Some(28),
+        )
+        .macs(ROUTER_INT_MAC, INT_MAC)
+        .build(),
+        from_client(Pkt::icmp_echo(CLIENT, VIP, 1, 1)).build(),
+        from_client(Pkt::tcp(sa(CLIENT, 40002), web, SYN, 1, 0).options(&[1, 1, 1, 0])).build(),
+        arp_request(CLIENT_MAC, CLIENT, VIP),
+    ];
+    mutate_and_check(&mut lab, &bases, RUNS, 0x9e37_79b9_7f4a_7c15);
     let c = lab.counts();
     assert_eq!(c.rx, RUNS + setup.len() as u64);
     assert!(c.balanced(), "{c:?}");
@@ -1219,6 +1590,46 @@ fn random_mutations_never_panic_and_always_add_up() {
         "{c:?}"
     );
     assert!(c.drops.len() >= 6, "{c:?}");
+}
+
+#[test]
+fn tun_random_mutations_never_panic_and_always_add_up() {
+    const RUNS: u64 = 20_000;
+    let mut lab = tun_lab();
+    let web = sa(VIP, 80);
+    let a = sa(CLIENT, 40000);
+    let mut f = from_client(Pkt::tcp(a, web, SYN, 1, 0)).build();
+    assert!(matches!(
+        lab.process(&mut f, RxMeta::default(), 1000),
+        Verdict::ForwardInsert { .. }
+    ));
+    let reply = Pkt::tcp(web, a, ACK, 2, 2).ttl(63);
+    let bases: Vec<Vec<u8>> = vec![
+        from_client(Pkt::tcp(sa(CLIENT, 40001), web, SYN, 1, 0)).build(),
+        from_client(Pkt::tcp(a, web, PSH | ACK, 2, 2).payload(&counting(3000))).build(),
+        from_client(
+            Pkt::tcp(a, web, PSH | ACK, 2, 2)
+                .payload(&counting(1470))
+                .may_fragment(),
+        )
+        .build(),
+        from_client(Pkt::udp(sa(CLIENT, 50000), sa(VIP, 53), &counting(2000))).build(),
+        Pkt::icmp_error(ROUTER_EXT, VIP, 3, 4, [0, 0, 5, 0x78], &reply, None)
+            .macs(ROUTER_EXT_MAC, EXT_MAC)
+            .build(),
+        from_client(Pkt::tcp(sa(CLIENT, 40002), sa(VIP, 82), SYN, 1, 0).options(&[1, 1, 1, 0]))
+            .build(),
+    ];
+    mutate_and_check(&mut lab, &bases, RUNS, 0x2545_f491_4f6c_dd1d);
+    let c = lab.counts();
+    assert_eq!(c.rx, RUNS + 1);
+    assert!(c.balanced(), "{c:?}");
+    // Not vacuous: zero-copy forwards, built copies, ICMP errors tunnelled and sent.
+    assert!(
+        c.forwarded_in > 0 && c.emitted > 0 && c.icmp_forwarded > 0 && c.icmp_sent > 0,
+        "{c:?}"
+    );
+    assert!(c.drops.len() >= 5, "{c:?}");
 }
 
 #[test]

@@ -27,10 +27,6 @@ use super::{
     VrrpVersion, XdpMode, DEFAULT_SOCKET_PATH,
 };
 
-/// The forwarding modes this build's datapath implements. TUN and FULLNAT parse and validate
-/// fully; adding them here is all it takes to accept them (issue 7).
-const SUPPORTED_MODES: &[Mode] = &[Mode::Nat, Mode::Dr, Mode::FullNat];
-
 const MODES: &[(&str, Mode)] = &[
     ("nat", Mode::Nat),
     ("dr", Mode::Dr),
@@ -645,19 +641,6 @@ impl Validator<'_> {
             .and_then(|p| self.choice(p, "protocol", PROTOCOLS))
             .unwrap_or(Protocol::Tcp);
         let mode = self.choice(&f.mode, "mode", MODES);
-        if let Some(m) = mode {
-            if !SUPPORTED_MODES.contains(&m) {
-                let now: Vec<&str> = SUPPORTED_MODES.iter().map(|m| m.as_str()).collect();
-                self.err(
-                    f.mode.span(),
-                    format!(
-                        "mode {:?} is not supported by this build yet (allowed now: {})",
-                        m.as_str(),
-                        now.join(", ")
-                    ),
-                );
-            }
-        }
         let scheduler = f
             .scheduler
             .as_ref()

@@ -29,7 +29,13 @@
 //! - TTL ≤ 1 on a packet to forward: dropped (`TtlExceeded`); forwarding decrements TTL as
 //!   any router (and IPVS) does;
 //! - TCP segment without SYN for an unknown flow: dropped (`NoConnection`), never reset;
-//! - a frame larger than the egress MTU (not a GSO frame): dropped (`TooBig`).
+//! - a frame larger than the egress MTU (not a GSO frame): dropped (`TooBig`); in TUN mode
+//!   the tunnel's path MTU is handled instead (ICMP fragmentation-needed or fragments, see
+//!   `tun.rs`).
+//!
+//! Per mode: NAT and DR rewrite in place (`Forward`); TUN encapsulates (`tun.rs`:
+//! `ForwardInsert` of the IPIP header, or built copies `Emitted` for partial checksums, GSO
+//! and fragments).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +56,7 @@ use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 mod fullnat;
 mod proxy;
+mod tun;
 
 pub use fullnat::DEFAULT_LOCAL_PORTS;
 pub use proxy::{header_v2 as proxy_header_v2, V2_TCP4_LEN as PROXY_V2_TCP4_LEN};
@@ -166,6 +173,9 @@ drop_reasons! {
     NoNeighbour => "no_neighbour",
     /// Larger than the egress MTU.
     TooBig => "too_big",
+    /// Too big for the tunnel to a TUN real server with DF set: an ICMP
+    /// fragmentation-needed went to the client (unless the worker's ICMP budget was spent).
+    FragNeeded => "frag_needed",
     /// An ICMP error about a flow the table does not know.
     IcmpNoConnection => "icmp_no_connection",
     /// A tagged frame (VLANs are not handled by the datapath).
@@ -265,6 +275,10 @@ pub struct WorkerState {
     /// ICMP errors this worker may still send (token bucket, refilled every second).
     icmp_tokens: u32,
     icmp_refilled: u32,
+    /// Where segments, fragments and ICMP errors are assembled before `out` copies them:
+    /// a whole encapsulated packet, then one fragment of it behind. Reserved once, so
+    /// building never allocates.
+    pub(crate) buf: Vec<u8>,
 }
 
 impl WorkerState {
@@ -279,6 +293,7 @@ impl WorkerState {
             ident_step: workers.max(1),
             icmp_tokens: Self::ICMP_PER_SEC,
             icmp_refilled: 0,
+            buf: Vec::with_capacity(2 * (tun::ENCAP_HEADERS + usize::from(u16::MAX))),
         }
     }
 
@@ -866,6 +881,11 @@ impl Engine {
             }
         };
 
+        if mode == Mode::Tun {
+            return tun::tunnel(frame, flow, *real.ip(), meta, t, now, ctx, |c| {
+                &c.forwarded_in
+            });
+        }
         let mut insert = None;
         match (mode, local) {
             (Mode::Nat, _) => rewrite_dst(frame, flow, ports, real, meta),
@@ -966,6 +986,13 @@ impl Engine {
         let Some((real, mode, local)) = found else {
             return Verdict::Drop(DropReason::IcmpNoConnection);
         };
+        if mode == Mode::Tun {
+            // The real server sent the quoted packet itself: it gets the error the same way
+            // it gets the flow's packets.
+            return tun::tunnel(frame, flow, *real.ip(), meta, t, now, ctx, |c| {
+                &c.icmp_forwarded
+            });
+        }
         match (mode, local) {
             (Mode::Nat, _) => {
                 // Outer destination VIP → real; quoted source VIP:vport → real:rport.
@@ -1052,23 +1079,9 @@ impl Engine {
         if flow.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        let hop = match t.fib.resolve(toward) {
+        let hop = match next_hop(toward, t, ctx) {
             Ok(hop) => hop,
-            Err(FibMiss::NoRoute) => return Verdict::Drop(DropReason::NoRoute),
-            Err(FibMiss::NoNeighbour { ifindex, addr }) => {
-                let Some(dst_mac) = ctx.neighbours.on_miss(ifindex, addr) else {
-                    return Verdict::Drop(DropReason::NoNeighbour);
-                };
-                let Some(iface) = t.fib.interface(ifindex) else {
-                    return Verdict::Drop(DropReason::NoRoute);
-                };
-                crate::fib::NextHop {
-                    ifindex,
-                    src_mac: iface.mac,
-                    dst_mac,
-                    mtu: iface.mtu,
-                }
-            }
+            Err(reason) => return Verdict::Drop(reason),
         };
         if !meta.gso && flow.end - flow.ip + grow > hop.mtu as usize {
             return Verdict::Drop(DropReason::TooBig);
@@ -1089,6 +1102,32 @@ impl Engine {
 fn tcp_seq(frame: &[u8], flow: Flow) -> u32 {
     let at = flow.l4 + 4;
     u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
+}
+
+/// The egress interface and MACs toward `addr`: from the FIB snapshot, or on a neighbour
+/// miss from the worker's miss handler.
+fn next_hop(
+    addr: Ipv4Addr,
+    t: &Tables<'_>,
+    ctx: &mut WorkerCtx<'_>,
+) -> Result<crate::fib::NextHop, DropReason> {
+    match t.fib.resolve(addr) {
+        Ok(hop) => Ok(hop),
+        Err(FibMiss::NoRoute) => Err(DropReason::NoRoute),
+        Err(FibMiss::NoNeighbour { ifindex, addr }) => {
+            let dst_mac = ctx
+                .neighbours
+                .on_miss(ifindex, addr)
+                .ok_or(DropReason::NoNeighbour)?;
+            let iface = t.fib.interface(ifindex).ok_or(DropReason::NoRoute)?;
+            Ok(crate::fib::NextHop {
+                ifindex,
+                src_mac: iface.mac,
+                dst_mac,
+                mtu: iface.mtu,
+            })
+        }
+    }
 }
 
 fn read_ports(frame: &[u8], flow: Flow) -> Option<Ports> {

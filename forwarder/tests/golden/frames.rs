@@ -63,6 +63,10 @@ pub struct Pkt {
     pub dst: Ipv4Addr,
     pub ttl: u8,
     pub ident: u16,
+    /// The TOS byte (DSCP and ECN).
+    pub tos: u8,
+    /// DF, unless `more_frags`.
+    pub dont_frag: bool,
     pub more_frags: bool,
     /// IPv4 options, a multiple of 4 bytes.
     pub options: Vec<u8>,
@@ -81,6 +85,8 @@ impl Pkt {
             dst,
             ttl: 64,
             ident: 0x1c46,
+            tos: 0,
+            dont_frag: true,
             more_frags: false,
             options: Vec::new(),
             tcp_options: Vec::new(),
@@ -187,6 +193,22 @@ impl Pkt {
         self
     }
 
+    pub fn ident(mut self, ident: u16) -> Pkt {
+        self.ident = ident;
+        self
+    }
+
+    pub fn tos(mut self, tos: u8) -> Pkt {
+        self.tos = tos;
+        self
+    }
+
+    /// DF clear: routers may fragment it.
+    pub fn may_fragment(mut self) -> Pkt {
+        self.dont_frag = false;
+        self
+    }
+
     pub fn more_frags(mut self) -> Pkt {
         self.more_frags = true;
         self
@@ -252,10 +274,10 @@ impl Pkt {
         {
             let mut ip = Ipv4Packet::new_unchecked(&mut buf[14..]);
             ip.set_header_len(u8::try_from(ihl).expect("options fit"));
-            ip.set_dscp_ecn(0);
+            ip.set_dscp_ecn(self.tos);
             ip.set_total_len(u16::try_from(total).expect("fits an IPv4 packet"));
             ip.set_ident(self.ident);
-            ip.set_dont_frag(!self.more_frags);
+            ip.set_dont_frag(self.dont_frag && !self.more_frags);
             ip.set_more_frags(self.more_frags);
             ip.set_frag_offset(0);
             ip.set_ttl(self.ttl);
@@ -356,6 +378,81 @@ impl Pkt {
             }
         }
     }
+}
+
+/// An IPIP outer header with the fields RFC 2003 gives it, written byte by byte (not with
+/// `forwarder::wire`): TOS, DF and TTL from `inner`, total length, `ident`, protocol 4,
+/// header checksum; fragment `offset` (bytes) and MF as given.
+fn outer_header(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ident: u16,
+    inner: &[u8],
+    payload_len: usize,
+    offset: usize,
+    more: bool,
+) -> Vec<u8> {
+    let df = inner[6] & 0x40 != 0;
+    let flags = (if df { 0x4000u16 } else { 0 }) | (if more { 0x2000 } else { 0 });
+    let word = flags | (offset / 8) as u16;
+    let mut h = vec![0x45, inner[1]];
+    h.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    h.extend_from_slice(&ident.to_be_bytes());
+    h.extend_from_slice(&word.to_be_bytes());
+    h.extend_from_slice(&[inner[8], 4, 0, 0]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let c = !inet_sum(&[&h]);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+fn eth_header(src: Mac, dst: Mac) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    f
+}
+
+/// The frame carrying the IPv4 packet `inner` from `src` to `dst` in IPIP (RFC 2003).
+pub fn ipip(eth: (Mac, Mac), src: Ipv4Addr, dst: Ipv4Addr, ident: u16, inner: &[u8]) -> Vec<u8> {
+    let mut f = eth_header(eth.0, eth.1);
+    f.extend(outer_header(src, dst, ident, inner, inner.len(), 0, false));
+    f.extend_from_slice(inner);
+    f
+}
+
+/// The fragments (RFC 791) of that IPIP packet for a link MTU of `mtu`.
+pub fn ipip_fragments(
+    eth: (Mac, Mac),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ident: u16,
+    inner: &[u8],
+    mtu: usize,
+) -> Vec<Vec<u8>> {
+    let per = (mtu - 20) / 8 * 8;
+    inner
+        .chunks(per)
+        .enumerate()
+        .map(|(k, part)| {
+            let offset = k * per;
+            let more = offset + part.len() < inner.len();
+            let mut f = eth_header(eth.0, eth.1);
+            f.extend(outer_header(
+                src,
+                dst,
+                ident,
+                inner,
+                part.len(),
+                offset,
+                more,
+            ));
+            f.extend_from_slice(part);
+            f
+        })
+        .collect()
 }
 
 /// A checksum that is wrong by a fixed amount (see [`Csum::Wrong`]).
@@ -505,6 +602,17 @@ pub fn check_checksums(frame: &[u8], l4: L4Check) -> Vec<String> {
                 }
             }
         }
+        // IPIP, unless a fragment: the inner packet's checksums, the same rules.
+        4 if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0 => {
+            let mut inner = vec![0u8; 12];
+            inner.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+            inner.extend_from_slice(seg);
+            bad.extend(
+                check_checksums(&inner, l4)
+                    .into_iter()
+                    .map(|b| format!("inner: {b}")),
+            );
+        }
         _ => {}
     }
     bad
@@ -629,6 +737,7 @@ fn ip_fields(out: &mut Vec<(String, String)>, prefix: &str, ip: &[u8], nested: b
                 }
             }
         }
+        Some(&4) if prefix.is_empty() => ip_fields(out, "inner.", l4, false),
         _ => push(out, &f("ip.payload"), Some(hex(l4))),
     }
 }

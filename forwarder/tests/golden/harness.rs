@@ -90,14 +90,18 @@ pub fn service(
 }
 
 pub fn lab_fib() -> Fib {
-    let iface = |ifindex, name: &str, mac, addr| Interface {
+    fib_with_ext_addrs(vec![(EXT_ADDR, 24)])
+}
+
+fn fib_with_ext_addrs(ext_addrs: Vec<(Ipv4Addr, u8)>) -> Fib {
+    let iface = |ifindex, name: &str, mac, addrs| Interface {
         ifindex,
         name: name.into(),
         mac,
         mtu: 1500,
         up: true,
         loopback: false,
-        addrs: vec![(addr, 24)],
+        addrs,
     };
     let route = |dst, prefix_len, gateway, oif| Route {
         dst,
@@ -117,8 +121,8 @@ pub fn lab_fib() -> Fib {
     }
     Fib::new(
         vec![
-            iface(EXT, "ext", EXT_MAC, EXT_ADDR),
-            iface(INT, "int", INT_MAC, INT_ADDR),
+            iface(EXT, "ext", EXT_MAC, ext_addrs),
+            iface(INT, "int", INT_MAC, vec![(INT_ADDR, 24)]),
         ],
         vec![
             route(Ipv4Addr::UNSPECIFIED, 0, Some(ROUTER_EXT), EXT),
@@ -127,6 +131,18 @@ pub fn lab_fib() -> Fib {
         ],
         neigh,
     )
+}
+
+/// A second address of the director on ext, in no real server's subnet.
+pub const EXT_SECOND: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 2);
+/// A TUN real server beyond the router on the client side.
+pub const FAR_REAL: Ipv4Addr = Ipv4Addr::new(198, 19, 5, 5);
+
+/// The lab's FIB with the VIP (first, as keepalived adds it) and a second address on ext:
+/// the tunnel source is the director's own address in the real server's subnet, else its
+/// first own address, never the VIP.
+pub fn tun_fib() -> Fib {
+    fib_with_ext_addrs(vec![(VIP, 24), (EXT_SECOND, 24), (EXT_ADDR, 24)])
 }
 
 /// Records every neighbour miss and knows no MAC the FIB does not.
@@ -374,15 +390,28 @@ impl Row {
         self
     }
 
-    /// Forwarded with bytes spliced in (`Verdict::ForwardInsert`): `out` is the frame as it
-    /// goes on the wire, insert included.
-    #[allow(dead_code)] // golden.rs has no inserting service
+    /// Forwarded with bytes spliced in; `out` is the frame as it goes on the wire. The
+    /// verdict's insert is checked through `out`, so only its interface is compared.
     pub fn forward_insert(mut self, ifindex: u32, out: Vec<u8>) -> Row {
         self.verdict = Verdict::ForwardInsert {
             ifindex,
             insert: forwarder::engine::Insert::new(0, &[]),
         };
         self.out = Out::Frame(out);
+        self
+    }
+
+    /// Replaced by `frames` (interface, frame), emitted in this order.
+    pub fn emitted(mut self, frames: Vec<(u32, Vec<u8>)>) -> Row {
+        self.verdict = Verdict::Emitted;
+        self.out = Out::Any;
+        self.emits = frames;
+        self
+    }
+
+    /// Besides its verdict, the row emits `frames` (e.g. an ICMP error for a dropped frame).
+    pub fn emits(mut self, frames: Vec<(u32, Vec<u8>)>) -> Row {
+        self.emits = frames;
         self
     }
 

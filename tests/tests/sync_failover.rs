@@ -135,6 +135,21 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
     std::thread::sleep(Duration::from_secs(5));
 
     let report = flows::stop(flows);
+    // For a failure's diagnosis: what each node's datapath dropped, and the sync counters.
+    for n in 0..2 {
+        let stats = pair
+            .cli(n, &["--json", "stats"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let drops = stats
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .map(|v| v["datapath"]["drops"].clone());
+        eprintln!(
+            "{tag}: node {n} drops {drops:?}; sync {:?}",
+            pair.sync_status(n).ok()
+        );
+    }
+    eprintln!("{tag}: SIGKILL at {kill_ns} ns, lb-b MASTER at {b_master_ns} ns");
     let ms = |a: u64, b: u64| (b - a) as f64 / 1e6;
     let end_ns = report["end_ns"].as_u64().expect("end_ns");
     // Failover: stalls that began from just before the kill until the restart; failback:

@@ -27,14 +27,11 @@
 use std::net::SocketAddrV4;
 
 use super::{
-    fix_l4_csum, l4_csum_offset, quoted, set_ip_addr, DropReason, Engine, Flow, Ports, Quoted,
-    RxMeta, Service, Tables, Verdict, WorkerCtx, ADDR_DST, ADDR_SRC,
+    quoted, rewrite_end, set_ip_addr, translate_quoted, DropReason, Engine, Flow, Ports, Quoted,
+    QuotedSide, RxMeta, Service, Tables, Verdict, WorkerCtx, ADDR_DST, ADDR_SRC,
 };
 use crate::conntrack::{Direction, ReplyKey, ShardGuard};
 use crate::model::Protocol;
-use crate::wire::checksum;
-use crate::wire::icmp::Icmpv4Packet;
-use crate::wire::ipv4::PROTO_UDP;
 
 /// The default local port range: everything above the well-known ports. The director never
 /// opens sockets on a LIP, so it shares the range with nothing on the box.
@@ -100,32 +97,6 @@ pub(super) fn allocate_local(
     None
 }
 
-/// Writes `addr` as the source (`src = true`) or destination of the IPv4 header and L4
-/// header at `flow`, fixing the IPv4 and TCP/UDP checksums incrementally.
-fn rewrite_end(
-    frame: &mut [u8],
-    flow: Flow,
-    src: bool,
-    old_port: u16,
-    to: SocketAddrV4,
-    partial: bool,
-) {
-    let which = if src { ADDR_SRC } else { ADDR_DST };
-    let old = set_ip_addr(frame, flow.ip, which, *to.ip());
-    let port_at = flow.l4 + if src { 0 } else { 2 };
-    frame[port_at..port_at + 2].copy_from_slice(&to.port().to_be_bytes());
-    fix_l4_csum(
-        frame,
-        flow.proto,
-        flow.l4,
-        old,
-        u32::from(*to.ip()),
-        old_port,
-        to.port(),
-        partial,
-    );
-}
-
 /// Inbound: client:cport → VIP:vport becomes local → real.
 pub(super) fn rewrite_in(
     frame: &mut [u8],
@@ -153,8 +124,8 @@ pub(super) fn rewrite_out(
 }
 
 /// Rewrites both ends of the packet quoted in an ICMP error (`src` → `new_src`, `dst` →
-/// `new_dst`), fixing the quoted IPv4 checksum and the quoted L4 checksum where it was
-/// quoted, then recomputes the ICMP checksum.
+/// `new_dst`) with the NAT path's [`translate_quoted`] (which also refreshes the ICMP
+/// checksum; errors are rare, so doing that twice costs nothing that matters).
 pub(super) fn translate_quoted_both(
     frame: &mut [u8],
     flow: Flow,
@@ -162,28 +133,8 @@ pub(super) fn translate_quoted_both(
     new_src: SocketAddrV4,
     new_dst: SocketAddrV4,
 ) {
-    let old_src = set_ip_addr(frame, q.ip, ADDR_SRC, *new_src.ip());
-    let old_dst = set_ip_addr(frame, q.ip, ADDR_DST, *new_dst.ip());
-    frame[q.l4..q.l4 + 2].copy_from_slice(&new_src.port().to_be_bytes());
-    frame[q.l4 + 2..q.l4 + 4].copy_from_slice(&new_dst.port().to_be_bytes());
-    let at = q.l4 + l4_csum_offset(q.proto);
-    if at + 2 <= flow.end {
-        let mut c = u16::from_be_bytes([frame[at], frame[at + 1]]);
-        let changes = [
-            (old_src, u32::from(*new_src.ip()), q.sport, new_src.port()),
-            (old_dst, u32::from(*new_dst.ip()), q.dport, new_dst.port()),
-        ];
-        for (old_a, new_a, old_p, new_p) in changes {
-            c = if q.proto == PROTO_UDP {
-                checksum::udp_update16(checksum::udp_update32(c, old_a, new_a), old_p, new_p)
-            } else {
-                checksum::update16(checksum::update32(c, old_a, new_a), old_p, new_p)
-            };
-        }
-        frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    }
-    let mut icmp = Icmpv4Packet::new_unchecked(&mut frame[q.icmp..flow.end]);
-    icmp.fill_checksum();
+    translate_quoted(frame, flow, q, QuotedSide::Src, new_src);
+    translate_quoted(frame, flow, q, QuotedSide::Dst, new_dst);
 }
 
 /// The packet quoted in an ICMP error addressed to a LIP, if it is TCP/UDP from that LIP.

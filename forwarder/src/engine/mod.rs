@@ -1224,36 +1224,41 @@ fn fix_l4_csum(
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-/// NAT inbound: destination VIP:vport → real:rport.
-fn rewrite_dst(frame: &mut [u8], flow: Flow, ports: Ports, real: SocketAddrV4, meta: RxMeta) {
-    let old = set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
-    frame[flow.l4 + 2..flow.l4 + 4].copy_from_slice(&real.port().to_be_bytes());
+/// Writes `to` as the source (`src = true`) or destination address and port of the IPv4 and
+/// L4 headers at `flow`, fixing the IPv4 and TCP/UDP checksums incrementally (a partial
+/// checksum only for the address).
+fn rewrite_end(
+    frame: &mut [u8],
+    flow: Flow,
+    src: bool,
+    old_port: u16,
+    to: SocketAddrV4,
+    partial: bool,
+) {
+    let which = if src { ADDR_SRC } else { ADDR_DST };
+    let old = set_ip_addr(frame, flow.ip, which, *to.ip());
+    let port_at = flow.l4 + if src { 0 } else { 2 };
+    frame[port_at..port_at + 2].copy_from_slice(&to.port().to_be_bytes());
     fix_l4_csum(
         frame,
         flow.proto,
         flow.l4,
         old,
-        u32::from(*real.ip()),
-        ports.dst,
-        real.port(),
-        meta.csum_partial,
+        u32::from(*to.ip()),
+        old_port,
+        to.port(),
+        partial,
     );
+}
+
+/// NAT inbound: destination VIP:vport → real:rport.
+fn rewrite_dst(frame: &mut [u8], flow: Flow, ports: Ports, real: SocketAddrV4, meta: RxMeta) {
+    rewrite_end(frame, flow, false, ports.dst, real, meta.csum_partial);
 }
 
 /// NAT reply: source real:rport → VIP:vport.
 fn rewrite_src(frame: &mut [u8], flow: Flow, ports: Ports, vip: SocketAddrV4, meta: RxMeta) {
-    let old = set_ip_addr(frame, flow.ip, ADDR_SRC, *vip.ip());
-    frame[flow.l4..flow.l4 + 2].copy_from_slice(&vip.port().to_be_bytes());
-    fix_l4_csum(
-        frame,
-        flow.proto,
-        flow.l4,
-        old,
-        u32::from(*vip.ip()),
-        ports.src,
-        vip.port(),
-        meta.csum_partial,
-    );
+    rewrite_end(frame, flow, true, ports.src, vip, meta.csum_partial);
 }
 
 /// The packet quoted in an ICMP error.

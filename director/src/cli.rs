@@ -896,8 +896,8 @@ fn render_stats(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "Frames rx {}  passed {}  forwarded in {}  out {}  icmp {}  new conns {}  tx errors {}  ring drops {}",
-        d["rx"], d["passed"], d["forwarded_in"], d["forwarded_out"], d["icmp_forwarded"], d["new_conns"], d["tx_errors"], d["ring_drops"]
+        "Frames rx {}  passed {}  forwarded in {}  out {}  icmp {}  new conns {}  tx errors {}  tx waits {}  ring drops {}",
+        d["rx"], d["passed"], d["forwarded_in"], d["forwarded_out"], d["icmp_forwarded"], d["new_conns"], d["tx_errors"], num_or(&d["tx_waits"]), d["ring_drops"]
     )?;
     // Frames the datapath rebuilt (TUN copies and segments) and ICMP errors it originated.
     if !d["emitted"].is_null() {

@@ -340,6 +340,7 @@ impl Views {
                 "icmp_limited": t.icmp_limited,
                 "new_conns": t.new_conns,
                 "tx_errors": t.tx_errors,
+                "tx_waits": t.tx_waits,
                 "ring_drops": t.ring_drops,
                 "drops": drops,
             },

@@ -305,6 +305,12 @@ fn datapath(x: &mut Exposition, stats: &Value) {
         &d["tx_errors"],
     );
     x.counter(
+        "director_datapath_transmit_waits_total",
+        "Times a transmit batch found the socket buffer or device queue full and waited to retry.",
+        &[],
+        &d["tx_waits"],
+    );
+    x.counter(
         "director_datapath_ring_drops_total",
         "Frames the kernel dropped because a receive ring was full.",
         &[],

@@ -203,6 +203,8 @@ pub struct WorkerCounters {
     pub icmp_limited: AtomicU64,
     pub new_conns: AtomicU64,
     pub tx_errors: AtomicU64,
+    /// Times a transmit batch found the socket buffer or device queue full and waited.
+    pub tx_waits: AtomicU64,
     pub ring_drops: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
 }

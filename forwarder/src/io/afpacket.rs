@@ -24,7 +24,7 @@ const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-const TPACKET_V3: libc::c_int = 2;
+const TPACKET_V2: libc::c_int = 1;
 const PACKET_FANOUT_HASH: u32 = 0;
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;
@@ -96,46 +96,26 @@ impl VnetHdr {
 }
 
 #[repr(C)]
-struct TpacketReq3 {
+struct TpacketReq {
     tp_block_size: u32,
     tp_block_nr: u32,
     tp_frame_size: u32,
     tp_frame_nr: u32,
-    tp_retire_blk_tov: u32,
-    tp_sizeof_priv: u32,
-    tp_feature_req_word: u32,
 }
 
-/// `struct tpacket_block_desc` with its `tpacket_hdr_v1`.
+/// `struct tpacket2_hdr`.
 #[repr(C)]
-struct BlockDesc {
-    version: u32,
-    offset_to_priv: u32,
-    block_status: u32,
-    num_pkts: u32,
-    offset_to_first_pkt: u32,
-    blk_len: u32,
-    seq_num: u64,
-    ts_first: [u32; 2],
-    ts_last: [u32; 2],
-}
-
-/// `struct tpacket3_hdr`.
-#[repr(C)]
-struct Tpacket3Hdr {
-    tp_next_offset: u32,
-    tp_sec: u32,
-    tp_nsec: u32,
-    tp_snaplen: u32,
-    tp_len: u32,
+struct Tpacket2Hdr {
     tp_status: u32,
+    tp_len: u32,
+    tp_snaplen: u32,
     tp_mac: u16,
     tp_net: u16,
-    tp_rxhash: u32,
-    tp_vlan_tci: u32,
+    tp_sec: u32,
+    tp_nsec: u32,
+    tp_vlan_tci: u16,
     tp_vlan_tpid: u16,
-    tp_padding: u16,
-    tp_padding2: [u8; 8],
+    tp_padding: [u8; 4],
 }
 
 #[repr(C)]
@@ -143,28 +123,35 @@ struct Tpacket3Hdr {
 struct TpacketStats {
     tp_packets: u32,
     tp_drops: u32,
-    tp_freeze_q_cnt: u32,
 }
 
 /// Geometry of a receive ring.
 #[derive(Debug, Clone, Copy)]
 pub struct RingConfig {
-    /// Bytes per block; must hold the largest frame (a 64 KiB GSO frame plus headers).
-    pub block_size: u32,
-    pub block_nr: u32,
-    /// A partly filled block is handed to userspace after this many milliseconds.
-    pub retire_ms: u32,
+    /// Bytes per slot: a slot holds one frame up to about `frame_size - 90` bytes (after
+    /// the ring's own header and the virtio-net header). A longer frame (a GSO super-frame)
+    /// is marked `TP_STATUS_COPY` in its slot and read whole from the socket instead.
+    pub frame_size: u32,
+    pub frame_nr: u32,
 }
 
 impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
-            block_size: 1 << 17,
-            block_nr: 32,
-            retire_ms: 1,
+            frame_size: 2048,
+            frame_nr: 4096,
         }
     }
 }
+
+/// Frames handed to one `drain_block` call at most (one transmit batch).
+pub const RX_BATCH: usize = 256;
+/// Frames too long for a slot that one batch can hold (each needs its own buffer until the
+/// batch is flushed).
+const BIG_FRAMES: usize = 4;
+/// A whole GSO super-frame with its virtio-net header.
+const BIG_FRAME_LEN: usize = VnetHdr::LEN + 65_536 + 64;
+const PACKET_COPY_THRESH: libc::c_int = 7;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -214,65 +201,52 @@ fn sockaddr_ll(ifindex: u32, protocol: u16, dst: Option<[u8; 6]>) -> libc::socka
     sll
 }
 
-/// One received frame in a ring block. Valid until the block is released.
+/// One received frame: in its ring slot, or (a frame too long for a slot) in one of the
+/// ring's own buffers. Valid until the batch it came in is released.
 pub struct RxFrame {
-    hdr: NonNull<Tpacket3Hdr>,
+    data: NonNull<u8>,
+    len: usize,
+    vnet: VnetHdr,
+    status: u32,
+    truncated: bool,
 }
 
 impl RxFrame {
-    fn hdr(&self) -> &Tpacket3Hdr {
-        // SAFETY: the header lies inside a block that userspace owns until release, and
-        // the kernel validated its offsets.
-        unsafe { self.hdr.as_ref() }
-    }
-
     pub fn status(&self) -> u32 {
-        self.hdr().tp_status
+        self.status
     }
 
-    /// Length on the wire (before any truncation).
-    pub fn wire_len(&self) -> usize {
-        self.hdr().tp_len as usize
-    }
-
-    /// True when the ring slot held less than the whole frame.
+    /// True when only part of the frame could be read.
     pub fn truncated(&self) -> bool {
-        self.hdr().tp_snaplen < self.hdr().tp_len || self.status() & TP_STATUS_COPY != 0
+        self.truncated
     }
 
     /// The virtio-net header the kernel wrote before the frame.
     pub fn vnet(&self) -> VnetHdr {
-        let mac = usize::from(self.hdr().tp_mac);
-        // SAFETY: with PACKET_VNET_HDR the kernel reserves and fills 10 bytes right before
-        // the MAC header (tp_mac is always at least tpacket3_hdr + 16 bytes in).
-        unsafe {
-            self.hdr
-                .as_ptr()
-                .cast::<u8>()
-                .add(mac - VnetHdr::LEN)
-                .cast::<VnetHdr>()
-                .read_unaligned()
-        }
+        self.vnet
     }
 
     /// The frame from its Ethernet header, as many bytes as were captured.
     pub fn data_mut(&mut self) -> &mut [u8] {
-        let mac = usize::from(self.hdr().tp_mac);
-        let len = self.hdr().tp_snaplen as usize;
-        // SAFETY: tp_mac..tp_mac+tp_snaplen lies inside the owned block; the returned slice
+        // SAFETY: data..data+len lies inside an owned ring slot or buffer; the returned slice
         // borrows `self`, and no other reference to these bytes exists while it lives.
-        unsafe { std::slice::from_raw_parts_mut(self.hdr.as_ptr().cast::<u8>().add(mac), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr(), self.len) }
     }
 }
 
-/// A TPACKET_V3 receive ring on one interface.
+/// A TPACKET_V2 receive ring on one interface: one slot per frame, each handed to
+/// userspace as soon as the kernel has written it (no block to fill or retire, so no
+/// latency floor at low rates).
 pub struct RxRing {
     fd: OwnedFd,
     map: NonNull<u8>,
     map_len: usize,
     cfg: RingConfig,
-    block: usize,
+    /// The next slot to look at.
+    next: usize,
     ifindex: u32,
+    /// Buffers for frames longer than a slot, read with recvmsg; allocated once.
+    big: Vec<Vec<u8>>,
 }
 
 // SAFETY: the mapping is owned by this ring alone; moving it to another thread is fine.
@@ -284,20 +258,29 @@ impl RxRing {
     pub fn open(ifindex: u32, cfg: RingConfig, fanout: Option<u16>) -> io::Result<RxRing> {
         let fd = packet_socket(ETH_P_ALL)?;
         let raw = fd.as_raw_fd();
-        setsockopt(raw, SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
+        setsockopt(raw, SOL_PACKET, PACKET_VERSION, &TPACKET_V2)?;
         setsockopt(raw, SOL_PACKET, PACKET_VNET_HDR, &1 as &libc::c_int)?;
         setsockopt(raw, SOL_PACKET, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int)?;
-        let req = TpacketReq3 {
-            tp_block_size: cfg.block_size,
-            tp_block_nr: cfg.block_nr,
-            tp_frame_size: 2048,
-            tp_frame_nr: cfg.block_size / 2048 * cfg.block_nr,
-            tp_retire_blk_tov: cfg.retire_ms,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
+        // A frame longer than a slot is queued whole on the socket (TP_STATUS_COPY in its
+        // slot) as long as the receive buffer has room: room for a burst of them.
+        setsockopt(raw, SOL_PACKET, PACKET_COPY_THRESH, &1 as &libc::c_int)?;
+        let rcvbuf: libc::c_int = 16 << 20;
+        if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf).is_err() {
+            setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf)?;
+        }
+        let block_size = cfg.frame_size * 64;
+        let req = TpacketReq {
+            tp_block_size: block_size,
+            tp_block_nr: cfg.frame_nr.div_ceil(64),
+            tp_frame_size: cfg.frame_size,
+            tp_frame_nr: cfg.frame_nr.div_ceil(64) * 64,
+        };
+        let cfg = RingConfig {
+            frame_nr: req.tp_frame_nr,
+            ..cfg
         };
         setsockopt(raw, SOL_PACKET, PACKET_RX_RING, &req)?;
-        let map_len = cfg.block_size as usize * cfg.block_nr as usize;
+        let map_len = cfg.frame_size as usize * cfg.frame_nr as usize;
         // SAFETY: mapping the ring the kernel just allocated for this socket.
         let map = unsafe {
             libc::mmap(
@@ -335,8 +318,9 @@ impl RxRing {
             map,
             map_len,
             cfg,
-            block: 0,
+            next: 0,
             ifindex,
+            big: (0..BIG_FRAMES).map(|_| vec![0; BIG_FRAME_LEN]).collect(),
         };
         let sll = sockaddr_ll(ifindex, ETH_P_ALL, None);
         // SAFETY: sll is a valid sockaddr_ll for the duration of the call.
@@ -358,23 +342,26 @@ impl RxRing {
         self.ifindex
     }
 
-    fn desc(&self, block: usize) -> NonNull<BlockDesc> {
-        // SAFETY: block < block_nr, so the offset stays inside the mapping.
-        unsafe { self.map.add(block * self.cfg.block_size as usize).cast() }
+    fn slot(&self, i: usize) -> NonNull<Tpacket2Hdr> {
+        // SAFETY: i < frame_nr, so the offset stays inside the mapping.
+        unsafe { self.map.add(i * self.cfg.frame_size as usize).cast() }
     }
 
-    /// True when the current block is owned by userspace.
-    pub fn ready(&self) -> bool {
-        let status = self.desc(self.block).as_ptr();
+    fn slot_status(&self, i: usize) -> u32 {
+        let h = self.slot(i).as_ptr();
         // SAFETY: reading a u32 the kernel writes; volatile because the kernel changes it.
-        let s = unsafe { std::ptr::addr_of!((*status).block_status).read_volatile() };
-        s & TP_STATUS_USER != 0
+        unsafe { std::ptr::addr_of!((*h).tp_status).read_volatile() }
     }
 
-    /// Process the current block if userspace owns it: `each` is called for every frame,
-    /// then `done` (which must finish every use of the frames, e.g. flush a transmit batch
-    /// that points into them), then the block goes back to the kernel. Returns the number of
-    /// frames, or `None` when no block was ready.
+    /// True when the next slot holds a frame for userspace.
+    pub fn ready(&self) -> bool {
+        self.slot_status(self.next) & TP_STATUS_USER != 0
+    }
+
+    /// Process the frames waiting in the ring, at most [`RX_BATCH`]: `each` is called for
+    /// every frame, then `done` (which must finish every use of the frames, e.g. flush a
+    /// transmit batch that points into them), then their slots go back to the kernel.
+    /// Returns the number of frames, or `None` when none was ready.
     pub fn drain_block<S>(
         &mut self,
         state: &mut S,
@@ -385,32 +372,96 @@ impl RxRing {
             return None;
         }
         fence(Ordering::Acquire);
-        let desc = self.desc(self.block);
-        // SAFETY: userspace owns this block until block_status is set back to KERNEL.
-        let (num, first) = unsafe {
-            let d = desc.as_ref();
-            (d.num_pkts as usize, d.offset_to_first_pkt as usize)
-        };
-        let mut off = first;
-        for _ in 0..num {
-            // SAFETY: the kernel laid out `num` frames chained by tp_next_offset inside the block.
-            let hdr = unsafe { desc.cast::<u8>().add(off).cast::<Tpacket3Hdr>() };
-            let next = unsafe { hdr.as_ref().tp_next_offset } as usize;
-            let mut frame = RxFrame { hdr };
-            each(state, &mut frame);
-            if next == 0 {
+        let first = self.next;
+        let mut n = 0;
+        let mut big_used = 0;
+        let frames = self.cfg.frame_nr as usize;
+        while n < RX_BATCH.min(frames) {
+            let i = (first + n) % frames;
+            if self.slot_status(i) & TP_STATUS_USER == 0 {
                 break;
             }
-            off += next;
+            fence(Ordering::Acquire);
+            let hdr = self.slot(i);
+            // SAFETY: userspace owns this slot until its status is set back to KERNEL.
+            let (status, len, snaplen, mac) = unsafe {
+                let h = hdr.as_ref();
+                (h.tp_status, h.tp_len, h.tp_snaplen, h.tp_mac)
+            };
+            let mut frame = if status & TP_STATUS_COPY != 0 {
+                if big_used == BIG_FRAMES {
+                    break; // the rest waits for the next batch
+                }
+                let buf = &mut self.big[big_used];
+                big_used += 1;
+                // SAFETY: recv into an owned buffer of its length.
+                let got = unsafe {
+                    libc::recv(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                    )
+                };
+                let got = usize::try_from(got).unwrap_or(0);
+                if got >= VnetHdr::LEN {
+                    // SAFETY: the kernel wrote at least the 10-byte header.
+                    let vnet = unsafe { buf.as_ptr().cast::<VnetHdr>().read_unaligned() };
+                    let have = got.min(buf.len()) - VnetHdr::LEN;
+                    RxFrame {
+                        // SAFETY: LEN < buf.len().
+                        data: unsafe { NonNull::new_unchecked(buf.as_mut_ptr().add(VnetHdr::LEN)) },
+                        len: have,
+                        vnet,
+                        status,
+                        truncated: got > buf.len(),
+                    }
+                } else {
+                    // The whole frame was not queued after all: what the slot has.
+                    self.slot_frame(hdr, mac, snaplen, len, status)
+                }
+            } else {
+                self.slot_frame(hdr, mac, snaplen, len, status)
+            };
+            each(state, &mut frame);
+            n += 1;
         }
         done(state);
         fence(Ordering::Release);
-        // SAFETY: handing the block back; nothing references its frames any more.
+        for k in 0..n {
+            let h = self.slot((first + k) % frames).as_ptr();
+            // SAFETY: handing the slot back; nothing references its frame any more.
+            unsafe { std::ptr::addr_of_mut!((*h).tp_status).write_volatile(TP_STATUS_KERNEL) };
+        }
+        self.next = (first + n) % frames;
+        Some(n)
+    }
+
+    fn slot_frame(
+        &self,
+        hdr: NonNull<Tpacket2Hdr>,
+        mac: u16,
+        snaplen: u32,
+        len: u32,
+        status: u32,
+    ) -> RxFrame {
+        let mac = usize::from(mac);
+        // SAFETY: with PACKET_VNET_HDR the kernel reserves and fills 10 bytes right before
+        // the MAC header (tp_mac is always at least the header + 16 bytes in), and the frame
+        // lies inside the slot.
         unsafe {
-            std::ptr::addr_of_mut!((*desc.as_ptr()).block_status).write_volatile(TP_STATUS_KERNEL)
-        };
-        self.block = (self.block + 1) % self.cfg.block_nr as usize;
-        Some(num)
+            let base = hdr.as_ptr().cast::<u8>();
+            RxFrame {
+                data: NonNull::new_unchecked(base.add(mac)),
+                len: snaplen as usize,
+                vnet: base
+                    .add(mac - VnetHdr::LEN)
+                    .cast::<VnetHdr>()
+                    .read_unaligned(),
+                status,
+                truncated: snaplen < len,
+            }
+        }
     }
 
     /// (frames received, frames dropped because the ring was full) since the last call.
@@ -462,10 +513,19 @@ pub struct TxBatch {
     owned: Vec<Vec<u8>>,
     msgs: Vec<libc::mmsghdr>,
     len: usize,
-    /// Frames the kernel refused (e.g. device down, too big); counted, never retried.
+    /// Frames the kernel refused (device down, too big) or that still could not be sent
+    /// after [`TX_WAIT_LIMIT`] of waiting; counted, never retried further.
     pub errors: u64,
     pub sent: u64,
+    /// Times a full socket buffer or device queue made the batch wait and retry.
+    pub waits: u64,
 }
+
+/// How long a flush waits, in all, for a full socket buffer or device queue to drain
+/// before it gives a frame up (and counts it in `errors`).
+pub const TX_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// The transmit socket's buffer: room for a ring's worth of GSO super-frames in flight.
+const TX_SNDBUF: libc::c_int = 32 << 20;
 
 // SAFETY: the raw pointers are only dereferenced by the kernel during flush(), on the thread
 // that owns the batch.
@@ -487,6 +547,23 @@ impl TxBatch {
             PACKET_QDISC_BYPASS,
             &1 as &libc::c_int,
         )?;
+        // A GSO super-frame is 64 KiB of buffer: the default (about 200 KiB) holds three,
+        // and a full buffer is EAGAIN.
+        if setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            &TX_SNDBUF,
+        )
+        .is_err()
+        {
+            setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                &TX_SNDBUF,
+            )?;
+        }
         Ok(TxBatch::with_fd(fd, capacity))
     }
 
@@ -507,6 +584,7 @@ impl TxBatch {
             len: 0,
             errors: 0,
             sent: 0,
+            waits: 0,
         }
     }
 
@@ -580,9 +658,13 @@ impl TxBatch {
         self.commit(i, ifindex, 2);
     }
 
-    /// Send everything queued. A frame the kernel rejects is counted and skipped.
+    /// Send everything queued. A full socket buffer (`EAGAIN`) or device queue
+    /// (`ENOBUFS`) makes the batch wait and retry, counted in `waits`, for at most
+    /// [`TX_WAIT_LIMIT`] in all; a frame the kernel rejects otherwise is counted in `errors`
+    /// and skipped. Nothing is dropped without a count.
     pub fn flush(&mut self) {
         let mut start = 0;
+        let mut waited: Option<std::time::Instant> = None;
         while start < self.len {
             // SAFETY: msgs[start..len] point at live headers, addresses and frames (the
             // caller keeps the ring blocks owned until this returns).
@@ -594,20 +676,45 @@ impl TxBatch {
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                // The first frame failed: count it and go on with the rest.
-                self.errors += 1;
-                start += 1;
-            } else {
+            if n >= 0 {
                 self.sent += n as u64;
                 start += n as usize;
+                continue;
             }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
+                    let since = *waited.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < TX_WAIT_LIMIT {
+                        self.waits += 1;
+                        self.wait_writable(err.raw_os_error() == Some(libc::EAGAIN));
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            // The first frame failed for good: count it and go on with the rest.
+            self.errors += 1;
+            start += 1;
         }
         self.len = 0;
+    }
+
+    /// Wait for room: `POLLOUT` when the socket buffer was full; a device queue that was
+    /// full gives no readiness to wait for, so yield the CPU to whoever drains it.
+    fn wait_writable(&self, socket_full: bool) {
+        if socket_full {
+            let mut p = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, 1) };
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
     }
 }
 
@@ -663,11 +770,10 @@ mod tests {
     #[test]
     fn kernel_struct_layouts() {
         assert_eq!(size_of::<VnetHdr>(), VnetHdr::LEN);
-        assert_eq!(size_of::<TpacketReq3>(), 28);
-        assert_eq!(size_of::<BlockDesc>(), 48);
-        assert_eq!(size_of::<Tpacket3Hdr>(), 48);
-        assert_eq!(std::mem::offset_of!(Tpacket3Hdr, tp_mac), 24);
-        assert_eq!(std::mem::offset_of!(BlockDesc, block_status), 8);
+        assert_eq!(size_of::<TpacketReq>(), 16);
+        assert_eq!(size_of::<Tpacket2Hdr>(), 32);
+        assert_eq!(std::mem::offset_of!(Tpacket2Hdr, tp_mac), 12);
+        assert_eq!(std::mem::offset_of!(Tpacket2Hdr, tp_vlan_tci), 24);
     }
 
     #[test]

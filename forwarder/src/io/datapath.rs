@@ -224,6 +224,7 @@ pub struct Totals {
     pub icmp_limited: u64,
     pub new_conns: u64,
     pub tx_errors: u64,
+    pub tx_waits: u64,
     pub ring_drops: u64,
     pub drops: [u64; crate::engine::DropReason::COUNT],
 }
@@ -244,6 +245,7 @@ impl Totals {
             t.icmp_limited += l(&c.icmp_limited);
             t.new_conns += l(&c.new_conns);
             t.tx_errors += l(&c.tx_errors);
+            t.tx_waits += l(&c.tx_waits);
             t.ring_drops += l(&c.ring_drops);
             for (sum, d) in t.drops.iter_mut().zip(&c.drops) {
                 *sum += l(d);
@@ -451,9 +453,13 @@ impl Worker {
                 self.counters
                     .tx_errors
                     .store(self.tx.errors, Ordering::Relaxed);
+                self.counters
+                    .tx_waits
+                    .store(self.tx.waits, Ordering::Relaxed);
             }
             if !busy {
-                // Blocks retire after RingConfig::retire_ms, so a short wait loses nothing.
+                // A frame wakes the poll at once (one ring slot per frame); the timeout only
+                // bounds how stale the heartbeat and the counters get.
                 let _ = wait_readable(&fds, &mut pollfds, 20);
             }
         }

@@ -726,6 +726,35 @@ fn rate(v: &Value) -> String {
     }
 }
 
+/// `ext: XDP native, 2 queues; int: AF_PACKET` — how each interface receives.
+fn receive_words(v: &Value) -> Option<String> {
+    let paths = v.as_array()?;
+    if paths.is_empty() {
+        return None;
+    }
+    Some(
+        paths
+            .iter()
+            .map(|p| {
+                let how = match p["path"].as_str() {
+                    Some("xdp") => {
+                        let q = p["queues"].as_u64().unwrap_or(0);
+                        format!(
+                            "XDP {}, {q} queue{}",
+                            str_or(&p["xdp_mode"]),
+                            if q == 1 { "" } else { "s" }
+                        )
+                    }
+                    Some("af_packet") => "AF_PACKET".to_string(),
+                    _ => "?".to_string(),
+                };
+                format!("{}: {how}", str_or(&p["interface"]))
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
 fn render_status(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     let uptime = v["uptime_s"]
         .as_f64()
@@ -854,7 +883,11 @@ fn render_status(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
         rate(&d["forwarded_pps"]),
         rate(&d["new_conns_per_s"]),
         rate(&d["drops_per_s"]),
-    )
+    )?;
+    if let Some(words) = receive_words(&d["receive"]) {
+        writeln!(out, "receive   {words}")?;
+    }
+    Ok(())
 }
 
 fn render_reload(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use forwarder::engine::{DropReason, Engine, ServiceTable, WorkerCounters};
-use forwarder::io::datapath::{Clock, Totals};
+use forwarder::io::datapath::Clock;
 use serde_json::{json, Value};
 
 use crate::daemon::{Daemon, Rates, Reloader};
@@ -36,6 +36,7 @@ pub struct Views {
     engine: Arc<Engine>,
     clock: Clock,
     interfaces: Vec<String>,
+    datapath: Arc<forwarder::io::datapath::Datapath>,
     vrrp: Option<Arc<Vrrp>>,
     syncd: Option<Arc<Syncd>>,
     events: EventLog,
@@ -61,6 +62,7 @@ impl Views {
                 .iter()
                 .map(|(_, n)| n.clone())
                 .collect(),
+            datapath: d.datapath.clone(),
             vrrp: d.vrrp.clone(),
             syncd: d.syncd.clone(),
             events: d.events.clone(),
@@ -135,8 +137,28 @@ impl Views {
                 "forwarded_pps": fwd,
                 "new_conns_per_s": new_conns,
                 "drops_per_s": drops,
+                "receive": self.receive_json(),
             },
         })
+    }
+
+    /// How each datapath interface receives: AF_PACKET rings, or the XDP program (mode in
+    /// force) with AF_XDP sockets.
+    fn receive_json(&self) -> Value {
+        self.datapath
+            .rx_paths()
+            .iter()
+            .map(|p| match p.xdp {
+                None => json!({ "interface": p.interface, "path": "af_packet" }),
+                Some(mode) => json!({
+                    "interface": p.interface,
+                    "path": "xdp",
+                    "xdp_mode": mode.as_str(),
+                    "queues": p.queues,
+                    "sockets": p.sockets,
+                }),
+            })
+            .collect()
     }
 
     fn vrrp_json(&self) -> Value {
@@ -319,7 +341,7 @@ impl Views {
     }
 
     fn stats(&self) -> Value {
-        let t = Totals::sum(&self.counters);
+        let t = self.datapath.totals();
         let drops: serde_json::Map<String, Value> = DropReason::ALL
             .iter()
             .map(|r| (r.label().to_string(), json!(t.drops[*r as usize])))
@@ -343,6 +365,10 @@ impl Views {
                 "tx_waits": t.tx_waits,
                 "ring_drops": t.ring_drops,
                 "drops": drops,
+                "xdp": self.datapath.xdp.as_ref().map(|_| {
+                    let x = self.datapath.xdp_stats();
+                    json!({ "passed": x.passed, "slow_path": x.slow_path, "no_socket": x.no_socket })
+                }),
             },
             "connections": {
                 "count": self.engine.conns.len(),

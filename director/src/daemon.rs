@@ -24,6 +24,7 @@ use forwarder::conntrack::ConnTable;
 use forwarder::engine::{Engine, EngineObserver};
 use forwarder::io::datapath::{Datapath, DatapathOptions, Totals};
 use forwarder::io::nft;
+use forwarder::io::xdp::XdpWant;
 use forwarder::model::VirtualService;
 use forwarder::sched::PersistTable;
 use forwarder::stats::RealRegistry;
@@ -401,7 +402,7 @@ fn monitor(mut m: Monitor) {
         }
         if last_second.elapsed() >= Duration::from_secs(1) {
             last_second = std::time::Instant::now();
-            m.rates.sample(Totals::sum(&m.datapath.counters));
+            m.rates.sample(m.datapath.totals());
             m.runtime.tick();
         }
         std::thread::sleep(MONITOR_PERIOD);
@@ -470,6 +471,12 @@ impl Daemon {
         let opts = DatapathOptions {
             workers: config.datapath.workers,
             interfaces: config.datapath.interfaces.clone(),
+            xdp: match config.xdp {
+                crate::config::XdpMode::Off => None,
+                crate::config::XdpMode::Auto => Some(XdpWant::Auto),
+                crate::config::XdpMode::Native => Some(XdpWant::Native),
+                crate::config::XdpMode::Generic => Some(XdpWant::Generic),
+            },
             ..DatapathOptions::default()
         };
         let datapath = match Datapath::start(engine, table, &opts) {
@@ -479,6 +486,17 @@ impl Daemon {
                 return Err(e).context("cannot start the datapath");
             }
         };
+        if let Some(why) = &datapath.xdp_fallback {
+            events.push("datapath", "xdp", why.clone());
+        }
+        for p in datapath.rx_paths() {
+            tracing::info!(
+                interface = %p.interface,
+                receive = p.xdp.map_or("af_packet", |m| m.as_str()),
+                queues = p.queues,
+                "datapath interface"
+            );
+        }
         tracing::info!(
             workers = datapath.counters.len(),
             interfaces = ?datapath.interfaces.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(),

@@ -498,7 +498,48 @@ impl Lab {
         ip(["-n", sw, "link", "set", &port, "up"])?;
         host.addr_add(ifname, &cidr.to_string())?;
         host.link_up(ifname)?;
-        host.iface(ifname, Some(cidr))
+        let mut iface = host.iface(ifname, Some(cidr))?;
+        iface.port = Some(port);
+        Ok(iface)
+    }
+
+    /// The switch port that `host:ifname` is attached to (the other end of its veth).
+    pub fn port_of(&self, host: &Host, ifname: &str) -> Result<String> {
+        let out = host.ip(["-j", "link", "show", "dev", ifname])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let peer = v[0]["link_index"]
+            .as_u64()
+            .with_context(|| format!("{}:{ifname} is not a veth: {out}", host.name))?;
+        let links: serde_json::Value =
+            serde_json::from_str(&self.switch().ip(["-j", "link", "show"])?)?;
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["ifindex"].as_u64() == Some(peer))
+            .and_then(|l| l["ifname"].as_str())
+            .map(str::to_owned)
+            .with_context(|| {
+                format!(
+                    "{}:{ifname} is not attached to this lab's switch",
+                    host.name
+                )
+            })
+    }
+
+    /// Makes the switch port `port` (an [`Iface::port`]) deliver frames the way a physical
+    /// wire does: complete checksums and no frame over the MTU (TX checksum offload, TSO and
+    /// GSO off, so the switch finishes and segments what a local sender left to offload),
+    /// with GRO on so that the port takes XDP redirects (a veth redirect target needs NAPI
+    /// on its peer). An XDP program sees a frame's bytes only, never the kernel's
+    /// "checksum partial" mark, so a host running one is attached like this.
+    pub fn wire_port(&self, port: &str) -> Result<()> {
+        let sw = self.switch();
+        sw.run([
+            "ethtool", "-K", port, "tso", "off", "gso", "off", "tx", "off", "gro", "on",
+        ])
+        .with_context(|| format!("cannot make switch port {port} wire-like"))?;
+        Ok(())
     }
 
     /// A direct veth pair: `a:a_if` (address `a_cidr`) ⇄ `b:b_if` (address `b_cidr`), both up.
@@ -603,6 +644,9 @@ pub struct Iface {
     pub ifindex: u32,
     pub mac: Mac,
     pub addr: Option<Cidr>,
+    /// The switch-side end of the veth when the interface was attached to a bridge
+    /// ([`Lab::attach`]).
+    pub port: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -701,6 +745,7 @@ impl Host {
             ifindex,
             mac,
             addr,
+            port: None,
         })
     }
 

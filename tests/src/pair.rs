@@ -64,6 +64,9 @@ pub struct PairSpec {
     pub sync_extra: String,
     /// Sync over the multicast group [`SYNC_GROUP`] instead of unicast to the peer.
     pub sync_multicast: bool,
+    /// `[datapath] xdp` of both nodes (their switch ports made wire-like, see
+    /// `Lab::wire_port`); `None` is the default, AF_PACKET. From `DIRECTOR_LAB_XDP` unless set.
+    pub xdp: Option<&'static str>,
 }
 
 impl PairSpec {
@@ -80,6 +83,7 @@ impl PairSpec {
             sync: false,
             sync_extra: String::new(),
             sync_multicast: false,
+            xdp: crate::topo::lab_xdp().expect("DIRECTOR_LAB_XDP"),
         }
     }
 }
@@ -157,6 +161,12 @@ impl Pair {
             }
             if let Some(sync) = &sync {
                 lab.attach(&h, sync, "sync", &format!("{}/24", sync_addr(n)))?;
+            }
+            if spec.xdp.is_some() {
+                lab.wire_port(&lab.port_of(&h, "ext")?)?;
+                if int.is_some() {
+                    lab.wire_port(&lab.port_of(&h, "int")?)?;
+                }
             }
             h.sysctl("net.ipv4.ip_forward", "0")?;
             nodes.push(h);
@@ -264,8 +274,11 @@ impl Pair {
         let _ = writeln!(c, "[control]\nsocket = \"{}\"\n", self.sockets[n].display());
         let _ = writeln!(
             c,
-            "[datapath]\nworkers = 1\ninterfaces = {}\n",
-            spec.mode.interfaces_toml()
+            "[datapath]\nworkers = 1\ninterfaces = {}\n{}",
+            spec.mode.interfaces_toml(),
+            spec.xdp
+                .map(|x| format!("xdp = \"{x}\"\n"))
+                .unwrap_or_default()
         );
         if let Some(key) = &self.sync_key {
             let _ = writeln!(

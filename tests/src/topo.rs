@@ -296,6 +296,21 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// `DIRECTOR_LAB_XDP=native` (or `generic`, `auto`) runs every topology's directors on the
+/// XDP receive path instead of the default (`off`: AF_PACKET rings).
+pub fn lab_xdp() -> Result<Option<&'static str>> {
+    let Ok(mode) = std::env::var("DIRECTOR_LAB_XDP") else {
+        return Ok(None);
+    };
+    Ok(match mode.as_str() {
+        "native" => Some("native"),
+        "generic" => Some("generic"),
+        "auto" => Some("auto"),
+        "off" | "" => None,
+        other => bail!("DIRECTOR_LAB_XDP={other}: native, generic, auto or off"),
+    })
+}
+
 /// The director: `ext` 198.18.1.2/24 holding the VIP, and `int` 198.18.2.1/24 (the NAT real
 /// servers' gateway) when `int` is given.
 pub fn director_host(lab: &Lab, ext: &Bridge, int: Option<&Bridge>) -> Result<Host> {
@@ -454,6 +469,8 @@ pub struct Topo {
     pub workers: usize,
     /// `[datapath] max_connections`, when not the default.
     pub max_connections: Option<u32>,
+    /// `[datapath] xdp`, when not the default (see [`Topo::use_xdp`]).
+    pub xdp: Option<&'static str>,
 }
 
 impl Topo {
@@ -542,7 +559,7 @@ impl Topo {
         director.sysctl("net.ipv4.ip_forward", "0")?;
         let socket = lab.dir().join("director.sock");
         let config = lab.dir().join("director.toml");
-        Ok(Topo {
+        let mut topo = Topo {
             lab,
             mode,
             client,
@@ -557,7 +574,27 @@ impl Topo {
             config,
             workers: 2,
             max_connections: None,
-        })
+            xdp: None,
+        };
+        if let Some(mode) = lab_xdp()? {
+            topo.use_xdp(mode)?;
+        }
+        Ok(topo)
+    }
+
+    /// Run the director with `[datapath] xdp = MODE` ("native", "generic", "auto"), its
+    /// switch ports made wire-like ([`Lab::wire_port`]): what an XDP program receives must
+    /// look like what a NIC receives.
+    pub fn use_xdp(&mut self, mode: &'static str) -> Result<()> {
+        for ifname in ["ext", "int"] {
+            if ifname == "int" && !self.mode.has_int() {
+                continue;
+            }
+            let port = self.lab.port_of(&self.director, ifname)?;
+            self.lab.wire_port(&port)?;
+        }
+        self.xdp = Some(mode);
+        Ok(())
     }
 
     /// The port a real server listens on for a service port (see [`Mode::real_port`]).
@@ -585,6 +622,9 @@ impl Topo {
         );
         if let Some(max) = self.max_connections {
             let _ = writeln!(c, "max_connections = {max}");
+        }
+        if let Some(xdp) = self.xdp {
+            let _ = writeln!(c, "xdp = \"{xdp}\"");
         }
         let _ = writeln!(c);
         for s in services {

@@ -364,6 +364,22 @@ fn l4_key(addr: Ipv4Addr, port: u16, proto: u8) -> u64 {
     (u64::from(u32::from(addr)) << 24) | (u64::from(port) << 8) | u64::from(proto)
 }
 
+fn l4_unkey(k: u64) -> (Ipv4Addr, u16, u8) {
+    (Ipv4Addr::from((k >> 24) as u32), (k >> 8) as u16, k as u8)
+}
+
+/// What the XDP program needs to tell the engine's frames from the kernel's (see
+/// `io::xdp::Steering`): the addresses and ports the classification below looks up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SteeringTable {
+    pub vips: Vec<Ipv4Addr>,
+    pub lips: Vec<Ipv4Addr>,
+    /// (VIP, port, IP protocol) of every service.
+    pub services: Vec<(Ipv4Addr, u16, u8)>,
+    /// (real server, port, IP protocol) of every NAT real server, retired ones included.
+    pub nat_reals: Vec<(Ipv4Addr, u16, u8)>,
+}
+
 impl ServiceTable {
     /// Index `services` with ids by position; real server `j` of service `i` uses counter
     /// slot `slots[i][j]`.
@@ -449,6 +465,22 @@ impl ServiceTable {
 
     pub fn services(&self) -> &[Service] {
         &self.services
+    }
+
+    /// The addresses and ports that make a frame the engine's (the lookups of
+    /// classification), for the XDP program's maps.
+    pub fn steering(&self) -> SteeringTable {
+        let mut t = SteeringTable {
+            vips: self.vips.keys().map(|&a| Ipv4Addr::from(a)).collect(),
+            lips: self.lips.keys().map(|&a| Ipv4Addr::from(a)).collect(),
+            services: self.by_vip.keys().map(|&k| l4_unkey(k)).collect(),
+            nat_reals: self.nat_reals.keys().map(|&k| l4_unkey(k)).collect(),
+        };
+        t.vips.sort();
+        t.lips.sort();
+        t.services.sort();
+        t.nat_reals.sort();
+        t
     }
 
     /// The spec each service was built from, with the weights it runs now.

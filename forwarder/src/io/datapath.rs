@@ -24,8 +24,11 @@ use crate::engine::{
     WorkerCtx, WorkerState,
 };
 use crate::fib::{FastMap, Fib, FibMiss, Mac};
-use crate::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch, VnetHdr};
+use crate::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch, VnetHdr, RX_BATCH};
 use crate::io::netlink::{Notifications, Rtnl};
+use crate::io::xdp::{AttachMode, Steering, XdpProgram, XdpStats, XdpWant};
+use crate::io::xsk::{self, Umem, XdpDesc, Xsk};
+use std::sync::Mutex;
 
 /// How the datapath is started.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub struct DatapathOptions {
     pub ring: RingConfig,
     /// Frames per `sendmmsg`.
     pub tx_batch: usize,
+    /// The XDP program and AF_XDP sockets as the receive side (`None`: AF_PACKET rings).
+    pub xdp: Option<XdpWant>,
 }
 
 impl Default for DatapathOptions {
@@ -46,6 +51,7 @@ impl Default for DatapathOptions {
             interfaces: Vec::new(),
             ring: RingConfig::default(),
             tx_batch: 256,
+            xdp: None,
         }
     }
 }
@@ -90,6 +96,38 @@ pub struct Datapath {
     pub clock: Clock,
     /// (ifindex, name) of the interfaces the workers listen on.
     pub interfaces: Vec<(u32, String)>,
+    /// The XDP program, when the workers receive through it (`[datapath] xdp`).
+    pub xdp: Option<Arc<Mutex<XdpProgram>>>,
+    /// Why `xdp = "auto"` fell back to AF_PACKET rings, if it did.
+    pub xdp_fallback: Option<String>,
+    /// Interfaces whose GRO this datapath turned off (generic XDP), to turn back on.
+    _gro_restore: GroRestore,
+}
+
+/// Interfaces whose GRO the datapath turned off; turned back on when this drops (a failed
+/// start included).
+#[derive(Default)]
+struct GroRestore(Vec<String>);
+
+impl Drop for GroRestore {
+    fn drop(&mut self) {
+        for name in self.0.drain(..) {
+            if let Err(e) = crate::io::ethtool::set_gro(&name, true) {
+                tracing::warn!(interface = %name, "cannot turn GRO back on: {e}");
+            }
+        }
+    }
+}
+
+/// How one interface receives for the datapath.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxPath {
+    pub interface: String,
+    /// `None`: AF_PACKET rings; else the XDP mode in force, with AF_XDP sockets.
+    pub xdp: Option<AttachMode>,
+    /// Receive queues, and AF_XDP sockets on them.
+    pub queues: u32,
+    pub sockets: u32,
 }
 
 impl Datapath {
@@ -112,23 +150,39 @@ impl Datapath {
         };
         let clock = Clock::new();
 
-        // Open every ring before starting any thread, so a failure leaves nothing running.
-        let fanout_base = (std::process::id() as u16).wrapping_mul(31);
-        let mut rings_per_worker = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let mut rings = Vec::with_capacity(interfaces.len());
-            for &(ifindex, ref name) in &interfaces {
-                let group = (workers > 1).then(|| fanout_base.wrapping_add(ifindex as u16));
-                let ring = RxRing::open(ifindex, opts.ring, group).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot open an AF_PACKET ring on {name}: {e}"),
-                    )
-                })?;
-                rings.push(ring);
+        // Open every ring or socket before starting any thread, so a failure leaves nothing
+        // running.
+        let mut gro_restore = GroRestore::default();
+        let mut xdp_fallback = None;
+        let (rx_per_worker, xdp) = match opts.xdp {
+            None => (open_rings(&interfaces, workers, opts.ring)?, None),
+            Some(want) => {
+                match open_xdp(
+                    &interfaces,
+                    workers,
+                    want,
+                    &services.load(),
+                    &fib.load(),
+                    &mut gro_restore.0,
+                ) {
+                    Ok((rx, prog)) => (rx, Some(Arc::new(Mutex::new(prog)))),
+                    Err(e) => {
+                        drop(std::mem::take(&mut gro_restore));
+                        if want != XdpWant::Auto {
+                            return Err(e);
+                        }
+                        let why = format!("XDP unavailable, receiving with AF_PACKET rings: {e}");
+                        tracing::warn!("{why}");
+                        xdp_fallback = Some(why);
+                        (open_rings(&interfaces, workers, opts.ring)?, None)
+                    }
+                }
             }
-            rings_per_worker.push((rings, TxBatch::new(opts.tx_batch)?));
-        }
+        };
+        let mut rx_per_worker: Vec<(Rx, TxBatch)> = rx_per_worker
+            .into_iter()
+            .map(|rx| Ok((rx, TxBatch::new(opts.tx_batch)?)))
+            .collect::<io::Result<_>>()?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let (solicit_tx, solicit_rx) = sync_channel::<Solicit>(1024);
@@ -142,14 +196,17 @@ impl Datapath {
             engine: engine.clone(),
             clock,
             interfaces,
+            xdp: xdp.clone(),
+            xdp_fallback,
+            _gro_restore: gro_restore,
         };
-        for (i, (rings, tx)) in rings_per_worker.into_iter().enumerate() {
+        for (i, (rx, tx)) in rx_per_worker.drain(..).enumerate() {
             let counters = Arc::new(WorkerCounters::default());
             let heartbeat = Arc::new(AtomicU64::new(clock.millis()));
             dp.counters.push(counters.clone());
             dp.heartbeats.push(heartbeat.clone());
             let worker = Worker {
-                rings,
+                rx,
                 tx,
                 engine: engine.clone(),
                 services: services.clone(),
@@ -176,6 +233,7 @@ impl Datapath {
             services,
             stop,
             clock,
+            xdp,
         };
         dp.threads.push(
             std::thread::Builder::new()
@@ -183,6 +241,52 @@ impl Datapath {
                 .spawn(move || resolver.run())?,
         );
         Ok(dp)
+    }
+
+    /// How each interface receives.
+    pub fn rx_paths(&self) -> Vec<RxPath> {
+        let xdp = self.xdp.as_ref().map(|x| x.lock().expect("xdp lock"));
+        self.interfaces
+            .iter()
+            .map(|(ifindex, name)| {
+                let mode = xdp.as_ref().and_then(|x| {
+                    x.attached()
+                        .iter()
+                        .find(|(i, _, _)| i == ifindex)
+                        .map(|(_, _, m)| *m)
+                });
+                let queues = crate::io::xdp::rx_queues(name).unwrap_or(1);
+                RxPath {
+                    interface: name.clone(),
+                    xdp: mode,
+                    queues,
+                    sockets: if mode.is_some() {
+                        queues.min(MAX_SOCKET_QUEUES)
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The counters of all workers added up, with what the XDP program kept from them:
+    /// frames it left to the kernel itself are received and passed as the workers' passed
+    /// frames are, so `rx` and `passed` mean the same with and without XDP.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::sum(&self.counters);
+        let x = self.xdp_stats();
+        t.rx += x.passed + x.no_socket;
+        t.passed += x.passed + x.no_socket;
+        t
+    }
+
+    /// The XDP program's counters (all zero without it).
+    pub fn xdp_stats(&self) -> XdpStats {
+        self.xdp
+            .as_ref()
+            .map(|x| x.lock().expect("xdp lock").stats())
+            .unwrap_or_default()
     }
 
     /// True when every worker looped within `max_age`.
@@ -208,6 +312,9 @@ impl Drop for Datapath {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // The program's links close with it (the kernel detaches it); GRO comes back on
+        // when `_gro_restore` drops, after it.
+        self.xdp = None;
     }
 }
 
@@ -371,8 +478,181 @@ impl NeighbourMiss for MissHandler {
     }
 }
 
+/// A worker's receive side.
+enum Rx {
+    /// AF_PACKET rings, one per datapath interface.
+    Rings(Vec<RxRing>),
+    /// AF_XDP sockets, one per (interface, receive queue) this worker owns, sharing one UMEM.
+    Xsk(XskRx),
+}
+
+struct XskRx {
+    umem: Umem,
+    socks: Vec<Xsk>,
+    descs: Vec<XdpDesc>,
+    /// Drops each socket's kernel counters showed at the last look.
+    seen_drops: Vec<u64>,
+}
+
+impl Rx {
+    fn fds(&self) -> Vec<RawFd> {
+        match self {
+            Rx::Rings(r) => r.iter().map(|r| r.as_raw_fd()).collect(),
+            Rx::Xsk(x) => x.socks.iter().map(|s| s.as_raw_fd()).collect(),
+        }
+    }
+
+    /// Frames the kernel could not hand over since the last call.
+    fn take_drops(&mut self) -> u64 {
+        match self {
+            Rx::Rings(rings) => rings
+                .iter()
+                .filter_map(|r| r.take_stats().ok())
+                .map(|(_, d)| u64::from(d))
+                .sum(),
+            Rx::Xsk(x) => {
+                let mut new = 0;
+                for (s, seen) in x.socks.iter().zip(x.seen_drops.iter_mut()) {
+                    if let Ok(st) = s.stats() {
+                        new += st.drops().saturating_sub(*seen);
+                        *seen = st.drops();
+                    }
+                }
+                new
+            }
+        }
+    }
+}
+
+/// The AF_PACKET receive side: one ring per interface for each worker, the rings of one
+/// interface in a fanout group when there are several workers.
+fn open_rings(
+    interfaces: &[(u32, String)],
+    workers: usize,
+    ring: RingConfig,
+) -> io::Result<Vec<Rx>> {
+    let fanout_base = (std::process::id() as u16).wrapping_mul(31);
+    let mut out = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let mut rings = Vec::with_capacity(interfaces.len());
+        for &(ifindex, ref name) in interfaces {
+            let group = (workers > 1).then(|| fanout_base.wrapping_add(ifindex as u16));
+            let r = RxRing::open(ifindex, ring, group).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open an AF_PACKET ring on {name}: {e}"),
+                )
+            })?;
+            rings.push(r);
+        }
+        out.push(Rx::Rings(rings));
+    }
+    Ok(out)
+}
+
+/// The most receive queues of one interface that get a socket (the program's map width).
+const MAX_SOCKET_QUEUES: u32 = crate::io::xdp::MAX_QUEUES;
+
+/// The XDP receive side: the program loaded, an AF_XDP socket on every receive queue of
+/// every interface (queue q to worker q mod workers), the maps filled, and only then the
+/// program attached, so that the first frame it steers finds its socket.
+fn open_xdp(
+    interfaces: &[(u32, String)],
+    workers: usize,
+    want: XdpWant,
+    services: &ServiceTable,
+    fib: &Fib,
+    gro_restore: &mut Vec<String>,
+) -> io::Result<(Vec<Rx>, XdpProgram)> {
+    if interfaces.len() > crate::io::xdp::MAX_IFACES as usize {
+        return Err(io::Error::other(format!(
+            "the XDP datapath takes at most {} interfaces",
+            crate::io::xdp::MAX_IFACES
+        )));
+    }
+    for (ifindex, name) in interfaces {
+        let mtu = fib.interface(*ifindex).map_or(1500, |i| i.mtu);
+        if mtu as usize + 14 > xsk::MAX_FRAME as usize {
+            return Err(io::Error::other(format!(
+                "the MTU of {name} is {mtu}: the XDP receive path takes frames up to {} bytes \
+                 (MTU {}); lower the MTU or set [datapath] xdp = \"off\"",
+                xsk::MAX_FRAME,
+                xsk::MAX_FRAME - 14
+            )));
+        }
+    }
+    let mut prog = XdpProgram::load()?;
+    let mut plan: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); workers];
+    for (slot, (ifindex, name)) in interfaces.iter().enumerate() {
+        let slot = slot as u32;
+        prog.register_interface(*ifindex, slot)?;
+        let queues = crate::io::xdp::rx_queues(name).map_err(|e| {
+            io::Error::other(format!("cannot count the receive queues of {name}: {e}"))
+        })?;
+        if queues > MAX_SOCKET_QUEUES {
+            tracing::warn!(
+                interface = %name,
+                queues,
+                "only the first {MAX_SOCKET_QUEUES} receive queues get a datapath socket"
+            );
+        }
+        for q in 0..queues.min(MAX_SOCKET_QUEUES) {
+            plan[q as usize % workers].push((slot, *ifindex, q));
+        }
+    }
+    let mut out = Vec::with_capacity(workers);
+    for socks_plan in plan {
+        let chunks = socks_plan.len() as u32 * (xsk::RX_RING + xsk::FILL_RING) + RX_BATCH as u32;
+        let mut umem = Umem::new(chunks).map_err(|e| {
+            io::Error::other(format!("cannot allocate the AF_XDP packet buffers: {e}"))
+        })?;
+        let mut socks: Vec<Xsk> = Vec::with_capacity(socks_plan.len());
+        for (slot, ifindex, q) in socks_plan {
+            let name = &interfaces[slot as usize].1;
+            let sock = Xsk::open(&umem, ifindex, q, socks.first()).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open an AF_XDP socket on {name} queue {q}: {e}"),
+                )
+            })?;
+            prog.set_socket(slot, q, sock.as_raw_fd())?;
+            socks.push(sock);
+        }
+        for s in &mut socks {
+            s.refill(&mut umem, xsk::FILL_RING);
+        }
+        let n = socks.len();
+        out.push(Rx::Xsk(XskRx {
+            umem,
+            socks,
+            descs: Vec::with_capacity(RX_BATCH),
+            seen_drops: vec![0; n],
+        }));
+    }
+    prog.sync(&Steering::build(services, fib))?;
+    for (ifindex, name) in interfaces {
+        let mode = prog.attach(*ifindex, name, want)?;
+        tracing::info!(interface = %name, mode = mode.as_str(), "XDP attached");
+        if mode == AttachMode::Generic {
+            // Generic XDP runs after GRO: a merged super-frame does not fit a socket's
+            // chunk, so merging stops while the program runs (and comes back after).
+            match crate::io::ethtool::gro(name) {
+                Ok(true) => match crate::io::ethtool::set_gro(name, false) {
+                    Ok(()) => gro_restore.push(name.clone()),
+                    Err(e) => {
+                        tracing::warn!(interface = %name, "cannot turn GRO off for generic XDP: {e}")
+                    }
+                },
+                Ok(false) => {}
+                Err(e) => tracing::warn!(interface = %name, "cannot read GRO: {e}"),
+            }
+        }
+    }
+    Ok((out, prog))
+}
+
 struct Worker {
-    rings: Vec<RxRing>,
+    rx: Rx,
     tx: TxBatch,
     engine: Arc<Engine>,
     services: Arc<ArcSwap<ServiceTable>>,
@@ -389,9 +669,46 @@ struct Worker {
 /// starve the others.
 const BLOCKS_PER_TURN: usize = 4;
 
+/// One frame through the engine, and the verdict into the transmit batch.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn handle(
+    engine: &Engine,
+    tables: &Tables<'_>,
+    now: u32,
+    counters: &WorkerCounters,
+    misses: &mut MissHandler,
+    state: &mut WorkerState,
+    tx: &mut TxBatch,
+    data: &mut [u8],
+    meta: RxMeta,
+    vnet: VnetHdr,
+) {
+    let mut ctx = WorkerCtx {
+        counters,
+        neighbours: misses,
+        out: tx,
+        state,
+    };
+    match engine.process(data, meta, tables, now, &mut ctx) {
+        Verdict::Forward { ifindex } => tx.push(data, vnet, ifindex),
+        Verdict::ForwardInsert { ifindex, insert } => tx.push_insert(
+            data,
+            vnet,
+            ifindex,
+            usize::from(insert.at),
+            insert.as_slice(),
+        ),
+        // Emitted: what replaces the frame is queued already. Pass of a frame the XDP
+        // program handed over: the kernel never got it (see the program's rules: such a
+        // frame is one the kernel would drop too).
+        Verdict::Emitted | Verdict::Pass | Verdict::Drop(_) => {}
+    }
+}
+
 impl Worker {
     fn run(mut self) {
-        let fds: Vec<RawFd> = self.rings.iter().map(|r| r.as_raw_fd()).collect();
+        let fds = self.rx.fds();
         let mut pollfds = Vec::with_capacity(fds.len());
         let mut last_stats = Instant::now();
         let mut misses = MissHandler::new(self.solicit.clone());
@@ -407,49 +724,78 @@ impl Worker {
             let engine = &*self.engine;
             let counters = &*self.counters;
             let state = &mut self.state;
+            let tx = &mut self.tx;
             let mut busy = false;
-            for ring in self.rings.iter_mut() {
-                for _ in 0..BLOCKS_PER_TURN {
-                    let drained = ring.drain_block(
-                        &mut self.tx,
-                        |tx, frame| {
-                            let vnet = frame.vnet();
-                            let meta = rx_meta(vnet, frame.truncated(), frame.status());
-                            let data = frame.data_mut();
-                            let mut ctx = WorkerCtx {
-                                counters,
-                                neighbours: &mut misses,
-                                out: tx,
-                                state,
-                            };
-                            match engine.process(data, meta, &tables, now, &mut ctx) {
-                                Verdict::Forward { ifindex } => tx.push(data, vnet, ifindex),
-                                Verdict::ForwardInsert { ifindex, insert } => tx.push_insert(
-                                    data,
-                                    vnet,
-                                    ifindex,
-                                    usize::from(insert.at),
-                                    insert.as_slice(),
-                                ),
-                                // Emitted: what replaces the frame is queued already.
-                                Verdict::Emitted | Verdict::Pass | Verdict::Drop(_) => {}
+            match &mut self.rx {
+                Rx::Rings(rings) => {
+                    for ring in rings.iter_mut() {
+                        for _ in 0..BLOCKS_PER_TURN {
+                            let drained = ring.drain_block(
+                                tx,
+                                |tx, frame| {
+                                    let vnet = frame.vnet();
+                                    let meta = rx_meta(vnet, frame.truncated(), frame.status());
+                                    let data = frame.data_mut();
+                                    handle(
+                                        engine,
+                                        &tables,
+                                        now,
+                                        counters,
+                                        &mut misses,
+                                        state,
+                                        tx,
+                                        data,
+                                        meta,
+                                        vnet,
+                                    );
+                                },
+                                |tx| tx.flush(),
+                            );
+                            if drained.is_none() {
+                                break;
                             }
-                        },
-                        |tx| tx.flush(),
-                    );
-                    if drained.is_none() {
-                        break;
+                            busy = true;
+                        }
                     }
-                    busy = true;
+                }
+                Rx::Xsk(x) => {
+                    for sock in x.socks.iter_mut() {
+                        x.descs.clear();
+                        if sock.receive(&mut x.descs, RX_BATCH as u32) == 0 {
+                            continue;
+                        }
+                        busy = true;
+                        for d in &x.descs {
+                            // SAFETY: the kernel handed this chunk over in a receive
+                            // descriptor; it goes back to a fill ring only below, after the
+                            // flush that ends every use of it.
+                            let data = unsafe { x.umem.frame(d.addr, d.len) };
+                            // Frames from XDP carry no offload state: complete checksums, no
+                            // GSO (a wire's frames; veth peers lose GSO when XDP is on).
+                            handle(
+                                engine,
+                                &tables,
+                                now,
+                                counters,
+                                &mut misses,
+                                state,
+                                tx,
+                                data,
+                                RxMeta::default(),
+                                VnetHdr::default(),
+                            );
+                        }
+                        tx.flush();
+                        for d in &x.descs {
+                            x.umem.recycle(d.addr);
+                        }
+                        sock.refill(&mut x.umem, xsk::FILL_RING);
+                    }
                 }
             }
             if last_stats.elapsed() >= Duration::from_millis(500) {
                 last_stats = Instant::now();
-                for ring in &self.rings {
-                    if let Ok((_, drops)) = ring.take_stats() {
-                        WorkerCounters::add(&self.counters.ring_drops, u64::from(drops));
-                    }
-                }
+                WorkerCounters::add(&self.counters.ring_drops, self.rx.take_drops());
                 self.counters
                     .tx_errors
                     .store(self.tx.errors, Ordering::Relaxed);
@@ -458,8 +804,8 @@ impl Worker {
                     .store(self.tx.waits, Ordering::Relaxed);
             }
             if !busy {
-                // A frame wakes the poll at once (one ring slot per frame); the timeout only
-                // bounds how stale the heartbeat and the counters get.
+                // A frame wakes the poll at once; the timeout only bounds how stale the
+                // heartbeat and the counters get.
                 let _ = wait_readable(&fds, &mut pollfds, 20);
             }
         }
@@ -480,6 +826,8 @@ fn rx_meta(vnet: VnetHdr, truncated: bool, status: u32) -> RxMeta {
 }
 
 struct Resolver {
+    /// The XDP program whose maps follow the service table and the FIB.
+    xdp: Option<Arc<Mutex<XdpProgram>>>,
     rtnl: Rtnl,
     notifications: Notifications,
     fib: Arc<ArcSwap<Fib>>,
@@ -500,9 +848,29 @@ const SWEEP_BUDGET: usize = 65_536;
 const SOLICIT_EVERY: Duration = Duration::from_millis(500);
 
 impl Resolver {
+    /// Bring the XDP program's maps up to date when the service table or the FIB changed
+    /// (`synced`: the snapshots last applied).
+    fn sync_xdp(&self, synced: &mut (usize, usize)) {
+        let Some(xdp) = &self.xdp else {
+            return;
+        };
+        let services = self.services.load();
+        let fib = self.fib.load();
+        let now = (Arc::as_ptr(&services) as usize, Arc::as_ptr(&fib) as usize);
+        if now == *synced {
+            return;
+        }
+        let want = Steering::build(&services, &fib);
+        match xdp.lock().expect("xdp lock").sync(&want) {
+            Ok(()) => *synced = now,
+            Err(e) => tracing::warn!("cannot update the XDP program's tables: {e}"),
+        }
+    }
+
     fn run(mut self) {
         let mut last_dump = Instant::now();
         let mut last_sweep = Instant::now();
+        let mut synced = (0usize, 0usize);
         let mut dirty = false;
         let mut solicited: Vec<(Solicit, Instant)> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
@@ -539,6 +907,7 @@ impl Resolver {
                 }
                 last_dump = Instant::now();
             }
+            self.sync_xdp(&mut synced);
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 let now = self.clock.now();
                 self.engine.conns.sweep(now, SWEEP_BUDGET);

@@ -2,5 +2,8 @@
 
 pub mod afpacket;
 pub mod datapath;
+pub mod ethtool;
 pub mod netlink;
 pub mod nft;
+pub mod xdp;
+pub mod xsk;

@@ -61,7 +61,7 @@ fn parse_args() -> Result<Args> {
     if a.size < 8 || a.size > 1400 {
         bail!("--size must be 8..=1400 bytes");
     }
-    if !(a.rate > 0.0) {
+    if a.rate.is_nan() || a.rate <= 0.0 {
         bail!("--rate must be above 0");
     }
     Ok(a)

@@ -1,0 +1,69 @@
+//! The two ethtool settings the datapath touches: GRO on or off (generic XDP runs after
+//! GRO, so the merged frames would not fit an AF_XDP socket's buffers).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GGRO: u32 = 0x0000_002b;
+const ETHTOOL_SGRO: u32 = 0x0000_002c;
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+#[repr(C)]
+struct Ifreq {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut EthtoolValue,
+    _pad: [u8; 16],
+}
+
+fn ethtool(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut value = EthtoolValue { cmd, data };
+    let mut req = Ifreq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: req is a valid ifreq whose data points at a live ethtool_value.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req as *mut Ifreq) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value.data)
+}
+
+/// Whether GRO is on (`ethtool -k NAME | grep generic-receive-offload`).
+pub fn gro(name: &str) -> io::Result<bool> {
+    ethtool(name, ETHTOOL_GGRO, 0).map(|v| v != 0)
+}
+
+/// Turn GRO on or off (`ethtool -K NAME gro on|off`).
+pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
+    ethtool(name, ETHTOOL_SGRO, u32::from(on)).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ifreq_is_the_kernels_size() {
+        assert_eq!(std::mem::size_of::<super::Ifreq>(), 40);
+    }
+}

@@ -1,0 +1,270 @@
+//! The paths measured: directord in each mode and receive variant, and what an operator would
+//! use instead. To add a directord variant (e.g. a fast path), add a [`Variant`] with its
+//! name suffix, label, `xdp` setting and extra `[datapath]` keys; it is then measured in
+//! every mode, selectable with `--paths`, and shown in every table.
+
+use anyhow::{bail, Result};
+use director_lab::topo::Mode;
+
+use crate::plan::Measure;
+
+/// directord's forwarding mode.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Lb {
+    Nat,
+    Dr,
+    Tun,
+    FullNat,
+}
+
+impl Lb {
+    pub const ALL: [Lb; 4] = [Lb::Nat, Lb::Dr, Lb::Tun, Lb::FullNat];
+
+    pub fn mode(self) -> Mode {
+        match self {
+            Lb::Nat => Mode::Nat,
+            Lb::Dr => Mode::Dr,
+            Lb::Tun => Mode::Tun,
+            Lb::FullNat => Mode::FullNat,
+        }
+    }
+}
+
+/// How directord receives (and whatever else a variant changes in `[datapath]`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Variant {
+    /// `xdp` off: TPACKET_V2 AF_PACKET rings.
+    AfPacket,
+    /// `xdp = "native"`: the XDP program steers the service's frames to AF_XDP sockets.
+    Xdp,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::AfPacket, Variant::Xdp];
+
+    /// Appended to the mode's name in `--paths` (`nat`, `nat-xdp`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Variant::AfPacket => "",
+            Variant::Xdp => "-xdp",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::AfPacket => "AF_PACKET",
+            Variant::Xdp => "XDP→AF_XDP",
+        }
+    }
+
+    /// `[datapath] xdp`.
+    pub fn xdp(self) -> Option<&'static str> {
+        match self {
+            Variant::AfPacket => None,
+            Variant::Xdp => Some("native"),
+        }
+    }
+
+    /// More `[datapath]` lines (`key = value`) this variant sets.
+    pub fn datapath_keys(self) -> &'static [&'static str] {
+        match self {
+            Variant::AfPacket | Variant::Xdp => &[],
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Path {
+    /// directord, `workers = 1`.
+    Directord(Lb, Variant),
+    /// nftables DNAT + conntrack in the director namespace (NAT topology).
+    NftDnat,
+    /// Plain kernel forwarding: the client sends to a real server's own address.
+    Forward,
+    /// HAProxy `mode tcp`, `nbthread 1` (TCP only).
+    Haproxy,
+    /// Stateless nftables netdev forwarding in the DR topology: the ingress hook rewrites
+    /// the MACs and sends the frame back out of `ext`.
+    NftFwd,
+    /// No director: the client straight at one real server over its own veth (scale).
+    Direct,
+}
+
+impl Path {
+    /// Every path, in table order.
+    pub fn all() -> Vec<Path> {
+        let mut v = Vec::new();
+        for lb in Lb::ALL {
+            for var in Variant::ALL {
+                v.push(Path::Directord(lb, var));
+            }
+        }
+        v.extend([
+            Path::NftDnat,
+            Path::Forward,
+            Path::Haproxy,
+            Path::NftFwd,
+            Path::Direct,
+        ]);
+        v
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Path::Directord(lb, v) => {
+                let m = match lb {
+                    Lb::Nat => "nat",
+                    Lb::Dr => "dr",
+                    Lb::Tun => "tun",
+                    Lb::FullNat => "fullnat",
+                };
+                format!("{m}{}", v.suffix())
+            }
+            Path::NftDnat => "nft-dnat".into(),
+            Path::Forward => "forward".into(),
+            Path::Haproxy => "haproxy".into(),
+            Path::NftFwd => "nft-fwd".into(),
+            Path::Direct => "direct".into(),
+        }
+    }
+
+    /// A lab tag (≤ 16 characters).
+    pub fn tag(self) -> String {
+        let n = self.name().replace("fullnat", "fnat");
+        n.chars().take(11).collect()
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Path::Directord(lb, v) => format!(
+                "directord {} {}",
+                match lb {
+                    Lb::Nat => "NAT",
+                    Lb::Dr => "DR",
+                    Lb::Tun => "TUN",
+                    Lb::FullNat => "FULLNAT",
+                },
+                v.label()
+            ),
+            Path::NftDnat => "nftables DNAT".into(),
+            Path::Forward => "kernel forwarding".into(),
+            Path::Haproxy => "HAProxy mode tcp".into(),
+            Path::NftFwd => "nftables netdev fwd (DR)".into(),
+            Path::Direct => "straight at one real (no director)".into(),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Path::Directord(lb, v) => format!(
+                "`{}`: directord, `workers = 1`, mode {}, {}",
+                self.name(),
+                lb.mode().as_str(),
+                match v {
+                    Variant::AfPacket => "`xdp` off (AF_PACKET rings)".to_string(),
+                    Variant::Xdp => "`xdp = \"native\"` (XDP steers to AF_XDP sockets)".to_string(),
+                }
+            ),
+            Path::NftDnat => {
+                "`nft-dnat`: NAT topology, `ip_forward=1`, an nftables nat prerouting \
+                 chain `ip daddr VIP tcp dport 80 dnat to numgen inc mod 3 map { 0 : RS1, 1 : RS2, \
+                 2 : RS3 } : 8080` (and likewise for each UDP/TCP port), conntrack as it comes \
+                 (`nf_conntrack_max` raised for the SYN flood); the real servers route back \
+                 through the director"
+                    .into()
+            }
+            Path::Forward => "`forward`: NAT topology, `ip_forward=1`, no rules; the client sends \
+                 straight to rs1's own address (route to 198.18.2.0/24 via the director), so \
+                 there is no load balancing: the floor of any in-kernel path"
+                .into(),
+            Path::Haproxy => {
+                "`haproxy`: HAProxy 2.6 `mode tcp`, `nbthread 1`, `balance roundrobin` \
+                 over the 3 reals (bulk: rs1 only), in the foreground in the director namespace \
+                 (NAT topology, `ip_forward=0`); TCP measures only"
+                    .into()
+            }
+            Path::NftFwd => "`nft-fwd`: DR topology, stateless nftables netdev ingress on `ext`: \
+                 `ip daddr VIP udp dport P ether saddr set DIRECTOR ether daddr set jhash ip saddr \
+                 . udp sport mod 3 map { 0 : RS1_MAC, ... } fwd to ext` (bulk: rs1's MAC); no \
+                 state, the reals hold the VIP on lo and answer the client directly"
+                .into(),
+            Path::Direct => "`direct`: no director: the client on its own plain veth (offloads \
+                 on, no switch) to rs1, for scale"
+                .into(),
+        }
+    }
+
+    pub fn parse_list(s: &str) -> Result<Vec<Path>> {
+        let all = Path::all();
+        let mut out: Vec<Path> = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let picked: Vec<Path> = match item {
+                "all" => all.clone(),
+                "directord" => all
+                    .iter()
+                    .copied()
+                    .filter(|p| matches!(p, Path::Directord(..)))
+                    .collect(),
+                "xdp" => all
+                    .iter()
+                    .copied()
+                    .filter(|p| matches!(p, Path::Directord(_, Variant::Xdp)))
+                    .collect(),
+                "baselines" => all.iter().copied().filter(|p| p.is_baseline()).collect(),
+                name => match all.iter().find(|p| p.name() == name) {
+                    Some(p) => vec![*p],
+                    None => bail!("unknown path {name:?}\n{}", crate::plan::USAGE),
+                },
+            };
+            for p in picked {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        // Table order, whatever the order given.
+        out.sort_by_key(|p| all.iter().position(|q| q == p));
+        Ok(out)
+    }
+
+    /// The topology it runs in.
+    pub fn mode(self) -> Mode {
+        match self {
+            Path::Directord(lb, _) => lb.mode(),
+            Path::NftFwd => Mode::Dr,
+            Path::NftDnat | Path::Forward | Path::Haproxy | Path::Direct => Mode::Nat,
+        }
+    }
+
+    pub fn is_baseline(self) -> bool {
+        !matches!(self, Path::Directord(..))
+    }
+
+    /// Forwarding done by the kernel itself (P2 gives these RPS over both cores).
+    pub fn in_kernel(self) -> bool {
+        matches!(self, Path::NftDnat | Path::Forward | Path::NftFwd)
+    }
+
+    pub fn applies(self, m: Measure) -> bool {
+        match self {
+            // A proxy terminates TCP: no UDP, and a SYN flood never reaches a real server.
+            Path::Haproxy => matches!(m, Measure::Http | Measure::Bulk | Measure::Latency),
+            Path::Direct => matches!(m, Measure::Http | Measure::Bulk | Measure::Latency),
+            Path::Directord(..) => true,
+            _ => m != Measure::Memory,
+        }
+    }
+
+    /// Whether UDP round trips apply (TCP ones always do where latency does).
+    pub fn udp(self) -> bool {
+        self != Path::Haproxy
+    }
+}
+
+/// The baselines every table compares against, with the column title of the ratio.
+pub const RATIO_BASES: [(Path, &str); 4] = [
+    (Path::NftDnat, "÷ nft DNAT"),
+    (Path::Forward, "÷ forward"),
+    (Path::Haproxy, "÷ HAProxy"),
+    (Path::NftFwd, "÷ netdev fwd"),
+];

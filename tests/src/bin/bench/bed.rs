@@ -649,6 +649,22 @@ impl Bed {
         {
             eprintln!("  softnet_stat:\n{}", String::from_utf8_lossy(&o.stdout));
         }
+        for ifname in self.director_ifaces() {
+            match sys::napi_threads(&self.topo.director, ifname) {
+                Err(e) => eprintln!("  napi {ifname}: {e:#}"),
+                Ok(pids) => {
+                    for pid in pids {
+                        let st = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                            .unwrap_or_default();
+                        eprintln!(
+                            "  napi {ifname} {pid} on CPUs {}: schedstat (run ns, wait ns, slices) {}",
+                            sys::allowed_cpus(pid),
+                            st.trim()
+                        );
+                    }
+                }
+            }
+        }
     }
 
     pub fn conntrack_count(&self) -> Option<u64> {

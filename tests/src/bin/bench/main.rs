@@ -18,6 +18,11 @@
 //!
 //! `bench [--quick] [--only rate,norate,flows,http,bulk,latency,memory] [--placements p1,p2,p3]
 //! [--paths LIST] [--reps N] [--perf DIR] [--out FILE]`
+//!
+//! Diagnosis: `BENCH_DEBUG=1` prints every lab interface's packet and drop counters, the
+//! director's softnet_stat and its NAPI threads' schedstat around each packet-rate trial;
+//! `BENCH_PROBE_RATES=100000,200000` runs no-loss trials at those rates (and prints their
+//! loss and CPU) before each no-loss search.
 
 mod bed;
 mod flows;

@@ -251,7 +251,7 @@ impl Opts {
     /// One trial of the no-loss search, and the number of trials.
     pub fn noloss_trial(&self) -> (f64, usize) {
         if self.quick {
-            (1.5, 3)
+            (1.5, 4)
         } else {
             (2.0, 6)
         }

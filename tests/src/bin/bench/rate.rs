@@ -158,6 +158,19 @@ pub fn flat(bed: &Bed, opts: &Opts, rep: usize) -> Result<Run> {
 /// it was just measured.
 pub fn noloss(bed: &Bed, opts: &Opts, flat_run: Option<&Run>) -> Result<Run> {
     let (secs, steps) = opts.noloss_trial();
+    if let Ok(list) = std::env::var("BENCH_PROBE_RATES") {
+        for r in list.split(',').filter_map(|x| x.parse::<f64>().ok()) {
+            let t = trial(bed, secs, r, None)?;
+            eprintln!(
+                "bench:   probe {}: offered {:.0} pps, loss {:.4} %, CPU {:?} steal {:?}",
+                bed.path.name(),
+                t.offered_pps(),
+                100.0 * t.loss(),
+                t.cpu.busy,
+                t.cpu.steal
+            );
+        }
+    }
     let (top, first, loss) = match flat_run {
         Some(r) => (r.get("offered").unwrap_or(r.main), r.main, r.get("loss")),
         None => {

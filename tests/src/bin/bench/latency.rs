@@ -44,10 +44,10 @@ fn spawn(bed: &Bed, proto: &str, rate: u32, count: u32) -> Result<Proc> {
 
 fn finish(mut p: Proc, rate: u32, count: u32) -> Result<Run> {
     let secs = f64::from(count + warmup(rate)) / f64::from(rate) + 30.0;
-    if p.wait_timeout(Duration::from_secs_f64(secs))?.is_none() {
+    let Some(status) = p.wait_timeout(Duration::from_secs_f64(secs))? else {
         p.stop(Duration::from_secs(1));
         bail!("rttping did not finish in {secs:.0} s");
-    }
+    };
     let out = p.stdout()?;
     let line = out
         .lines()
@@ -55,8 +55,9 @@ fn finish(mut p: Proc, rate: u32, count: u32) -> Result<Run> {
         .find(|l| l.starts_with('{'))
         .with_context(|| {
             format!(
-                "rttping printed no result: {}",
-                p.stderr().unwrap_or_default()
+                "rttping ({status}) printed no result: {}{}",
+                out.trim(),
+                p.stderr().unwrap_or_default().trim()
             )
         })?;
     let v: Value = serde_json::from_str(line)?;

@@ -189,7 +189,8 @@ impl Path {
                  state, the reals hold the VIP on lo and answer the client directly"
                 .into(),
             Path::Direct => "`direct`: no director: the client on its own plain veth (offloads \
-                 on, no switch) to rs1, for scale"
+                 on, no switch) to rs1, for scale; measured in P1 and P3 only (with no director \
+                 on the path, P2 places it as P1 does)"
                 .into(),
         }
     }

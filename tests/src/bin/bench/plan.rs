@@ -242,7 +242,7 @@ impl Opts {
     /// Flat-out packet-rate trial.
     pub fn rate_secs(&self) -> f64 {
         if self.quick {
-            1.5
+            1.0
         } else {
             3.0
         }
@@ -251,15 +251,15 @@ impl Opts {
     /// One trial of the no-loss search, and the number of trials.
     pub fn noloss_trial(&self) -> (f64, usize) {
         if self.quick {
-            (1.5, 4)
+            (1.0, 4)
         } else {
-            (2.0, 6)
+            (2.0, 5)
         }
     }
 
     pub fn flows_secs(&self) -> f64 {
         if self.quick {
-            1.5
+            1.0
         } else {
             3.0
         }
@@ -267,7 +267,7 @@ impl Opts {
 
     pub fn wrk_secs(&self) -> u32 {
         if self.quick {
-            3
+            2
         } else {
             10
         }
@@ -275,7 +275,7 @@ impl Opts {
 
     pub fn iperf_secs(&self) -> u32 {
         if self.quick {
-            2
+            1
         } else {
             5
         }
@@ -284,9 +284,9 @@ impl Opts {
     /// (rate per second, probes) of each latency level.
     pub fn latency_levels(&self) -> Vec<(u32, u32)> {
         if self.quick {
-            vec![(1, 3), (100, 300), (1000, 1000), (10000, 1000)]
+            vec![(1, 2), (100, 100), (1000, 300), (10000, 1000)]
         } else {
-            vec![(1, 10), (100, 1000), (1000, 2000), (10000, 3000)]
+            vec![(1, 10), (100, 1000), (1000, 1000), (10000, 3000)]
         }
     }
 }

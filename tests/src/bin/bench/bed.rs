@@ -165,8 +165,17 @@ impl Bed {
                 .run(["ethtool", "-K", ifname, "gro", "on"])?;
         }
         self.real_servers(mode)?;
-        self.start_path()?;
+        // The box is set up before its daemon starts; the NAPI threads are pinned again
+        // once it runs (attaching XDP re-creates them).
         self.place()?;
+        self.start_path()?;
+        let n = self.pin_napi()?;
+        if self.pl == Placement::P1 {
+            self.notes.push(format!(
+                "{n} NAPI thread{} pinned to CPU {BOX_CPU}",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
         self.warm()?;
         Ok(())
     }
@@ -520,9 +529,6 @@ impl Bed {
                 for ifname in self.director_ifaces() {
                     sys::sysfs_net(&self.topo.director, ifname, "threaded", "1")?;
                 }
-                let n = self.pin_napi()?;
-                self.notes
-                    .push(format!("{n} NAPI threads pinned to CPU {BOX_CPU}"));
             }
             Placement::P2 => {
                 if self.path.in_kernel() {

@@ -75,7 +75,15 @@ impl Store {
 
     pub fn fail(&mut self, what: String) {
         eprintln!("bench: FAILED {what}");
-        self.failures.push(what);
+        // One line each in the report (a backtrace, if any, stays on stderr).
+        let short: String = what
+            .split("Stack backtrace:")
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.failures.push(short.chars().take(400).collect());
     }
 
     pub fn setup_note(&mut self, path: Path, note: &str) {
@@ -307,7 +315,14 @@ pub fn noloss(out: &mut String, s: &Store, cx: &Context, trial: (f64, usize)) {
          The figure is what was delivered in the best passing trial; \"failed at\" is the \
          lowest rate that lost more (the search's upper bound). A search that passes at the \
          generator's own limit shows that limit (a lower bound). CPU, ns/pkt and counters are \
-         from the best passing trial: the cost below saturation.\n",
+         from the best passing trial: the cost below saturation. **Read P1's no-loss figures \
+         with care:** there the director's receive is a NAPI kthread on CPU 1, woken from CPU 0 \
+         for each paced burst, and veth's receive ring holds a fixed 256 frames; in this VM a \
+         cross-CPU wake-up takes 50–150 µs with tails of milliseconds (see the round trips \
+         below), so above a few tens of kpps the ring overflows now and then on every path, \
+         with CPU 1 mostly idle (`BENCH_DEBUG=1` shows the drops at the switch port into the \
+         director). Flat out the thread never sleeps and this does not arise; in P2 the \
+         receive runs in the sender's own softirq.\n",
         100.0 * crate::rate::LOSS_MAX,
         trial.0,
         trial.1

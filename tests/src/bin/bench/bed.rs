@@ -655,6 +655,12 @@ impl Bed {
         {
             eprintln!("  softnet_stat:\n{}", String::from_utf8_lossy(&o.stdout));
         }
+        if let Ok(o) = self.topo.reals[0].run(["nft", "list", "table", "ip", "bench"]) {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            for l in text.lines().filter(|l| l.contains("counter")) {
+                eprintln!("  rs1 nft: {}", l.trim());
+            }
+        }
         for ifname in self.director_ifaces() {
             match sys::napi_threads(&self.topo.director, ifname) {
                 Err(e) => eprintln!("  napi {ifname}: {e:#}"),

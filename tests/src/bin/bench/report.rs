@@ -44,6 +44,8 @@ pub struct Store {
     failures: Vec<String>,
     /// Setup notes per path (how directord received, NAPI threads pinned), deduplicated.
     setup: BTreeMap<Path, Vec<String>>,
+    /// Each measure's variants in the order they were first measured.
+    order: Vec<(Measure, String)>,
 }
 
 pub struct Agg<'a> {
@@ -64,6 +66,9 @@ impl Agg<'_> {
 
 impl Store {
     pub fn add(&mut self, m: Measure, variant: &str, pl: Placement, path: Path, run: Run) {
+        if !self.order.iter().any(|(om, ov)| *om == m && ov == variant) {
+            self.order.push((m, variant.to_string()));
+        }
         let key = Key {
             m,
             variant: variant.into(),
@@ -115,13 +120,11 @@ impl Store {
     }
 
     fn variants(&self, m: Measure) -> Vec<String> {
-        let mut v: Vec<String> = Vec::new();
-        for k in self.runs.keys().filter(|k| k.m == m) {
-            if !v.contains(&k.variant) {
-                v.push(k.variant.clone());
-            }
-        }
-        v
+        self.order
+            .iter()
+            .filter(|(om, _)| *om == m)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 }
 
@@ -201,7 +204,13 @@ fn render_table(out: &mut String, store: &Store, paths: &[Path], t: &Table) {
         let _ = write!(head, " {title} |");
         rule.push_str(" ---: |");
     }
-    for c in &t.cols {
+    // Columns with nothing in them (e.g. P1-only figures in P2) are left out.
+    let cols: Vec<&Col> = t
+        .cols
+        .iter()
+        .filter(|c| rows.iter().any(|(_, a)| (c.cell)(a) != "–"))
+        .collect();
+    for c in &cols {
         let _ = write!(head, " {} |", c.title);
         rule.push_str(" ---: |");
     }
@@ -223,7 +232,7 @@ fn render_table(out: &mut String, store: &Store, paths: &[Path], t: &Table) {
             };
             let _ = write!(line, " {cell} |");
         }
-        for c in &t.cols {
+        for c in &cols {
             let _ = write!(line, " {} |", (c.cell)(a));
         }
         let _ = writeln!(out, "{line}");
@@ -428,11 +437,10 @@ pub fn http(out: &mut String, s: &Store, cx: &Context, secs: u32) {
     );
     for pl in cx.placements {
         for variant in s.variants(Measure::Http) {
-            if s.agg(Measure::Http, &variant, *pl, cx.paths[0]).is_none()
-                && !cx
-                    .paths
-                    .iter()
-                    .any(|p| s.agg(Measure::Http, &variant, *pl, *p).is_some())
+            if !cx
+                .paths
+                .iter()
+                .any(|p| s.agg(Measure::Http, &variant, *pl, *p).is_some())
             {
                 continue;
             }

@@ -497,33 +497,7 @@ impl Bed {
 
     /// Applies the placement (see [`Placement::describe`]).
     fn place(&mut self) -> Result<()> {
-        if self.pl != Placement::P3 {
-            let mut others: Vec<(Host, Vec<&str>)> = vec![(self.topo.client.clone(), vec!["eth0"])];
-            for (i, rs) in self.topo.reals.iter().enumerate() {
-                let ifs = if i == 0 && self.direct.is_some() {
-                    vec!["eth0", "eth1"]
-                } else {
-                    vec!["eth0"]
-                };
-                others.push((rs.clone(), ifs));
-            }
-            if let Some(gw) = &self.topo.gateway {
-                others.push((gw.clone(), vec!["ext", "int"]));
-            }
-            if let Some(d) = &self.direct {
-                others.push((d.clone(), vec!["eth0"]));
-            }
-            for (h, ifs) in &others {
-                for ifname in ifs {
-                    sys::set_rps(h, ifname, 1 << HOST_CPU)?;
-                }
-            }
-            let sw = self.topo.lab.switch_host();
-            for ifname in self.director_ifaces() {
-                let port = self.topo.lab.port_of(&self.topo.director, ifname)?;
-                sys::set_rps(&sw, &port, 1 << HOST_CPU)?;
-            }
-        }
+        self.steer(self.wants.syn || !(self.wants.http || self.wants.bulk || self.wants.rtt))?;
         match self.pl {
             Placement::P1 => {
                 for ifname in self.director_ifaces() {
@@ -538,6 +512,41 @@ impl Bed {
                 }
             }
             Placement::P3 => {}
+        }
+        Ok(())
+    }
+
+    /// Where the receive processing outside the director runs (P1, P2; P3 has it all on
+    /// CPU 0 anyway). Always on the hosts' CPU: the client's, the TUN router's and the direct
+    /// host's interfaces (RPS `rps_cpus = 1`). The path after the director — the switch
+    /// ports the director transmits into and the real servers' `eth0` — on the hosts' CPU
+    /// too for the TCP and latency measures (so the box's CPU does not also carry the real
+    /// servers' TCP stacks), but left where veth puts it, in the director's transmit context,
+    /// for the floods (`flood`: packet rate, new flows), so that the generator alone has CPU 0
+    /// and can offer more than the box forwards: the box's figures then include one bridge hop
+    /// and the real server's nftables drop, the same for every path.
+    pub fn steer(&self, flood: bool) -> Result<()> {
+        if self.pl == Placement::P3 {
+            return Ok(());
+        }
+        let host = 1 << HOST_CPU;
+        let sink = if flood { 0 } else { host };
+        sys::set_rps(&self.topo.client, "eth0", host)?;
+        if let Some(gw) = &self.topo.gateway {
+            sys::set_rps(gw, "ext", host)?;
+            sys::set_rps(gw, "int", host)?;
+        }
+        if let Some(d) = &self.direct {
+            sys::set_rps(d, "eth0", host)?;
+            sys::set_rps(&self.topo.reals[0], "eth1", host)?;
+        }
+        for rs in &self.topo.reals {
+            sys::set_rps(rs, "eth0", sink)?;
+        }
+        let sw = self.topo.lab.switch_host();
+        for ifname in self.director_ifaces() {
+            let port = self.topo.lab.port_of(&self.topo.director, ifname)?;
+            sys::set_rps(&sw, &port, sink)?;
         }
         Ok(())
     }

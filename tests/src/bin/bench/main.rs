@@ -143,6 +143,7 @@ fn run_main(opts: &Opts, store: &mut Store, rep: usize, pl: Placement, path: Pat
     for m in MAIN_ORDER.iter().filter(|m| ms.contains(m)) {
         eprintln!("bench: {what}: {}", m.name());
         let r: Result<()> = (|| {
+            bed.steer(matches!(m, Measure::Rate | Measure::NoLoss))?;
             match m {
                 Measure::Latency => {
                     for (variant, run) in latency::latency(&bed, opts)? {

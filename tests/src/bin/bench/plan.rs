@@ -93,16 +93,22 @@ impl Placement {
         match self {
             Placement::P1 => {
                 "P1 \"box on one core\": the generator, the client programs and the real \
-                 servers' programs are pinned to CPU 0 (`taskset -c 0`), and so is their receive \
-                 processing (RPS `rps_cpus = 1` on every non-director interface, and on the \
-                 switch ports the director transmits into, so the bridge hop after the director \
-                 is not charged to it). The director namespace gets CPU 1 for everything: \
-                 directord / HAProxy pinned to CPU 1, and its receive processing moved there by \
-                 threaded NAPI (`gro on` and `threaded = 1` on `ext` and `int`, the `napi/*` \
-                 kthreads of exactly those interfaces, found through the netdev netlink family, \
-                 pinned to CPU 1, again after directord starts and before every measurement). \
-                 The kernel baselines forward in those NAPI threads. CPU 1's busy time is the \
-                 box's cost; \"ns per packet\" and \"CPU per GB\" divide it by the work done."
+                 servers' programs are pinned to CPU 0 (`taskset -c 0`). The director namespace \
+                 gets CPU 1 for everything: directord / HAProxy pinned to CPU 1, and its \
+                 receive processing moved there by threaded NAPI (`gro on` and `threaded = 1` on \
+                 `ext` and `int`; the `napi/*` kthreads of exactly those interfaces, found \
+                 through the netdev netlink family, pinned to CPU 1 once directord runs, since \
+                 attaching XDP re-creates them, and again before every measurement). The kernel baselines forward in those \
+                 NAPI threads. Receive processing outside the director is steered with RPS \
+                 (`rps_cpus = 1`): the client's always; the path after the director (the switch \
+                 ports the director sends into, the real servers' `eth0`) for the TCP and \
+                 latency measures, so that CPU 1 does not also run the real servers' TCP stacks, \
+                 but not for the floods (packet rate, new flows): there it stays in the \
+                 director's transmit context, so that the generator alone has CPU 0 and can \
+                 offer more than the box forwards, and the box's figures include one bridge hop \
+                 and the real server's nftables drop (the same for every path). CPU 1's busy \
+                 time is the box's cost; \"ns/pkt\", \"µs/req\" and \"CPU s/GB\" divide it by \
+                 the work done."
             }
             Placement::P2 => {
                 "P2 \"softirq beside the worker\": as P1 but no threaded NAPI, so the director's \

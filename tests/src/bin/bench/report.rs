@@ -278,7 +278,8 @@ pub fn rate(out: &mut String, s: &Store, cx: &Context, secs: f64, reps: usize) {
          by their inner port, before the lab's decapsulator). **Delivered = the real servers' \
          `eth0` receive counter delta** / the generator's send time; offered = frames sent / \
          that time. ns/pkt (P1 only) = CPU 1's busy fraction × 10⁹ / delivered pps: the box's \
-         cost per forwarded packet when it is saturated. CPU % = busy (user + system + irq + \
+         cost per forwarded packet when it is saturated, one bridge hop and the real server's \
+         drop included (see P1). CPU % = busy (user + system + irq + \
          softirq) per core from /proc/stat over the run.\n",
         crate::rate::FLOWS
     );

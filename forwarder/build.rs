@@ -11,7 +11,15 @@ use std::process::Command;
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(director_bpf)");
     println!("cargo::rerun-if-env-changed=CLANG");
-    for f in ["bpf/director.bpf.c", "bpf/director.h"] {
+    for f in [
+        "bpf/director.bpf.c",
+        "bpf/director.h",
+        "bpf/fastpath.h",
+        "bpf/nat.h",
+        "bpf/dr.h",
+        "bpf/tun.h",
+        "bpf/fullnat.h",
+    ] {
         println!("cargo::rerun-if-changed={f}");
     }
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());

@@ -1244,10 +1244,13 @@ fn render_services(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
 fn render_conns(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     let conns = v["connections"].as_array().map_or(&[][..], Vec::as_slice);
     let local = conns.iter().any(|c| c["local"].is_string());
+    // With the XDP fast path: which path each flow's packets take.
+    let path = conns.iter().any(|c| c["path"].is_string());
     writeln!(
         out,
-        "Pro FromIP:Port          ToIP:Port             {}DestIP:Port           State        Expires Origin",
-        if local { "LocalIP:Port          " } else { "" }
+        "Pro FromIP:Port          ToIP:Port             {}DestIP:Port           State        Expires Origin{}",
+        if local { "LocalIP:Port          " } else { "" },
+        if path { "  Path" } else { "" }
     )?;
     for c in conns {
         let local = if local {
@@ -1255,16 +1258,21 @@ fn render_conns(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
         } else {
             String::new()
         };
+        let origin = c["origin"].as_str().unwrap_or("?");
+        let origin = if path {
+            format!("{origin:<7} {}", c["path"].as_str().unwrap_or("-"))
+        } else {
+            origin.to_string()
+        };
         writeln!(
             out,
-            "{:<3} {:<21} {:<21} {local}{:<21} {:<12} {:>6}s {}",
+            "{:<3} {:<21} {:<21} {local}{:<21} {:<12} {:>6}s {origin}",
             c["protocol"].as_str().unwrap_or("?").to_uppercase(),
             c["client"].as_str().unwrap_or("?"),
             c["vip"].as_str().unwrap_or("?"),
             c["real"].as_str().unwrap_or("?"),
             c["state"].as_str().unwrap_or("?"),
             num_or(&c["expires_in"]),
-            c["origin"].as_str().unwrap_or("?"),
         )?;
     }
     if v["shown"] != v["total"] {

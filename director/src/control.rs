@@ -341,6 +341,8 @@ impl Views {
     }
 
     fn stats(&self) -> Value {
+        // What the XDP fast path forwarded, into the real servers' counters first.
+        self.flush_fast_counters();
         let t = self.datapath.totals();
         let drops: serde_json::Map<String, Value> = DropReason::ALL
             .iter()
@@ -367,7 +369,26 @@ impl Views {
                 "drops": drops,
                 "xdp": self.datapath.xdp.as_ref().map(|_| {
                     let x = self.datapath.xdp_stats();
-                    json!({ "passed": x.passed, "slow_path": x.slow_path, "no_socket": x.no_socket })
+                    let mut v = json!({
+                        "passed": x.passed,
+                        "slow_path": x.slow_path,
+                        "no_socket": x.no_socket,
+                        "fast_in": x.fast_in,
+                        "fast_out": x.fast_out,
+                    });
+                    if let Some(f) = &self.datapath.fast {
+                        let c = &f.counters;
+                        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                        v["fast_path"] = json!({
+                            "flows": l(&c.flows),
+                            "installed": l(&c.installed),
+                            "removed": l(&c.removed),
+                            "map_full": l(&c.map_full),
+                            "no_route": l(&c.no_route),
+                            "adopted": l(&c.adopted),
+                        });
+                    }
+                    v
                 }),
             },
             "connections": {
@@ -382,7 +403,14 @@ impl Views {
         })
     }
 
+    fn flush_fast_counters(&self) {
+        if let Some(f) = &self.datapath.fast {
+            f.flush_counters(&self.engine);
+        }
+    }
+
     fn services_json(&self) -> Value {
+        self.flush_fast_counters();
         let probes: HashMap<(String, std::net::SocketAddrV4), Value> = self
             .checker
             .snapshot()
@@ -417,6 +445,7 @@ impl Views {
         let services = self.services.load();
         let mut list = Vec::new();
         let mut total = 0usize;
+        let fast = self.datapath.fast.as_ref().map(|f| f.maps);
         self.engine.conns.snapshot(|e| {
             let name = services
                 .get(e.service())
@@ -445,6 +474,16 @@ impl Views {
                 // FULLNAT: the director's side toward the real server, LIP:lport.
                 if let Some(local) = e.local() {
                     conn["local"] = json!(local.to_string());
+                }
+                // Which path its packets take, and what the XDP fast path forwarded of it
+                // (those packets never reach the engine's counters above).
+                if let Some(maps) = fast {
+                    conn["path"] = json!(if e.is_fast() { "xdp" } else { "engine" });
+                    if e.is_fast() {
+                        let (packets, bytes) = forwarder::io::fastpath::flow_counters(maps, e);
+                        conn["fast_packets"] = json!(packets);
+                        conn["fast_bytes"] = json!(bytes);
+                    }
                 }
                 list.push(conn);
             }

@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use forwarder::conntrack::ConnTable;
 use forwarder::engine::{Engine, EngineObserver};
 use forwarder::io::datapath::{Datapath, DatapathOptions, Totals};
+use forwarder::io::fastpath::FastQueue;
 use forwarder::io::nft;
 use forwarder::io::xdp::XdpWant;
 use forwarder::model::VirtualService;
@@ -447,12 +448,30 @@ impl Daemon {
         if let Some(key) = &sync_key {
             conns.set_shard_key(key.derive(syncd::adapter::SHARD_KEY_LABEL));
         }
+        // The fast path hears of every change too (it keeps the XDP program's flow map equal
+        // to the table), but only once it runs.
+        let fast_queue =
+            match config.xdp != crate::config::XdpMode::Off && config.datapath.fast_path {
+                true => Some(Arc::new(
+                    FastQueue::new().context("cannot create the fast path's change queue")?,
+                )),
+                false => None,
+            };
+        let mut downstream: Vec<Arc<dyn forwarder::conntrack::ConnObserver>> = Vec::new();
+        if let Some(q) = &sync_queue {
+            downstream.push(q.clone());
+        }
+        if let Some(q) = &fast_queue {
+            downstream.push(q.clone());
+        }
         conns.set_observer(Arc::new(EngineObserver {
             persist: persist.clone(),
             services: table.clone(),
-            downstream: sync_queue
-                .clone()
-                .map(|q| q as Arc<dyn forwarder::conntrack::ConnObserver>),
+            downstream: match downstream.len() {
+                0 => None,
+                1 => downstream.pop(),
+                _ => Some(Arc::new(forwarder::conntrack::Observers(downstream))),
+            },
         }));
         let engine = Arc::new(Engine::new(conns, persist, reals));
 
@@ -477,6 +496,8 @@ impl Daemon {
                 crate::config::XdpMode::Native => Some(XdpWant::Native),
                 crate::config::XdpMode::Generic => Some(XdpWant::Generic),
             },
+            fast_path: fast_queue,
+            fast_flows: config.datapath.max_connections.saturating_mul(2),
             ..DatapathOptions::default()
         };
         let datapath = match Datapath::start(engine, table, &opts) {

@@ -2,6 +2,11 @@
 /*
  * Director's XDP program: the first look at every frame a datapath interface receives.
  *
+ * First the fast path (fastpath.h and one file per mode: nat.h, dr.h, tun.h, fullnat.h):
+ * a packet of an established flow the daemon put in dir_flows is rewritten and sent here,
+ * with XDP_TX or a redirect, and never reaches the kernel's stack or the workers. Then the
+ * steering rules for the rest:
+ *
  * It hands the frames the userspace engine owns to the AF_XDP socket of the worker that
  * owns the receive queue, before the kernel builds its own copy of them, and passes
  * everything else to the kernel unchanged. The engine owns (the same rules as
@@ -27,6 +32,8 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -130,14 +137,115 @@ static __always_inline int pass(void)
 	return XDP_PASS;
 }
 
-SEC("xdp")
-int director_xdp(struct xdp_md *ctx)
+#include "fastpath.h"
+#include "nat.h"
+#include "dr.h"
+#include "tun.h"
+#include "fullnat.h"
+
+/*
+ * The fast path: a TCP/UDP packet of a flow in dir_flows, forwarded here. Returns -1 when
+ * the packet is not the fast path's (the caller goes on with the steering rules), else the
+ * XDP action.
+ */
+static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p)
+{
+	struct dir_flow_key key = {};
+	struct dir_flow *f;
+	struct dir_nexthop *nh;
+	__u16 *ports = p->l4;
+	__u32 grow = 0;
+	int in;
+
+	if ((void *)(ports + 2) > p->end)
+		return -1;
+	key.saddr = p->ip->saddr;
+	key.daddr = p->ip->daddr;
+	key.sport = ports[0];
+	key.dport = ports[1];
+	key.proto = p->proto;
+	f = bpf_map_lookup_elem(&dir_flows, &key);
+	if (!f)
+		return -1;
+	if (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
+		return -1;
+	if (p->ip->ttl <= 1 || !ip_checksum_ok(p->ip))
+		return -1;
+	nh = bpf_map_lookup_elem(&dir_nexthops, &f->nexthop);
+	if (!nh || nh->ifindex == 0)
+		return -1;
+	if (f->action == DIR_ACT_TUN)
+		grow = sizeof(struct iphdr);
+	if ((__u32)p->ip_len + grow > nh->mtu)
+		return -1;
+	if ((f->action == DIR_ACT_FNAT_IN || f->action == DIR_ACT_FNAT_OUT) && !fnat_ok(ctx, p, f))
+		return -1;
+	in = f->action != DIR_ACT_NAT_OUT && f->action != DIR_ACT_FNAT_OUT;
+	account(f, &key, p->ip_len, in);
+	/* One global function per mode: the verifier checks each once. */
+	switch (f->action) {
+	case DIR_ACT_NAT_IN:
+		return dir_nat_in(ctx, f, nh);
+	case DIR_ACT_NAT_OUT:
+		return dir_nat_out(ctx, f, nh);
+	case DIR_ACT_DR:
+		return dir_dr_in(ctx, nh);
+	case DIR_ACT_TUN:
+		return dir_tun_in(ctx, f, nh);
+	case DIR_ACT_FNAT_IN:
+		return dir_fnat_in(ctx, f, nh);
+	case DIR_ACT_FNAT_OUT:
+		return dir_fnat_out(ctx, f, nh);
+	}
+	return -1;
+}
+
+/* The headers of a plain (no options, not fragmented) TCP/UDP packet; 0 if it is not one. */
+static __always_inline int parse_l4(struct pkt *p)
+{
+	__u16 ip_len = bpf_ntohs(p->ip->tot_len);
+
+	if (p->ip->ihl != 5 || (p->ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return 0;
+	if (ip_len < sizeof(struct iphdr) || (void *)p->ip + ip_len > p->end)
+		return 0;
+	p->ip_len = ip_len;
+	p->l4 = (void *)p->ip + sizeof(struct iphdr);
+	p->l4_len = ip_len - sizeof(struct iphdr);
+	p->proto = p->ip->protocol;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *t = p->l4;
+
+		if ((void *)(t + 1) > p->end)
+			return 0;
+		p->doff = t->doff * 4;
+		if (p->doff < sizeof(struct tcphdr) || p->doff > p->l4_len)
+			return 0;
+		p->tcp_flags = ((__u8 *)t)[13];
+		return 1;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		struct udphdr *u = p->l4;
+
+		if ((void *)(u + 1) > p->end)
+			return 0;
+		if (bpf_ntohs(u->len) < sizeof(struct udphdr) || bpf_ntohs(u->len) > p->l4_len)
+			return 0;
+		p->tcp_flags = 0;
+		return 1;
+	}
+	return 0;
+}
+
+/* The steering rules (see the top of this file), from the frame as it came: the fast path
+ * changed nothing when it let the frame go on. */
+static __always_inline int steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
-	__u32 *dflags, dst_flags = 0;
+	__u32 *dflags, dst_flags = 0, daddr;
 	__u8 proto;
 	int fragment;
 	void *l4;
@@ -147,7 +255,8 @@ int director_xdp(struct xdp_md *ctx)
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end)
 		return pass();
-	dflags = bpf_map_lookup_elem(&dir_addrs, &ip->daddr);
+	daddr = ip->daddr;
+	dflags = bpf_map_lookup_elem(&dir_addrs, &daddr);
 	if (dflags)
 		dst_flags = *dflags;
 	if (ip->version != 4 || ip->ihl < 5) {
@@ -213,6 +322,27 @@ int director_xdp(struct xdp_md *ctx)
 			return to_slow_path(ctx);
 	}
 	return pass();
+}
+
+SEC("xdp")
+int director_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) <= end && eth->h_proto == bpf_htons(ETH_P_IP) && ip->version == 4) {
+		struct pkt p = { .eth = eth, .ip = ip, .end = end };
+		int act;
+
+		if (parse_l4(&p)) {
+			act = fast_path(ctx, &p);
+			if (act >= 0)
+				return act;
+		}
+	}
+	return steer(ctx);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -171,6 +171,25 @@ impl Fib {
     }
 
     /// Egress interface and MACs for a frame to `dst`.
+    /// The interface and next-hop address toward `dst` (the gateway of its route, or `dst`
+    /// itself on a connected route).
+    pub fn next_hop_addr(&self, dst: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
+        let route = self.route(dst)?;
+        Some((route.oif, route.gateway.unwrap_or(dst)))
+    }
+
+    /// The next hop `hop` on interface `oif`, if its MAC is known.
+    pub fn hop(&self, oif: u32, hop: Ipv4Addr) -> Option<NextHop> {
+        let iface = self.interfaces.get(&oif)?;
+        let dst_mac = self.neighbour(oif, hop)?;
+        Some(NextHop {
+            ifindex: oif,
+            src_mac: iface.mac,
+            dst_mac,
+            mtu: iface.mtu,
+        })
+    }
+
     pub fn resolve(&self, dst: Ipv4Addr) -> Result<NextHop, FibMiss> {
         let route = self.route(dst).ok_or(FibMiss::NoRoute)?;
         let iface = self.interfaces.get(&route.oif).ok_or(FibMiss::NoRoute)?;

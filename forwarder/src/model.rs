@@ -168,6 +168,9 @@ pub struct DatapathConfig {
     /// Capacity of the connection table; a full table refuses new flows and counts them.
     pub max_connections: u32,
     pub timeouts: Timeouts,
+    /// With XDP: the program forwards established flows itself (the fast path); off, it
+    /// only hands the engine's frames to the workers.
+    pub fast_path: bool,
 }
 
 impl Default for DatapathConfig {
@@ -177,6 +180,7 @@ impl Default for DatapathConfig {
             interfaces: Vec::new(),
             max_connections: 1 << 20,
             timeouts: Timeouts::default(),
+            fast_path: true,
         }
     }
 }

@@ -125,7 +125,20 @@ fn expect_conns(failures: &mut Vec<String>, table: &str, lab: &Lab, want: ConnMa
 
 #[test]
 fn nat_table() {
+    nat_table_run(false)
+}
+
+/// [`nat_table`] with every row also run through the XDP program.
+#[test]
+fn nat_table_xdp() {
+    nat_table_run(true)
+}
+
+fn nat_table_run(xdp: bool) {
     let mut lab = Lab::new(nat_services());
+    if xdp && !lab.use_xdp("nat_table") {
+        return;
+    }
     let web = sa(VIP, 80);
     let dns = sa(VIP, 53);
     let r = |i| sa(nat_real(i), 8080);
@@ -477,6 +490,8 @@ fn nat_table() {
         .into_iter()
         .collect(),
     );
+    // The rows of established flows that the fast path forwards.
+    assert_xdp_forwarded(&lab, "nat_table", if xdp { 5 } else { 0 });
     assert_no_failures(failures);
 }
 
@@ -496,6 +511,16 @@ fn payload_summing_to_ffff(client: SocketAddrV4, real: SocketAddrV4) -> [u8; 2] 
 
 #[test]
 fn dr_table() {
+    dr_table_run(false)
+}
+
+/// [`dr_table`] with every row also run through the XDP program.
+#[test]
+fn dr_table_xdp() {
+    dr_table_run(true)
+}
+
+fn dr_table_run(xdp: bool) {
     let reals: Vec<_> = (1..=3).map(|i| (dr_real(i), 80, 1)).collect();
     let mut lab = Lab::new(vec![service(
         "web-dr",
@@ -505,6 +530,9 @@ fn dr_table() {
         SchedulerKind::Rr,
         &reals,
     )]);
+    if xdp && !lab.use_xdp("dr_table") {
+        return;
+    }
     let web = sa(VIP, 80);
     let r = |i| sa(dr_real(i), 80);
     // DR: only the MACs and the TTL change.
@@ -618,6 +646,8 @@ fn dr_table() {
         .into_iter()
         .collect(),
     );
+    // The rows of established flows that the fast path forwards.
+    assert_xdp_forwarded(&lab, "dr_table", if xdp { 1 } else { 0 });
     assert_no_failures(failures);
 }
 
@@ -681,7 +711,20 @@ fn counting(n: usize) -> Vec<u8> {
 
 #[test]
 fn tun_table() {
+    tun_table_run(false)
+}
+
+/// [`tun_table`] with every row also run through the XDP program.
+#[test]
+fn tun_table_xdp() {
+    tun_table_run(true)
+}
+
+fn tun_table_run(xdp: bool) {
     let mut lab = tun_lab();
+    if xdp && !lab.use_xdp("tun_table") {
+        return;
+    }
     let web = sa(VIP, 80);
     let dns = sa(VIP, 53);
     let r = |i| sa(nat_real(i), 80);
@@ -954,6 +997,8 @@ fn tun_table() {
         .into_iter()
         .collect(),
     );
+    // The rows of established flows that the fast path forwards.
+    assert_xdp_forwarded(&lab, "tun_table", if xdp { 2 } else { 0 });
     assert_no_failures(failures);
 }
 
@@ -1005,7 +1050,20 @@ fn set_total_len(v: &mut [u8], len: u16) {
 
 #[test]
 fn nat_bad_input_table() {
+    nat_bad_input_table_run(false)
+}
+
+/// [`nat_bad_input_table`] with every row also run through the XDP program.
+#[test]
+fn nat_bad_input_table_xdp() {
+    nat_bad_input_table_run(true)
+}
+
+fn nat_bad_input_table_run(xdp: bool) {
     let mut lab = Lab::new(nat_services());
+    if xdp && !lab.use_xdp("nat_bad_input_table") {
+        return;
+    }
     let web = sa(VIP, 80);
     let syn = |port| from_client(Pkt::tcp(sa(CLIENT, port), web, SYN, 1, 0));
     let base = syn(40010).build();
@@ -1238,6 +1296,8 @@ fn nat_bad_input_table() {
             ],
         },
     );
+    // Its established flows see only broken or unusual frames, every one the engine's.
+    assert_xdp_forwarded(&lab, "nat_bad_input_table", 0);
     assert_no_failures(failures);
 }
 

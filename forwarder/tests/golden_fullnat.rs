@@ -108,11 +108,24 @@ fn check_after(failures: &mut Vec<String>, table: &str, lab: &Lab, counts: Count
 
 #[test]
 fn fullnat_table() {
+    fullnat_table_run(false)
+}
+
+/// [`fullnat_table`] with every row also run through the XDP program.
+#[test]
+fn fullnat_table_xdp() {
+    fullnat_table_run(true)
+}
+
+fn fullnat_table_run(xdp: bool) {
     let reals: Vec<_> = (1..=3).map(|i| (nat_real(i), 8080, 1)).collect();
     let mut lab = lab(vec![
         fullnat("web", 80, TCP, &reals, &[LIP1, LIP2]),
         fullnat("dns", 53, UDP, &[(nat_real(1), 8053, 1)], &[LIP1]),
     ]);
+    if xdp && !lab.use_xdp("fullnat_table") {
+        return;
+    }
     let web = sa(VIP, 80);
     let dns = sa(VIP, 53);
     let r = |i| sa(nat_real(i), 8080);
@@ -341,6 +354,8 @@ fn fullnat_table() {
         .into_iter()
         .collect(),
     );
+    // The rows of established flows that the fast path forwards.
+    assert_xdp_forwarded(&lab, "fullnat_table", if xdp { 3 } else { 0 });
     assert_no_failures(failures);
 }
 
@@ -443,6 +458,16 @@ fn fullnat_port_held_through_time_wait() {
 /// acknowledgement number shifted by its 28 bytes, SACK edges too, MSS lowered.
 #[test]
 fn fullnat_proxy_protocol_table() {
+    fullnat_proxy_protocol_table_run(false)
+}
+
+/// [`fullnat_proxy_protocol_table`] with every row also run through the XDP program.
+#[test]
+fn fullnat_proxy_protocol_table_xdp() {
+    fullnat_proxy_protocol_table_run(true)
+}
+
+fn fullnat_proxy_protocol_table_run(xdp: bool) {
     let mut s = fullnat(
         "pp",
         80,
@@ -452,6 +477,9 @@ fn fullnat_proxy_protocol_table() {
     );
     s.proxy_protocol = Some(forwarder::model::ProxyProtocol::V2);
     let mut lab = lab(vec![s]);
+    if xdp && !lab.use_xdp("fullnat_proxy_protocol_table") {
+        return;
+    }
     let web = sa(VIP, 80);
     let real = sa(nat_real(1), 8080);
     let l1 = sa(LIP1, LPORT);
@@ -615,5 +643,11 @@ fn fullnat_proxy_protocol_table() {
             e.proxy_seq()
         ));
     }
+    // The rows of established flows that the fast path forwards.
+    assert_xdp_forwarded(
+        &lab,
+        "fullnat_proxy_protocol_table",
+        if xdp { 3 } else { 0 },
+    );
     assert_no_failures(failures);
 }

@@ -155,6 +155,7 @@ pub struct ControlFile {
 pub struct DatapathFile {
     pub workers: Option<Spanned<i64>>,
     pub xdp: Option<Spanned<String>>,
+    pub fast_path: Option<Spanned<bool>>,
     pub max_connections: Option<Spanned<i64>>,
     pub interfaces: Option<Vec<Spanned<String>>>,
     pub tcp_timeout: Option<Spanned<RawDuration>>,

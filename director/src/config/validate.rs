@@ -1086,6 +1086,15 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|x| self.choice(x, "xdp", XDP_MODES))
             .unwrap_or(XdpMode::Off);
+        if let Some(fp) = &f.fast_path {
+            dp.fast_path = *fp.get_ref();
+            if dp.fast_path && xdp == XdpMode::Off {
+                self.err(
+                    fp.span(),
+                    "fast_path = true needs the XDP program: set xdp = \"native\", \"generic\" or \"auto\" (or leave fast_path out)",
+                );
+            }
+        }
         if let Some(list) = &f.interfaces {
             dp.interfaces = list
                 .iter()

@@ -145,6 +145,10 @@ impl ConnEntry {
     /// The mark of the last resync this replica was installed in (see
     /// [`super::ConnTable::sweep_replicas`]).
     pub const SYNC_MARK: u8 = 0x08;
+    /// The XDP fast path forwards this flow's packets too: its entry is in the program's
+    /// flow map, so the last packet may be more recent than this entry shows (see
+    /// [`super::ConnTable::sweep_with`]).
+    pub const FAST: u8 = 0x10;
     /// Flags the caller may set through [`NewConn::flags`]; the others belong to the table.
     pub const CALLER_FLAGS: u8 = Self::PERSISTENT;
 
@@ -283,6 +287,11 @@ impl ConnEntry {
 
     pub fn is_persistent(&self) -> bool {
         self.flags & Self::PERSISTENT != 0
+    }
+
+    /// In the XDP fast path's flow map (see [`ConnEntry::FAST`]).
+    pub fn is_fast(&self) -> bool {
+        self.flags & Self::FAST != 0
     }
 
     pub fn packets_in(&self) -> u32 {

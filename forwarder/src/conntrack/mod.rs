@@ -78,6 +78,17 @@ pub trait ConnObserver: Send + Sync {
     fn on_change(&self, change: &Change);
 }
 
+/// Several observers, told of each change in turn.
+pub struct Observers(pub Vec<std::sync::Arc<dyn ConnObserver>>);
+
+impl ConnObserver for Observers {
+    fn on_change(&self, change: &Change) {
+        for o in &self.0 {
+            o.on_change(change);
+        }
+    }
+}
+
 /// Handle to an entry returned by a lookup or an insert. Valid on the guard that returned
 /// it until the entry is removed; using it elsewhere names some other (or no) entry, never
 /// undefined behaviour or a panic.
@@ -308,6 +319,13 @@ impl ConnTable {
         ((h * self.shards.len() as u64) >> 32) as usize
     }
 
+    /// Names the shard function: tables with the same shard count and the same
+    /// `shard_fn_id` have the same [`ConnTable::shard_index`], so what was computed from
+    /// one (the FULLNAT allocator's ports by shard) holds for the other.
+    pub fn shard_fn_id(&self) -> u64 {
+        self.shard_hasher.digest()
+    }
+
     /// Locks the shard of `addr` (see [`ConnTable::shard_index`]).
     pub fn shard_for(&self, addr: std::net::SocketAddrV4) -> ShardGuard<'_> {
         self.lock(self.shard_index(addr))
@@ -381,6 +399,22 @@ impl ConnTable {
     /// the last call stopped, and removes the entries expired at `now`. Returns how many
     /// it removed. One call visits each slot at most once.
     pub fn sweep(&self, now: u32, max_slots: usize) -> usize {
+        self.sweep_with(now, max_slots, &mut |_| None)
+    }
+
+    /// [`ConnTable::sweep`] for a table some of whose flows the XDP fast path forwards
+    /// without the engine seeing their packets: an entry marked [`ConnEntry::FAST`] in the
+    /// last half of its lifetime is first asked about, and `last_seen` returns when the
+    /// fast path last forwarded one of its packets (engine seconds), if it knows. A packet
+    /// seen there counts as a packet seen here: the expiry moves on (and a replica on the
+    /// peer is refreshed through the observer, [`Change::Refresh`], as a packet would), so a
+    /// flow that only the fast path forwards lives as long as its packets keep coming.
+    pub fn sweep_with(
+        &self,
+        now: u32,
+        max_slots: usize,
+        last_seen: &mut dyn FnMut(&ConnEntry) -> Option<u32>,
+    ) -> usize {
         let mut budget = max_slots.min(self.capacity());
         let mut removed = 0;
         while budget > 0 {
@@ -390,6 +424,15 @@ impl ConnTable {
             for _ in 0..steps {
                 let slot = guard.inner.sweep_cursor;
                 guard.inner.sweep_cursor = (slot + 1) % self.per_shard as usize;
+                let ask = guard.inner.slab.get(slot).and_then(|e| {
+                    let half = self.timeout(e.state()) / 2;
+                    (e.is_live() && e.is_fast() && now.saturating_add(half) >= e.expiry)
+                        .then(|| last_seen(e))
+                        .flatten()
+                });
+                if let Some(seen) = ask {
+                    guard.touch_slot(slot, seen, false);
+                }
                 let expired = guard
                     .inner
                     .slab
@@ -729,6 +772,53 @@ impl ShardGuard<'_> {
             table.notify(Change::Refresh(*e));
         }
         t
+    }
+
+    /// The XDP fast path forwarded a packet of entry `id` at `seen` (engine seconds): as a
+    /// packet would, that moves the expiry on to `seen` + the state's timeout (never back)
+    /// and, with `adopt`, makes a replica this node's flow. Reported to the observer as a
+    /// packet's update would be: an adopted replica as an update, an expiry moved on by half
+    /// the timeout since the last report as a refresh.
+    pub fn touch(&mut self, id: EntryId, seen: u32, adopt: bool) {
+        if self.is_live(id) {
+            self.touch_slot(id.0 as usize, seen, adopt);
+        }
+    }
+
+    /// Sets or clears [`ConnEntry::FAST`] on the entry with this inbound key (not a change
+    /// the observer hears of: it says where packets go, not what the flow is). False when
+    /// there is no such entry.
+    pub fn set_fast(&mut self, key: &FlowKey, on: bool) -> bool {
+        let Some(slot) = self.find_in(key) else {
+            return false;
+        };
+        let e = &mut self.inner.slab[slot as usize];
+        if on {
+            e.flags |= ConnEntry::FAST;
+        } else {
+            e.flags &= !ConnEntry::FAST;
+        }
+        true
+    }
+
+    fn touch_slot(&mut self, slot: usize, seen: u32, adopt: bool) {
+        let table = self.table;
+        let Some(e) = self.inner.slab.get_mut(slot).filter(|e| e.is_live()) else {
+            return;
+        };
+        let timeout = table.timeout(e.state());
+        let expiry = seen.saturating_add(timeout);
+        if expiry > e.expiry {
+            e.expiry = expiry;
+        }
+        if adopt && e.flags & ConnEntry::REPLICA != 0 {
+            e.flags &= !ConnEntry::REPLICA;
+            e.reported = e.expiry;
+            table.notify(Change::Update(*e));
+        } else if e.expiry.saturating_sub(e.reported) >= (timeout / 2).max(1) {
+            e.reported = e.expiry;
+            table.notify(Change::Refresh(*e));
+        }
     }
 
     /// Removes the entry `id` names; `None` if it is already gone.

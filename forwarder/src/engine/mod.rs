@@ -58,6 +58,8 @@ mod fullnat;
 mod proxy;
 mod tun;
 
+pub use tun::source_address as tunnel_source;
+
 pub use fullnat::DEFAULT_LOCAL_PORTS;
 pub use proxy::{header_v2 as proxy_header_v2, V2_TCP4_LEN as PROXY_V2_TCP4_LEN};
 
@@ -297,6 +299,11 @@ impl WorkerState {
             icmp_refilled: 0,
             buf: Vec::with_capacity(2 * (tun::ENCAP_HEADERS + usize::from(u16::MAX))),
         }
+    }
+
+    /// The identification the next header this worker writes gets.
+    pub fn peek_ident(&self) -> u16 {
+        self.ident
     }
 
     pub fn next_ident(&mut self) -> u16 {

@@ -158,6 +158,12 @@ pub(super) fn tunnel(
 /// server's subnet, else the first. VIPs are skipped (they move with VRRP) unless there is
 /// nothing else.
 fn tunnel_source(t: &Tables<'_>, ifindex: u32, real: Ipv4Addr) -> Option<Ipv4Addr> {
+    source_address(t, ifindex, real)
+}
+
+/// The tunnel source on `ifindex` toward `real` (see [`tunnel`]): also what the XDP fast
+/// path writes for a TUN flow.
+pub fn source_address(t: &Tables<'_>, ifindex: u32, real: Ipv4Addr) -> Option<Ipv4Addr> {
     let iface = t.fib.interface(ifindex)?;
     let own = || iface.addrs.iter().filter(|(a, _)| !t.services.is_vip(*a));
     let in_subnet = |&&(a, len): &&(Ipv4Addr, u8)| {

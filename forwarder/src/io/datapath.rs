@@ -25,6 +25,7 @@ use crate::engine::{
 };
 use crate::fib::{FastMap, Fib, FibMiss, Mac};
 use crate::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch, VnetHdr, RX_BATCH};
+use crate::io::fastpath::{FastPath, FastQueue, LastSeen};
 use crate::io::netlink::{Notifications, Rtnl};
 use crate::io::xdp::{AttachMode, Steering, XdpProgram, XdpStats, XdpWant};
 use crate::io::xsk::{self, Umem, XdpDesc, Xsk};
@@ -42,6 +43,11 @@ pub struct DatapathOptions {
     pub tx_batch: usize,
     /// The XDP program and AF_XDP sockets as the receive side (`None`: AF_PACKET rings).
     pub xdp: Option<XdpWant>,
+    /// With `xdp`: the connection table's fast-path observer, whose flows the program then
+    /// forwards itself (`None`: every packet goes to the workers).
+    pub fast_path: Option<Arc<FastQueue>>,
+    /// Rows of the program's flow map (about two per connection).
+    pub fast_flows: u32,
 }
 
 impl Default for DatapathOptions {
@@ -52,6 +58,8 @@ impl Default for DatapathOptions {
             ring: RingConfig::default(),
             tx_batch: 256,
             xdp: None,
+            fast_path: None,
+            fast_flows: 1 << 20,
         }
     }
 }
@@ -60,13 +68,34 @@ impl Default for DatapathOptions {
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     start: Instant,
+    /// `CLOCK_MONOTONIC` at `start`, in ns: what the XDP program's `bpf_ktime_get_ns()`
+    /// counts, so its timestamps map onto this clock.
+    start_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` in ns (the clock `Instant` and `bpf_ktime_get_ns()` read).
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: zeroed timespec is valid; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Clock {
     pub fn new() -> Clock {
         Clock {
             start: Instant::now(),
+            start_ns: monotonic_ns(),
         }
+    }
+
+    /// The engine second of a `CLOCK_MONOTONIC` timestamp (0 for one before the start).
+    pub fn at_ns(&self, ns: u64) -> u32 {
+        if ns < self.start_ns {
+            return 0;
+        }
+        u32::try_from((ns - self.start_ns) / 1_000_000_000).unwrap_or(u32::MAX - 1) + 1
     }
 
     pub fn now(&self) -> u32 {
@@ -98,6 +127,8 @@ pub struct Datapath {
     pub interfaces: Vec<(u32, String)>,
     /// The XDP program, when the workers receive through it (`[datapath] xdp`).
     pub xdp: Option<Arc<Mutex<XdpProgram>>>,
+    /// The fast path's manager, when the XDP program forwards established flows itself.
+    pub fast: Option<FastPath>,
     /// Why `xdp = "auto"` fell back to AF_PACKET rings, if it did.
     pub xdp_fallback: Option<String>,
     /// Interfaces whose GRO this datapath turned off (generic XDP), to turn back on.
@@ -161,6 +192,7 @@ impl Datapath {
                     &interfaces,
                     workers,
                     want,
+                    opts.fast_flows,
                     &services.load(),
                     &fib.load(),
                     &mut gro_restore.0,
@@ -197,9 +229,36 @@ impl Datapath {
             clock,
             interfaces,
             xdp: xdp.clone(),
+            fast: None,
             xdp_fallback,
             _gro_restore: gro_restore,
         };
+        let mut last_seen = None;
+        if let (Some(x), Some(queue)) = (&xdp, &opts.fast_path) {
+            let (maps, events) = {
+                let mut p = x.lock().expect("xdp lock");
+                (p.fast_maps(), p.take_events())
+            };
+            // veth delivers XDP_TX frames only to a peer that runs XDP itself: on veth the
+            // fast path sends a frame back out of its own interface with a redirect.
+            let redirect_self = dp
+                .interfaces
+                .iter()
+                .filter(|(_, name)| crate::io::ethtool::driver(name).is_ok_and(|d| d == "veth"))
+                .map(|(i, _)| *i)
+                .collect();
+            dp.fast = Some(FastPath::start(
+                maps,
+                events,
+                queue.clone(),
+                engine.clone(),
+                services.clone(),
+                fib.clone(),
+                clock,
+                redirect_self,
+            )?);
+            last_seen = Some(LastSeen::new(maps, clock));
+        }
         for (i, (rx, tx)) in rx_per_worker.drain(..).enumerate() {
             let counters = Arc::new(WorkerCounters::default());
             let heartbeat = Arc::new(AtomicU64::new(clock.millis()));
@@ -234,6 +293,7 @@ impl Datapath {
             stop,
             clock,
             xdp,
+            last_seen,
         };
         dp.threads.push(
             std::thread::Builder::new()
@@ -276,8 +336,10 @@ impl Datapath {
     pub fn totals(&self) -> Totals {
         let mut t = Totals::sum(&self.counters);
         let x = self.xdp_stats();
-        t.rx += x.passed + x.no_socket;
+        t.rx += x.passed + x.no_socket + x.fast_in + x.fast_out;
         t.passed += x.passed + x.no_socket;
+        t.forwarded_in += x.fast_in;
+        t.forwarded_out += x.fast_out;
         t
     }
 
@@ -312,8 +374,10 @@ impl Drop for Datapath {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        // The program's links close with it (the kernel detaches it); GRO comes back on
-        // when `_gro_restore` drops, after it.
+        // The fast path's manager empties the flow map and stops before the program (whose
+        // maps it writes) goes; the program's links close with it (the kernel detaches
+        // it); GRO comes back on when `_gro_restore` drops, after it.
+        self.fast = None;
         self.xdp = None;
     }
 }
@@ -556,10 +620,12 @@ const MAX_SOCKET_QUEUES: u32 = crate::io::xdp::MAX_QUEUES;
 /// The XDP receive side: the program loaded, an AF_XDP socket on every receive queue of
 /// every interface (queue q to worker q mod workers), the maps filled, and only then the
 /// program attached, so that the first frame it steers finds its socket.
+#[allow(clippy::too_many_arguments)]
 fn open_xdp(
     interfaces: &[(u32, String)],
     workers: usize,
     want: XdpWant,
+    fast_flows: u32,
     services: &ServiceTable,
     fib: &Fib,
     gro_restore: &mut Vec<String>,
@@ -581,11 +647,12 @@ fn open_xdp(
             )));
         }
     }
-    let mut prog = XdpProgram::load()?;
+    let mut prog = XdpProgram::load(fast_flows)?;
     let mut plan: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); workers];
     for (slot, (ifindex, name)) in interfaces.iter().enumerate() {
         let slot = slot as u32;
         prog.register_interface(*ifindex, slot)?;
+        prog.add_tx_port(*ifindex)?;
         let queues = crate::io::xdp::rx_queues(name).map_err(|e| {
             io::Error::other(format!("cannot count the receive queues of {name}: {e}"))
         })?;
@@ -828,6 +895,8 @@ fn rx_meta(vnet: VnetHdr, truncated: bool, status: u32) -> RxMeta {
 struct Resolver {
     /// The XDP program whose maps follow the service table and the FIB.
     xdp: Option<Arc<Mutex<XdpProgram>>>,
+    /// The fast path's last packet of a flow, for the sweep.
+    last_seen: Option<LastSeen>,
     rtnl: Rtnl,
     notifications: Notifications,
     fib: Arc<ArcSwap<Fib>>,
@@ -910,7 +979,13 @@ impl Resolver {
             self.sync_xdp(&mut synced);
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 let now = self.clock.now();
-                self.engine.conns.sweep(now, SWEEP_BUDGET);
+                match &self.last_seen {
+                    Some(ls) => self
+                        .engine
+                        .conns
+                        .sweep_with(now, SWEEP_BUDGET, &mut |e| ls.of(e)),
+                    None => self.engine.conns.sweep(now, SWEEP_BUDGET),
+                };
                 self.engine.persist.sweep(now, SWEEP_BUDGET);
                 last_sweep = Instant::now();
             }

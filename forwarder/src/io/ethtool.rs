@@ -50,6 +50,57 @@ fn ethtool(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
     Ok(value.data)
 }
 
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+/// `struct ethtool_drvinfo`: only the command and the driver's name are read.
+#[repr(C)]
+struct DrvInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    rest: [u8; 160],
+}
+
+/// The name of the interface's driver (`ethtool -i NAME`), e.g. "veth".
+pub fn driver(name: &str) -> io::Result<String> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    #[repr(C)]
+    struct Req {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    let mut req = Req {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: req is a valid ifreq whose data points at a live ethtool_drvinfo.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req as *mut Req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 /// Whether GRO is on (`ethtool -k NAME | grep generic-receive-offload`).
 pub fn gro(name: &str) -> io::Result<bool> {
     ethtool(name, ETHTOOL_GGRO, 0).map(|v| v != 0)
@@ -65,5 +116,6 @@ mod tests {
     #[test]
     fn ifreq_is_the_kernels_size() {
         assert_eq!(std::mem::size_of::<super::Ifreq>(), 40);
+        assert_eq!(std::mem::size_of::<super::DrvInfo>(), 196);
     }
 }

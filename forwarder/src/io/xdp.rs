@@ -62,6 +62,9 @@ pub struct XdpStats {
     pub slow_path: u64,
     /// Frames of the engine's that found no socket for their queue (passed to the kernel).
     pub no_socket: u64,
+    /// Frames the fast path forwarded toward a real server, and toward a client.
+    pub fast_in: u64,
+    pub fast_out: u64,
 }
 
 /// What the operator asked for (`[datapath] xdp`), for one interface.
@@ -133,9 +136,20 @@ impl Steering {
 #[cfg(director_bpf)]
 mod imp {
     use super::*;
-    use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
+    use aya::maps::{DevMapHash, HashMap, Map, MapData, PerCpuArray, RingBuf, XskMap};
     use aya::programs::{Xdp, XdpMode};
-    use aya::Ebpf;
+    use aya::{Ebpf, EbpfLoader};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use crate::io::fastpath::FastMaps;
+
+    /// The map inside an aya `Map`, for the maps used through raw `bpf(2)` calls.
+    fn data(m: Map) -> io::Result<MapData> {
+        match m {
+            Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => Ok(d),
+            other => Err(io::Error::other(format!("unexpected map type {other:?}"))),
+        }
+    }
 
     /// The program as clang built it (see `build.rs`).
     static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director.bpf.o"));
@@ -153,14 +167,24 @@ mod imp {
         ifaces: HashMap<MapData, u32, u32>,
         xsks: XskMap<MapData>,
         stats: PerCpuArray<MapData, u64>,
+        flows: MapData,
+        nexthops: MapData,
+        reals: MapData,
+        ident: PerCpuArray<MapData, u32>,
+        tx_ports: DevMapHash<MapData>,
+        events: Option<RingBuf<MapData>>,
         attached: Vec<(u32, String, AttachMode)>,
         current: Steering,
     }
 
     impl XdpProgram {
-        /// Load the program into the kernel (the verifier checks it here), not attached yet.
-        pub fn load() -> io::Result<XdpProgram> {
-            let mut ebpf = Ebpf::load(OBJECT).map_err(|e| err("cannot load the XDP program", e))?;
+        /// Load the program into the kernel (the verifier checks it here), not attached yet,
+        /// with room for `flows` rows in the fast path's flow map.
+        pub fn load(flows: u32) -> io::Result<XdpProgram> {
+            let mut ebpf = EbpfLoader::new()
+                .map_max_entries("dir_flows", flows.max(1024))
+                .load(OBJECT)
+                .map_err(|e| err("cannot load the XDP program", e))?;
             let prog: &mut Xdp = ebpf
                 .program_mut(PROGRAM)
                 .ok_or_else(|| io::Error::other("the XDP object has no director_xdp program"))?
@@ -179,6 +203,15 @@ mod imp {
             let xsks = XskMap::try_from(take("dir_xsks")?).map_err(|e| err("dir_xsks", e))?;
             let stats =
                 PerCpuArray::try_from(take("dir_stats")?).map_err(|e| err("dir_stats", e))?;
+            let flows = data(take("dir_flows")?)?;
+            let nexthops = data(take("dir_nexthops")?)?;
+            let reals = data(take("dir_reals")?)?;
+            let ident =
+                PerCpuArray::try_from(take("dir_ident")?).map_err(|e| err("dir_ident", e))?;
+            let tx_ports =
+                DevMapHash::try_from(take("dir_tx_ports")?).map_err(|e| err("dir_tx_ports", e))?;
+            let events =
+                Some(RingBuf::try_from(take("dir_events")?).map_err(|e| err("dir_events", e))?);
             Ok(XdpProgram {
                 ebpf,
                 addrs,
@@ -186,9 +219,67 @@ mod imp {
                 ifaces,
                 xsks,
                 stats,
+                flows,
+                nexthops,
+                reals,
+                ident,
+                tx_ports,
+                events,
                 attached: Vec::new(),
                 current: Steering::default(),
             })
+        }
+
+        /// The fast path's maps, for the manager and the sweep (valid while `self` lives).
+        pub fn fast_maps(&self) -> FastMaps {
+            FastMaps {
+                flows: self.flows.fd().as_fd().as_raw_fd(),
+                nexthops: self.nexthops.fd().as_fd().as_raw_fd(),
+                reals: self.reals.fd().as_fd().as_raw_fd(),
+            }
+        }
+
+        /// The ring buffer of the program's events (once: its reader is the manager).
+        pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+            self.events.take()
+        }
+
+        /// Frames may be redirected out of `ifindex`.
+        pub fn add_tx_port(&mut self, ifindex: u32) -> io::Result<()> {
+            self.tx_ports
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|e| err("cannot fill dir_tx_ports", e))
+        }
+
+        /// The next identification each CPU writes into an outer (TUN) header.
+        pub fn set_tun_ident(&mut self, next: u32) -> io::Result<()> {
+            let cpus = crate::io::bpf::possible_cpus()?;
+            let values = aya::maps::PerCpuValues::try_from(vec![next; cpus])
+                .map_err(|e| err("dir_ident", e))?;
+            self.ident
+                .set(0, values, 0)
+                .map_err(|e| err("dir_ident", e))
+        }
+
+        /// Runs the program once on `frame` as if received on `ingress_ifindex`, queue 0
+        /// (`BPF_PROG_TEST_RUN`): the XDP action and the frame as the program left it.
+        pub fn run_test(
+            &mut self,
+            frame: &[u8],
+            ingress_ifindex: u32,
+        ) -> io::Result<(u32, Vec<u8>)> {
+            let prog: &Xdp = self
+                .ebpf
+                .program(PROGRAM)
+                .expect("checked at load")
+                .try_into()
+                .expect("checked at load");
+            let fd = prog
+                .fd()
+                .map_err(|e| err("the XDP program", e))?
+                .as_fd()
+                .as_raw_fd();
+            crate::io::bpf::xdp_test_run(fd, frame, ingress_ifindex)
         }
 
         /// Attach to `ifindex` (`name` for messages) as asked; returns the mode in force.
@@ -305,6 +396,8 @@ mod imp {
                 passed: sum(0),
                 slow_path: sum(1),
                 no_socket: sum(2),
+                fast_in: sum(3),
+                fast_out: sum(4),
             }
         }
     }
@@ -318,7 +411,7 @@ mod imp {
     pub struct XdpProgram(());
 
     impl XdpProgram {
-        pub fn load() -> io::Result<XdpProgram> {
+        pub fn load(_flows: u32) -> io::Result<XdpProgram> {
             Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this directord was built without its XDP program (clang was missing at build \
@@ -342,6 +435,21 @@ mod imp {
         }
         pub fn stats(&self) -> XdpStats {
             XdpStats::default()
+        }
+        pub fn fast_maps(&self) -> crate::io::fastpath::FastMaps {
+            unreachable!("load() never returns a program in this build")
+        }
+        pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+            None
+        }
+        pub fn add_tx_port(&mut self, _: u32) -> io::Result<()> {
+            unreachable!("load() never returns a program in this build")
+        }
+        pub fn set_tun_ident(&mut self, _: u32) -> io::Result<()> {
+            unreachable!("load() never returns a program in this build")
+        }
+        pub fn run_test(&mut self, _: &[u8], _: u32) -> io::Result<(u32, Vec<u8>)> {
+            unreachable!("load() never returns a program in this build")
         }
     }
 }

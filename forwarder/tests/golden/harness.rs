@@ -17,6 +17,7 @@ use forwarder::fib::{Fib, Interface, Route};
 use forwarder::model::{Mode, Protocol, RealServer, SchedulerKind, Timeouts, VirtualService};
 use forwarder::sched::PersistTable;
 use forwarder::stats::{RealRegistry, RealSlot};
+use forwarder::wire::ipv4::Ipv4Packet;
 
 use super::frames::{check_checksums, diff, hexdump, L4Check, Mac};
 
@@ -166,6 +167,180 @@ impl FrameOut for Emitted {
     }
 }
 
+/// The XDP program, loaded, beside the engine: every row also runs through it
+/// (`BPF_PROG_TEST_RUN`) with its flow map mirrored from the engine's connection table as
+/// the fast path's manager mirrors it ([`forwarder::io::fastpath::plan`]). A frame the
+/// program forwards must come out byte for byte as the engine's; one it passes must be
+/// unchanged; and it must forward exactly the frames the fast path owns (see `owned`).
+pub struct XdpCheck {
+    prog: forwarder::io::xdp::XdpProgram,
+    maps: forwarder::io::fastpath::FastMaps,
+    written: Vec<forwarder::io::fastpath::BpfFlowKey>,
+    /// Rows the program forwarded, and rows it left to the engine.
+    pub forwarded: usize,
+    pub passed: usize,
+}
+
+/// XDP actions.
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+impl XdpCheck {
+    /// The program loaded in a network namespace of this test thread's own, where the lab's
+    /// two interfaces exist as a veth pair with the FIB's ifindexes (`ext` 2, `int` 3), so
+    /// that the program's redirect map and ingress interface mean what they mean in the
+    /// lab. `None` (with a message) where that cannot be done outside CI; in CI a failure.
+    pub fn for_test(table: &str) -> Option<XdpCheck> {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        let fail = |why: String| -> Option<XdpCheck> {
+            assert!(
+                !ci,
+                "[{table}] the XDP golden check cannot run in CI: {why}"
+            );
+            eprintln!("[{table}] SKIPPED the XDP golden check: {why}");
+            None
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return fail(
+                "not root (loading an XDP program needs CAP_BPF and CAP_NET_ADMIN)".into(),
+            );
+        }
+        // SAFETY: unshare of the network namespace for this thread only.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return fail(format!(
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !(ip(&[
+            "link", "add", "ext", "index", "2", "type", "veth", "peer", "name", "int", "index", "3",
+        ]) && ip(&["link", "set", "ext", "up"])
+            && ip(&["link", "set", "int", "up"]))
+        {
+            return fail("cannot make the ext/int veth pair".into());
+        }
+        // if_nametoindex asks through a socket, in this thread's namespace (sysfs would
+        // show the namespace it was mounted in).
+        let index = |name: &str| {
+            let c = std::ffi::CString::new(name).expect("no NUL in an interface name");
+            // SAFETY: c is a valid NUL-terminated string.
+            let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            (i != 0).then_some(i)
+        };
+        if index("ext") != Some(EXT) || index("int") != Some(INT) {
+            return fail(format!(
+                "the veth pair got ifindexes {:?}/{:?}, not {EXT}/{INT}",
+                index("ext"),
+                index("int")
+            ));
+        }
+        let mut prog = match forwarder::io::xdp::XdpProgram::load(4096) {
+            Ok(p) => p,
+            Err(e) => return fail(format!("cannot load the program: {e}")),
+        };
+        for i in [EXT, INT] {
+            prog.add_tx_port(i)
+                .expect("dir_tx_ports takes the veth pair");
+        }
+        let maps = prog.fast_maps();
+        Some(XdpCheck {
+            prog,
+            maps,
+            written: Vec::new(),
+            forwarded: 0,
+            passed: 0,
+        })
+    }
+
+    /// Makes the flow map hold exactly the engine's eligible flows, next hops from the FIB.
+    fn mirror(&mut self, lab: &Lab) {
+        use forwarder::io::bpf;
+        for k in self.written.drain(..) {
+            let _ = bpf::delete(self.maps.flows, as_bytes(&k));
+        }
+        let services = lab.services.load();
+        let mut hops = forwarder::io::fastpath::NextHops::default();
+        for e in lab.all_conns() {
+            let Some(p) = forwarder::io::fastpath::plan(&e, &lab.fib, &services, &mut hops) else {
+                continue;
+            };
+            for (slot, h) in &p.new_hops {
+                bpf::update(self.maps.nexthops, &slot.to_ne_bytes(), as_bytes(h))
+                    .expect("dir_nexthops takes the row");
+            }
+            for (k, f) in &p.rows {
+                bpf::update(self.maps.flows, as_bytes(k), as_bytes(f))
+                    .expect("dir_flows takes the row");
+                self.written.push(*k);
+            }
+        }
+        self.prog
+            .set_tun_ident(u32::from(lab.state.peek_ident()))
+            .expect("dir_ident");
+    }
+}
+
+fn as_bytes<T>(v: &T) -> &[u8] {
+    // SAFETY: the fast path's map types are repr(C) plain old data.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast(), std::mem::size_of::<T>()) }
+}
+
+/// Whether the fast path owns `frame`: a plain TCP/UDP packet (IPv4 without options, not
+/// a fragment, a right header checksum, TTL above 1, no SYN, FIN or RST) of a flow whose
+/// entry is established TCP or UDP, that the engine forwards as it is (not spliced, not
+/// rebuilt, not dropped). A FULLNAT reply of a PROXY protocol flow that carries a SACK
+/// block may be left to the engine (a block at an odd offset is).
+fn owned(frame: &[u8], entry: Option<ConnEntry>, verdict: &Verdict) -> (bool, bool) {
+    let may_pass = false;
+    let Some(e) = entry else {
+        return (false, may_pass);
+    };
+    // TUN's outer header goes in as an insert (the program makes room for it); any other
+    // insert (the PROXY protocol header) is the engine's.
+    let forwarded_as_is = match verdict {
+        Verdict::Forward { .. } => true,
+        Verdict::ForwardInsert { .. } => e.mode() == Mode::Tun,
+        _ => false,
+    };
+    if !matches!(e.state(), ConnState::Established | ConnState::Udp)
+        || !forwarded_as_is
+        || frame.len() < 34
+        || frame[12..14] != [0x08, 0x00]
+    {
+        return (false, may_pass);
+    }
+    let ip = &frame[14..];
+    let plain = ip[0] == 0x45
+        && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0
+        && ip[8] > 1
+        && Ipv4Packet::new_checked(ip).is_ok_and(|p| p.verify_checksum());
+    if !plain || !matches!(ip[9], 6 | 17) {
+        return (false, may_pass);
+    }
+    if ip[9] == 6 {
+        let flags = frame.get(14 + 20 + 13).copied().unwrap_or(0);
+        if flags & 0x07 != 0 {
+            return (false, may_pass);
+        }
+        if e.proxy_seq().is_some() {
+            let doff = usize::from(frame[14 + 20 + 12] >> 4) * 4;
+            let opts = frame.get(54..34 + doff).unwrap_or(&[]);
+            if opts.contains(&5) {
+                return (true, true);
+            }
+        }
+    }
+    (true, may_pass)
+}
+
 /// One engine with its tables, as one datapath worker sees them.
 pub struct Lab {
     pub engine: Engine,
@@ -175,6 +350,8 @@ pub struct Lab {
     pub misses: Misses,
     pub emitted: Emitted,
     pub state: WorkerState,
+    /// With the XDP program beside the engine, every row runs through both.
+    pub xdp: Option<XdpCheck>,
 }
 
 impl Lab {
@@ -216,6 +393,7 @@ impl Lab {
             emitted: Emitted::default(),
             // Worker 0 of 1: identifications 0, 1, 2...
             state: WorkerState::new(0, 1),
+            xdp: None,
         }
     }
 
@@ -232,6 +410,13 @@ impl Lab {
             state: &mut self.state,
         };
         self.engine.process(frame, meta, &tables, now, &mut ctx)
+    }
+
+    /// Runs every row of this lab through the XDP program too ([`XdpCheck`]); false when
+    /// that cannot be done here (reported; only outside CI).
+    pub fn use_xdp(&mut self, table: &str) -> bool {
+        self.xdp = XdpCheck::for_test(table);
+        self.xdp.is_some()
     }
 
     /// The frames emitted since the last call.
@@ -455,6 +640,31 @@ pub fn run_table(lab: &mut Lab, table: &str, rows: Vec<Row>) -> Vec<String> {
     let mut failures = Vec::new();
     for r in rows {
         let mut frame = r.input.clone();
+        // The program's view of the frame before the engine changes the table: no ring
+        // metadata (a frame an XDP program sees carries none: complete checksums, no GSO).
+        let xdp_run = match lab.xdp.take() {
+            // BPF_PROG_TEST_RUN takes no frame shorter than an Ethernet header (no NIC
+            // delivers one either).
+            Some(mut x) if r.meta == RxMeta::default() && r.input.len() >= 14 => {
+                x.mirror(lab);
+                let ingress = if r.input.get(0..6) == Some(&INT_MAC[..]) {
+                    INT
+                } else {
+                    EXT
+                };
+                let run = x
+                    .prog
+                    .run_test(&r.input, ingress)
+                    .expect("BPF_PROG_TEST_RUN");
+                let entry = flow_entry(lab, &r.input);
+                lab.xdp = Some(x);
+                Some((run, ingress, entry))
+            }
+            other => {
+                lab.xdp = other;
+                None
+            }
+        };
         let verdict = lab.process(&mut frame, r.meta, r.now);
         let emitted = lab.take_emitted();
         // What goes on the wire in place of the received frame.
@@ -509,6 +719,55 @@ pub fn run_table(lab: &mut Lab, table: &str, rows: Vec<Row>) -> Vec<String> {
                 ));
             }
         }
+        if let (Some(((act, out), ingress, entry)), Some(x)) = (xdp_run, lab.xdp.as_mut()) {
+            let (must, may_pass) = owned(&r.input, entry, &verdict);
+            match act {
+                XDP_PASS => {
+                    x.passed += 1;
+                    if out != r.input {
+                        problems.push(format!(
+                            "  XDP: passed but changed the frame:\n{}",
+                            diff(&r.input, &out)
+                        ));
+                    }
+                    if must && !may_pass {
+                        problems.push(
+                            "  XDP: passed a frame the fast path owns (an established flow's)"
+                                .into(),
+                        );
+                    }
+                }
+                XDP_TX | XDP_REDIRECT => {
+                    x.forwarded += 1;
+                    if !must {
+                        problems.push(format!(
+                            "  XDP: forwarded (action {act}) a frame the fast path must leave to the engine (engine: {verdict:?})"
+                        ));
+                    }
+                    if let Verdict::Forward { ifindex } | Verdict::ForwardInsert { ifindex, .. } =
+                        verdict
+                    {
+                        let want = if ifindex == ingress {
+                            XDP_TX
+                        } else {
+                            XDP_REDIRECT
+                        };
+                        if act != want {
+                            problems.push(format!(
+                                "  XDP: action {act}, expected {want} (out of {ifindex}, in on {ingress})"
+                            ));
+                        }
+                    }
+                    if out != frame {
+                        problems.push(format!(
+                            "  XDP: output differs from the engine's:\n{}",
+                            diff(&frame, &out)
+                        ));
+                    }
+                }
+                other => problems.push(format!("  XDP: unexpected action {other}")),
+            }
+        }
         if let Some(c) = &r.conn {
             let got = lab
                 .conn(c.proto, c.client, c.vip)
@@ -530,6 +789,31 @@ pub fn run_table(lab: &mut Lab, table: &str, rows: Vec<Row>) -> Vec<String> {
         }
     }
     failures
+}
+
+/// The connection entry a frame belongs to, looked up by the fast path's keys: as sent by
+/// the client (client → VIP), or as a reply (real → client, real → LIP).
+fn flow_entry(lab: &Lab, frame: &[u8]) -> Option<ConnEntry> {
+    if frame.len() < 38 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let l4 = ip.get(ihl..ihl + 4)?;
+    let src = SocketAddrV4::new(
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        u16::from_be_bytes([l4[0], l4[1]]),
+    );
+    let dst = SocketAddrV4::new(
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    );
+    let proto = ip[9];
+    lab.all_conns().into_iter().find(|e| {
+        e.proto() as u8 == proto
+            && ((e.client() == src && e.vip() == dst)
+                || (e.real() == src && (e.local().unwrap_or(e.client()) == dst)))
+    })
 }
 
 /// Equal verdicts; for `ForwardInsert` only the interface (the inserted bytes are checked
@@ -565,6 +849,22 @@ fn emits_diff(want: &[(u32, Vec<u8>)], got: &[(u32, Vec<u8>)]) -> String {
         }
     }
     out
+}
+
+/// After an XDP run of a table: the program must have forwarded some rows (else the check
+/// proved nothing) and the row reports must be empty.
+pub fn assert_xdp_forwarded(lab: &Lab, table: &str, at_least: usize) {
+    if let Some(x) = &lab.xdp {
+        eprintln!(
+            "[{table}] XDP: {} rows forwarded by the program, {} left to the engine",
+            x.forwarded, x.passed
+        );
+        assert!(
+            x.forwarded >= at_least,
+            "[{table}] the program forwarded {} rows, expected at least {at_least}",
+            x.forwarded
+        );
+    }
 }
 
 /// Panics with every failure report, if any.

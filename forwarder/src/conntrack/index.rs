@@ -62,6 +62,14 @@ impl Hasher {
         Hasher { seeds }
     }
 
+    /// A digest of the seeds: equal for hashers that hash alike, and almost surely
+    /// different otherwise. Names a shard function for caches of its results.
+    pub(crate) fn digest(&self) -> u64 {
+        self.seeds
+            .iter()
+            .fold(0x9e37_79b9_7f4a_7c15, |d, &s| fold_mul(d ^ s, MIX_DIGEST))
+    }
+
     fn hash(&self, a: u64, b: u64) -> u32 {
         let h = fold_mul(a ^ self.seeds[0], b ^ self.seeds[1]);
         let h = fold_mul(h ^ self.seeds[2], self.seeds[3]);
@@ -86,6 +94,8 @@ impl Hasher {
         self.hash_tuple(DIR_REPLY, k.proto as u8, k.real, k.peer)
     }
 }
+
+const MIX_DIGEST: u64 = 0xc2b2_ae3d_27d4_eb4f;
 
 /// The index of one shard.
 #[derive(Debug)]

@@ -26,72 +26,78 @@
 
 use std::net::SocketAddrV4;
 
+use super::local_ports::LocalPorts;
 use super::{
     quoted, rewrite_end, set_ip_addr, translate_quoted, DropReason, Engine, Flow, Ports, Quoted,
     QuotedSide, RxMeta, Service, Tables, Verdict, WorkerCtx, ADDR_DST, ADDR_SRC,
 };
-use crate::conntrack::{Direction, ReplyKey, ShardGuard};
+use crate::conntrack::{ConnTable, Direction, ReplyKey, ShardGuard};
 use crate::model::Protocol;
 
 /// The default local port range: everything above the well-known ports. The director never
 /// opens sockets on a LIP, so it shares the range with nothing on the box.
 pub const DEFAULT_LOCAL_PORTS: (u16, u16) = (1024, 65535);
 
-/// How many free-looking candidates in the client's shard are examined per LIP before the
-/// LIP counts as exhausted for this flow. A full scan of a nearly exhausted range would cost
-/// up to 64 K hashes per refused SYN; this bounds the work a SYN flood can cause.
+/// How many taken candidates in the client's shard are examined per LIP before the LIP
+/// counts as exhausted for this flow, so a SYN flood against an exhausted range costs
+/// bounded work (with 256 shards a LIP has about 250 ports per shard, so in practice the
+/// bound is the shard's list: one lookup per port, no hashing of ports of other shards).
 const PROBES_PER_LIP: usize = 512;
 
 /// Picks a free LIP:lport for a new flow of `proto` from `client` to `real`, or `None` when
-/// every LIP is exhausted. `shard` is the client's shard, locked by the caller; `my_shard`
-/// its index; `shard_of` computes the shard index of an address.
+/// every LIP is exhausted. `shard` is the client's shard of `table`, locked by the caller;
+/// `my_shard` its index. The candidates are the ports of `my_shard` only, from the
+/// per-LIP lists of [`LocalPorts`] (see `local_ports.rs`), examined in the order of a walk
+/// of the range from a flow-dependent start, ascending and wrapping.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn allocate_local(
     shard: &mut ShardGuard<'_>,
     my_shard: usize,
-    shard_of: impl Fn(SocketAddrV4) -> usize,
+    table: &ConnTable,
+    local_ports: &LocalPorts,
     svc: &Service,
     proto: Protocol,
     client: SocketAddrV4,
     real: SocketAddrV4,
-    ports: (u16, u16),
     now: u32,
 ) -> Option<SocketAddrV4> {
     let lips = &svc.config.local_addresses;
+    let ports = local_ports.range();
     if lips.is_empty() || ports.1 < ports.0 {
         return None;
     }
     let span = u32::from(ports.1 - ports.0) + 1;
     // Start somewhere that depends on the flow, so that flows do not all walk the same run
-    // of ports; the walk itself is sequential (every port is considered).
+    // of ports; the walk itself is sequential (every port of the shard is considered).
     let mix = (u64::from(client.ip().to_bits()) << 16 | u64::from(client.port()))
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ u64::from(real.ip().to_bits()).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    let start = ((mix >> 32) as u32) % span;
+    let start = ports.0 + (((mix >> 32) as u32) % span) as u16;
     // LIPs take turns by client port, so clients spread over them.
     let first_lip = usize::from(client.port()) % lips.len();
     for k in 0..lips.len() {
         let lip = lips[(first_lip + k) % lips.len()];
-        let mut probes = 0;
-        for i in 0..span {
-            let port = ports.0 + ((start + i) % span) as u16;
-            let candidate = SocketAddrV4::new(lip, port);
-            if shard_of(candidate) != my_shard {
-                continue;
+        let found = local_ports.with(lip, table, |l| {
+            let mine = l.in_shard(my_shard);
+            // The walk from `start` to the end of the range, then from its beginning.
+            let from = mine.partition_point(|&p| p < start);
+            let (before, after) = mine.split_at(from);
+            for &port in after.iter().chain(before).take(PROBES_PER_LIP) {
+                let key = ReplyKey {
+                    proto,
+                    real,
+                    peer: SocketAddrV4::new(lip, port),
+                };
+                debug_assert_eq!(table.shard_index(key.peer), my_shard);
+                // Taken while an entry holds it (expired entries are removed by the lookup).
+                if shard.get_reply(&key, now).is_none() {
+                    return Some(key.peer);
+                }
             }
-            let key = ReplyKey {
-                proto,
-                real,
-                peer: candidate,
-            };
-            // Taken while an entry holds it (expired entries are removed by the lookup).
-            if shard.get_reply(&key, now).is_none() {
-                return Some(candidate);
-            }
-            probes += 1;
-            if probes >= PROBES_PER_LIP {
-                break;
-            }
+            None
+        });
+        if found.is_some() {
+            return found;
         }
     }
     None

@@ -55,6 +55,7 @@ use crate::wire::icmp::{self, Icmpv4Packet};
 use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 mod fullnat;
+mod local_ports;
 mod proxy;
 mod tun;
 
@@ -577,8 +578,9 @@ pub struct Engine {
     pub conns: ConnTable,
     pub persist: Arc<PersistTable>,
     pub reals: Arc<RealRegistry>,
-    /// FULLNAT local ports (inclusive range), [`DEFAULT_LOCAL_PORTS`] unless set.
-    local_ports: (u16, u16),
+    /// FULLNAT local ports (inclusive range, [`DEFAULT_LOCAL_PORTS`] unless set) and,
+    /// per LIP, those ports by shard (`local_ports.rs`).
+    local_ports: local_ports::LocalPorts,
 }
 
 /// The tables a worker reads for one batch of frames.
@@ -620,18 +622,18 @@ impl Engine {
             conns,
             persist,
             reals,
-            local_ports: DEFAULT_LOCAL_PORTS,
+            local_ports: local_ports::LocalPorts::new(DEFAULT_LOCAL_PORTS),
         }
     }
 
     /// Sets the FULLNAT local port range (inclusive). Panics if `lo > hi`.
     pub fn set_local_ports(&mut self, lo: u16, hi: u16) {
         assert!(lo <= hi, "local port range {lo}-{hi} is empty");
-        self.local_ports = (lo, hi);
+        self.local_ports = local_ports::LocalPorts::new((lo, hi));
     }
 
     pub fn local_ports(&self) -> (u16, u16) {
-        self.local_ports
+        self.local_ports.range()
     }
 
     /// Process one frame (starting at its Ethernet header) at time `now` (engine seconds).
@@ -860,12 +862,12 @@ impl Engine {
                         let local = fullnat::allocate_local(
                             &mut shard,
                             my_shard,
-                            |a| self.conns.shard_index(a),
+                            &self.conns,
+                            &self.local_ports,
                             svc,
                             proto,
                             client,
                             backend.addr,
-                            self.local_ports,
                             now,
                         );
                         if local.is_none() {

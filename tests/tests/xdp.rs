@@ -364,3 +364,60 @@ fn native_refuses_and_auto_falls_back() {
         .expect("traffic on the fallback path");
     assert_eq!(names.len(), 6);
 }
+
+/// A `director_xdp` left on an interface the old way (attached through netlink, which stays
+/// when its process dies, unlike the BPF link directord attaches with) is replaced at start,
+/// and nothing of the daemon's is left on the interface once it stops.
+#[test]
+fn a_stale_program_of_an_earlier_run_is_replaced() {
+    let Some(lab) = Lab::for_test("xdp-stale") else {
+        return;
+    };
+    let Some(object) = forwarder::io::xdp::object() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI builds the XDP program (clang from scripts/install-deps)"
+        );
+        eprintln!("SKIPPED: this build has no XDP program");
+        return;
+    };
+    let mut topo = Topo::new(lab, Mode::Nat, 3).expect("topology");
+    topo.use_xdp("native").expect("wire-like ports");
+    let stale = topo.lab.dir().join("stale.bpf.o");
+    std::fs::write(&stale, object).expect("write the object");
+    topo.director
+        .run([
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "ext",
+            "xdpgeneric",
+            "obj",
+            stale.to_str().expect("utf-8 path"),
+            "sec",
+            "xdp",
+        ])
+        .expect("attach the stale program through netlink");
+    let shown = |topo: &Topo| {
+        topo.director
+            .ip(["-d", "link", "show", "dev", "ext"])
+            .expect("ip link")
+    };
+    assert!(shown(&topo).contains("xdpgeneric"), "{}", shown(&topo));
+    topo.start(&services())
+        .expect("directord replaces it and starts");
+    let link = shown(&topo);
+    assert!(
+        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+        "the daemon's own program, natively: {link}"
+    );
+    let mut s = connect(&topo);
+    echo(&mut s, 50, 200, 8);
+    drop(s);
+    if let Some(mut d) = topo.daemon.take() {
+        d.stop(Duration::from_secs(5));
+    }
+    let link = shown(&topo);
+    assert!(!link.contains("prog/xdp"), "left behind: {link}");
+}

@@ -636,6 +636,8 @@ fn open_xdp(
             crate::io::xdp::MAX_IFACES
         )));
     }
+    // First whether this build has the program at all.
+    let mut prog = XdpProgram::load(fast_flows)?;
     for (ifindex, name) in interfaces {
         let mtu = fib.interface(*ifindex).map_or(1500, |i| i.mtu);
         if mtu as usize + 14 > xsk::MAX_FRAME as usize {
@@ -647,7 +649,6 @@ fn open_xdp(
             )));
         }
     }
-    let mut prog = XdpProgram::load(fast_flows)?;
     let mut plan: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); workers];
     for (slot, (ifindex, name)) in interfaces.iter().enumerate() {
         let slot = slot as u32;

@@ -332,10 +332,7 @@ fn hop_value(
 impl NextHops {
     /// Next hops on `redirect_self` interfaces are marked [`NH_REDIRECT_SELF`]; a neighbour
     /// the FIB does not know is asked of `kernel`.
-    pub fn new(
-        redirect_self: Vec<u32>,
-        kernel: KernelLookup,
-    ) -> NextHops {
+    pub fn new(redirect_self: Vec<u32>, kernel: KernelLookup) -> NextHops {
         NextHops {
             redirect_self,
             kernel,

@@ -27,6 +27,9 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use crate::fib::{Fib, Interface, Mac, Route};
 
 /// A NETLINK_ROUTE socket for requests (not notifications).
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
 pub struct Rtnl {
     sock: Socket,
     seq: u32,
@@ -152,6 +155,50 @@ impl Rtnl {
             }
         }
         Ok(Fib::new(interfaces, routes, neighbours))
+    }
+
+    /// The XDP program attached to `ifindex` through netlink, if any: its id and the attach
+    /// flags to detach it with (`ip -d link show dev IF` shows it as `prog/xdp id N`).
+    /// A program attached through a BPF link shows too, but cannot be detached this way.
+    pub fn xdp_program(&mut self, ifindex: u32) -> io::Result<Option<(u32, u32)>> {
+        use netlink_packet_route::link::{LinkXdp, XdpAttached};
+        let mut msg = LinkMessage::default();
+        msg.header.index = ifindex;
+        for m in self.request(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST)? {
+            let RouteNetlinkMessage::NewLink(l) = m else {
+                continue;
+            };
+            for attr in &l.attributes {
+                let LinkAttribute::Xdp(xdp) = attr else {
+                    continue;
+                };
+                let mut id = None;
+                let mut flags = 0;
+                for x in xdp {
+                    match x {
+                        LinkXdp::ProgId(i) if *i != 0 => id = Some(*i),
+                        LinkXdp::Attached(XdpAttached::Driver) => flags = XDP_FLAGS_DRV_MODE,
+                        LinkXdp::Attached(XdpAttached::SocketBuffer) => flags = XDP_FLAGS_SKB_MODE,
+                        _ => {}
+                    }
+                }
+                return Ok(id.map(|i| (i, flags)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Detaches a netlink-attached XDP program from `ifindex` (`ip link set dev IF xdp off`).
+    pub fn detach_xdp(&mut self, ifindex: u32, flags: u32) -> io::Result<()> {
+        use netlink_packet_route::link::LinkXdp;
+        let mut msg = LinkMessage::default();
+        msg.header.index = ifindex;
+        msg.attributes.push(LinkAttribute::Xdp(vec![
+            LinkXdp::Fd(-1),
+            LinkXdp::Flags(flags),
+        ]));
+        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_REQUEST | NLM_F_ACK)
+            .map(drop)
     }
 
     /// The kernel's current MAC for `addr` on `ifindex` (`ip neigh get ADDR dev IF`), if it

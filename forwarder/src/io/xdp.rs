@@ -151,6 +151,11 @@ mod imp {
         }
     }
 
+    /// The program's object file, as embedded (for tools and tests that load it otherwise).
+    pub fn object() -> Option<&'static [u8]> {
+        Some(OBJECT)
+    }
+
     /// The program as clang built it (see `build.rs`).
     static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director.bpf.o"));
     const PROGRAM: &str = "director_xdp";
@@ -282,6 +287,39 @@ mod imp {
             crate::io::bpf::xdp_test_run(fd, frame, ingress_ifindex)
         }
 
+        /// Makes room on `ifindex` for this program: a `director_xdp` left attached through
+        /// netlink by an earlier run (a program attached through a BPF link goes with its
+        /// process, but one attached the old way stays) is detached; any other program is
+        /// not ours to remove, and the start stops there.
+        fn clear_stale(ifindex: u32, name: &str) -> io::Result<()> {
+            let mut rtnl = crate::io::netlink::Rtnl::new()?;
+            let Some((id, flags)) = rtnl.xdp_program(ifindex)? else {
+                return Ok(());
+            };
+            let prog_name = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .find(|p| p.id() == id)
+                .and_then(|p| p.name_as_str().map(str::to_owned))
+                .unwrap_or_default();
+            // The kernel keeps 16 bytes of a program's name.
+            if !PROGRAM.starts_with(&prog_name) || prog_name.is_empty() {
+                return Err(io::Error::other(format!(
+                    "{name} already runs the XDP program id {id} ({prog_name:?}), not directord's:                      detach it (ip link set dev {name} xdp off) or set [datapath] xdp = \"off\""
+                )));
+            }
+            tracing::warn!(
+                interface = name,
+                id,
+                "replacing a director_xdp program left attached by an earlier run"
+            );
+            rtnl.detach_xdp(ifindex, flags).map_err(|e| {
+                err(
+                    &format!("cannot detach the earlier run's XDP program (id {id}) from {name}: another directord may be running"),
+                    e,
+                )
+            })
+        }
+
         /// Attach to `ifindex` (`name` for messages) as asked; returns the mode in force.
         pub fn attach(
             &mut self,
@@ -289,6 +327,7 @@ mod imp {
             name: &str,
             want: XdpWant,
         ) -> io::Result<AttachMode> {
+            Self::clear_stale(ifindex, name)?;
             let prog: &mut Xdp = self
                 .ebpf
                 .program_mut(PROGRAM)
@@ -407,6 +446,11 @@ mod imp {
 mod imp {
     use super::*;
 
+    /// No program in this build.
+    pub fn object() -> Option<&'static [u8]> {
+        None
+    }
+
     /// Stands in for the program in a build without one: every use says why it is missing.
     pub struct XdpProgram(());
 
@@ -454,7 +498,7 @@ mod imp {
     }
 }
 
-pub use imp::XdpProgram;
+pub use imp::{object, XdpProgram};
 
 /// The number of receive queues of interface `name` (its `queues/rx-N` in sysfs).
 pub fn rx_queues(name: &str) -> io::Result<u32> {

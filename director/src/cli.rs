@@ -940,6 +940,32 @@ fn render_stats(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
             d["emitted"], d["icmp_sent"], d["icmp_limited"]
         )?;
     }
+    // The XDP program's share (already in the totals above) and the fast path's flows.
+    let x = &d["xdp"];
+    if x.is_object() {
+        writeln!(
+            out,
+            "XDP passed {}  to workers {}  no socket {}  fast path in {}  out {}",
+            num_or(&x["passed"]),
+            num_or(&x["slow_path"]),
+            num_or(&x["no_socket"]),
+            num_or(&x["fast_in"]),
+            num_or(&x["fast_out"])
+        )?;
+        let f = &x["fast_path"];
+        if f.is_object() {
+            writeln!(
+                out,
+                "Fast path flows {}  installed {}  removed {}  map full {}  no route {}  adopted {}",
+                num_or(&f["flows"]),
+                num_or(&f["installed"]),
+                num_or(&f["removed"]),
+                num_or(&f["map_full"]),
+                num_or(&f["no_route"]),
+                num_or(&f["adopted"])
+            )?;
+        }
+    }
     if let Some(drops) = d["drops"].as_object() {
         let nonzero: Vec<String> = drops
             .iter()

@@ -316,6 +316,47 @@ fn datapath(x: &mut Exposition, stats: &Value) {
         &[],
         &d["ring_drops"],
     );
+    // With the XDP program: what it did with the frames it saw, and the fast path's flows.
+    let x_ = &d["xdp"];
+    if x_.is_object() {
+        for (action, key) in [
+            ("pass", "passed"),
+            ("slow_path", "slow_path"),
+            ("no_socket", "no_socket"),
+            ("fast_in", "fast_in"),
+            ("fast_out", "fast_out"),
+        ] {
+            x.counter(
+                "director_xdp_frames_total",
+                "Frames the XDP program handled, by what it did: left to the kernel (pass), handed to a worker (slow_path, or no_socket: passed for want of one), forwarded itself (fast_in toward a real server, fast_out toward a client).",
+                &[("action", action)],
+                &x_[key],
+            );
+        }
+        let f = &x_["fast_path"];
+        if f.is_object() {
+            x.gauge(
+                "director_fast_path_flows",
+                "Connections in the XDP program's flow map.",
+                &[],
+                &f["flows"],
+            );
+            for (event, key) in [
+                ("installed", "installed"),
+                ("removed", "removed"),
+                ("map_full", "map_full"),
+                ("no_route", "no_route"),
+                ("adopted", "adopted"),
+            ] {
+                x.counter(
+                    "director_fast_path_flow_events_total",
+                    "Connections put in the fast path's map, taken out, refused for a full map or a missing route, and replicas adopted on their first fast-path packet.",
+                    &[("event", event)],
+                    &f[key],
+                );
+            }
+        }
+    }
     if let Some(drops) = d["drops"].as_object() {
         for (reason, n) in drops {
             x.counter(

@@ -1,11 +1,15 @@
-//! The demo lab: a client, directors and three real servers in network namespaces.
-//! Requests go through the VIP in NAT mode and then in DR mode; the per-server distribution
-//! is printed beside the director's own view. Then an HA pair: two directors run VRRP and
+//! The demo lab: a client, directors and three real servers in network namespaces, every
+//! director on the XDP datapath (`xdp = "native"`: established flows forwarded by the XDP
+//! program itself, the rest by the workers). Requests go through the VIP in NAT mode and
+//! then in DR mode; the per-server distribution is printed beside the director's own view,
+//! then a long TCP connection shows the fast path at work. Then an HA pair: two directors run VRRP and
 //! sync their connection tables; the client holds long echo connections and opens short
 //! ones; the master is killed with SIGKILL, the backup takes the VIPs and every connection
 //! carries on; the killed node comes back, resyncs and takes the VIPs back, losing nothing
 //! either. Run as root (`scripts/demo`).
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,7 +22,11 @@ const REQUESTS: usize = 300;
 fn run(mode: &str, weights: &[u32]) -> Result<()> {
     let lab = Lab::new(&format!("demo-{mode}"))?;
     let mut topo = Topo::new(lab, if mode == "nat" { Mode::Nat } else { Mode::Dr }, 3)?;
-    let svc = [ServiceSpec::http("wrr", weights)];
+    topo.use_xdp("native")?;
+    let svc = [
+        ServiceSpec::http("wrr", weights),
+        ServiceSpec::echo("rr", &[1, 1, 1]),
+    ];
     println!(
         "\n=== {} mode: client 198.18.1.10 → VIP {VIP}:80 → rs1..rs3 ({:?}) ===",
         mode.to_uppercase(),
@@ -48,6 +56,35 @@ fn run(mode: &str, weights: &[u32]) -> Result<()> {
     println!("--- director stats ---\n{}", topo.director_cli(&["stats"])?);
     let conns = topo.director_cli(&["conns", "--limit", "5"])?;
     println!("--- director conns (first 5) ---\n{conns}");
+    // One long connection: after its handshake the XDP program forwards it by itself.
+    let mut s = topo.client.in_ns(|| {
+        TcpStream::connect_timeout(&SocketAddr::V4(vip(ECHO_PORT)), Duration::from_secs(5))
+    })??;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let me = s.local_addr()?;
+    let mut back = [0u8; 1000];
+    let msg = [0x5au8; 1000];
+    for _ in 0..2000 {
+        s.write_all(&msg)?;
+        s.read_exact(&mut back)?;
+    }
+    println!(
+        "--- a TCP echo connection from {me}: 2000 round trips of 1000 bytes; director conns \
+         --client 198.18.1.10 shows its path ---"
+    );
+    println!(
+        "{}",
+        topo.director_cli(&["conns", "--client", "198.18.1.10", "--service", "tcp-echo"])?
+    );
+    println!(
+        "--- director stats: the XDP lines are what the program forwarded itself ---\n{}",
+        topo.director_cli(&["stats"])?
+    );
+    println!(
+        "--- director status ---\n{}",
+        topo.director_cli(&["status"])?
+    );
+    drop(s);
     Ok(())
 }
 
@@ -56,14 +93,16 @@ fn failover() -> Result<()> {
     let mut spec = PairSpec::new(Mode::Nat);
     spec.interval = "100ms".into();
     spec.sync = true;
+    spec.xdp = Some("native");
     spec.services = vec![
         ServiceSpec::http("rr", &[1, 1, 1]),
         ServiceSpec::echo("rr", &[1, 1, 1]),
     ];
     println!(
-        "\n=== HA pair, NAT: lb-a (priority 200) and lb-b (100) run VRRP v3 every 100 ms for \
-         the VIP {VIP} and the real servers' gateway 198.18.2.1, and sync their connection \
-         tables over 198.18.3.0/24 ==="
+        "\n=== HA pair, NAT, XDP on both: lb-a (priority 200) and lb-b (100) run VRRP v3 every \
+         100 ms for the VIP {VIP} and the real servers' gateway 198.18.2.1, and sync their \
+         connection tables over 198.18.3.0/24; the standby's replicas are in its XDP flow map \
+         too, so it forwards them from the first packet after a takeover ==="
     );
     let mut pair = Pair::new(lab, spec)?;
     println!("--- lb-a config ---\n{}", pair.config_text(0));

@@ -53,6 +53,8 @@ pub struct Bed {
     pub wants: Wants,
     /// What was set up, for the notes (e.g. how directord receives).
     pub notes: Vec<String>,
+    /// The box's own process (directord or HAProxy).
+    box_pid: Option<u32>,
 }
 
 impl Drop for Bed {
@@ -130,6 +132,7 @@ impl Bed {
             pl,
             wants,
             notes: Vec::new(),
+            box_pid: None,
         };
         bed.setup()
             .with_context(|| format!("setting up {} in {}", path.name(), pl.name()))?;
@@ -315,7 +318,9 @@ impl Bed {
                 );
                 let mut cmd = self.topo.director.command(&argv);
                 cmd.env("DIRECTOR_LOG", "warn");
-                self.topo.daemon = Some(self.topo.director.spawn_command("directord", cmd)?);
+                let d = self.topo.director.spawn_command("directord", cmd)?;
+                self.box_pid = Some(d.pid());
+                self.topo.daemon = Some(d);
                 let ok = wait_until(Duration::from_secs(20), || {
                     self.topo.director_json("stats").is_ok()
                 });
@@ -385,6 +390,7 @@ impl Bed {
                 if up.is_err() || !p.is_running() {
                     bail!("haproxy did not start: {}", p.stderr().unwrap_or_default());
                 }
+                self.box_pid = Some(p.pid());
                 self.procs.push(p);
             }
             Path::NftFwd => {
@@ -591,6 +597,42 @@ impl Bed {
         Ok(())
     }
 
+    /// CPU time (ns) the box's own threads have run so far: every thread of directord or
+    /// HAProxy, and in P1 the director's NAPI threads (`/proc/…/schedstat`). Unlike a CPU's
+    /// busy time in /proc/stat, other work on the machine does not count.
+    pub fn box_ns(&self) -> u64 {
+        let run = |path: String| -> u64 {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+                .unwrap_or(0)
+        };
+        let mut ns = 0;
+        if let Some(pid) = self.box_pid {
+            if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+                for t in tasks.flatten() {
+                    ns += run(format!("{}/schedstat", t.path().display()));
+                }
+            }
+        }
+        if self.pl == Placement::P1 {
+            for ifname in self.director_ifaces() {
+                for pid in sys::napi_threads(&self.topo.director, ifname).unwrap_or_default() {
+                    ns += run(format!("/proc/{pid}/schedstat"));
+                }
+            }
+        }
+        ns
+    }
+
+    /// A sample of [`Bed::box_ns`] to measure a run with.
+    pub fn box_clock(&self) -> BoxClock {
+        BoxClock {
+            ns: self.box_ns(),
+            at: std::time::Instant::now(),
+        }
+    }
+
     /// Where client programs run.
     pub fn client(&self) -> &Host {
         self.direct.as_ref().unwrap_or(&self.topo.client)
@@ -694,6 +736,25 @@ impl Bed {
             .sysctl_get("net.netfilter.nf_conntrack_count")
             .ok()
             .and_then(|v| v.parse().ok())
+    }
+}
+
+/// The box's threads' CPU time from a point on (P1 only: elsewhere part of the box's work
+/// runs in other threads' softirq and cannot be told apart).
+pub struct BoxClock {
+    ns: u64,
+    at: std::time::Instant,
+}
+
+impl BoxClock {
+    /// (CPU-seconds of the box's threads, wall seconds) since the sample; `None` outside P1.
+    pub fn since(&self, bed: &Bed) -> Option<(f64, f64)> {
+        (bed.pl == Placement::P1).then(|| {
+            (
+                bed.box_ns().saturating_sub(self.ns) as f64 / 1e9,
+                self.at.elapsed().as_secs_f64(),
+            )
+        })
     }
 }
 

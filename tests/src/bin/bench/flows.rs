@@ -36,6 +36,7 @@ pub fn flows(bed: &Bed, opts: &Opts, rep: usize) -> Result<Run> {
     let name = (rep == 0).then(|| format!("{}-{}-flows", bed.pl.name(), bed.path.name()));
     let rec = name.and_then(|n| perf::start(&n, secs, bed.pl));
     let c0 = CpuTimes::now();
+    let b0 = bed.box_clock();
     let g = pktgen(
         bed,
         bed.target(HTTP_PORT),
@@ -44,6 +45,7 @@ pub fn flows(bed: &Bed, opts: &Opts, rep: usize) -> Result<Run> {
         &syn_args(SYN_SOURCES),
     )?;
     let c1 = CpuTimes::now();
+    let box_cpu = b0.since(bed);
     perf::wait(rec);
     std::thread::sleep(Duration::from_millis(300));
     let rx1 = bed.reals_rx()?;
@@ -55,6 +57,12 @@ pub fn flows(bed: &Bed, opts: &Opts, rep: usize) -> Result<Run> {
     r.set("cpu1", cpu.busy(1));
     if bed.pl == Placement::P1 && delivered > 0.0 {
         r.set("ns_flow", cpu.busy(BOX_CPU) * 1e9 / delivered);
+    }
+    if let Some((cpu_s, wall)) = box_cpu {
+        r.set("box", cpu_s / wall);
+        if delivered > 0.0 {
+            r.set("ns_flow_box", cpu_s * 1e9 / (delivered * g.secs));
+        }
     }
     if g.sent > u64::from(SYN_SOURCES) * PORTS_PER_SOURCE {
         r.note = "the SYN generator wrapped around (some flows repeat)".into();

@@ -291,6 +291,17 @@ fn render(
     for pl in &opts.placements {
         let _ = writeln!(out, "- {}", pl.describe());
     }
+    let _ = writeln!(
+        out,
+        "\nCPU figures: \"CPU 0 %\" and \"CPU 1 %\" are whole-CPU busy time (user + system + \
+         irq + softirq) from /proc/stat over the run, so anything else running on the machine \
+         counts too (the load averages above say how much there was). \"box threads\" (P1 \
+         only) is the CPU time of the box's own threads from /proc/PID/task/*/schedstat: every \
+         directord or HAProxy thread and the director's NAPI threads; other load does not \
+         count, but hard-IRQ time and softirq work run on CPU 1 in other threads' context are \
+         missed, so it is a lower bound. Per-unit figures (ns/pkt, µs/req, CPU s/GB) divide \
+         either by the work done."
+    );
     let _ = writeln!(out, "\nPaths:\n");
     for p in &opts.paths {
         let _ = writeln!(out, "- {}", p.describe());

@@ -68,6 +68,8 @@ pub struct Trial {
     pub secs: f64,
     pub cpu: CpuUse,
     pub delta: Option<Delta>,
+    /// P1: CPU-seconds of the box's threads, and the wall time they were counted over.
+    pub box_cpu: Option<(f64, f64)>,
 }
 
 impl Trial {
@@ -92,6 +94,7 @@ fn trial(bed: &Bed, secs: f64, rate: f64, perf_name: Option<String>) -> Result<T
     bed.debug_counters("before a trial");
     let rec = perf_name.and_then(|n| perf::start(&n, secs, bed.pl));
     let c0 = CpuTimes::now();
+    let b0 = bed.box_clock();
     let g = pktgen(
         bed,
         bed.target(RATE_PORT),
@@ -100,6 +103,7 @@ fn trial(bed: &Bed, secs: f64, rate: f64, perf_name: Option<String>) -> Result<T
         &["--flows".into(), FLOWS.to_string()],
     )?;
     let c1 = CpuTimes::now();
+    let box_cpu = b0.since(bed);
     perf::wait(rec);
     // Let the rings and queues drain into the counters.
     std::thread::sleep(Duration::from_millis(300));
@@ -115,6 +119,7 @@ fn trial(bed: &Bed, secs: f64, rate: f64, perf_name: Option<String>) -> Result<T
         secs: g.secs,
         cpu: CpuUse::between(&c0, &c1),
         delta,
+        box_cpu,
     })
 }
 
@@ -134,6 +139,12 @@ fn run_of(bed: &Bed, t: &Trial) -> Run {
     r.set("si1", t.cpu.softirq.get(1).copied().unwrap_or(0.0));
     if bed.pl == Placement::P1 && t.delivered_pps() > 0.0 {
         r.set("ns_pkt", t.cpu.busy(BOX_CPU) * 1e9 / t.delivered_pps());
+    }
+    if let Some((cpu_s, wall)) = t.box_cpu {
+        r.set("box", cpu_s / wall);
+        if t.delivered > 0 {
+            r.set("ns_pkt_box", cpu_s * 1e9 / t.delivered.min(t.sent) as f64);
+        }
     }
     if let Some(d) = &t.delta {
         r.set("ring_drops", d.dp("ring_drops") as f64);

@@ -248,6 +248,17 @@ fn render_table(out: &mut String, store: &Store, paths: &[Path], t: &Table) {
     let _ = writeln!(out);
 }
 
+/// P1: the box's own threads' CPU (directord or HAProxy, and the director's NAPI threads),
+/// as a share of one CPU, and per unit of work (`key`, shown with `decimals`).
+fn box_cols<'a>(title: &'a str, key: &'static str, decimals: usize) -> Vec<Col<'a>> {
+    vec![
+        col("box threads %", |a: &Agg| pct(a.f("box"))),
+        col(title, move |a: &Agg| {
+            opt(a.f(key), |v| format!("{v:.decimals$}"))
+        }),
+    ]
+}
+
 fn cpu_cols<'a>() -> Vec<Col<'a>> {
     vec![
         col("CPU 0 %", |a| pct(a.f("cpu0"))),
@@ -293,6 +304,7 @@ pub fn rate(out: &mut String, s: &Store, cx: &Context, secs: f64, reps: usize) {
         cols.push(col("ns/pkt (CPU 1)", |a| {
             opt(a.f("ns_pkt"), |v| format!("{v:.0}"))
         }));
+        cols.extend(box_cols("ns/pkt (box threads)", "ns_pkt_box", 0));
         cols.push(col("ring_drops", |a| opt(a.f("ring_drops"), thousands)));
         cols.push(col("tx_errors", |a| opt(a.f("tx_errors"), thousands)));
         render_table(
@@ -352,6 +364,7 @@ pub fn noloss(out: &mut String, s: &Store, cx: &Context, trial: (f64, usize)) {
         cols.push(col("ns/pkt (CPU 1)", |a| {
             opt(a.f("ns_pkt"), |v| format!("{v:.0}"))
         }));
+        cols.extend(box_cols("ns/pkt (box threads)", "ns_pkt_box", 0));
         cols.push(col("trials", |a| opt(a.f("trials"), |v| format!("{v:.0}"))));
         render_table(
             out,
@@ -405,6 +418,7 @@ pub fn flows(out: &mut String, s: &Store, cx: &Context, secs: f64, reps: usize) 
         cols.push(col("ns/flow (CPU 1)", |a| {
             opt(a.f("ns_flow"), |v| format!("{v:.0}"))
         }));
+        cols.extend(box_cols("ns/flow (box threads)", "ns_flow_box", 0));
         render_table(
             out,
             s,
@@ -456,6 +470,7 @@ pub fn http(out: &mut String, s: &Store, cx: &Context, secs: u32) {
             cols.push(col("µs/req (CPU 1)", |a| {
                 opt(a.f("us_req"), |v| format!("{v:.1}"))
             }));
+            cols.extend(box_cols("µs/req (box threads)", "us_req_box", 1));
             render_table(
                 out,
                 s,
@@ -509,6 +524,7 @@ pub fn bulk(out: &mut String, s: &Store, cx: &Context, secs: u32) {
             cols.push(col("CPU s/GB (CPU 1)", |a| {
                 opt(a.f("cpu_s_gb"), |v| format!("{v:.3}"))
             }));
+            cols.extend(box_cols("CPU s/GB (box threads)", "cpu_s_gb_box", 3));
             render_table(
                 out,
                 s,

@@ -48,10 +48,12 @@ pub fn wrk(bed: &Bed, secs: u32, close: bool) -> Result<Run> {
     }
     v.push(format!("http://{t}/"));
     let c0 = CpuTimes::now();
+    let b0 = bed.box_clock();
     let out = bed
         .client()
         .output(&argv(&v), Duration::from_secs(u64::from(secs) + 60))?;
     let c1 = CpuTimes::now();
+    let box_cpu = b0.since(bed);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let Some(rps) = number_after(&text, "Requests/sec:") else {
         bail!(
@@ -79,6 +81,12 @@ pub fn wrk(bed: &Bed, secs: u32, close: bool) -> Result<Run> {
     r.set("cpu1", cpu.busy(1));
     if bed.pl == Placement::P1 && rps > 0.0 {
         r.set("us_req", cpu.busy(BOX_CPU) * 1e6 / rps);
+    }
+    if let Some((cpu_s, wall)) = box_cpu {
+        r.set("box", cpu_s / wall);
+        if rps > 0.0 {
+            r.set("us_req_box", cpu_s * 1e6 / (rps * f64::from(secs)));
+        }
     }
     if let Some(l) = text.lines().find(|l| l.trim_start().starts_with("Latency")) {
         r.note = format!(
@@ -110,11 +118,13 @@ pub fn iperf(bed: &Bed, secs: u32, streams: u32) -> Result<Run> {
     ];
     let s0 = bed.stats();
     let c0 = CpuTimes::now();
+    let b0 = bed.box_clock();
     let w0 = std::time::Instant::now();
     let out = bed
         .client()
         .output(&argv(&v), Duration::from_secs(u64::from(secs) + 60))?;
     let c1 = CpuTimes::now();
+    let box_cpu = b0.since(bed);
     let window = w0.elapsed().as_secs_f64();
     let j: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
@@ -146,6 +156,12 @@ pub fn iperf(bed: &Bed, secs: u32, streams: u32) -> Result<Run> {
     if bed.pl == Placement::P1 && bytes > 0.0 {
         // CPU-seconds of the box's core over the whole iperf3 run, per GB received.
         r.set("cpu_s_gb", cpu.busy(BOX_CPU) * window / (bytes / 1e9));
+    }
+    if let Some((cpu_s, wall)) = box_cpu {
+        r.set("box", cpu_s / wall);
+        if bytes > 0.0 {
+            r.set("cpu_s_gb_box", cpu_s / (bytes / 1e9));
+        }
     }
     if let (Some(before), Some(after)) = (s0, bed.stats()) {
         let d = Delta { before, after };

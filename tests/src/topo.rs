@@ -471,6 +471,8 @@ pub struct Topo {
     pub max_connections: Option<u32>,
     /// `[datapath] xdp`, when not the default (see [`Topo::use_xdp`]).
     pub xdp: Option<&'static str>,
+    /// More `[datapath]` keys, one per line (`udp_timeout = "3s"`).
+    pub datapath_extra: String,
 }
 
 impl Topo {
@@ -575,6 +577,7 @@ impl Topo {
             workers: 2,
             max_connections: None,
             xdp: None,
+            datapath_extra: String::new(),
         };
         if let Some(mode) = lab_xdp()? {
             topo.use_xdp(mode)?;
@@ -625,6 +628,9 @@ impl Topo {
         }
         if let Some(xdp) = self.xdp {
             let _ = writeln!(c, "xdp = \"{xdp}\"");
+        }
+        for line in self.datapath_extra.lines() {
+            let _ = writeln!(c, "{line}");
         }
         let _ = writeln!(c);
         for s in services {

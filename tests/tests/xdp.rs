@@ -421,3 +421,58 @@ fn a_stale_program_of_an_earlier_run_is_replaced() {
     let link = shown(&topo);
     assert!(!link.contains("prog/xdp"), "left behind: {link}");
 }
+
+/// A flow whose packets only the program forwards lives as long as they keep coming: the
+/// sweep asks the program when it last forwarded one before it expires the entry. With a
+/// 3 s UDP timeout, a datagram a second for 9 s stays one flow on one real server.
+#[test]
+fn a_flow_only_the_fast_path_sees_does_not_expire_while_it_lives() {
+    let Some(lab) = Lab::for_test("xdp-expiry") else {
+        return;
+    };
+    let mut topo = Topo::new(lab, Mode::Nat, 3).expect("topology");
+    topo.use_xdp("native").expect("wire-like ports");
+    topo.datapath_extra = "udp_timeout = \"3s\"".into();
+    topo.start(&services()).expect("start");
+    let svc = &services()[1];
+    let sock = topo
+        .client
+        .in_ns(|| UdpSocket::bind("0.0.0.0:0"))
+        .expect("client namespace")
+        .expect("bind");
+    sock.connect(SocketAddr::V4(vip(svc.port)))
+        .expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let me = sock.local_addr().expect("local address");
+    let new_conns = |topo: &Topo| stats(topo)["datapath"]["new_conns"].as_u64().unwrap_or(0);
+    let before = new_conns(&topo);
+    let mut buf = [0u8; 2048];
+    let mut servers = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        sock.send(format!("tick {i}").as_bytes()).expect("send");
+        let len = sock.recv(&mut buf).expect("answered");
+        let reply = String::from_utf8_lossy(&buf[..len]).into_owned();
+        servers.insert(reply.split(' ').next().unwrap_or("").to_string());
+        if i == 0 {
+            wait_until(Duration::from_secs(5), || {
+                conn_of(&topo, me).is_some_and(|c| c["path"] == "xdp")
+            })
+            .expect("the flow on the fast path");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(
+        new_conns(&topo) - before,
+        1,
+        "one flow, never expired and re-made"
+    );
+    assert_eq!(servers.len(), 1, "one real server all along: {servers:?}");
+    let c = conn_of(&topo, me).expect("the flow is still in the table");
+    assert_eq!(c["path"], "xdp", "{c}");
+    // Then silence: it expires after its timeout, and leaves the map with it.
+    wait_until(Duration::from_secs(10), || conn_of(&topo, me).is_none())
+        .expect("the idle flow expires");
+    let flows = stats(&topo)["datapath"]["xdp"]["fast_path"]["flows"].as_u64();
+    assert_eq!(flows, Some(0), "the expired flow left the map");
+}

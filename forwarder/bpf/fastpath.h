@@ -22,9 +22,12 @@
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
+/* Elements are allocated as the daemon inserts them (it alone does): a preallocated map of
+ * two rows per connection the table can hold would pin ~120 bytes per row up front. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);       /* resized by the daemon to max_connections × 2 */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct dir_flow_key);
 	__type(value, struct dir_flow);
 } dir_flows SEC(".maps");

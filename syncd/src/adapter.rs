@@ -1,8 +1,10 @@
 //! The bridge between the forwarder's connection table and the session.
 //!
 //! Out: [`ChangeQueue`] is the table's observer (downstream of the engine's). It runs on
-//! the datapath, under a shard lock, so it only copies the entry into a bounded queue and,
-//! when the queue was empty, wakes the sync thread through an eventfd. Inserts, state
+//! the datapath, under a shard lock, so it only copies the entry into a bounded queue (one
+//! of several, chosen by flow so that workers seldom share a lock and each flow's changes
+//! stay in order) and, for the first change since the sync thread last drained, wakes it
+//! through an eventfd. Inserts, state
 //! changes and refreshes are streamed as upserts, deliberate removals as deletes; expiry is
 //! not streamed (each node expires its entries by the same timeouts). Changes made while
 //! the sync thread installs replicas are not streamed back ([`applying`]).
@@ -42,28 +44,76 @@ pub fn applying() -> bool {
     APPLYING.with(Cell::get)
 }
 
+/// Most change queues a [`ChangeQueue`] is split into (one bit each in a `u64`).
+const MAX_QUEUES: usize = 64;
+/// Queues per CPU: enough that workers seldom meet in one, few enough that a worker's
+/// pushes stay in a few cache lines (on 2 CPUs, 64 queues cost more per push than the one
+/// mutex did; 8 cost about the same alone and less when two workers push at once).
+const QUEUES_PER_CPU: usize = 4;
+/// Fewest changes each of them holds: a small queue (tests) stays one queue, so its
+/// capacity and its drain order are exactly those asked for.
+const MIN_PER_QUEUE: usize = 4096;
+
+/// One of the queues, on its own cache lines so that pushes to different queues do not
+/// contend.
+#[repr(align(128))]
+struct Lane {
+    changes: Mutex<Vec<(Op, ConnEntry)>>,
+}
+
 /// Changes of the local table waiting for the sync thread.
+///
+/// Split in [`QUEUES_PER_CPU`] queues per CPU (at most [`MAX_QUEUES`]), each its own
+/// mutex, so that datapath workers pushing at once seldom take the same lock (before, one
+/// mutex was taken by every worker for every change). A change goes to the queue of its
+/// flow, picked by a hash of the client address and port, not to one per thread: every
+/// change of a flow is made under its shard lock, but not always by the same thread (the
+/// worker that saw the SYN, another worker that saw a reply, the sweep, the control thread
+/// removing it), and the peer applies the stream in order, so an insert and a later update
+/// or delete of the same flow must not be reordered; in one queue, pushed under the shard
+/// lock, they keep their order. Changes of different flows may leave in another order than
+/// they were made; nothing depends on that. The capacity is shared out evenly: a full queue
+/// drops the change and flags an overflow as before (the peer gets a bulk resync).
 pub struct ChangeQueue {
-    queue: Mutex<Vec<(Op, ConnEntry)>>,
-    capacity: usize,
+    lanes: Box<[Lane]>,
+    /// Changes each queue holds at most.
+    per_lane: usize,
     wake: OwnedFd,
+    /// Bit `i`: queue `i` has had changes since the drain last took its bit. Set by the
+    /// push that finds the queue empty; the push that sets the first bit writes the
+    /// eventfd (the queues were all empty: the sync thread may be asleep). The drain takes
+    /// the bits and locks only those queues.
+    nonempty: AtomicU64,
     /// Set when a change could not be queued: the peer needs a resync.
     overflowed: AtomicBool,
     pub dropped: AtomicU64,
 }
 
 impl ChangeQueue {
+    /// A queue for `capacity` changes in all.
     pub fn new(capacity: usize) -> std::io::Result<ChangeQueue> {
         // SAFETY: eventfd returns a new descriptor or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let lanes = (capacity / MIN_PER_QUEUE)
+            .min(cpus * QUEUES_PER_CPU)
+            .clamp(1, MAX_QUEUES);
+        let per_lane = capacity.div_ceil(lanes);
+        // Reserved up front as before (64 Ki changes in all), so pushes do not allocate.
+        let reserve = per_lane.min(65536 / lanes);
         Ok(ChangeQueue {
-            queue: Mutex::new(Vec::with_capacity(capacity.min(65536))),
-            capacity,
+            lanes: (0..lanes)
+                .map(|_| Lane {
+                    changes: Mutex::new(Vec::with_capacity(reserve)),
+                })
+                .collect(),
+            per_lane,
             // SAFETY: fd is a fresh descriptor we own.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            nonempty: AtomicU64::new(0),
             overflowed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         })
@@ -74,11 +124,21 @@ impl ChangeQueue {
         self.wake.as_raw_fd()
     }
 
-    /// Moves the queued changes into `out` (which it clears first).
+    /// Moves the queued changes into `out` (which it clears first): every queue in turn,
+    /// each in the order its changes were made (so each flow's changes in their order).
     pub fn drain(&self, out: &mut Vec<(Op, ConnEntry)>) {
         out.clear();
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *q, out);
+        // Taken before the queues are read: a push into a queue emptied below sets its bit
+        // again (and wakes the thread if it is the first).
+        let mut bits = self.nonempty.swap(0, Ordering::SeqCst);
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if let Some(lane) = self.lanes.get(i) {
+                let mut q = lane.changes.lock().unwrap_or_else(|e| e.into_inner());
+                out.extend(q.drain(..));
+            }
+        }
     }
 
     /// Clears the wake-up and tells whether changes were lost since the last call.
@@ -89,10 +149,25 @@ impl ChangeQueue {
         self.overflowed.swap(false, Ordering::Relaxed)
     }
 
+    /// The queue of `e`'s flow: a hash of its client address and port (every change of a
+    /// flow carries the same client).
+    fn lane_of(&self, e: &ConnEntry) -> usize {
+        let c = e.client();
+        let h = (u64::from(c.ip().to_bits()) << 16 | u64::from(c.port()))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Multiply-shift onto 0..lanes.
+        let i = (((h >> 32) * self.lanes.len() as u64) >> 32) as usize;
+        i.min(self.lanes.len() - 1)
+    }
+
     fn push(&self, op: Op, e: ConnEntry) {
+        let i = self.lane_of(&e);
         let was_empty = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= self.capacity {
+            let mut q = self.lanes[i]
+                .changes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if q.len() >= self.per_lane {
                 drop(q);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 self.overflowed.store(true, Ordering::Relaxed);
@@ -101,11 +176,16 @@ impl ChangeQueue {
             q.push((op, e));
             q.len() == 1
         };
-        if was_empty {
+        if was_empty && self.nonempty.fetch_or(1 << i, Ordering::SeqCst) == 0 {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
             unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
+    }
+
+    #[cfg(test)]
+    fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 }
 
@@ -300,5 +380,134 @@ impl Source for TableSource<'_> {
         self.engine
             .conns
             .scan(cursor, max, |e| out.push(to_wire(Op::Upsert, e, now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use forwarder::conntrack::ConnTable;
+    use forwarder::model::Timeouts;
+    use forwarder::stats::RealRegistry;
+
+    use super::*;
+
+    fn conn(flow: u16) -> NewConn {
+        NewConn {
+            proto: Protocol::Tcp,
+            mode: Mode::Nat,
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, (flow % 251) as u8), 1024 + flow),
+            vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 100), 80),
+            real: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 11), 8080),
+            local: None,
+            proxy: None,
+            service: 0,
+            real_slot: u16::MAX,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn a_small_queue_is_one_queue_and_a_large_one_is_split() {
+        assert_eq!(ChangeQueue::new(16).unwrap().lanes(), 1);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let two = ChangeQueue::new(MIN_PER_QUEUE * 2).unwrap().lanes();
+        assert_eq!(two, 2.min(cpus * QUEUES_PER_CPU));
+        let q = ChangeQueue::new(1 << 20).unwrap();
+        assert_eq!(q.lanes(), (cpus * QUEUES_PER_CPU).min(MAX_QUEUES));
+        assert!(q.per_lane * q.lanes() >= 1 << 20);
+        assert!(q.per_lane * (q.lanes() - 1) < 1 << 20);
+    }
+
+    /// Two threads take turns with the same flows (insert by one, removal by the other,
+    /// under the shard lock as the datapath and the control thread do): whatever queue a
+    /// flow's changes went to, the drain gives them in the order they were made.
+    #[test]
+    fn changes_of_one_flow_made_by_two_threads_keep_their_order() {
+        let queue = Arc::new(ChangeQueue::new(1 << 20).unwrap());
+        let mut table = ConnTable::new(
+            4096,
+            16,
+            Timeouts::default(),
+            Arc::new(RealRegistry::new(4)),
+        );
+        table.set_observer(queue.clone());
+        let table = Arc::new(table);
+        const FLOWS: u16 = 200;
+        const ROUNDS: usize = 50;
+        let turn = |inserter: bool| {
+            let table = table.clone();
+            std::thread::spawn(move || {
+                for _ in 0..ROUNDS {
+                    for f in 0..FLOWS {
+                        let c = conn(f);
+                        loop {
+                            let mut g = table.shard_for(c.client);
+                            let here = g.get_in(&c.flow_key(), 10);
+                            match (inserter, here) {
+                                (true, None) => {
+                                    g.insert(&c, 10).unwrap();
+                                    break;
+                                }
+                                (false, Some(id)) => {
+                                    g.remove(id, DeleteCause::Removed);
+                                    break;
+                                }
+                                _ => {
+                                    drop(g);
+                                    std::thread::yield_now();
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let (a, b) = (turn(true), turn(false));
+        // Drain while they run, as the sync thread does.
+        let mut all = Vec::new();
+        let mut out = Vec::new();
+        while !(a.is_finished() && b.is_finished()) {
+            queue.drain(&mut out);
+            all.append(&mut out);
+        }
+        a.join().unwrap();
+        b.join().unwrap();
+        queue.drain(&mut out);
+        all.append(&mut out);
+        assert!(!queue.take_overflow());
+        let mut last: std::collections::HashMap<u16, Op> = Default::default();
+        for (op, e) in &all {
+            let f = e.client().port() - 1024;
+            let want = match last.get(&f) {
+                None | Some(Op::Delete) => Op::Upsert,
+                Some(Op::Upsert) => Op::Delete,
+            };
+            assert_eq!(*op, want, "flow {f}: out of order");
+            last.insert(f, *op);
+        }
+        assert_eq!(all.len(), usize::from(FLOWS) * ROUNDS * 2);
+    }
+
+    #[test]
+    fn a_full_queue_of_a_split_one_flags_an_overflow() {
+        let q = ChangeQueue::new(MIN_PER_QUEUE * 2).unwrap();
+        let table = ConnTable::new(16, 1, Timeouts::default(), Arc::new(RealRegistry::new(4)));
+        let e = {
+            let mut g = table.shard(0);
+            let id = g.insert(&conn(1), 10).unwrap();
+            *g.entry(id)
+        };
+        // One flow, so one queue: it takes half the capacity.
+        for _ in 0..MIN_PER_QUEUE + 3 {
+            q.push(Op::Upsert, e);
+        }
+        assert_eq!(q.dropped.load(Ordering::Relaxed), 3);
+        assert!(q.take_overflow());
+        let mut out = Vec::new();
+        q.drain(&mut out);
+        assert_eq!(out.len(), MIN_PER_QUEUE);
+        assert!(!q.take_overflow(), "reported once");
     }
 }

@@ -19,12 +19,12 @@ fn main() {
         "bpf/dr.h",
         "bpf/tun.h",
         "bpf/fullnat.h",
+        "bpf/ceiling.bpf.c",
     ] {
         println!("cargo::rerun-if-changed={f}");
     }
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let obj = out.join("director.bpf.o");
     if Command::new(&clang).arg("--version").output().is_err() {
         println!(
             "cargo::warning=no {clang}: building without the XDP program (xdp = \"native\" \
@@ -35,25 +35,18 @@ fn main() {
     // Debian's multiarch include directory (asm/types.h and friends) for the target.
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
     let include = format!("-I/usr/include/{arch}-linux-gnu");
-    let status = Command::new(&clang)
-        .args([
-            "-target",
-            "bpf",
-            "-O2",
-            "-g",
-            "-Wall",
-            "-Werror",
-            &include,
-            "-c",
-            "bpf/director.bpf.c",
-            "-o",
-        ])
-        .arg(&obj)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {clang}: {e}"));
-    assert!(
-        status.success(),
-        "{clang} failed to build bpf/director.bpf.c ({status})"
-    );
+    for (src, obj) in [
+        ("bpf/director.bpf.c", out.join("director.bpf.o")),
+        ("bpf/ceiling.bpf.c", out.join("ceiling.bpf.o")),
+    ] {
+        let status = Command::new(&clang)
+            .args([
+                "-target", "bpf", "-O2", "-g", "-Wall", "-Werror", &include, "-c", src, "-o",
+            ])
+            .arg(&obj)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {clang}: {e}"));
+        assert!(status.success(), "{clang} failed to build {src} ({status})");
+    }
     println!("cargo::rustc-cfg=director_bpf");
 }

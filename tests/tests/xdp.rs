@@ -476,3 +476,52 @@ fn a_flow_only_the_fast_path_sees_does_not_expire_while_it_lives() {
     let flows = stats(&topo)["datapath"]["xdp"]["fast_path"]["flows"].as_u64();
     assert_eq!(flows, Some(0), "the expired flow left the map");
 }
+
+/// A next hop's MAC changes under an established flow: the FIB snapshot sees the new
+/// neighbour entry and the fast path's next-hop row follows, so the flow carries on, on the
+/// fast path, to the new MAC.
+#[test]
+fn a_neighbour_change_reaches_the_fast_path() {
+    let Some(lab) = Lab::for_test("xdp-neigh") else {
+        return;
+    };
+    let mut topo = Topo::new(lab, Mode::Nat, 1).expect("topology");
+    topo.use_xdp("native").expect("wire-like ports");
+    topo.start(&services()).expect("start");
+    let mut s = connect(&topo);
+    let me = s.local_addr().expect("local address");
+    echo(&mut s, 20, 500, 9);
+    wait_until(Duration::from_secs(5), || {
+        conn_of(&topo, me).is_some_and(|c| c["path"] == "xdp")
+    })
+    .expect("on the fast path");
+    // The real server gets a new MAC (a NIC swapped behind the same address) and the
+    // director's kernel learns it, as from the real server's gratuitous ARP.
+    let new_mac = "02:00:00:00:0a:0b";
+    topo.reals[0]
+        .ip(["link", "set", "dev", "eth0", "address", new_mac])
+        .expect("new MAC on rs1");
+    let rs = topo.real_addrs[0].to_string();
+    topo.director
+        .ip([
+            "neigh",
+            "replace",
+            &rs,
+            "lladdr",
+            new_mac,
+            "dev",
+            "int",
+            "nud",
+            "reachable",
+        ])
+        .expect("the director learns it");
+    let before = xdp_counter(&stats(&topo), "fast_in");
+    echo(&mut s, 100, 500, 10);
+    let after = stats(&topo);
+    assert!(
+        xdp_counter(&after, "fast_in") - before >= 100,
+        "the flow went on on the fast path: {}",
+        after["datapath"]
+    );
+    assert_eq!(conn_of(&topo, me).expect("entry")["path"], "xdp");
+}

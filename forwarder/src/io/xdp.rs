@@ -156,6 +156,13 @@ mod imp {
         Some(OBJECT)
     }
 
+    /// The benchmarks' bare-redirect program (`bpf/ceiling.bpf.c`), not part of the datapath.
+    pub fn ceiling_object() -> Option<&'static [u8]> {
+        static CEILING: &[u8] =
+            aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ceiling.bpf.o"));
+        Some(CEILING)
+    }
+
     /// The program as clang built it (see `build.rs`).
     static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director.bpf.o"));
     const PROGRAM: &str = "director_xdp";
@@ -451,6 +458,11 @@ mod imp {
         None
     }
 
+    /// No program in this build.
+    pub fn ceiling_object() -> Option<&'static [u8]> {
+        None
+    }
+
     /// Stands in for the program in a build without one: every use says why it is missing.
     pub struct XdpProgram(());
 
@@ -498,7 +510,7 @@ mod imp {
     }
 }
 
-pub use imp::{object, XdpProgram};
+pub use imp::{ceiling_object, object, XdpProgram};
 
 /// The number of receive queues of interface `name` (its `queues/rx-N` in sysfs).
 pub fn rx_queues(name: &str) -> io::Result<u32> {

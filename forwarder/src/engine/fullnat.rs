@@ -78,11 +78,8 @@ pub(super) fn allocate_local(
     for k in 0..lips.len() {
         let lip = lips[(first_lip + k) % lips.len()];
         let found = local_ports.with(lip, table, |l| {
-            let mine = l.in_shard(my_shard);
             // The walk from `start` to the end of the range, then from its beginning.
-            let from = mine.partition_point(|&p| p < start);
-            let (before, after) = mine.split_at(from);
-            for &port in after.iter().chain(before).take(PROBES_PER_LIP) {
+            for port in l.walk(my_shard, start).take(PROBES_PER_LIP) {
                 let key = ReplyKey {
                     proto,
                     real,

@@ -43,6 +43,8 @@ pub(super) const MAX_LIPS: usize = 256;
 #[derive(Debug)]
 pub(super) struct LipPorts {
     lip: Ipv4Addr,
+    /// The range it covers (inclusive).
+    range: (u16, u16),
     /// The shard function it was built for: shard count and [`ConnTable::shard_fn_id`].
     shards: usize,
     shard_fn: u64,
@@ -86,11 +88,39 @@ impl LipPorts {
         }
         LipPorts {
             lip,
+            range,
             shards,
             shard_fn,
             starts: starts.into_boxed_slice(),
             ports: ports.into_boxed_slice(),
         }
+    }
+
+    /// The ports of `shard` in the order of a walk of the range from `start`: those from
+    /// `start` up, then those from the bottom of the range.
+    pub(super) fn walk(&self, shard: usize, start: u16) -> impl Iterator<Item = u16> + '_ {
+        let mine = self.in_shard(shard);
+        let (before, after) = mine.split_at(self.split(mine, start));
+        after.iter().chain(before).copied()
+    }
+
+    /// How many of `ports` (one shard's, ascending) are below `start`. The keyed hash
+    /// spreads a shard's ports evenly over the range, so the count is first guessed by
+    /// interpolation and then corrected by a step or two: one or two cache lines of the
+    /// list, where a binary search would touch eight.
+    fn split(&self, ports: &[u16], start: u16) -> usize {
+        let n = ports.len();
+        let (lo, hi) = self.range;
+        let span = u64::from(hi.saturating_sub(lo)) + 1;
+        let guess = u64::from(start.saturating_sub(lo)) * n as u64 / span;
+        let mut i = usize::try_from(guess).unwrap_or(n).min(n);
+        while i > 0 && ports[i - 1] >= start {
+            i -= 1;
+        }
+        while i < n && ports[i] < start {
+            i += 1;
+        }
+        i
     }
 
     /// The ports whose LIP:port is in `shard`, ascending (empty for a shard out of range).
@@ -218,6 +248,20 @@ mod tests {
         assert_eq!(all.in_shard(2).last(), Some(&65534));
         let one = LipPorts::build(lip, (40000, 40000), 1, 0, |_| 0);
         assert_eq!(one.in_shard(0), &[40000]);
+        assert_eq!(one.walk(0, 40000).collect::<Vec<_>>(), [40000]);
+        // Starts at both ends and a skewed list: the guess is corrected either way.
+        for start in [0, 1, 2, 65533, 65534, 65535] {
+            let got: Vec<u16> = all.walk(2, start).take(2).collect();
+            let first = (start..=65535).chain(0..start).find(|p| p % 3 == 2);
+            assert_eq!(got.first().copied(), first, "start {start}");
+        }
+        let skewed = LipPorts::build(lip, (1000, 1999), 2, 0, |a| usize::from(a.port() >= 1990));
+        assert_eq!(
+            skewed.walk(1, 1000).collect::<Vec<_>>(),
+            (1990..=1999).collect::<Vec<_>>()
+        );
+        assert_eq!(skewed.walk(1, 1995).next(), Some(1995));
+        assert_eq!(skewed.walk(0, 1995).next(), Some(1000));
     }
 
     fn table(shards: usize) -> ConnTable {
@@ -248,9 +292,8 @@ mod tests {
                 .collect();
             let listed = lp.with(lip, &t, |l| {
                 let mine = l.in_shard(shard);
-                let from = mine.partition_point(|&p| p < start);
-                let (before, after) = mine.split_at(from);
-                after.iter().chain(before).copied().collect::<Vec<u16>>()
+                assert_eq!(l.split(mine, start), mine.partition_point(|&p| p < start));
+                l.walk(shard, start).collect::<Vec<u16>>()
             });
             assert_eq!(listed, walk, "start {start}, shard {shard}");
         }

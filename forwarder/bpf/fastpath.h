@@ -10,7 +10,7 @@
  * rules of director.bpf.c (and so to the userspace engine): SYN, FIN and RST, IP options and
  * fragments, a bad IPv4 header checksum, TTL that would expire, a frame too big for the
  * egress MTU, an unresolved next hop, a PROXY protocol segment that needs the header
- * inserted, a SACK block at an odd offset.
+ * inserted, a SACK block at an odd offset (or a second SACK option).
  */
 #ifndef DIRECTOR_FASTPATH_H
 #define DIRECTOR_FASTPATH_H

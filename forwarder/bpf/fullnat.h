@@ -7,7 +7,7 @@
  * acknowledgements and SACK edges lose it toward the client. The segment at client_isn + 1
  * that carries data (the header goes before it) is the slow path's, and so is a reply with
  * a SACK edge at an odd offset of the TCP header (Linux aligns them; a checksum update there
- * would need the words around it).
+ * would need the words around it) or with more than one SACK option.
  */
 #ifndef DIRECTOR_FULLNAT_H
 #define DIRECTOR_FULLNAT_H
@@ -58,10 +58,58 @@ static __always_inline void proxy_in(struct pkt *p, struct dir_flow *f)
 #define TCP_AT (sizeof(struct ethhdr) + sizeof(struct iphdr))
 
 /*
+ * Whether the TCP options from offset `from` (an option boundary) to `doff` hold a SACK
+ * option. proxy::reply shifts every SACK option, dir_sack_edges the first only (stacks send
+ * one), so a segment with a second is the slow path's. A global function of its own, so
+ * that this walk does not multiply the paths of dir_sack_edges' walk.
+ */
+__attribute__((noinline)) int dir_sack_another(struct xdp_md *ctx, __u32 doff, __u32 from)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u8 *tcp = data + TCP_AT;
+	__u32 skip = 0;
+
+	if (doff > 60)
+		return 0;
+	/* The walk of dir_sack_edges, from `from` on. */
+	for (__u32 i = 20; i < 60; i++) {
+		__u8 *o = tcp + i;
+		__u8 kind, len;
+
+		if (i >= doff)
+			break;
+		if (i < from)
+			continue;
+		if (skip) {
+			skip--;
+			continue;
+		}
+		if ((void *)(o + 1) > end)
+			break;
+		kind = o[0];
+		if (kind == 0)
+			break;
+		if (kind == 1)
+			continue;
+		if ((void *)(o + 2) > end)
+			break;
+		len = o[1];
+		if (len < 2 || i + len > doff)
+			break;
+		if (kind == 5 && ((len - 2) & 7) == 0)
+			return 1;
+		skip = len - 1;
+	}
+	return 0;
+}
+
+/*
  * The SACK edges of a real server's segment, as proxy::reply treats them: `fix` = 0 only
- * checks that every edge that must change sits at an even offset of the TCP header (0 if
- * one does not: the slow path takes the segment), `fix` = 1 rewrites them. A global
- * function, so the verifier checks its loops once, apart from the program's many paths.
+ * checks that every edge that must change sits at an even offset of the TCP header and
+ * that there is one SACK option (0 if not: the slow path takes the segment), `fix` = 1
+ * rewrites them. A global function, so the verifier checks its loops once, apart from the
+ * program's many paths.
  */
 __attribute__((noinline)) int dir_sack_edges(struct xdp_md *ctx, __u32 doff, __u32 isn,
 					     __u32 delta, __u32 fix)
@@ -109,6 +157,8 @@ __attribute__((noinline)) int dir_sack_edges(struct xdp_md *ctx, __u32 doff, __u
 	}
 	if (!sack_len)
 		return 1;
+	if (!fix && dir_sack_another(ctx, doff, sack_at + sack_len))
+		return 0;
 	for (int e = 0; e < 8; e++) {
 		__u32 at = sack_at + 2 + e * 4;
 		__u32 *edge, old, new;

@@ -68,6 +68,8 @@ pub struct Pkt {
     /// DF, unless `more_frags`.
     pub dont_frag: bool,
     pub more_frags: bool,
+    /// Fragment offset in bytes (a multiple of 8); a later fragment has no DF.
+    pub frag_offset: u16,
     /// IPv4 options, a multiple of 4 bytes.
     pub options: Vec<u8>,
     /// TCP options, a multiple of 4 bytes.
@@ -88,6 +90,7 @@ impl Pkt {
             tos: 0,
             dont_frag: true,
             more_frags: false,
+            frag_offset: 0,
             options: Vec::new(),
             tcp_options: Vec::new(),
             l4,
@@ -214,6 +217,15 @@ impl Pkt {
         self
     }
 
+    /// A later fragment: the IPv4 fragment offset `bytes` (a multiple of 8), DF clear. The
+    /// frame still carries the L4 header the builder writes, as a payload that looks like it.
+    #[allow(dead_code)] // not every test binary that includes this file uses it
+    pub fn frag_offset(mut self, bytes: u16) -> Pkt {
+        assert_eq!(bytes % 8, 0, "fragment offsets come in 8-byte units");
+        self.frag_offset = bytes;
+        self
+    }
+
     pub fn payload(mut self, data: &[u8]) -> Pkt {
         match &mut self.l4 {
             L4::Tcp { payload, .. } | L4::Udp { payload, .. } | L4::Icmp { payload, .. } => {
@@ -277,9 +289,9 @@ impl Pkt {
             ip.set_dscp_ecn(self.tos);
             ip.set_total_len(u16::try_from(total).expect("fits an IPv4 packet"));
             ip.set_ident(self.ident);
-            ip.set_dont_frag(self.dont_frag && !self.more_frags);
+            ip.set_dont_frag(self.dont_frag && !self.more_frags && self.frag_offset == 0);
             ip.set_more_frags(self.more_frags);
-            ip.set_frag_offset(0);
+            ip.set_frag_offset(self.frag_offset);
             ip.set_ttl(self.ttl);
             ip.set_protocol(self.proto());
             ip.set_src_addr(self.src);

@@ -244,7 +244,12 @@ impl XdpCheck {
         }
         let mut prog = match forwarder::io::xdp::XdpProgram::load(4096) {
             Ok(p) => p,
-            Err(e) => return fail(format!("cannot load the program: {e}")),
+            // A build without clang has no program: a missing tool, not a failure (outside CI).
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                return fail(format!("this build has no XDP program: {e}"))
+            }
+            // The program is there and the kernel refused it (the verifier): always a failure.
+            Err(e) => panic!("[{table}] the XDP program does not load: {e}"),
         };
         for i in [EXT, INT] {
             prog.add_tx_port(i)

@@ -97,6 +97,12 @@ struct dir_real_stats {
 	__u64 bytes_out;
 };
 
+/* dir_ident: a CPU's next outer identification and what to add after each. */
+struct dir_ident {
+	__u32 next;
+	__u32 step;
+};
+
 /* dir_events: sent to the daemon through a ring buffer. */
 #define DIR_EV_ADOPT 1          /* the first packet of a replica was forwarded here */
 struct dir_event {

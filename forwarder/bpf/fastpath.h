@@ -53,12 +53,14 @@ struct {
 	__type(value, struct dir_real_stats);
 } dir_reals SEC(".maps");
 
-/* The next IPv4 identification of an outer (TUN) header, per CPU. */
+/* The next IPv4 identification of an outer (TUN) header, per CPU: CPU c of n hands out
+ * c + k·n (the daemon sets next = c, step = n), so two CPUs never write the same one close
+ * together, as the workers do among themselves. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct dir_ident);
 } dir_ident SEC(".maps");
 
 struct {

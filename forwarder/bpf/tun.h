@@ -22,7 +22,8 @@ __attribute__((noinline)) int dir_tun_in(struct xdp_md *ctx, struct dir_flow *f,
 	__u16 inner_len;
 	__u8 tos, ttl;
 	__u16 df;
-	__u32 zero = 0, *ident;
+	__u32 zero = 0;
+	struct dir_ident *ident;
 	__u16 id = 0;
 	void *data, *end;
 	struct ethhdr *eth;
@@ -39,8 +40,8 @@ __attribute__((noinline)) int dir_tun_in(struct xdp_md *ctx, struct dir_flow *f,
 	df = p->ip->frag_off & bpf_htons(IP_DF_);
 	ident = bpf_map_lookup_elem(&dir_ident, &zero);
 	if (ident) {
-		id = (__u16)*ident;
-		*ident += 1;
+		id = (__u16)ident->next;
+		ident->next += ident->step ? ident->step : 1;
 	}
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
 		return XDP_ABORTED;

@@ -53,6 +53,17 @@ impl L4Key {
 // SAFETY: plain old data with no padding (4 + 2 + 1 + 1 bytes).
 unsafe impl aya::Pod for L4Key {}
 
+/// `struct dir_ident`: a CPU's next outer identification and its step.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ident {
+    pub next: u32,
+    pub step: u32,
+}
+
+// SAFETY: plain old data with no padding.
+unsafe impl aya::Pod for Ident {}
+
 /// The program's counters (`dir_stats`), summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XdpStats {
@@ -182,7 +193,7 @@ mod imp {
         flows: MapData,
         nexthops: MapData,
         reals: MapData,
-        ident: PerCpuArray<MapData, u32>,
+        ident: PerCpuArray<MapData, Ident>,
         tx_ports: DevMapHash<MapData>,
         events: Option<RingBuf<MapData>>,
         attached: Vec<(u32, String, AttachMode)>,
@@ -224,7 +235,7 @@ mod imp {
                 DevMapHash::try_from(take("dir_tx_ports")?).map_err(|e| err("dir_tx_ports", e))?;
             let events =
                 Some(RingBuf::try_from(take("dir_events")?).map_err(|e| err("dir_events", e))?);
-            Ok(XdpProgram {
+            let mut p = XdpProgram {
                 ebpf,
                 addrs,
                 ports,
@@ -239,7 +250,9 @@ mod imp {
                 events,
                 attached: Vec::new(),
                 current: Steering::default(),
-            })
+            };
+            p.spread_tun_ident()?;
+            Ok(p)
         }
 
         /// The fast path's maps, for the manager and the sweep (valid while `self` lives).
@@ -263,11 +276,28 @@ mod imp {
                 .map_err(|e| err("cannot fill dir_tx_ports", e))
         }
 
-        /// The next identification each CPU writes into an outer (TUN) header.
+        /// The next identification every CPU writes into an outer (TUN) header, one after
+        /// the other (for tests that compare with one engine worker's).
         pub fn set_tun_ident(&mut self, next: u32) -> io::Result<()> {
             let cpus = crate::io::bpf::possible_cpus()?;
-            let values = aya::maps::PerCpuValues::try_from(vec![next; cpus])
-                .map_err(|e| err("dir_ident", e))?;
+            self.set_ident(vec![Ident { next, step: 1 }; cpus])
+        }
+
+        /// CPU c of n hands out c, c + n, c + 2n... (the datapath's setting).
+        pub fn spread_tun_ident(&mut self) -> io::Result<()> {
+            let cpus = crate::io::bpf::possible_cpus()?;
+            self.set_ident(
+                (0..cpus)
+                    .map(|c| Ident {
+                        next: c as u32,
+                        step: cpus as u32,
+                    })
+                    .collect(),
+            )
+        }
+
+        fn set_ident(&mut self, v: Vec<Ident>) -> io::Result<()> {
+            let values = aya::maps::PerCpuValues::try_from(v).map_err(|e| err("dir_ident", e))?;
             self.ident
                 .set(0, values, 0)
                 .map_err(|e| err("dir_ident", e))

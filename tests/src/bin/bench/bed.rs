@@ -706,6 +706,9 @@ impl Bed {
         {
             eprintln!("  softnet_stat:\n{}", String::from_utf8_lossy(&o.stdout));
         }
+        if let Some(st) = self.stats() {
+            eprintln!("  directord datapath {}", st["datapath"]);
+        }
         if let Ok(o) = self.topo.reals[0].run(["nft", "list", "table", "ip", "bench"]) {
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
             for l in text.lines().filter(|l| l.contains("counter")) {

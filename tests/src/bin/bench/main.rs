@@ -5,9 +5,9 @@
 //! nothing about speed.
 //!
 //! Paths ([`paths`]): directord in NAT, DR, TUN and FULLNAT with AF_PACKET rings and with
-//! XDP → AF_XDP; nftables DNAT + conntrack; plain kernel forwarding; HAProxy `mode tcp`;
-//! stateless nftables netdev forwarding (DR); and, for scale, the client straight at one real
-//! server. Placements ([`plan::Placement`]): P1 the box on one core, P2 the receive softirq
+//! the XDP fast path (and, on request, XDP steering only); nftables DNAT + conntrack; plain
+//! kernel forwarding; HAProxy `mode tcp`; stateless nftables netdev forwarding (DR); and, for
+//! scale, the client straight at one real server. Placements ([`plan::Placement`]): P1 the box on one core, P2 the receive softirq
 //! beside the worker (two cores for the box), P3 all on one core (latency only). Measures:
 //! 64-byte UDP packets/s flat out and at no loss, new flows/s, HTTP requests/s (wrk →
 //! nginx), bulk TCP (iperf3), round-trip latency (rttping), memory.

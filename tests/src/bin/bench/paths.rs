@@ -35,40 +35,68 @@ impl Lb {
 pub enum Variant {
     /// `xdp` off: TPACKET_V2 AF_PACKET rings.
     AfPacket,
-    /// `xdp = "native"`: the XDP program steers the service's frames to AF_XDP sockets.
+    /// `xdp = "native"` with the fast path (directord's default with XDP): the program
+    /// forwards established flows itself and steers the rest to the workers' AF_XDP sockets.
     Xdp,
+    /// `xdp = "native"`, `fast_path = false`: the program only steers the service's frames to
+    /// AF_XDP sockets; the workers forward every packet. Not in the default set.
+    Steer,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 2] = [Variant::AfPacket, Variant::Xdp];
+    pub const ALL: [Variant; 3] = [Variant::AfPacket, Variant::Xdp, Variant::Steer];
 
-    /// Appended to the mode's name in `--paths` (`nat`, `nat-xdp`).
+    /// Appended to the mode's name in `--paths` (`nat`, `nat-xdp`, `nat-steer`).
     pub fn suffix(self) -> &'static str {
         match self {
             Variant::AfPacket => "",
             Variant::Xdp => "-xdp",
+            Variant::Steer => "-steer",
         }
     }
 
     pub fn label(self) -> &'static str {
         match self {
             Variant::AfPacket => "AF_PACKET",
-            Variant::Xdp => "XDP→AF_XDP",
+            Variant::Xdp => "XDP fast path",
+            Variant::Steer => "XDP steering only",
         }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::AfPacket => "`xdp` off (AF_PACKET rings)",
+            Variant::Xdp => {
+                "`xdp = \"native\"`, `fast_path = true` (directord's default with XDP: the \
+                 program forwards established flows itself and steers the rest to the worker's \
+                 AF_XDP sockets)"
+            }
+            Variant::Steer => {
+                "`xdp = \"native\"`, `fast_path = false` (the program only steers the \
+                 service's frames to AF_XDP sockets; the worker forwards every packet)"
+            }
+        }
+    }
+
+    /// Measured unless `--paths` says otherwise.
+    pub fn by_default(self) -> bool {
+        self != Variant::Steer
     }
 
     /// `[datapath] xdp`.
     pub fn xdp(self) -> Option<&'static str> {
         match self {
             Variant::AfPacket => None,
-            Variant::Xdp => Some("native"),
+            Variant::Xdp | Variant::Steer => Some("native"),
         }
     }
 
     /// More `[datapath]` lines (`key = value`) this variant sets.
     pub fn datapath_keys(self) -> &'static [&'static str] {
         match self {
-            Variant::AfPacket | Variant::Xdp => &[],
+            Variant::AfPacket => &[],
+            Variant::Xdp => &["fast_path = true"],
+            Variant::Steer => &["fast_path = false"],
         }
     }
 }
@@ -91,6 +119,17 @@ pub enum Path {
 }
 
 impl Path {
+    /// The paths measured when `--paths` is not given: all but the steering-only variants.
+    pub fn defaults() -> Vec<Path> {
+        Path::all()
+            .into_iter()
+            .filter(|p| match p {
+                Path::Directord(_, v) => v.by_default(),
+                _ => true,
+            })
+            .collect()
+    }
+
     /// Every path, in table order.
     pub fn all() -> Vec<Path> {
         let mut v = Vec::new();
@@ -160,10 +199,7 @@ impl Path {
                 "`{}`: directord, `workers = 1`, mode {}, {}",
                 self.name(),
                 lb.mode().as_str(),
-                match v {
-                    Variant::AfPacket => "`xdp` off (AF_PACKET rings)".to_string(),
-                    Variant::Xdp => "`xdp = \"native\"` (XDP steers to AF_XDP sockets)".to_string(),
-                }
+                v.describe()
             ),
             Path::NftDnat => {
                 "`nft-dnat`: NAT topology, `ip_forward=1`, an nftables nat prerouting \
@@ -210,6 +246,17 @@ impl Path {
                     .iter()
                     .copied()
                     .filter(|p| matches!(p, Path::Directord(_, Variant::Xdp)))
+                    .collect(),
+                "steer" => all
+                    .iter()
+                    .copied()
+                    .filter(|p| matches!(p, Path::Directord(_, Variant::Steer)))
+                    .collect(),
+                "default" => Path::defaults(),
+                "afpacket" => all
+                    .iter()
+                    .copied()
+                    .filter(|p| matches!(p, Path::Directord(_, Variant::AfPacket)))
                     .collect(),
                 "baselines" => all.iter().copied().filter(|p| p.is_baseline()).collect(),
                 name => match all.iter().find(|p| p.name() == name) {

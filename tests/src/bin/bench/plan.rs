@@ -168,8 +168,9 @@ pub struct Opts {
 pub const USAGE: &str =
     "usage: bench [--quick] [--only rate,norate,flows,http,bulk,latency,memory] \
      [--placements p1,p2,p3] [--paths LIST] [--reps N] [--perf DIR] [--out FILE]\n\
-     paths: nat, nat-xdp, dr, dr-xdp, tun, tun-xdp, fullnat, fullnat-xdp, nft-dnat, forward, \
-     haproxy, nft-fwd, direct; groups: all, directord, baselines, xdp";
+     paths: nat, nat-xdp, nat-steer, dr, dr-xdp, dr-steer, tun, tun-xdp, tun-steer, fullnat, \
+     fullnat-xdp, fullnat-steer, nft-dnat, forward, haproxy, nft-fwd, direct; groups: default \
+     (all but the -steer ones), all, directord, afpacket, xdp, steer, baselines";
 
 impl Opts {
     pub fn parse() -> Result<Opts> {
@@ -177,7 +178,7 @@ impl Opts {
             quick: false,
             only: Measure::ALL.to_vec(),
             placements: Placement::ALL.to_vec(),
-            paths: Path::all(),
+            paths: Path::defaults(),
             reps: None,
             perf: None,
             out: None,
@@ -250,16 +251,16 @@ impl Opts {
         if self.quick {
             1.0
         } else {
-            3.0
+            2.0
         }
     }
 
     /// One trial of the no-loss search, and the number of trials.
     pub fn noloss_trial(&self) -> (f64, usize) {
         if self.quick {
-            (1.0, 4)
+            (1.0, 3)
         } else {
-            (2.0, 5)
+            (2.0, 4)
         }
     }
 

@@ -117,6 +117,7 @@ pub fn iperf(bed: &Bed, secs: u32, streams: u32) -> Result<Run> {
         "-J".into(),
     ];
     let s0 = bed.stats();
+    bed.debug_counters("before iperf3");
     let c0 = CpuTimes::now();
     let b0 = bed.box_clock();
     let w0 = std::time::Instant::now();
@@ -126,6 +127,7 @@ pub fn iperf(bed: &Bed, secs: u32, streams: u32) -> Result<Run> {
     let c1 = CpuTimes::now();
     let box_cpu = b0.since(bed);
     let window = w0.elapsed().as_secs_f64();
+    bed.debug_counters("after iperf3");
     let j: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "iperf3 printed no JSON: {}{}",

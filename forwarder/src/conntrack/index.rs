@@ -103,6 +103,28 @@ pub(crate) struct Index {
     cells: Box<[u64]>,
 }
 
+/// The home position of `hash` in an index of `cells` cells (multiply-shift range
+/// reduction).
+fn home_of(hash: u32, cells: usize) -> usize {
+    ((u64::from(hash) * cells as u64) >> 32) as usize
+}
+
+/// Asks the CPU to start loading the cache line of `hash`'s home cell in the index whose
+/// [`Index::cells_at`] is `(at, cells)`. Only a hint: it reads nothing, so it needs no lock
+/// and cannot fault; a no-op off x86_64.
+#[inline]
+pub(crate) fn prefetch_home(at: usize, cells: usize, hash: u32) {
+    let addr = at.wrapping_add(home_of(hash, cells) * std::mem::size_of::<u64>());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is a hint that never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(addr as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 fn encode(hash: u32, slot: u32, dir: u32) -> u64 {
     (u64::from(hash) << 32) | u64::from(((slot << 1) | dir) + 1)
 }
@@ -125,7 +147,13 @@ impl Index {
     }
 
     fn home(&self, hash: u32) -> usize {
-        ((u64::from(hash) * self.cells.len() as u64) >> 32) as usize
+        home_of(hash, self.cells.len())
+    }
+
+    /// Where the cells are and how many: fixed for the life of the index (the cells are
+    /// allocated once), so [`prefetch_home`] may use them without the shard lock.
+    pub(crate) fn cells_at(&self) -> (usize, usize) {
+        (self.cells.as_ptr() as usize, self.cells.len())
     }
 
     fn next(&self, pos: usize) -> usize {

@@ -37,7 +37,7 @@ pub use tcp::{tcp_flags, tcp_next_state, Direction};
 
 use crate::model::{Protocol, Timeouts};
 use crate::stats::{RealCounters, RealRegistry};
-use index::{Hasher, Index, DIR_IN, DIR_REPLY};
+use index::{prefetch_home, Hasher, Index, DIR_IN, DIR_REPLY};
 
 /// Largest number of entries per shard: slots and directions must fit the index cells.
 pub const MAX_SHARD_CAPACITY: u32 = 1 << 28;
@@ -152,6 +152,9 @@ struct ShardInner {
 #[repr(align(64))]
 struct Shard {
     inner: Mutex<ShardInner>,
+    /// The index's cells (address, count), fixed at construction: for
+    /// [`ConnTable::prefetch`], which reads nothing through them.
+    index_at: (usize, usize),
     len: AtomicU32,
     inserts: AtomicU64,
     deletes: AtomicU64,
@@ -239,11 +242,13 @@ impl ConnTable {
                     let next = i as u32 + 1;
                     e.expiry = if next == per_shard { NO_SLOT } else { next };
                 }
+                let index = Index::for_entries(per_shard as usize);
                 Shard {
+                    index_at: index.cells_at(),
                     inner: Mutex::new(ShardInner {
                         slab,
                         free: 0,
-                        index: Index::for_entries(per_shard as usize),
+                        index,
                         sweep_cursor: 0,
                     }),
                     len: AtomicU32::new(0),
@@ -324,6 +329,17 @@ impl ConnTable {
     /// one (the FULLNAT allocator's ports by shard) holds for the other.
     pub fn shard_fn_id(&self) -> u64 {
         self.shard_hasher.digest()
+    }
+
+    /// Starts loading the index cell where a lookup of `key` will begin (the first cache
+    /// miss of a new flow), without taking the shard lock: the datapath calls it for every
+    /// frame of a block before the engine runs, so the misses overlap instead of stalling
+    /// one after the other. A hint only.
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) {
+        if let Some(s) = self.shards.get(self.shard_index(key.client)) {
+            prefetch_home(s.index_at.0, s.index_at.1, self.hasher.flow(key));
+        }
     }
 
     /// Locks the shard of `addr` (see [`ConnTable::shard_index`]).

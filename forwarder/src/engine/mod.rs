@@ -56,6 +56,7 @@ use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 mod fullnat;
 mod local_ports;
+mod prefetch;
 mod proxy;
 mod tun;
 

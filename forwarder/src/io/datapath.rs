@@ -24,7 +24,7 @@ use crate::engine::{
     WorkerCtx, WorkerState,
 };
 use crate::fib::{FastMap, Fib, FibMiss, Mac};
-use crate::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch, VnetHdr, RX_BATCH};
+use crate::io::afpacket::{wait_readable, RingConfig, RxFrame, RxRing, TxBatch, VnetHdr, RX_BATCH};
 use crate::io::fastpath::{FastPath, FastQueue, LastSeen};
 use crate::io::netlink::{Notifications, Rtnl};
 use crate::io::xdp::{AttachMode, Steering, XdpProgram, XdpStats, XdpWant};
@@ -780,6 +780,9 @@ impl Worker {
         let mut pollfds = Vec::with_capacity(fds.len());
         let mut last_stats = Instant::now();
         let mut misses = MissHandler::new(self.solicit.clone());
+        let mut block = Block {
+            frames: Vec::with_capacity(RX_BATCH),
+        };
         while !self.stop.load(Ordering::Relaxed) {
             self.heartbeat.store(self.clock.millis(), Ordering::Relaxed);
             let now = self.clock.now();
@@ -798,26 +801,27 @@ impl Worker {
                 Rx::Rings(rings) => {
                     for ring in rings.iter_mut() {
                         for _ in 0..BLOCKS_PER_TURN {
+                            // Frames are held and prefetched for, then run (see `Block`).
                             let drained = ring.drain_block(
-                                tx,
-                                |tx, frame| {
-                                    let vnet = frame.vnet();
-                                    let meta = rx_meta(vnet, frame.truncated(), frame.status());
-                                    let data = frame.data_mut();
-                                    handle(
-                                        engine,
-                                        &tables,
-                                        now,
-                                        counters,
-                                        &mut misses,
-                                        state,
-                                        tx,
-                                        data,
-                                        meta,
-                                        vnet,
-                                    );
+                                &mut block,
+                                |block, frame| block.hold(engine, &tables, frame),
+                                |block| {
+                                    block.run(|data, meta, vnet| {
+                                        handle(
+                                            engine,
+                                            &tables,
+                                            now,
+                                            counters,
+                                            &mut misses,
+                                            state,
+                                            tx,
+                                            data,
+                                            meta,
+                                            vnet,
+                                        )
+                                    });
+                                    tx.flush()
                                 },
-                                |tx| tx.flush(),
                             );
                             if drained.is_none() {
                                 break;
@@ -833,6 +837,7 @@ impl Worker {
                             continue;
                         }
                         busy = true;
+                        prefetch_descs(engine, &tables, &x.umem, &x.descs);
                         for d in &x.descs {
                             // SAFETY: the kernel handed this chunk over in a receive
                             // descriptor; it goes back to a fill ring only below, after the
@@ -877,6 +882,55 @@ impl Worker {
                 let _ = wait_readable(&fds, &mut pollfds, 20);
             }
         }
+    }
+}
+
+// ---- connection-table prefetch for a block of frames ------------------------------------
+//
+// A new flow's first table lookup misses the cache (perf: new flows stalled on it). So the
+// engine's `prefetch` (`engine/prefetch.rs`) runs over every frame of a block before the
+// engine processes the first: the block's misses are in flight together instead of one
+// after the other. For the AF_XDP arm that is a first pass over the descriptors; the ring
+// arm gets its frames one at a time from `drain_block`, so they are held (`Block`) and run
+// in its `done`, before the flush, as the ring's contract allows: its frames stay valid,
+// and untouched by the kernel, until `done` returns.
+
+/// The frames of one ring block between `drain_block`'s `each` and its `done`.
+struct Block {
+    frames: Vec<(std::ptr::NonNull<u8>, usize, RxMeta, VnetHdr)>,
+}
+
+impl Block {
+    /// Notes a frame of the block and prefetches the table cell it will need.
+    fn hold(&mut self, engine: &Engine, tables: &Tables<'_>, frame: &mut RxFrame) {
+        let vnet = frame.vnet();
+        let meta = rx_meta(vnet, frame.truncated(), frame.status());
+        let data = frame.data_mut();
+        engine.prefetch(data, tables);
+        if let Some(p) = std::ptr::NonNull::new(data.as_mut_ptr()) {
+            self.frames.push((p, data.len(), meta, vnet));
+        }
+    }
+
+    /// Runs `f` on each held frame, in the order received, and forgets them.
+    fn run(&mut self, mut f: impl FnMut(&mut [u8], RxMeta, VnetHdr)) {
+        for (p, len, meta, vnet) in self.frames.drain(..) {
+            // SAFETY: `hold` took these from frames of the block whose `done` is running:
+            // each is its own slot or buffer, valid until `done` returns, and nothing else
+            // refers to it now (the transmit batch only after `f` pushed it).
+            let data = unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), len) };
+            f(data, meta, vnet);
+        }
+    }
+}
+
+/// The first pass over an AF_XDP batch: prefetch for each frame.
+fn prefetch_descs(engine: &Engine, tables: &Tables<'_>, umem: &Umem, descs: &[XdpDesc]) {
+    for d in descs {
+        // SAFETY: as in the loop that follows: a chunk the kernel handed over; read only
+        // here, and the slice is gone before the next one is made.
+        let data = unsafe { umem.frame(d.addr, d.len) };
+        engine.prefetch(data, tables);
     }
 }
 

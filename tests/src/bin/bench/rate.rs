@@ -18,6 +18,8 @@ use crate::sys::{CpuTimes, CpuUse};
 pub const FLOWS: usize = 1024;
 /// The no-loss threshold: lost / offered.
 pub const LOSS_MAX: f64 = 0.001;
+/// The lowest rate the no-loss search tries.
+pub const NOLOSS_FLOOR: f64 = 5000.0;
 
 pub struct Gen {
     pub sent: u64,
@@ -200,7 +202,13 @@ pub fn noloss(bed: &Bed, opts: &Opts, flat_run: Option<&Run>) -> Result<Run> {
     let mut guess = first.max(top * 0.01);
     let mut best: Option<Trial> = None;
     let mut tried = 0;
-    for _ in 0..steps {
+    // Nothing passed in `steps` trials: keep halving (at most 4 more) down to NOLOSS_FLOOR,
+    // so that a path that loses at every rate tried still gets a figure.
+    let mut extra = 0;
+    while tried < steps || (best.is_none() && extra < 4 && guess >= NOLOSS_FLOOR) {
+        if tried >= steps {
+            extra += 1;
+        }
         let t = trial(bed, secs, guess, None)?;
         tried += 1;
         let pass = t.loss() <= LOSS_MAX;

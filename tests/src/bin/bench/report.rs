@@ -332,8 +332,9 @@ pub fn noloss(out: &mut String, s: &Store, cx: &Context, trial: (f64, usize)) {
         "## 1b. No-loss packet rate\n\n\
          The same frames paced (`pktgen --rate`: about 50 µs of frames per `sendmmsg`, the \
          generator sleeping between batches): the highest offered rate whose loss (sent − \
-         delivered) / sent is **≤ {} %** over a {} s trial, found by bisection in up to {} \
-         trials over [0, the flat-out offered rate], starting at the flat-out delivered rate. \
+         delivered) / sent is **≤ {} %** over a {} s trial, found by bisection in {} \
+         trials over [0, the flat-out offered rate], starting at the flat-out delivered rate \
+         (when none passes, up to 4 more, halving the rate, down to 5 kpps). \
          The figure is what was delivered in the best passing trial; \"failed at\" is the \
          lowest rate that lost more (the search's upper bound). A search that passes at the \
          generator's own limit shows that limit (a lower bound). CPU, ns/pkt and counters are \

@@ -1,5 +1,6 @@
 //! The packet engine: one received frame + the tables → a verdict, with the frame rewritten
-//! in place. Pure: no sockets, no clock (the caller passes `now`), no allocation.
+//! in place. Pure: no sockets, no clock (the caller passes `now`), no allocation (but for
+//! the FULLNAT port lists, once per LIP on its first use: `local_ports.rs`).
 //!
 //! Classification of an IPv4 frame, in order:
 //! 1. to a VIP: TCP/UDP to a virtual service → *inbound* (schedule or find the flow,

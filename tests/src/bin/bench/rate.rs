@@ -9,6 +9,7 @@ use director_lab::topo::{workspace_bin, CLIENT};
 use serde_json::Value;
 
 use crate::bed::{Bed, Delta, RATE_PORT};
+use crate::paths::Path;
 use crate::perf;
 use crate::plan::{Opts, Placement, BOX_CPU, HOST_CPU};
 use crate::report::Run;
@@ -159,11 +160,67 @@ fn run_of(bed: &Bed, t: &Trial) -> Run {
     r
 }
 
-/// Flat out for the measure's duration.
+/// Flat out for the measure's duration; with an XDP program, then a second, 1 s flat-out
+/// trial with the kernel's BPF run-time statistics on, for the program's own cost per run.
 pub fn flat(bed: &Bed, opts: &Opts, rep: usize) -> Result<Run> {
     let name = (rep == 0).then(|| format!("{}-{}-rate", bed.pl.name(), bed.path.name()));
     let t = trial(bed, opts.rate_secs(), 0.0, name)?;
-    Ok(run_of(bed, &t))
+    let mut run = run_of(bed, &t);
+    if matches!(bed.path, Path::Directord(_, v) if v.xdp().is_some()) {
+        let stats = BpfStats::on()?;
+        let p0 = prog_runs(XDP_PROG)?;
+        trial(bed, 1.0, 0.0, None)?;
+        let p1 = prog_runs(XDP_PROG)?;
+        drop(stats);
+        let (dns, dn) = (p1.0.saturating_sub(p0.0), p1.1.saturating_sub(p0.1));
+        if dn > 0 {
+            run.set("bpf_ns", dns as f64 / dn as f64);
+            run.set("bpf_runs", dn as f64);
+        }
+    }
+    Ok(run)
+}
+
+/// directord's XDP program, as bpftool names it.
+const XDP_PROG: &str = "director_xdp";
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` = 1 while it lives (it costs a clock read per program run,
+/// which is why it is only on for its own trial); the old value goes back when dropped.
+struct BpfStats {
+    old: String,
+}
+
+impl BpfStats {
+    fn on() -> Result<BpfStats> {
+        let old = std::fs::read_to_string(BPF_STATS).context(BPF_STATS)?;
+        std::fs::write(BPF_STATS, "1").context(BPF_STATS)?;
+        Ok(BpfStats { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.old.trim());
+    }
+}
+
+/// The summed `run_time_ns` and `run_cnt` of every loaded program named `name` (bpftool's
+/// JSON; the counters only move while the statistics are on).
+fn prog_runs(name: &str) -> Result<(u64, u64)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool prog show")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show --json")?;
+    let mut sum = (0, 0);
+    for p in v.as_array().into_iter().flatten() {
+        if p["name"].as_str() == Some(name) {
+            sum.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            sum.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(sum)
 }
 
 /// The highest paced rate with loss ≤ LOSS_MAX: a bisection over [0, the flat-out offered

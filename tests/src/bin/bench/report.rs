@@ -291,7 +291,10 @@ pub fn rate(out: &mut String, s: &Store, cx: &Context, secs: f64, reps: usize) {
          that time. ns/pkt (P1 only) = CPU 1's busy fraction × 10⁹ / delivered pps: the box's \
          cost per forwarded packet when it is saturated, one bridge hop and the real server's \
          drop included (see P1). CPU % = busy (user + system + irq + \
-         softirq) per core from /proc/stat over the run.\n",
+         softirq) per core from /proc/stat over the run. XDP program ns/run: a second, 1 s \
+         flat-out trial with `kernel.bpf_stats_enabled = 1`, Δ`run_time_ns` / Δ`run_cnt` of \
+         every `director_xdp` program (bpftool): the program's own cost per frame it sees, \
+         forwarded or passed on (the statistics add a clock read per run).\n",
         crate::rate::FLOWS
     );
     for pl in cx.placements {
@@ -305,6 +308,9 @@ pub fn rate(out: &mut String, s: &Store, cx: &Context, secs: f64, reps: usize) {
             opt(a.f("ns_pkt"), |v| format!("{v:.0}"))
         }));
         cols.extend(box_cols("ns/pkt (box threads)", "ns_pkt_box", 0));
+        cols.push(col("XDP program ns/run", |a| {
+            opt(a.f("bpf_ns"), |v| format!("{v:.0}"))
+        }));
         cols.push(col("ring_drops", |a| opt(a.f("ring_drops"), thousands)));
         cols.push(col("tx_errors", |a| opt(a.f("tx_errors"), thousands)));
         render_table(

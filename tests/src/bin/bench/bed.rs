@@ -396,6 +396,37 @@ impl Bed {
             Path::NftFwd => {
                 nft_script(&self.topo.director, &self.netdev_script()?)?;
             }
+            Path::Ceiling => {
+                self.topo.use_xdp("native")?;
+                let bin = workspace_bin("xdpceiling")?;
+                let argv = vec![
+                    bin.display().to_string(),
+                    "--in".into(),
+                    "ext".into(),
+                    "--out".into(),
+                    "int".into(),
+                    "--src-mac".into(),
+                    self.topo.director.mac("int")?.to_string(),
+                    "--dst-mac".into(),
+                    self.topo.reals[0].mac("eth0")?.to_string(),
+                    "--mode".into(),
+                    "native".into(),
+                ];
+                let p = self.topo.director.spawn(&argv)?;
+                let up = wait_until(Duration::from_secs(10), || {
+                    p.stderr().is_ok_and(|e| e.contains("xdpceiling: ready"))
+                });
+                if up.is_err() {
+                    bail!(
+                        "xdpceiling did not start: {}",
+                        p.stderr().unwrap_or_default()
+                    );
+                }
+                self.box_pid = Some(p.pid());
+                self.procs.push(p);
+                self.notes
+                    .push("receive ext: xdp native (xdpceiling)".into());
+            }
             Path::Direct => {
                 let direct = self.topo.lab.host("direct")?;
                 self.topo.lab.link(

@@ -116,6 +116,10 @@ pub enum Path {
     NftFwd,
     /// No director: the client straight at one real server over its own veth (scale).
     Direct,
+    /// The XDP ceiling: `xdpceiling` (forwarder/bpf/ceiling.bpf.c) on the director's `ext`
+    /// in the NAT topology, every IPv4 frame given rs1's MAC and redirected out of `int`,
+    /// nothing looked up (packet rates only).
+    Ceiling,
 }
 
 impl Path {
@@ -144,8 +148,18 @@ impl Path {
             Path::Haproxy,
             Path::NftFwd,
             Path::Direct,
+            Path::Ceiling,
         ]);
         v
+    }
+
+    /// The XDP program the path runs, as bpftool names it.
+    pub fn xdp_prog(self) -> Option<&'static str> {
+        match self {
+            Path::Directord(_, v) if v.xdp().is_some() => Some("director_xdp"),
+            Path::Ceiling => Some("ceiling"),
+            _ => None,
+        }
     }
 
     pub fn name(self) -> String {
@@ -164,6 +178,7 @@ impl Path {
             Path::Haproxy => "haproxy".into(),
             Path::NftFwd => "nft-fwd".into(),
             Path::Direct => "direct".into(),
+            Path::Ceiling => "xdp-ceiling".into(),
         }
     }
 
@@ -190,6 +205,7 @@ impl Path {
             Path::Haproxy => "HAProxy mode tcp".into(),
             Path::NftFwd => "nftables netdev fwd (DR)".into(),
             Path::Direct => "straight at one real (no director)".into(),
+            Path::Ceiling => "bare XDP_REDIRECT (ceiling)".into(),
         }
     }
 
@@ -227,6 +243,12 @@ impl Path {
             Path::Direct => "`direct`: no director: the client on its own plain veth (offloads \
                  on, no switch) to rs1, for scale; measured in P1 and P3 only (with no director \
                  on the path, P2 places it as P1 does)"
+                .into(),
+            Path::Ceiling => "`xdp-ceiling`: NAT topology, no directord: `xdpceiling` \
+                 (forwarder/bpf/ceiling.bpf.c, native XDP on `ext`, the same wire-like ports as \
+                 the XDP variants) gives every IPv4 frame rs1's MAC and the director's `int` MAC \
+                 and redirects it out of `int` through a devmap; no parsing past Ethernet, no \
+                 lookup, no rewrite: what XDP_REDIRECT itself moves here (packet rates only)"
                 .into(),
         }
     }
@@ -280,7 +302,9 @@ impl Path {
         match self {
             Path::Directord(lb, _) => lb.mode(),
             Path::NftFwd => Mode::Dr,
-            Path::NftDnat | Path::Forward | Path::Haproxy | Path::Direct => Mode::Nat,
+            Path::NftDnat | Path::Forward | Path::Haproxy | Path::Direct | Path::Ceiling => {
+                Mode::Nat
+            }
         }
     }
 
@@ -298,6 +322,8 @@ impl Path {
             // A proxy terminates TCP: no UDP, and a SYN flood never reaches a real server.
             Path::Haproxy => matches!(m, Measure::Http | Measure::Bulk | Measure::Latency),
             Path::Direct => matches!(m, Measure::Http | Measure::Bulk | Measure::Latency),
+            // It forwards one way only, to one real: packet rates.
+            Path::Ceiling => matches!(m, Measure::Rate | Measure::NoLoss),
             Path::Directord(..) => true,
             _ => m != Measure::Memory,
         }
@@ -310,7 +336,8 @@ impl Path {
 }
 
 /// The baselines every table compares against, with the column title of the ratio.
-pub const RATIO_BASES: [(Path, &str); 4] = [
+pub const RATIO_BASES: [(Path, &str); 5] = [
+    (Path::Ceiling, "÷ XDP ceiling"),
     (Path::NftDnat, "÷ nft DNAT"),
     (Path::Forward, "÷ forward"),
     (Path::Haproxy, "÷ HAProxy"),

@@ -9,7 +9,6 @@ use director_lab::topo::{workspace_bin, CLIENT};
 use serde_json::Value;
 
 use crate::bed::{Bed, Delta, RATE_PORT};
-use crate::paths::Path;
 use crate::perf;
 use crate::plan::{Opts, Placement, BOX_CPU, HOST_CPU};
 use crate::report::Run;
@@ -166,11 +165,11 @@ pub fn flat(bed: &Bed, opts: &Opts, rep: usize) -> Result<Run> {
     let name = (rep == 0).then(|| format!("{}-{}-rate", bed.pl.name(), bed.path.name()));
     let t = trial(bed, opts.rate_secs(), 0.0, name)?;
     let mut run = run_of(bed, &t);
-    if matches!(bed.path, Path::Directord(_, v) if v.xdp().is_some()) {
+    if let Some(prog) = bed.path.xdp_prog() {
         let stats = BpfStats::on()?;
-        let p0 = prog_runs(XDP_PROG)?;
+        let p0 = prog_runs(prog)?;
         trial(bed, 1.0, 0.0, None)?;
-        let p1 = prog_runs(XDP_PROG)?;
+        let p1 = prog_runs(prog)?;
         drop(stats);
         let (dns, dn) = (p1.0.saturating_sub(p0.0), p1.1.saturating_sub(p0.1));
         if dn > 0 {
@@ -181,8 +180,6 @@ pub fn flat(bed: &Bed, opts: &Opts, rep: usize) -> Result<Run> {
     Ok(run)
 }
 
-/// directord's XDP program, as bpftool names it.
-const XDP_PROG: &str = "director_xdp";
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// `kernel.bpf_stats_enabled` = 1 while it lives (it costs a clock read per program run,

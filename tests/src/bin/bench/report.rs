@@ -293,7 +293,7 @@ pub fn rate(out: &mut String, s: &Store, cx: &Context, secs: f64, reps: usize) {
          drop included (see P1). CPU % = busy (user + system + irq + \
          softirq) per core from /proc/stat over the run. XDP program ns/run: a second, 1 s \
          flat-out trial with `kernel.bpf_stats_enabled = 1`, Δ`run_time_ns` / Δ`run_cnt` of \
-         every `director_xdp` program (bpftool): the program's own cost per frame it sees, \
+         every program of the path (`director_xdp`, `ceiling`; bpftool): the program's own cost per frame it sees, \
          forwarded or passed on (the statistics add a clock read per run).\n",
         crate::rate::FLOWS
     );

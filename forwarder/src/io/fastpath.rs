@@ -6,7 +6,8 @@
 //!
 //! - [`FastQueue`], an observer of the table, hears of every insert, state change and
 //!   removal (the engine's, the sweep's and the sync thread's replicas) and queues the
-//!   flow's key. It runs on the datapath under a shard lock, so it only pushes a key.
+//!   flow's key when the flow is eligible or in the map (not a half-open flow's). It runs
+//!   on the datapath under a shard lock, so it only pushes a key.
 //! - The manager thread (`dp-fastpath`) takes the keys, reads each flow's entry as it is
 //!   *now* (so the order in which changes arrive does not matter), and makes the map agree:
 //!   an established TCP flow or a UDP flow gets its rows ([`rows`]: the inbound key, and for
@@ -458,8 +459,8 @@ pub fn plan(
 }
 
 /// The connection table's observer for the fast path: queues the key of every flow that
-/// was inserted, changed state or went away, for the manager to look at. Off (it queues
-/// nothing) until a manager runs.
+/// was inserted, changed state or went away while eligible for the map or in it (FAST), for
+/// the manager to look at. Off (it queues nothing) until a manager runs.
 pub struct FastQueue {
     enabled: AtomicBool,
     shards: Vec<Mutex<Vec<FlowKey>>>,
@@ -544,8 +545,19 @@ impl ConnObserver for FastQueue {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
+        // Only what can change the map: a flow that is (or becomes) eligible, and one the
+        // map holds. A SYN flood's half-open entries, made and expired by the hundred
+        // thousand a second, are neither, and queueing them made the manager take a shard
+        // lock per entry beside the worker. An entry installed but not yet marked FAST that
+        // then leaves eligibility is caught by `apply`, which checks the state under the
+        // same lock that sets the mark.
         match change {
-            Change::Insert(e) | Change::Update(e) | Change::Delete(e, _) => self.push(e.flow_key()),
+            Change::Insert(e) | Change::Update(e) | Change::Delete(e, _)
+                if e.is_fast() || eligible(e.state()) =>
+            {
+                self.push(e.flow_key())
+            }
+            Change::Insert(_) | Change::Update(_) | Change::Delete(..) => {}
             // The expiry moved: nothing the program keeps.
             Change::Refresh(_) => {}
         }
@@ -967,10 +979,22 @@ impl Manager {
         self.counters
             .flows
             .store(self.installed.len() as u64, Ordering::Relaxed);
+        let now = self.clock.now();
         let mut shard = self.engine.conns.shard_for(key.client);
         if !shard.set_fast(&key, true) {
             drop(shard);
             // Gone meanwhile (its removal is queued, but need not wait).
+            self.uninstall(key);
+            return;
+        }
+        // Left eligibility meanwhile (a FIN or RST between the read above and the mark):
+        // that change was not queued, since the entry was not yet FAST, so undo it here.
+        let still = shard
+            .get_in(&key, now)
+            .is_some_and(|id| eligible(shard.entry(id).state()));
+        if !still {
+            shard.set_fast(&key, false);
+            drop(shard);
             self.uninstall(key);
         }
     }
@@ -1022,6 +1046,7 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conntrack::DeleteCause;
     use std::mem::{offset_of, size_of};
 
     #[test]
@@ -1036,6 +1061,44 @@ mod tests {
         assert_eq!(offset_of!(BpfNextHop, dmac), 6);
         assert_eq!(size_of::<BpfRealStats>(), 32);
         assert_eq!(size_of::<BpfEvent>(), 20);
+    }
+
+    /// The observer queues only what can change the map: eligible flows and flows it holds
+    /// (FAST), never a half-open entry's insert, update or expiry.
+    #[test]
+    fn the_queue_takes_only_what_can_change_the_map() {
+        let q = FastQueue::new().unwrap();
+        q.enabled.store(true, Ordering::Relaxed);
+        let with = |state: ConnState, flags: u8, port: u16| ConnEntry {
+            client_ip: u32::from(Ipv4Addr::new(198, 18, 1, 10)),
+            vip_ip: u32::from(Ipv4Addr::new(198, 18, 1, 100)),
+            client_port: port,
+            vip_port: 80,
+            proto: Protocol::Tcp as u8,
+            state: state as u8,
+            flags,
+            ..ConnEntry::VACANT
+        };
+        let syn = with(ConnState::SynRecv, 0, 1);
+        q.on_change(&Change::Insert(syn));
+        q.on_change(&Change::Update(syn));
+        q.on_change(&Change::Delete(syn, DeleteCause::Expired));
+        q.on_change(&Change::Refresh(with(ConnState::Established, 0, 2)));
+        let mut out = Vec::new();
+        q.drain(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let est = with(ConnState::Established, 0, 3);
+        let udp = with(ConnState::Udp, 0, 4);
+        // Left eligibility while in the map: queued, so the manager takes its rows out.
+        let fin = with(ConnState::FinWait, ConnEntry::FAST, 5);
+        let gone = with(ConnState::Close, ConnEntry::FAST, 6);
+        q.on_change(&Change::Update(est));
+        q.on_change(&Change::Insert(udp));
+        q.on_change(&Change::Update(fin));
+        q.on_change(&Change::Delete(gone, DeleteCause::Removed));
+        q.drain(&mut out);
+        let ports: Vec<u16> = out.iter().map(|k| k.client.port()).collect();
+        assert_eq!(ports, [3, 4, 5, 6]);
     }
 
     #[test]

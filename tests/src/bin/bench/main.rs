@@ -283,7 +283,7 @@ fn render(
          repetition. The director's switch ports are wire-like for **every** path (TSO, GSO \
          and TX checksum offload off, GRO on: complete checksums, no frame over the MTU, as \
          from a NIC; XDP needs it) and the director's `ext` and `int` have GRO on, so all \
-         paths receive the same frames. 3 real servers (FULLNAT's SYN flood: 8). Real \
+         paths receive the same frames. 3 real servers (FULLNAT's SYN flood: 24). Real \
          servers' default route: the director (NAT, FULLNAT: none beyond their /24), TUN: a \
          plain router.\n"
     );

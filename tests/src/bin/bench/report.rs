@@ -401,7 +401,7 @@ pub fn flows(out: &mut String, s: &Store, cx: &Context, secs: f64, reps: usize) 
          unique flows, none repeats), flat out for {secs} s, {reps} run(s) per path. \
          **Delivered = SYNs arriving at the real servers** (their `eth0` receive counter \
          delta; they drop them in nftables) per second; directord's `new_conns` beside it. \
-         3 real servers (FULLNAT 8, so that local ports last). directord: \
+         3 real servers (FULLNAT 24: 2 LIPs × 64,512 ports each, about a third used by a 3 s flood, so that the port walk is measured and not the end of the ports). directord: \
          `max_connections = 4194304`; nftables: `nf_conntrack_max = 4194304` (a global \
          setting, writable only in the root namespace: raised for the run and put back \
          after); `table` = directord's connection count or the director's conntrack count \

@@ -8,6 +8,8 @@
 //! - `keepalived`: keepalived as a lab VRRP peer (config, start, state from its log, stop/kill).
 //! - `nginx`: Debian's nginx as a real server behind the PROXY protocol (FULLNAT).
 //! - `topo`, `pair`, `router`: single-director, HA-pair and routed topologies of every mode.
+//! - `tool`: what the small tools `bareforward` and `xdpceiling` share (arguments, interface
+//!   indexes, a stop flag for SIGTERM/SIGINT).
 //! - `bin/labsrv`: the real server (HTTP/1.1 + UDP echo) used as a lab real server.
 //! - `bin/ipip-decap`: LAB STAND-IN for a stock kernel's `ipip` device on TUN real servers
 //!   (this host kernel has no ipip module): raw IP-protocol-4 socket → TUN device.
@@ -20,6 +22,7 @@ pub mod nginx;
 pub mod pair;
 pub mod pattern;
 pub mod router;
+pub mod tool;
 pub mod topo;
 pub mod vm;
 

@@ -10,31 +10,12 @@
 //! ```
 //! Runs until SIGTERM/SIGINT, then prints one JSON line with its counters.
 
-use std::collections::HashMap;
-use std::ffi::CString;
-use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use director_lab::tool::{ifindex, stop_on_signals, stopped, Args};
 use director_lab::Mac;
 use forwarder::io::afpacket::{wait_readable, RingConfig, RxRing, TxBatch};
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn ifindex(name: &str) -> Result<u32> {
-    let c = CString::new(name)?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface {name}: {}", io::Error::last_os_error());
-    }
-    Ok(i)
-}
 
 struct State {
     tx: TxBatch,
@@ -46,31 +27,12 @@ struct State {
 }
 
 fn main() -> Result<()> {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let mut kv = HashMap::new();
-    for pair in raw.chunks(2) {
-        let [k, v] = pair else {
-            bail!("arguments come in --key value pairs");
-        };
-        kv.insert(k.trim_start_matches("--").to_string(), v.clone());
-    }
-    let get = |k: &str| kv.get(k).with_context(|| format!("--{k} is required"));
-    let input = ifindex(get("in")?)?;
-    let out = ifindex(get("out")?)?;
-    let src_mac: Mac = get("src-mac")?.parse()?;
-    let dst_mac: Mac = get("dst-mac")?.parse()?;
-
-    // SAFETY: installing an async-signal-safe handler that only stores an atomic.
-    unsafe {
-        libc::signal(
-            libc::SIGTERM,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGINT,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-    }
+    let args = Args::from_env()?;
+    let input = ifindex(args.get("in")?)?;
+    let out = ifindex(args.get("out")?)?;
+    let src_mac: Mac = args.get("src-mac")?.parse()?;
+    let dst_mac: Mac = args.get("dst-mac")?.parse()?;
+    stop_on_signals();
 
     let mut ring = RxRing::open(input, RingConfig::default(), None).context("rx ring")?;
     let mut st = State {
@@ -85,7 +47,7 @@ fn main() -> Result<()> {
     let mut pollfds = Vec::with_capacity(1);
     let mut ring_drops: u64 = 0;
     eprintln!("bareforward: ready");
-    while !STOP.load(Ordering::Relaxed) {
+    while !stopped() {
         let drained = ring.drain_block(
             &mut st,
             |st, frame| {

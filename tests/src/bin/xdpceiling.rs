@@ -8,19 +8,11 @@
 //! Prints `xdpceiling: ready` once attached; detaches on SIGTERM/SIGINT (the program is held
 //! by a BPF link of this process).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, DevMapHash};
 use aya::programs::{Xdp, XdpMode};
+use director_lab::tool::{ifindex, stop_on_signals, stopped, Args};
 use director_lab::Mac;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
 
 /// `struct ceiling_cfg`.
 #[repr(C)]
@@ -34,31 +26,13 @@ struct Cfg {
 // SAFETY: plain old data, no padding (4 + 6 + 6 bytes).
 unsafe impl aya::Pod for Cfg {}
 
-fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface {name}");
-    }
-    Ok(i)
-}
-
 fn main() -> Result<()> {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let mut kv = HashMap::new();
-    for pair in raw.chunks(2) {
-        let [k, v] = pair else {
-            bail!("arguments come in --key value pairs");
-        };
-        kv.insert(k.trim_start_matches("--").to_string(), v.clone());
-    }
-    let get = |k: &str| kv.get(k).with_context(|| format!("--{k} is required"));
-    let input = get("in")?.clone();
-    let out = ifindex(get("out")?)?;
-    let smac: Mac = get("src-mac")?.parse()?;
-    let dmac: Mac = get("dst-mac")?.parse()?;
-    let mode = match kv.get("mode").map(String::as_str) {
+    let args = Args::from_env()?;
+    let input = args.get("in")?.to_string();
+    let out = ifindex(args.get("out")?)?;
+    let smac: Mac = args.get("src-mac")?.parse()?;
+    let dmac: Mac = args.get("dst-mac")?.parse()?;
+    let mode = match args.opt("mode") {
         None | Some("native") => XdpMode::Driver,
         Some("generic") => XdpMode::Skb,
         Some(m) => bail!("--mode {m}: native or generic"),
@@ -88,19 +62,9 @@ fn main() -> Result<()> {
         0,
     )
     .context("ceiling_cfg")?;
-    // SAFETY: installing an async-signal-safe handler that only stores an atomic.
-    unsafe {
-        libc::signal(
-            libc::SIGTERM,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGINT,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-    }
+    stop_on_signals();
     eprintln!("xdpceiling: ready");
-    while !STOP.load(Ordering::Relaxed) {
+    while !stopped() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())

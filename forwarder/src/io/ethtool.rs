@@ -14,14 +14,18 @@ struct EthtoolValue {
     data: u32,
 }
 
+/// `struct ifreq` for `SIOCETHTOOL`: the interface name and a pointer to the command's
+/// own structure (`ethtool_value`, `ethtool_drvinfo`, ...), which starts with its command.
 #[repr(C)]
-struct Ifreq {
+struct Ifreq<T> {
     name: [u8; libc::IFNAMSIZ],
-    data: *mut EthtoolValue,
+    data: *mut T,
     _pad: [u8; 16],
 }
 
-fn ethtool(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+/// One `SIOCETHTOOL` request on interface `name`; `data` is the command's structure, read
+/// and written by the kernel.
+fn request<T>(name: &str, data: &mut T) -> io::Result<()> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -35,18 +39,23 @@ fn ethtool(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
     }
     // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut value = EthtoolValue { cmd, data };
     let mut req = Ifreq {
         name: [0; libc::IFNAMSIZ],
-        data: &mut value,
+        data,
         _pad: [0; 16],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: req is a valid ifreq whose data points at a live ethtool_value.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req as *mut Ifreq) };
+    // SAFETY: req is a valid ifreq whose data points at a live, writable command structure.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req as *mut Ifreq<T>) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+fn ethtool(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    let mut value = EthtoolValue { cmd, data };
+    request(name, &mut value)?;
     Ok(value.data)
 }
 
@@ -62,41 +71,12 @@ struct DrvInfo {
 
 /// The name of the interface's driver (`ethtool -i NAME`), e.g. "veth".
 pub fn driver(name: &str) -> io::Result<String> {
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface name too long",
-        ));
-    }
-    // SAFETY: plain socket(2) call; the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut info = DrvInfo {
         cmd: ETHTOOL_GDRVINFO,
         driver: [0; 32],
         rest: [0; 160],
     };
-    #[repr(C)]
-    struct Req {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut DrvInfo,
-        _pad: [u8; 16],
-    }
-    let mut req = Req {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut info,
-        _pad: [0; 16],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: req is a valid ifreq whose data points at a live ethtool_drvinfo.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req as *mut Req) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    request(name, &mut info)?;
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
@@ -115,7 +95,7 @@ pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
 mod tests {
     #[test]
     fn ifreq_is_the_kernels_size() {
-        assert_eq!(std::mem::size_of::<super::Ifreq>(), 40);
+        assert_eq!(std::mem::size_of::<super::Ifreq<super::EthtoolValue>>(), 40);
         assert_eq!(std::mem::size_of::<super::DrvInfo>(), 196);
     }
 }

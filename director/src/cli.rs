@@ -936,8 +936,11 @@ fn render_stats(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     if !d["emitted"].is_null() {
         writeln!(
             out,
-            "Rebuilt and sent {}  icmp sent {}  icmp rate-limited {}",
-            d["emitted"], d["icmp_sent"], d["icmp_limited"]
+            "Rebuilt and sent {}  icmp sent {}  icmp rate-limited {}  icmp unroutable {}",
+            d["emitted"],
+            d["icmp_sent"],
+            d["icmp_limited"],
+            num_or(&d["icmp_unroutable"])
         )?;
     }
     // The XDP program's share (already in the totals above) and the fast path's flows.

@@ -362,6 +362,7 @@ impl Views {
                 "emitted": t.emitted,
                 "icmp_sent": t.icmp_sent,
                 "icmp_limited": t.icmp_limited,
+                "icmp_unroutable": t.icmp_unroutable,
                 "new_conns": t.new_conns,
                 "tx_errors": t.tx_errors,
                 "tx_waits": t.tx_waits,

@@ -293,6 +293,13 @@ fn datapath(x: &mut Exposition, stats: &Value) {
         &d["icmp_limited"],
     );
     x.counter(
+        "director_datapath_icmp_unroutable_total",
+        "ICMP errors not sent because there was no way back to the source (no route, or an \
+         unresolved next hop on another interface than the frame came in on).",
+        &[],
+        &d["icmp_unroutable"],
+    );
+    x.counter(
         "director_datapath_new_connections_total",
         "Connections the datapath scheduled to a real server.",
         &[],

@@ -468,6 +468,7 @@ fn nat_table_run(xdp: bool) {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 8,
             drops: vec![
                 (DropReason::NoConnection, 1),
@@ -630,6 +631,7 @@ fn dr_table_run(xdp: bool) {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 4,
             drops: vec![(DropReason::TtlExceeded, 1)],
         },
@@ -975,6 +977,7 @@ fn tun_table_run(xdp: bool) {
             emitted: 4,
             icmp_sent: 2,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 5,
             drops: vec![
                 (DropReason::TtlExceeded, 1),
@@ -1027,6 +1030,61 @@ fn tun_frag_needed_is_rate_limited_per_worker() {
     assert_eq!(lab.take_emitted().len(), 1, "refilled a second later");
     let c = lab.counts();
     assert_eq!((c.icmp_sent, c.icmp_limited), (u64::from(budget) + 1, 5));
+    assert!(c.balanced(), "{c:?}");
+}
+
+/// Right after a takeover the new master has never resolved its clients (a TUN director
+/// never sends to them): the fragmentation-needed goes back to the frame's sender, out of the
+/// interface it came in on, when that is where the route toward the client leaves. Seen on
+/// another interface, or on one the worker does not name, there is no way back: counted as
+/// `icmp_unroutable`, never sent blind.
+#[test]
+fn tun_frag_needed_reaches_a_client_not_yet_resolved() {
+    let mut lab = tun_lab();
+    let web = sa(VIP, 80);
+    // On ext's subnet, absent from the FIB's neighbours.
+    let stranger = Ipv4Addr::new(198, 18, 1, 50);
+    let stranger_mac = [0x02, 0, 0, 0, 0x01, 50];
+    let a = sa(stranger, 43100);
+    let on = |ingress| RxMeta {
+        ingress,
+        ..RxMeta::default()
+    };
+    let mut syn = Pkt::tcp(a, web, SYN, 1, 0)
+        .macs(stranger_mac, EXT_MAC)
+        .build();
+    assert!(matches!(
+        lab.process(&mut syn, on(EXT), 10),
+        Verdict::ForwardInsert { .. }
+    ));
+    assert_eq!(lab.take_emitted().len(), 0);
+    let p = Pkt::tcp(a, web, ACK, 2, 1)
+        .payload(&counting(1460))
+        .macs(stranger_mac, EXT_MAC);
+    let mut f = p.build();
+    assert_eq!(
+        lab.process(&mut f, on(EXT), 10),
+        Verdict::Drop(DropReason::FragNeeded)
+    );
+    let mut rest = [0u8; 4];
+    rest[2..].copy_from_slice(&1480u16.to_be_bytes());
+    // Identification 1: the SYN's tunnel header took 0.
+    let want = Pkt::icmp_error(VIP, stranger, 3, 4, rest, &p, Some(28))
+        .macs(EXT_MAC, stranger_mac)
+        .ident(1)
+        .may_fragment()
+        .build();
+    assert_eq!(lab.take_emitted(), vec![(EXT, want)]);
+    for ingress in [INT, 0] {
+        let mut f = p.build();
+        assert_eq!(
+            lab.process(&mut f, on(ingress), 10),
+            Verdict::Drop(DropReason::FragNeeded)
+        );
+        assert_eq!(lab.take_emitted(), vec![], "ingress {ingress}");
+    }
+    let c = lab.counts();
+    assert_eq!((c.icmp_sent, c.icmp_limited, c.icmp_unroutable), (1, 0, 2));
     assert!(c.balanced(), "{c:?}");
 }
 
@@ -1278,6 +1336,7 @@ fn nat_bad_input_table_run(xdp: bool) {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             // The SYN to the unresolved real made its flow before the miss: its
             // retransmission finds it once the neighbour is resolved.
             new_conns: 4,
@@ -1541,6 +1600,7 @@ fn mutate_and_check(lab: &mut Lab, bases: &[Vec<u8>], runs: u64, seed: u64) {
             gso_udp: bits & 0x0100_0000 == 0,
             truncated: bits & 0xf000 == 0,
             vlan: bits & 0xf0000 == 0,
+            ingress: if bits & 0x1000_0000 == 0 { EXT } else { INT },
         };
         let now = 1000 + (i / 16) as u32;
         let input = f.clone();

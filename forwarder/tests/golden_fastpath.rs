@@ -717,6 +717,7 @@ fn nat_table_run(xdp: bool) {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 7,
             drops: vec![
                 (DropReason::BadIpChecksum, 3),
@@ -1008,6 +1009,7 @@ fn dr_table_run(xdp: bool) {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 4,
             drops: vec![
                 (DropReason::BadIpChecksum, 1),
@@ -1395,6 +1397,7 @@ fn tun_table_run(xdp: bool) {
             emitted: 1,
             icmp_sent: 2,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 5,
             drops: vec![
                 (DropReason::BadIpChecksum, 1),
@@ -1863,6 +1866,7 @@ fn fullnat_table_run(xdp: bool) {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 4,
             drops: vec![
                 (DropReason::BadIpChecksum, 2),
@@ -2283,6 +2287,7 @@ fn fullnat_proxy_table_run(xdp: bool) {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 2,
             drops: vec![
                 (DropReason::BadIpChecksum, 1),

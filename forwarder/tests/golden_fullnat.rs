@@ -336,6 +336,7 @@ fn fullnat_table_run(xdp: bool) {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 7,
             drops: vec![
                 (DropReason::IcmpNoConnection, 1),
@@ -446,6 +447,7 @@ fn fullnat_port_held_through_time_wait() {
             emitted: 0,
             icmp_sent: 0,
             icmp_limited: 0,
+            icmp_unroutable: 0,
             new_conns: 2,
             drops: vec![(DropReason::PortExhausted, 2)],
         },

@@ -140,17 +140,18 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
     std::thread::sleep(Duration::from_secs(5));
 
     let report = flows::stop(flows);
-    // For a failure's diagnosis: what each node's datapath dropped, and the sync counters.
+    // For a failure's diagnosis: each node's datapath counters (drops, ICMP errors sent and
+    // rate-limited, XDP), and the sync counters.
     for n in 0..2 {
         let stats = pair
             .cli(n, &["--json", "stats"])
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        let drops = stats
+        let datapath = stats
             .ok()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .map(|v| v["datapath"]["drops"].clone());
+            .map(|v| v["datapath"].to_string());
         eprintln!(
-            "{tag}: node {n} drops {drops:?}; sync {:?}",
+            "{tag}: node {n} datapath {datapath:?}; sync {:?}",
             pair.sync_status(n).ok()
         );
     }

@@ -206,6 +206,9 @@ pub struct WorkerCounters {
     pub icmp_sent: AtomicU64,
     /// ICMP errors not sent because the worker's budget was spent.
     pub icmp_limited: AtomicU64,
+    /// ICMP errors not sent because there was no way back to the source: no route, or a
+    /// route whose next hop is unresolved out of another interface than the frame came in on.
+    pub icmp_unroutable: AtomicU64,
     pub new_conns: AtomicU64,
     pub tx_errors: AtomicU64,
     /// Times a transmit batch found the socket buffer or device queue full and waited.
@@ -250,6 +253,8 @@ pub struct RxMeta {
     pub truncated: bool,
     /// The device stripped a VLAN tag.
     pub vlan: bool,
+    /// The interface the frame arrived on (its ifindex); 0 when not known.
+    pub ingress: u32,
 }
 
 /// A neighbour the worker wants resolved.

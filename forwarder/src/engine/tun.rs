@@ -30,7 +30,8 @@
 //!   largest segment) exceed the egress MTU, a packet with DF is dropped (`frag_needed`)
 //!   and the client gets an ICMP fragmentation-needed from the VIP with next-hop MTU =
 //!   egress MTU − 20, quoting the inner header + 8 bytes (RFC 792), within the worker's
-//!   ICMP budget; a packet without DF is encapsulated and the outer packet fragmented
+//!   ICMP budget, sent toward the client by the FIB or, while the client's next hop is
+//!   unresolved, back to the frame's sender (`back_to_sender`); a packet without DF is encapsulated and the outer packet fragmented
 //!   (RFC 791), for the real server to reassemble before it decapsulates.
 //!
 //! An ICMP error about a TUN flow (to the VIP, quoting VIP → client) is tunnelled to the
@@ -98,7 +99,7 @@ pub(super) fn tunnel(
             return Verdict::Drop(DropReason::TooBig);
         }
         let mtu = u16::try_from(mtu.saturating_sub(OUTER_LEN)).unwrap_or(u16::MAX);
-        frag_needed(frame, flow, mtu, t, now, ctx);
+        frag_needed(frame, flow, mtu, meta, t, now, ctx);
         return Verdict::Drop(DropReason::FragNeeded);
     }
 
@@ -389,16 +390,50 @@ fn complete_l4_checksum(frame: &mut [u8], flow: Flow) {
 /// packet of `flow`, from the VIP it was sent to, back to its source: the quoted packet is
 /// its IPv4 header and first 8 bytes as received. Within the worker's budget; a spent
 /// budget is counted, an unreachable client is not answered.
+/// The way back to the sender of `frame` when the FIB's next hop toward `src` is not
+/// resolved yet: the frame's source MAC, out of the interface it came in on, if that is where
+/// the route toward `src` leaves. The sender is then a neighbour on the route's link that
+/// forwarded or sent the packet, so it can take the error back. This is the case right after a
+/// takeover: a TUN (or DR) director never sends to its clients, so the new master has never
+/// resolved them, and the first burst of too-big segments arrives before its solicitation is
+/// answered; without this, each of those clients learns nothing and waits out a
+/// retransmission timeout before it sends the same too-big segments again.
+fn back_to_sender(frame: &[u8], src: Ipv4Addr, meta: RxMeta, t: &Tables<'_>) -> Option<NextHop> {
+    let Err(crate::fib::FibMiss::NoNeighbour { ifindex, .. }) = t.fib.resolve(src) else {
+        return None;
+    };
+    if ifindex != meta.ingress {
+        return None;
+    }
+    let iface = t.fib.interface(ifindex)?;
+    let sender = EthernetFrame::new_checked(frame).ok()?.src_addr();
+    Some(NextHop {
+        ifindex,
+        src_mac: iface.mac,
+        dst_mac: sender.0,
+        mtu: iface.mtu,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn frag_needed(
     frame: &[u8],
     flow: Flow,
     mtu: u16,
+    meta: RxMeta,
     t: &Tables<'_>,
     now: u32,
     ctx: &mut WorkerCtx<'_>,
 ) {
-    let Ok(hop) = next_hop(flow.src, t, ctx) else {
-        return;
+    let hop = match next_hop(flow.src, t, ctx) {
+        Ok(hop) => hop,
+        Err(_) => match back_to_sender(frame, flow.src, meta, t) {
+            Some(hop) => hop,
+            None => {
+                WorkerCounters::bump(&ctx.counters.icmp_unroutable);
+                return;
+            }
+        },
     };
     if !ctx.state.icmp_allowed(now) {
         WorkerCounters::bump(&ctx.counters.icmp_limited);

@@ -393,6 +393,7 @@ pub struct Totals {
     pub emitted: u64,
     pub icmp_sent: u64,
     pub icmp_limited: u64,
+    pub icmp_unroutable: u64,
     pub new_conns: u64,
     pub tx_errors: u64,
     pub tx_waits: u64,
@@ -414,6 +415,7 @@ impl Totals {
             t.emitted += l(&c.emitted);
             t.icmp_sent += l(&c.icmp_sent);
             t.icmp_limited += l(&c.icmp_limited);
+            t.icmp_unroutable += l(&c.icmp_unroutable);
             t.new_conns += l(&c.new_conns);
             t.tx_errors += l(&c.tx_errors);
             t.tx_waits += l(&c.tx_waits);
@@ -800,11 +802,12 @@ impl Worker {
             match &mut self.rx {
                 Rx::Rings(rings) => {
                     for ring in rings.iter_mut() {
+                        let ingress = ring.ifindex();
                         for _ in 0..BLOCKS_PER_TURN {
                             // Frames are held and prefetched for, then run (see `Block`).
                             let drained = ring.drain_block(
                                 &mut block,
-                                |block, frame| block.hold(engine, &tables, frame),
+                                |block, frame| block.hold(engine, &tables, frame, ingress),
                                 |block| {
                                     block.run(|data, meta, vnet| {
                                         handle(
@@ -832,6 +835,7 @@ impl Worker {
                 }
                 Rx::Xsk(x) => {
                     for sock in x.socks.iter_mut() {
+                        let ingress = sock.ifindex;
                         x.descs.clear();
                         if sock.receive(&mut x.descs, RX_BATCH as u32) == 0 {
                             continue;
@@ -854,7 +858,10 @@ impl Worker {
                                 state,
                                 tx,
                                 data,
-                                RxMeta::default(),
+                                RxMeta {
+                                    ingress,
+                                    ..RxMeta::default()
+                                },
                                 VnetHdr::default(),
                             );
                         }
@@ -902,9 +909,9 @@ struct Block {
 
 impl Block {
     /// Notes a frame of the block and prefetches the table cell it will need.
-    fn hold(&mut self, engine: &Engine, tables: &Tables<'_>, frame: &mut RxFrame) {
+    fn hold(&mut self, engine: &Engine, tables: &Tables<'_>, frame: &mut RxFrame, ingress: u32) {
         let vnet = frame.vnet();
-        let meta = rx_meta(vnet, frame.truncated(), frame.status());
+        let meta = rx_meta(vnet, frame.truncated(), frame.status(), ingress);
         let data = frame.data_mut();
         engine.prefetch(data, tables);
         if let Some(p) = std::ptr::NonNull::new(data.as_mut_ptr()) {
@@ -935,7 +942,7 @@ fn prefetch_descs(engine: &Engine, tables: &Tables<'_>, umem: &Umem, descs: &[Xd
 }
 
 /// What the ring's headers say about a frame.
-fn rx_meta(vnet: VnetHdr, truncated: bool, status: u32) -> RxMeta {
+fn rx_meta(vnet: VnetHdr, truncated: bool, status: u32, ingress: u32) -> RxMeta {
     RxMeta {
         csum_partial: vnet.needs_csum(),
         csum_verified: vnet.data_valid(),
@@ -944,6 +951,7 @@ fn rx_meta(vnet: VnetHdr, truncated: bool, status: u32) -> RxMeta {
         gso_udp: vnet.gso_type & !VnetHdr::GSO_ECN == VnetHdr::GSO_UDP_L4,
         truncated,
         vlan: status & crate::io::afpacket::TP_STATUS_VLAN_VALID != 0,
+        ingress,
     }
 }
 

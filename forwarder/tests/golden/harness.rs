@@ -475,6 +475,7 @@ impl Lab {
             emitted: l(&c.emitted),
             icmp_sent: l(&c.icmp_sent),
             icmp_limited: l(&c.icmp_limited),
+            icmp_unroutable: l(&c.icmp_unroutable),
             new_conns: l(&c.new_conns),
             drops: DropReason::ALL
                 .iter()
@@ -496,6 +497,7 @@ pub struct Counts {
     pub emitted: u64,
     pub icmp_sent: u64,
     pub icmp_limited: u64,
+    pub icmp_unroutable: u64,
     pub new_conns: u64,
     pub drops: Vec<(DropReason, u64)>,
 }

@@ -580,18 +580,59 @@ pub struct ControlServer {
 
 /// Listen on `path` (replacing a stale socket) and answer requests on a thread.
 pub fn serve(path: &Path, views: Views) -> std::io::Result<ControlServer> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    ControlListener::bind(path)?.serve(views)
+}
+
+/// The control socket, bound but not yet answering: the daemon binds it before it touches the
+/// system, so a socket it cannot have stops the start while there is nothing to undo.
+/// Dropped unserved, it removes its socket file.
+pub struct ControlListener {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl ControlListener {
+    /// Binds `path` (mode 0600), replacing a stale socket file nobody answers on; refused
+    /// with `AddrInUse` when a daemon answers there.
+    pub fn bind(path: &Path) -> std::io::Result<ControlListener> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "directord is already running: another daemon answers on this socket",
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        let this = ControlListener {
+            path: path.to_path_buf(),
+            listener: Some(listener),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(this)
     }
-    if UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            "another daemon answers on this socket",
-        ));
+
+    /// Starts answering requests from `views`.
+    pub fn serve(mut self, views: Views) -> std::io::Result<ControlServer> {
+        let listener = self
+            .listener
+            .take()
+            .expect("a listener is served once, by value");
+        serve_on(listener, self.path.clone(), views)
     }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn serve_on(listener: UnixListener, path: PathBuf, views: Views) -> std::io::Result<ControlServer> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
@@ -607,7 +648,7 @@ pub fn serve(path: &Path, views: Views) -> std::io::Result<ControlServer> {
             }
         })?;
     Ok(ControlServer {
-        path: path.to_path_buf(),
+        path,
         stop,
         thread: Some(thread),
     })

@@ -38,9 +38,10 @@ use vrrp::instance::{InstanceConfig, Track};
 use vrrp::router::GroupConfig;
 
 use crate::config::{Config, SyncDestination, VrrpVersion};
-use crate::control::{self, ControlServer};
+use crate::control::{ControlListener, ControlServer};
 use crate::events::EventLog;
 use crate::health::Checker;
+use crate::instance::InstanceLock;
 use crate::runtime::{quorum_track, Applied, Runtime, REAL_SLOTS};
 
 /// A datapath whose workers have not looped for this long is dead: VRRP faults.
@@ -70,6 +71,38 @@ pub struct Daemon {
     monitor: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     control: Option<ControlServer>,
     metrics: Option<crate::metrics::MetricsServer>,
+    /// Held for the daemon's whole life, released last.
+    instance: InstanceLock,
+}
+
+/// What a start has changed on the box so far. A failed start drops it, which undoes each
+/// step in reverse (sync, health checks, datapath with its XDP program, nftables table);
+/// a start that succeeds hands each piece to the `Daemon` with `take`.
+#[derive(Default)]
+struct StartGuard {
+    nft: bool,
+    datapath: Option<Arc<Datapath>>,
+    checker: Option<Arc<Checker>>,
+    syncd: Option<Arc<Syncd>>,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.syncd.take() {
+            stop_syncd(s);
+        }
+        if let Some(c) = self.checker.take() {
+            stop_checker(c);
+        }
+        if let Some(d) = self.datapath.take() {
+            stop_datapath(d);
+        }
+        if self.nft {
+            if let Err(e) = nft::remove() {
+                tracing::warn!("cannot remove the interception rules: {e}");
+            }
+        }
+    }
 }
 
 /// Datapath rates over the last second, for `director status`.
@@ -413,8 +446,25 @@ fn monitor(mut m: Monitor) {
 impl Daemon {
     /// Build everything and start the datapath and control socket. `path` is where
     /// `config` came from; reloads read it again.
+    ///
+    /// Nothing on the box changes before the instance lock is held and the control socket
+    /// and metrics endpoint are bound: a second daemon started by mistake, or one whose
+    /// socket or port is taken, stops with the running one untouched. A step that fails
+    /// later undoes the ones before it (`StartGuard`).
     pub fn start(config: Config, path: &std::path::Path) -> Result<Daemon> {
         let started = std::time::Instant::now();
+        let instance = InstanceLock::claim()?;
+        let socket = config.control.socket.clone();
+        let control = ControlListener::bind(&socket)
+            .with_context(|| format!("cannot open the control socket {}", socket.display()))?;
+        let metrics = match config.control.metrics {
+            Some(addr) => Some(
+                crate::metrics::MetricsListener::bind(addr)
+                    .with_context(|| format!("cannot open the metrics endpoint {addr}"))?,
+            ),
+            None => None,
+        };
+        let mut guard = StartGuard::default();
         // Read the sync key before anything runs: a bad key stops the start cleanly.
         let sync_key = match &config.sync {
             Some(s) => {
@@ -487,6 +537,7 @@ impl Daemon {
             .collect();
         nft::apply(&nft_services, &no_accept)
             .context("cannot install the nftables interception rules")?;
+        guard.nft = true;
         let opts = DatapathOptions {
             workers: config.datapath.workers,
             interfaces: config.datapath.interfaces.clone(),
@@ -500,13 +551,8 @@ impl Daemon {
             fast_flows: config.datapath.max_connections.saturating_mul(2),
             ..DatapathOptions::default()
         };
-        let datapath = match Datapath::start(engine, table, &opts) {
-            Ok(dp) => dp,
-            Err(e) => {
-                let _ = nft::remove();
-                return Err(e).context("cannot start the datapath");
-            }
-        };
+        let datapath =
+            Datapath::start(engine, table, &opts).context("cannot start the datapath")?;
         if let Some(why) = &datapath.xdp_fallback {
             events.push("datapath", "xdp", why.clone());
         }
@@ -525,22 +571,20 @@ impl Daemon {
             "datapath running"
         );
         let datapath = Arc::new(datapath);
+        guard.datapath = Some(datapath.clone());
         // Health checks from here on: from the box's own address, straight to the real
         // servers; their verdicts reach the table through the runtime.
         let checker = {
             let rt = runtime.clone();
-            match Checker::start(
-                runtime.targets(),
-                Box::new(move |key, health, cause| rt.set_health(key, health, cause)),
-            ) {
-                Ok(c) => Arc::new(c),
-                Err(e) => {
-                    stop_datapath(datapath);
-                    let _ = nft::remove();
-                    return Err(e).context("cannot start the health checker");
-                }
-            }
+            Arc::new(
+                Checker::start(
+                    runtime.targets(),
+                    Box::new(move |key, health, cause| rt.set_health(key, health, cause)),
+                )
+                .context("cannot start the health checker")?,
+            )
         };
+        guard.checker = Some(checker.clone());
         let syncd = match (&config.sync, sync_key, sync_queue) {
             (Some(s), Some(key), Some(queue)) => {
                 let cfg = SyncConfig {
@@ -557,25 +601,20 @@ impl Daemon {
                     ),
                 };
                 let log = events.clone();
-                match Syncd::start(
+                let s = Syncd::start(
                     cfg,
                     datapath.engine.clone(),
                     datapath.services.clone(),
                     datapath.clock,
                     queue,
                     Box::new(move |ev| record_sync(&log, ev)),
-                ) {
-                    Ok(s) => Some(Arc::new(s)),
-                    Err(e) => {
-                        stop_checker(checker);
-                        stop_datapath(datapath);
-                        let _ = nft::remove();
-                        return Err(e).context("cannot start connection sync");
-                    }
-                }
+                )
+                .context("cannot start connection sync")?;
+                Some(Arc::new(s))
             }
             _ => None,
         };
+        guard.syncd = syncd.clone();
         let vrrp = match vrrp_config(&config) {
             None => None,
             Some(dc) => {
@@ -585,18 +624,12 @@ impl Daemon {
                     }
                 }
                 let log = events.clone();
-                match Vrrp::start(dc, Box::new(move |n| record(&log, n))) {
-                    Ok(v) => Some(Arc::new(v)),
-                    Err(e) => {
-                        if let Some(s) = syncd {
-                            stop_syncd(s);
-                        }
-                        stop_checker(checker);
-                        stop_datapath(datapath);
-                        let _ = nft::remove();
-                        return Err(e).context("cannot start VRRP");
-                    }
-                }
+                // On an error the locals above go first (declared after the guard), so the
+                // guard's clones are the last ones and it can stop what they share.
+                Some(Arc::new(
+                    Vrrp::start(dc, Box::new(move |n| record(&log, n)))
+                        .context("cannot start VRRP")?,
+                ))
             }
         };
         if let Some(v) = &vrrp {
@@ -649,21 +682,46 @@ impl Daemon {
             monitor,
             control: None,
             metrics: None,
+            instance,
         };
-        let socket = daemon.config.control.socket.clone();
-        let views = control::Views::of(&daemon);
-        let server = control::serve(&socket, views.clone())
-            .with_context(|| format!("cannot open the control socket {}", socket.display()))?;
-        daemon.control = Some(server);
-        if let Some(addr) = daemon.config.control.metrics {
+        // From here the daemon's own `stop` undoes everything.
+        guard.nft = false;
+        guard.datapath = None;
+        guard.checker = None;
+        guard.syncd = None;
+        drop(guard);
+        match daemon.serve(control, metrics) {
+            Ok(()) => Ok(daemon),
+            Err(e) => {
+                daemon.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts answering on the listeners bound at the start.
+    fn serve(
+        &mut self,
+        control: ControlListener,
+        metrics: Option<crate::metrics::MetricsListener>,
+    ) -> Result<()> {
+        let views = crate::control::Views::of(self);
+        self.control = Some(
+            control
+                .serve(views.clone())
+                .context("cannot serve the control socket")?,
+        );
+        if let Some(listener) = metrics {
             let source: Arc<dyn Fn() -> String + Send + Sync> =
                 Arc::new(move || crate::metrics::render(&views.metrics_input()));
-            let server = crate::metrics::serve(addr, source)
-                .with_context(|| format!("cannot open the metrics endpoint {addr}"))?;
+            let server = listener
+                .serve(source)
+                .context("cannot serve the metrics endpoint")?;
+            let addr = server.local_addr();
             tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
-            daemon.metrics = Some(server);
+            self.metrics = Some(server);
         }
-        Ok(daemon)
+        Ok(())
     }
 
     /// Stop the control socket, resign and drop the VIPs, stop the datapath, then hand VIP
@@ -695,6 +753,7 @@ impl Daemon {
             datapath,
             checker,
             reloader,
+            instance,
             ..
         } = self;
         drop(reloader);
@@ -703,6 +762,8 @@ impl Daemon {
         if let Err(e) = nft::remove() {
             tracing::warn!("cannot remove the interception rules: {e}");
         }
+        // Last: another daemon may start once nothing of this one is left.
+        drop(instance);
     }
 }
 

@@ -10,6 +10,8 @@
 //!   them until a signal.
 //! - `events`: the bounded history of state changes behind `director events`.
 //! - `health`: the health checker of real servers (TCP, HTTP, UDP, exec probes; rise/fall).
+//! - `instance`: one `directord` per network namespace (an `flock` taken before anything
+//!   else).
 //! - `runtime`: the services' running state (config, health, operator changes) → the
 //!   datapath's service table; reload diff and apply; quorum to VRRP.
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
@@ -24,6 +26,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod health;
+pub mod instance;
 pub mod logging;
 pub mod metrics;
 pub mod runtime;

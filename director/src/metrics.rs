@@ -961,31 +961,49 @@ pub fn serve(
     addr: SocketAddr,
     source: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> std::io::Result<MetricsServer> {
-    let listener = TcpListener::bind(addr)?;
-    let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::Relaxed) {
-                    break;
-                }
-                match stream {
-                    Ok(stream) => {
-                        let _ = answer(stream, &*source, &stop2);
+    MetricsListener::bind(addr)?.serve(source)
+}
+
+/// The metrics endpoint, bound but not yet answering (the daemon binds it before it touches
+/// the system; see `control::ControlListener`).
+pub struct MetricsListener(TcpListener);
+
+impl MetricsListener {
+    pub fn bind(addr: SocketAddr) -> std::io::Result<MetricsListener> {
+        TcpListener::bind(addr).map(MetricsListener)
+    }
+
+    /// Starts answering with what `source` renders.
+    pub fn serve(
+        self,
+        source: Arc<dyn Fn() -> String + Send + Sync>,
+    ) -> std::io::Result<MetricsServer> {
+        let listener = self.0;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop2.load(Ordering::Relaxed) {
+                        break;
                     }
-                    // Out of file descriptors and the like: do not spin.
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    match stream {
+                        Ok(stream) => {
+                            let _ = answer(stream, &*source, &stop2);
+                        }
+                        // Out of file descriptors and the like: do not spin.
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
                 }
-            }
-        })?;
-    Ok(MetricsServer {
-        addr,
-        stop,
-        thread: Some(thread),
-    })
+            })?;
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
 }
 
 impl MetricsServer {

@@ -527,3 +527,81 @@ fn the_live_daemon_serves_prometheus_metrics() {
         assert!(body.contains(want), "{want:?} not in:\n{body}");
     }
 }
+
+/// A start that fails leaves nothing on the box: not when its metrics endpoint cannot be
+/// bound (checked before anything is touched), nor when the datapath cannot start after the
+/// nftables table is in (undone on the way out). Either way the error says what failed, and
+/// no control socket file stays behind.
+#[test]
+fn a_failed_start_leaves_nothing_behind() {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the failed-start test needs root, and CI is set"
+        );
+        eprintln!("skipping a_failed_start_leaves_nothing_behind: not root");
+        return;
+    }
+    let dir = temp_dir("failedstart");
+    let socket = dir.join("director.sock");
+    // A VRRP instance on an interface that is not there fails last, with the datapath
+    // (AF_PACKET rings), the health checker and the nftables table already in.
+    let vrrp_on_missing = "[vrrp]\n\n[[vrrp.instance]]\nname = \"ext\"\ninterface = \"nosuch1\"\n\
+                           vrid = 51\npriority = 150\nvips = [\"198.18.1.100/24\"]\n";
+    let cases = [
+        (
+            "metrics = \"198.18.9.9:9586\"",
+            "[\"d0\", \"d1\"]",
+            "",
+            "cannot open the metrics endpoint 198.18.9.9:9586",
+        ),
+        ("", "[\"d0\", \"nosuch0\"]", "", "cannot start the datapath"),
+        ("", "[\"d0\", \"d1\"]", vrrp_on_missing, "cannot start VRRP"),
+    ];
+    for (metrics, interfaces, vrrp, want) in cases {
+        let config = dir.join("director.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nname = \"lb-fail\"\n\n\
+                 [[service]]\nname = \"web\"\nvip = \"198.18.1.100:80\"\nmode = \"nat\"\n\n\
+                 [[service.real]]\naddress = \"198.18.2.11:8080\"\n\n\
+                 [control]\nsocket = \"{}\"\n{metrics}\n\n\
+                 [datapath]\nworkers = 1\ninterfaces = {interfaces}\n\n{vrrp}",
+                socket.display()
+            ),
+        )
+        .expect("write the config");
+        // In a namespace of its own: the exit status, then whether the table or the socket
+        // outlived the daemon.
+        let script = format!(
+            "ip link set lo up; ip link add d0 type veth peer name d1; \
+             ip addr add 198.18.1.2/24 dev d0; ip addr add 198.18.2.1/24 dev d1; \
+             ip link set d0 up; ip link set d1 up; \
+             {} --config {}; echo \"rc=$?\"; \
+             nft list table ip director >/dev/null 2>&1 && echo table-left; \
+             test -e {} && echo socket-left; true",
+            env!("CARGO_BIN_EXE_directord"),
+            config.display(),
+            socket.display()
+        );
+        let out = Command::new("unshare")
+            .args(["--net", "--", "sh", "-c", &script])
+            .output()
+            .expect("run unshare");
+        let stdout = text(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stdout.contains("rc=1"), "{want}: {stdout} {stderr}");
+        assert!(
+            stderr.contains(want),
+            "the error says what failed: {stderr}"
+        );
+        assert!(
+            !stdout.contains("table-left"),
+            "{want}: nftables table left"
+        );
+        assert!(!stdout.contains("socket-left"), "{want}: socket file left");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -331,9 +331,13 @@ impl Pair {
         ]);
         cmd.env("DIRECTOR_LOG", "info,vrrp=debug");
         let mut proc = self.nodes[n].spawn_command("directord", cmd)?;
-        let socket = self.sockets[n].clone();
+        // Answered, not merely connected: the daemon binds its socket before it starts
+        // anything and answers only once everything runs.
         let up = wait_until(Duration::from_secs(20), || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok() || !proc.is_running()
+            !proc.is_running()
+                || self
+                    .cli(n, &["--json", "stats"])
+                    .is_ok_and(|o| o.status.success())
         });
         if up.is_err() || !proc.is_running() {
             bail!(

@@ -279,3 +279,90 @@ fn a_box_whose_checks_fail_resigns_through_the_quorum() {
     pair.wait_state(0, "ext", "MASTER", T)
         .expect("lb-a back with its quorum");
 }
+
+/// What a second daemon must not touch on the running master's box: its nftables ruleset, its
+/// addresses (the VIPs), its XDP attachments and its VRRP state.
+fn box_state(pair: &Pair, n: usize) -> (String, String, String, Value) {
+    let out = |argv: &[&str]| {
+        String::from_utf8_lossy(&pair.nodes[n].run(argv).expect("inspect the box").stdout)
+            .into_owned()
+    };
+    let vrrp = cli_json(pair, n, &["vrrp"]);
+    let states: Value = vrrp["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| (i["name"].clone(), i["state"].clone()))
+        .map(|(k, v)| Value::Array(vec![k, v]))
+        .collect();
+    (
+        out(&["nft", "-a", "-s", "list", "ruleset"]),
+        out(&["ip", "-br", "addr"]),
+        out(&["ip", "-d", "link"]),
+        states,
+    )
+}
+
+/// A second `directord` started by mistake beside a running master under traffic, with the
+/// same config (so the same control socket) and with a copy that names another socket: each
+/// refuses to start, says why, and nothing of the running one changes (rules, VIPs, XDP,
+/// VRRP state, flows).
+#[test]
+fn a_second_daemon_started_by_mistake_changes_nothing_of_the_running_one() {
+    let Some(pair) = synced_pair("ops-second", "", None) else {
+        return;
+    };
+    let flows = flows::start(&pair.client, LONG);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = box_state(&pair, 0);
+    assert!(
+        before.1.contains("198.18.1.100/"),
+        "lb-a holds the VIP: {}",
+        before.1
+    );
+    let directord = director_lab::topo::workspace_bin("directord").unwrap();
+    let other = pair.lab.dir().join("lb-a-other.toml");
+    let other_socket = pair.lab.dir().join("lb-a-other.sock");
+    std::fs::write(
+        &other,
+        pair.config_text(0).replace(
+            &pair.sockets[0].display().to_string(),
+            &other_socket.display().to_string(),
+        ),
+    )
+    .unwrap();
+    assert!(std::fs::read_to_string(&other)
+        .unwrap()
+        .contains("lb-a-other.sock"));
+    for config in [&pair.configs[0], &other] {
+        let argv = [
+            directord.clone().into_os_string(),
+            "--config".into(),
+            config.clone().into_os_string(),
+        ];
+        let out = pair.nodes[0]
+            .output(&argv, Duration::from_secs(20))
+            .expect("run a second directord");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a second directord started: {err}");
+        assert!(
+            err.contains("already running"),
+            "the refusal says why: {err}"
+        );
+    }
+    assert!(
+        !other_socket.exists(),
+        "the refused daemon left its socket behind"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let after = box_state(&pair, 0);
+    assert_eq!(before.0, after.0, "nftables ruleset changed");
+    assert_eq!(before.1, after.1, "addresses changed");
+    assert_eq!(before.2, after.2, "links (XDP attachments) changed");
+    assert_eq!(before.3, after.3, "VRRP state changed");
+    assert_eq!(pair.state(1, "ext").unwrap(), "BACKUP");
+    // The running daemon still answers.
+    cli_json(&pair, 0, &["stats"]);
+    let report = flows::stop(flows);
+    flows::assert_all_ok(&report, LONG);
+}

@@ -400,21 +400,22 @@ workers = 1
     fn start(host: &Host, config: &Path, socket: PathBuf, name: &str) -> Result<DirectordNode> {
         let _ = fs::remove_file(&socket);
         let bin = workspace_bin("directord")?;
-        let mut proc = host.spawn([bin.as_os_str(), "--config".as_ref(), config.as_os_str()])?;
-        // The control socket appears once the daemon has read its config and started.
-        let up = wait_until(Duration::from_secs(10), || {
-            socket.exists() || !proc.is_running()
-        });
-        ensure!(
-            up.is_ok() && proc.is_running(),
-            "directord {name} did not start: {}",
-            proc.stderr().unwrap_or_default().trim()
-        );
-        Ok(DirectordNode {
+        let proc = host.spawn([bin.as_os_str(), "--config".as_ref(), config.as_os_str()])?;
+        let mut node = DirectordNode {
             proc,
             socket,
             name: name.into(),
-        })
+        };
+        // The daemon binds its control socket first and answers once everything runs.
+        let up = wait_until(Duration::from_secs(10), || {
+            node.vrrp_state().is_ok() || !node.proc.is_running()
+        });
+        ensure!(
+            up.is_ok() && node.proc.is_running(),
+            "directord {name} did not start: {}",
+            node.proc.stderr().unwrap_or_default().trim()
+        );
+        Ok(node)
     }
 
     fn vrrp_state(&self) -> Result<String> {

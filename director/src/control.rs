@@ -6,10 +6,11 @@
 //! counters and tables; nothing here is on the packet path.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -580,7 +581,7 @@ pub struct ControlServer {
 
 /// Listen on `path` (replacing a stale socket) and answer requests on a thread.
 pub fn serve(path: &Path, views: Views) -> std::io::Result<ControlServer> {
-    ControlListener::bind(path)?.serve(views)
+    ControlListener::bind(path)?.serve(views, Arc::default())
 }
 
 /// The control socket, bound but not yet answering: the daemon binds it before it touches the
@@ -614,13 +615,15 @@ impl ControlListener {
         Ok(this)
     }
 
-    /// Starts answering requests from `views`.
-    pub fn serve(mut self, views: Views) -> std::io::Result<ControlServer> {
+    /// Starts answering requests from `views`. The thread adds one to `loops` every time
+    /// round, at least every `liveness::BEAT` while it waits, so the daemon's monitor can
+    /// tell it is alive.
+    pub fn serve(mut self, views: Views, loops: Arc<AtomicU64>) -> std::io::Result<ControlServer> {
         let listener = self
             .listener
             .take()
             .expect("a listener is served once, by value");
-        serve_on(listener, self.path.clone(), views)
+        serve_on(listener, self.path.clone(), views, loops)
     }
 }
 
@@ -632,20 +635,39 @@ impl Drop for ControlListener {
     }
 }
 
-fn serve_on(listener: UnixListener, path: PathBuf, views: Views) -> std::io::Result<ControlServer> {
+fn serve_on(
+    listener: UnixListener,
+    path: PathBuf,
+    views: Views,
+    loops: Arc<AtomicU64>,
+) -> std::io::Result<ControlServer> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = answer(stream, &views);
+        .spawn(move || loop {
+            loops.fetch_add(1, Ordering::Relaxed);
+            if stop2.load(Ordering::Relaxed) {
+                break;
             }
+            let mut pfd = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let wait = crate::liveness::BEAT.as_millis() as libc::c_int;
+            // SAFETY: one valid pollfd; the listener outlives the call.
+            if unsafe { libc::poll(&mut pfd, 1, wait) } <= 0 {
+                continue;
+            }
+            let Ok((stream, _)) = listener.accept() else {
+                continue;
+            };
+            if stop2.load(Ordering::Relaxed) {
+                break;
+            }
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = answer(stream, &views);
         })?;
     Ok(ControlServer {
         path,

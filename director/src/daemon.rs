@@ -14,7 +14,7 @@
 //! object `datapath` (weight 0): when a worker dies or stalls for [`DATAPATH_MAX_STALL`], every
 //! instance goes to FAULT and a master resigns.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -42,12 +42,22 @@ use crate::control::{ControlListener, ControlServer};
 use crate::events::EventLog;
 use crate::health::Checker;
 use crate::instance::InstanceLock;
+use crate::liveness::{Change, Liveness, Watch};
 use crate::runtime::{quorum_track, Applied, Runtime, REAL_SLOTS};
 
 /// A datapath whose workers have not looped for this long is dead: VRRP faults.
 pub const DATAPATH_MAX_STALL: Duration = Duration::from_secs(1);
 /// How often the monitor looks at the datapath's heartbeat.
 const MONITOR_PERIOD: Duration = Duration::from_millis(100);
+/// How long the VRRP, sync and health threads may go without a loop (each loops at least
+/// every `liveness::BEAT`) before the box counts as half-alive.
+const THREAD_MAX_STALL: Duration = Duration::from_secs(3);
+/// The control thread's bound: it answers one request at a time and may wait up to 5 s for a
+/// slow client's request line.
+const CONTROL_MAX_STALL: Duration = Duration::from_secs(15);
+/// The tracked object every instance has beside the datapath: all the daemon's threads make
+/// progress (`liveness`). Lost = FAULT.
+pub const TRACK_THREADS: &str = "threads";
 
 /// Connection-table shards: enough that workers rarely meet on one lock. A constant, not a
 /// setting: both nodes of a pair must have the same count for FULLNAT replicas to land in
@@ -245,6 +255,10 @@ pub fn vrrp_config(config: &Config) -> Option<DriverConfig> {
                 name: TRACK_DATAPATH.into(),
                 weight: 0,
             });
+            tracks.push(Track {
+                name: TRACK_THREADS.into(),
+                weight: 0,
+            });
             // The instance's services' quorum (see runtime): lost = FAULT.
             tracks.push(Track {
                 name: quorum_track(&i.name),
@@ -373,15 +387,20 @@ struct Monitor {
     hold: Option<PreemptHold>,
     runtime: Arc<Runtime>,
     rates: Arc<Rates>,
+    /// The other threads whose progress the box's fate hangs on, with their loop counts.
+    threads: Vec<(Watch, Box<dyn Fn() -> u64 + Send>)>,
 }
 
-/// Every [`MONITOR_PERIOD`]: feeds the datapath's heartbeat to VRRP, releases the
-/// preemption hold once connection sync has the peer's table (or the hold timed out), and
-/// pets the systemd watchdog while the datapath is alive (a stalled datapath gets the daemon
-/// restarted). Every second: datapath rates, and retired real servers' slots freed.
+/// Every [`MONITOR_PERIOD`]: feeds the datapath's heartbeat and the other threads' progress
+/// (`liveness`) to VRRP, releases the preemption hold once connection sync has the peer's
+/// table (or the hold timed out), and pets the systemd watchdog only while the datapath and
+/// every watched thread are alive (a stalled one gets the daemon restarted). Every second:
+/// datapath rates, and retired real servers' slots freed.
 fn monitor(mut m: Monitor) {
     let mut last = true;
     let started = std::time::Instant::now();
+    let watches: Vec<Watch> = m.threads.iter().map(|(w, _)| *w).collect();
+    let mut liveness = Liveness::new(&watches, Duration::ZERO);
     let watchdog = crate::sdnotify::watchdog_interval();
     let mut last_pet = started;
     let mut last_second = started;
@@ -428,8 +447,34 @@ fn monitor(mut m: Monitor) {
                 vrrp.set_track(TRACK_DATAPATH, healthy);
             }
         }
+        let counts: Vec<u64> = m.threads.iter().map(|(_, count)| count()).collect();
+        let changes = liveness.observe(started.elapsed(), &counts);
+        for c in &changes {
+            match c {
+                Change::Stalled { name, for_ } => {
+                    tracing::error!(
+                        "the {name} thread has made no progress for {for_:?}: VRRP goes to \
+                         FAULT and the watchdog pings stop"
+                    );
+                    m.events.push(
+                        "daemon",
+                        *name,
+                        format!("stalled for {:.1} s: VRRP FAULT", for_.as_secs_f64()),
+                    );
+                }
+                Change::Recovered { name } => {
+                    tracing::info!("the {name} thread makes progress again");
+                    m.events.push("daemon", *name, "progress again");
+                }
+            }
+        }
+        if !changes.is_empty() {
+            if let Some(vrrp) = &m.vrrp {
+                vrrp.set_track(TRACK_THREADS, liveness.all_alive());
+            }
+        }
         if let Some(every) = watchdog {
-            if healthy && last_pet.elapsed() >= every {
+            if healthy && liveness.all_alive() && last_pet.elapsed() >= every {
                 let _ = crate::sdnotify::watchdog();
                 last_pet = std::time::Instant::now();
             }
@@ -441,6 +486,35 @@ fn monitor(mut m: Monitor) {
         }
         std::thread::sleep(MONITOR_PERIOD);
     }
+}
+
+/// The threads the monitor watches besides the datapath workers, each with its bound.
+fn watched_threads(
+    vrrp: Option<Arc<Vrrp>>,
+    syncd: Option<Arc<Syncd>>,
+    checker: Arc<Checker>,
+    control: Arc<AtomicU64>,
+) -> Vec<(Watch, Box<dyn Fn() -> u64 + Send>)> {
+    let watch = |name, bound| Watch { name, bound };
+    let mut threads: Vec<(Watch, Box<dyn Fn() -> u64 + Send>)> = Vec::new();
+    if let Some(v) = vrrp {
+        threads.push((watch("vrrp", THREAD_MAX_STALL), Box::new(move || v.loops())));
+    }
+    if let Some(s) = syncd {
+        threads.push((
+            watch("syncd", THREAD_MAX_STALL),
+            Box::new(move || s.loops()),
+        ));
+    }
+    threads.push((
+        watch("health", THREAD_MAX_STALL),
+        Box::new(move || checker.loops()),
+    ));
+    threads.push((
+        watch("control", CONTROL_MAX_STALL),
+        Box::new(move || control.load(Ordering::Relaxed)),
+    ));
+    threads
 }
 
 impl Daemon {
@@ -465,6 +539,7 @@ impl Daemon {
             None => None,
         };
         let mut guard = StartGuard::default();
+        let control_loops = Arc::new(AtomicU64::new(0));
         // Read the sync key before anything runs: a bad key stops the start cleanly.
         let sync_key = match &config.sync {
             Some(s) => {
@@ -653,6 +728,12 @@ impl Daemon {
                     }),
                 runtime: runtime.clone(),
                 rates: rates.clone(),
+                threads: watched_threads(
+                    vrrp.clone(),
+                    syncd.clone(),
+                    checker.clone(),
+                    control_loops.clone(),
+                ),
             };
             let t = std::thread::Builder::new()
                 .name("dp-monitor".into())
@@ -690,7 +771,7 @@ impl Daemon {
         guard.checker = None;
         guard.syncd = None;
         drop(guard);
-        match daemon.serve(control, metrics) {
+        match daemon.serve(control, control_loops, metrics) {
             Ok(()) => Ok(daemon),
             Err(e) => {
                 daemon.stop();
@@ -703,12 +784,13 @@ impl Daemon {
     fn serve(
         &mut self,
         control: ControlListener,
+        control_loops: Arc<AtomicU64>,
         metrics: Option<crate::metrics::MetricsListener>,
     ) -> Result<()> {
         let views = crate::control::Views::of(self);
         self.control = Some(
             control
-                .serve(views.clone())
+                .serve(views.clone(), control_loops)
                 .context("cannot serve the control socket")?,
         );
         if let Some(listener) = metrics {
@@ -786,6 +868,25 @@ fn stop_datapath(datapath: Arc<Datapath>) {
         Ok(dp) => dp.stop(),
         Err(_) => tracing::error!("datapath still shared at shutdown"),
     }
+}
+
+/// Fate sharing for panics: a panic in any thread ends the whole process, after the usual
+/// message, so that systemd restarts it and the peer takes over. Without this, a daemon that
+/// lost a thread to a panic would keep its VIPs half-alive. It does what `panic = "abort"`
+/// would, without changing how the library's own tests unwind. `directord` installs it
+/// first thing.
+pub fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        tracing::error!("thread {thread} panicked: directord aborts, to be restarted");
+        eprintln!("directord: thread {thread} panicked: aborting, to be restarted");
+        std::process::abort();
+    }));
 }
 
 /// Signals the daemon waits for.

@@ -14,6 +14,8 @@
 //!   else).
 //! - `runtime`: the services' running state (config, health, operator changes) → the
 //!   datapath's service table; reload diff and apply; quorum to VRRP.
+//! - `liveness`: which of the daemon's threads still make progress (the monitor's fate-sharing
+//!   policy, pure).
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 //! - `metrics`: the Prometheus text endpoint, rendered from the control socket's views.
 //! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
@@ -27,6 +29,7 @@ pub mod daemon;
 pub mod events;
 pub mod health;
 pub mod instance;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod runtime;

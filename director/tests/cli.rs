@@ -605,3 +605,41 @@ fn a_failed_start_leaves_nothing_behind() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `directord`'s panic policy: a panic in any thread ends the process with SIGABRT (run here
+/// in a child process, this test binary again, so that the abort is the child's).
+#[test]
+fn a_panic_in_any_thread_aborts_the_process() {
+    const CHILD: &str = "DIRECTOR_TEST_PANIC_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        director::daemon::abort_on_panic();
+        std::thread::Builder::new()
+            .name("health".into())
+            .spawn(|| panic!("a checker bug"))
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_secs(20));
+        // Reaching this line means the process lived on: the parent sees exit 0.
+        return;
+    }
+    let out = Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "--exact",
+            "a_panic_in_any_thread_aborts_the_process",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child");
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("thread health panicked: aborting"),
+        "{stderr}"
+    );
+}

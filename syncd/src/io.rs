@@ -10,7 +10,7 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -62,6 +62,7 @@ pub struct Syncd {
     thread: Option<JoinHandle<()>>,
     snapshot: Arc<Mutex<Option<Snapshot>>>,
     resync_complete: Arc<AtomicBool>,
+    loops: Arc<AtomicU64>,
     pub replicas: Arc<ReplicaCounters>,
     pub interface: String,
     pub destination: Destination,
@@ -151,6 +152,7 @@ impl Syncd {
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot = Arc::new(Mutex::new(None));
         let resync_complete = Arc::new(AtomicBool::new(false));
+        let loops = Arc::new(AtomicU64::new(0));
         let counters = Arc::new(ReplicaCounters::default());
         let mut session_cfg = cfg.session.clone();
         if let Destination::Peer(p) = cfg.destination {
@@ -169,6 +171,7 @@ impl Syncd {
             stop: stop.clone(),
             snapshot: snapshot.clone(),
             resync_complete: resync_complete.clone(),
+            loops: loops.clone(),
             on_event,
             tx_errors: 0,
             rx_errors: 0,
@@ -182,6 +185,7 @@ impl Syncd {
             thread: Some(thread),
             snapshot,
             resync_complete,
+            loops,
             replicas: counters,
             interface: cfg.interface,
             destination: cfg.destination,
@@ -194,6 +198,11 @@ impl Syncd {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How many times the sync thread has looped (at least every 50 ms while it runs).
+    pub fn loops(&self) -> u64 {
+        self.loops.load(Ordering::Relaxed)
     }
 
     /// This node holds a complete copy of the peer's table.
@@ -230,13 +239,15 @@ struct Worker {
     stop: Arc<AtomicBool>,
     snapshot: Arc<Mutex<Option<Snapshot>>>,
     resync_complete: Arc<AtomicBool>,
+    loops: Arc<AtomicU64>,
     on_event: Box<dyn Fn(&Event) + Send>,
     tx_errors: u64,
     rx_errors: u64,
     lag: LagStats,
 }
 
-/// Longest sleep, so a stop request is seen promptly.
+/// Longest sleep, so a stop request is seen promptly (and the loop count shows the thread
+/// alive: `Syncd::loops`).
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(20);
 
@@ -247,6 +258,7 @@ impl Worker {
         let mut buf = vec![0u8; 65536];
         let mut last_snapshot = Duration::ZERO;
         while !self.stop.load(Ordering::Relaxed) {
+            self.loops.fetch_add(1, Ordering::Relaxed);
             let now = start.elapsed();
             let wait = self
                 .session

@@ -366,3 +366,86 @@ fn a_second_daemon_started_by_mistake_changes_nothing_of_the_running_one() {
     let report = flows::stop(flows);
     flows::assert_all_ok(&report, LONG);
 }
+
+/// One thread of another process frozen with ptrace (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`:
+/// only that thread stops, as a thread stuck in a bug would), resumed when dropped.
+struct FrozenThread {
+    tid: libc::pid_t,
+}
+
+impl FrozenThread {
+    /// Freezes the thread of `pid` named `comm`.
+    fn freeze(pid: u32, comm: &str) -> FrozenThread {
+        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("list the daemon's threads")
+            .filter_map(|t| t.ok())
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .and_then(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok())
+            .unwrap_or_else(|| panic!("directord {pid} has no thread named {comm}"));
+        // SAFETY: ptrace requests on a thread id; no memory is passed.
+        let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) };
+        assert_eq!(
+            seized,
+            0,
+            "PTRACE_SEIZE {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+        let frozen = FrozenThread { tid };
+        // SAFETY: as above.
+        let r = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
+        assert_eq!(
+            r,
+            0,
+            "PTRACE_INTERRUPT: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut status = 0;
+        // SAFETY: waits for the traced thread's stop; status is a valid out-pointer.
+        let w = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        assert_eq!(w, tid, "waitpid: {}", std::io::Error::last_os_error());
+        assert!(libc::WIFSTOPPED(status), "the thread stopped: {status:#x}");
+        frozen
+    }
+}
+
+impl Drop for FrozenThread {
+    fn drop(&mut self) {
+        // SAFETY: detaching a thread this test traces; it resumes.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.tid, 0, 0) };
+    }
+}
+
+/// keepalived's checker is known to freeze silently. Here lb-a's health-check thread is
+/// frozen under 60 long flows: within seconds the box resigns (the `threads` track faults
+/// VRRP) and lb-b takes the VIP with no flow lost; resumed, lb-a takes it back.
+#[test]
+fn a_frozen_health_thread_makes_the_master_resign() {
+    let Some(pair) = synced_pair("ops-frozen", "", None) else {
+        return;
+    };
+    let flows = flows::start(&pair.client, LONG);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = pair.daemons[0].as_ref().expect("lb-a runs").pid();
+    let frozen = FrozenThread::freeze(pid, "health");
+    let at = std::time::Instant::now();
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over from a box with a frozen checker");
+    let took = at.elapsed();
+    assert_eq!(pair.state(0, "ext").unwrap(), "FAULT");
+    let events = cli(&pair, 0, &["events"]);
+    assert!(
+        events.contains("health") && events.contains("stalled"),
+        "{events}"
+    );
+    eprintln!("frozen health thread → lb-b MASTER in {took:?}");
+    drop(frozen);
+    pair.wait_state(0, "ext", "MASTER", T)
+        .expect("lb-a takes the VIP back once its checker moves again");
+    let events = cli(&pair, 0, &["events"]);
+    assert!(events.contains("progress again"), "{events}");
+    std::thread::sleep(Duration::from_secs(1));
+    let report = flows::stop(flows);
+    flows::assert_all_ok(&report, LONG);
+}

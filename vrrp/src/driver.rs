@@ -2,7 +2,8 @@
 //!
 //! One thread owns everything: the raw VRRP sockets (one per interface), the gratuitous-ARP
 //! sockets, the rtnetlink handle that adds and removes VIPs, the link watcher and a command
-//! eventfd. It sleeps in `ppoll` until the router's next timer or an input, so timers are
+//! eventfd. It sleeps in `ppoll` until the router's next timer or an input (or at most
+//! [`BEAT`], so that its loop count shows it alive: [`Vrrp::loops`]), so timers are
 //! kept to the microsecond when the thread is scheduled on time — and to be scheduled on time
 //! under CPU load it runs SCHED_FIFO (the daemon also locks its memory). Notify hooks run on
 //! another, normal-priority thread.
@@ -15,6 +16,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -32,6 +34,10 @@ use crate::wire::{self, ChecksumMode, MULTICAST_V4};
 /// The tracked object every instance has: the datapath's heartbeat. A box that cannot
 /// forward must not hold the VIPs.
 pub const TRACK_DATAPATH: &str = "datapath";
+
+/// The longest the VRRP thread sleeps with no timer due: it loops at least this often, so
+/// the daemon can tell a live thread from a stuck one ([`Vrrp::loops`]).
+pub const BEAT: Duration = Duration::from_millis(250);
 
 /// The tracked-object name of an interface.
 pub fn track_interface(name: &str) -> String {
@@ -128,6 +134,7 @@ pub struct Vrrp {
     snapshot: Arc<Mutex<Snapshot>>,
     thread: Option<JoinHandle<()>>,
     notifier: Option<Notifier>,
+    loops: Arc<AtomicU64>,
 }
 
 fn eventfd() -> io::Result<OwnedFd> {
@@ -163,6 +170,8 @@ impl Vrrp {
         let snap = snapshot.clone();
         let wake_rx = wake_fd.clone();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let loops = Arc::new(AtomicU64::new(0));
+        let counted = loops.clone();
         let thread = thread::Builder::new().name("vrrp".into()).spawn(move || {
             let realtime = match config.realtime_priority {
                 Some(p) => match crate::io::rt::set_realtime(p) {
@@ -175,7 +184,9 @@ impl Vrrp {
                 None => false,
             };
             let _ = ready_tx.send(());
-            io.run(config, rx, wake_rx, snap, realtime, hooks, on_notice);
+            io.run(
+                config, rx, wake_rx, snap, realtime, hooks, on_notice, counted,
+            );
         })?;
         let _ = ready_rx.recv();
         Ok(Vrrp {
@@ -184,7 +195,13 @@ impl Vrrp {
             snapshot,
             thread: Some(thread),
             notifier: Some(notifier),
+            loops,
         })
+    }
+
+    /// How many times the VRRP thread has looped (at least every [`BEAT`] while it runs).
+    pub fn loops(&self) -> u64 {
+        self.loops.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -363,6 +380,7 @@ impl Io {
         realtime: bool,
         hooks: Sender<Hook>,
         on_notice: Box<dyn Fn(Notice) + Send>,
+        loops: Arc<AtomicU64>,
     ) {
         let epoch = Instant::now();
         let now = || epoch.elapsed();
@@ -394,6 +412,7 @@ impl Io {
         let mut buf = vec![0u8; 2048];
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         loop {
+            loops.fetch_add(1, Ordering::Relaxed);
             pfds.clear();
             let wake_raw = wake_fd.as_raw_fd();
             pfds.push(pollfd(wake_raw));
@@ -402,20 +421,17 @@ impl Io {
                 pfds.push(pollfd(i.socket.fd()));
             }
             let deadline = router.poll_timeout();
-            let timeout = deadline.map(|d| {
-                let left = d.saturating_sub(now());
-                libc::timespec {
-                    tv_sec: left.as_secs() as libc::time_t,
-                    tv_nsec: left.subsec_nanos() as libc::c_long,
-                }
-            });
-            let ts = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
-            // SAFETY: pfds is a valid array of pollfd; ts is null or points to a timespec.
+            let left = deadline.map_or(BEAT, |d| d.saturating_sub(now()).min(BEAT));
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: pfds is a valid array of pollfd; ts points to a timespec.
             let n = unsafe {
                 libc::ppoll(
                     pfds.as_mut_ptr(),
                     pfds.len() as libc::nfds_t,
-                    ts,
+                    &ts,
                     std::ptr::null(),
                 )
             };

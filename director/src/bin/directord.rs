@@ -16,6 +16,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    director::daemon::abort_on_panic();
     director::logging::init();
     match director::daemon::run(&args.config) {
         Ok(()) => ExitCode::SUCCESS,

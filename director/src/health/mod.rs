@@ -25,6 +25,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -242,6 +243,7 @@ pub struct Checker {
     shared: Arc<Shared>,
     statuses: Statuses,
     thread: Option<JoinHandle<()>>,
+    loops: Arc<AtomicU64>,
 }
 
 impl Checker {
@@ -259,9 +261,11 @@ impl Checker {
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
         });
         let statuses = Statuses::default();
+        let loops = Arc::new(AtomicU64::new(0));
         let mut engine = Engine {
             shared: shared.clone(),
             statuses: statuses.clone(),
+            loops: loops.clone(),
             on_change,
             entries: HashMap::new(),
             by_key: HashMap::new(),
@@ -282,7 +286,14 @@ impl Checker {
             shared,
             statuses,
             thread: Some(thread),
+            loops,
         })
+    }
+
+    /// How many times the checker thread has looped (at least every `liveness::BEAT` while
+    /// it runs): the daemon's monitor tells a frozen checker by it.
+    pub fn loops(&self) -> u64 {
+        self.loops.load(Ordering::Relaxed)
     }
 
     /// Replaces the target set (config reload). A target whose key and check are unchanged
@@ -350,6 +361,8 @@ struct Running {
 struct Engine {
     shared: Arc<Shared>,
     statuses: Statuses,
+    /// Counted every loop; the loop runs at least every `liveness::BEAT`.
+    loops: Arc<AtomicU64>,
     on_change: OnChange,
     entries: HashMap<u64, Entry>,
     by_key: HashMap<TargetKey, u64>,
@@ -368,12 +381,16 @@ struct Engine {
 impl Engine {
     fn run(mut self) {
         loop {
+            self.loops.fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
             self.start_due(now);
             self.record_results();
             self.announce();
             // From a fresh clock: `on_change` may have taken a while.
-            let timeout = self.poll_timeout(Instant::now());
+            let timeout = Some(
+                self.poll_timeout(Instant::now())
+                    .map_or(crate::liveness::BEAT, |t| t.min(crate::liveness::BEAT)),
+            );
 
             self.pollfds.clear();
             self.pollfds.push(libc::pollfd {

@@ -653,3 +653,63 @@ fn fullnat_proxy_protocol_table_run(xdp: bool) {
     );
     assert_no_failures(failures);
 }
+
+/// An entry of a FULLNAT service without its local address (only a defective replica could
+/// be one, and the sync adapter refuses those) is never forwarded unrewritten, as DR would
+/// forward it: its packets, and ICMP errors about it, are dropped as `no_local_address`.
+#[test]
+fn a_fullnat_entry_without_a_local_address_is_never_forwarded_unrewritten() {
+    use forwarder::conntrack::NewConn;
+    use forwarder::engine::{RxMeta, Verdict};
+    let mut lab = lab(vec![fullnat(
+        "solo",
+        80,
+        TCP,
+        &[(nat_real(3), 8081, 1)],
+        &[LIP1],
+    )]);
+    let web = sa(VIP, 80);
+    let x = sa(CLIENT, 41000);
+    let conn = NewConn {
+        proto: TCP,
+        mode: Mode::FullNat,
+        client: x,
+        vip: web,
+        real: sa(nat_real(3), 8081),
+        local: None,
+        proxy: None,
+        service: 0,
+        real_slot: 0,
+        flags: 0,
+    };
+    lab.engine
+        .conns
+        .shard_for(x)
+        .insert(&conn, 1000)
+        .expect("insert the entry");
+    let mut data = from_client(Pkt::tcp(x, web, ACK, 11, 501).payload(b"data")).build();
+    assert_eq!(
+        lab.process(&mut data, RxMeta::default(), 1000),
+        Verdict::Drop(DropReason::NoLocalAddress)
+    );
+    // A router on the client's side reports our packet to the client unreachable.
+    let ours = Pkt::tcp(web, x, ACK, 501, 11);
+    let mut icmp = from_client(Pkt::icmp_error(
+        ROUTER_EXT,
+        VIP,
+        3,
+        1,
+        [0; 4],
+        &ours,
+        Some(28),
+    ))
+    .build();
+    assert_eq!(
+        lab.process(&mut icmp, RxMeta::default(), 1000),
+        Verdict::Drop(DropReason::NoLocalAddress)
+    );
+    assert_eq!(lab.take_emitted(), vec![]);
+    let c = lab.counts();
+    assert_eq!(c.drops, vec![(DropReason::NoLocalAddress, 2)], "{c:?}");
+    assert!(c.balanced(), "{c:?}");
+}

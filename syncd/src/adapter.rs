@@ -242,7 +242,8 @@ pub struct ReplicaCounters {
     pub unknown_service: AtomicU64,
     /// Entries whose real server this node's service does not list (kept, uncounted).
     pub unknown_real: AtomicU64,
-    /// Entries with a state, protocol or mode this build does not know.
+    /// Entries with a state, protocol or mode this build does not know, and FULLNAT entries
+    /// without their local address (which the datapath could not forward).
     pub invalid: AtomicU64,
     /// Shard full.
     pub full: AtomicU64,
@@ -301,6 +302,11 @@ impl Replicas {
             c.invalid.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // A FULLNAT connection cannot be forwarded without its local address.
+        if mode == Mode::FullNat && op != Op::Delete && e.local().is_none() {
+            c.invalid.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let client = e.client();
         let table = &self.engine.conns;
         if op == Op::Delete {

@@ -375,3 +375,18 @@ fn a_fullnat_replica_outside_its_clients_shard_is_installed_and_counted() {
         "no proxy shift on the wire: none"
     );
 }
+
+/// A FULLNAT entry without its local address could not be forwarded (the datapath would
+/// have no source to rewrite to): refused as invalid, nothing installed.
+#[test]
+fn a_fullnat_replica_without_its_local_address_is_refused() {
+    let mut n = node();
+    let mut e = entry(40200, ConnState::Established, 100);
+    e.mode = 3;
+    e.vip_port = FULL_VIP.port();
+    assert_eq!(e.local, None);
+    n.replicas.apply(Apply::Entry(e), 10);
+    assert_eq!(n.counters.invalid.load(Ordering::Relaxed), 1);
+    assert_eq!(n.counters.installed.load(Ordering::Relaxed), 0);
+    assert!(n.engine.conns.is_empty());
+}

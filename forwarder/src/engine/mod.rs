@@ -190,6 +190,9 @@ drop_reasons! {
     FlowClash => "flow_clash",
     /// FULLNAT found no free local port on any LIP for the real server chosen.
     PortExhausted => "port_exhausted",
+    /// A FULLNAT flow whose entry has no local address to send it from (never forwarded
+    /// unrewritten, as DR would).
+    NoLocalAddress => "no_local_address",
 }
 
 /// Per-worker counters. Written by one worker only (plain load + store), read by anyone.
@@ -931,13 +934,13 @@ impl Engine {
             }
         };
 
-        if mode == Mode::Tun {
-            return tun::tunnel(frame, flow, *real.ip(), meta, t, now, ctx, |c| {
-                &c.forwarded_in
-            });
-        }
         let mut insert = None;
         match (mode, local) {
+            (Mode::Tun, _) => {
+                return tun::tunnel(frame, flow, *real.ip(), meta, t, now, ctx, |c| {
+                    &c.forwarded_in
+                });
+            }
             (Mode::Nat, _) => rewrite_dst(frame, flow, ports, real, meta),
             (Mode::FullNat, Some(local)) => {
                 fullnat::rewrite_in(frame, flow, ports, local, real, meta.csum_partial);
@@ -953,7 +956,9 @@ impl Engine {
                     );
                 }
             }
-            _ => {}
+            (Mode::FullNat, None) => return Verdict::Drop(DropReason::NoLocalAddress),
+            // The destination MAC only, in `emit_sized`.
+            (Mode::Dr, _) => {}
         }
         let grow = insert.map_or(0, |i| usize::from(i.len));
         let v = self.emit_sized(frame, flow, *real.ip(), meta, t, ctx, grow, |c| {
@@ -1036,21 +1041,22 @@ impl Engine {
         let Some((real, mode, local)) = found else {
             return Verdict::Drop(DropReason::IcmpNoConnection);
         };
-        if mode == Mode::Tun {
-            // The real server sent the quoted packet itself: it gets the error the same way
-            // it gets the flow's packets.
-            return tun::tunnel(frame, flow, *real.ip(), meta, t, now, ctx, |c| {
-                &c.icmp_forwarded
-            });
-        }
         match (mode, local) {
+            (Mode::Tun, _) => {
+                // The real server sent the quoted packet itself: it gets the error the same
+                // way it gets the flow's packets.
+                return tun::tunnel(frame, flow, *real.ip(), meta, t, now, ctx, |c| {
+                    &c.icmp_forwarded
+                });
+            }
             (Mode::Nat, _) => {
                 // Outer destination VIP → real; quoted source VIP:vport → real:rport.
                 set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
                 translate_quoted(frame, flow, q, QuotedSide::Src, real);
             }
             (Mode::FullNat, Some(local)) => fullnat::icmp_to_real(frame, flow, q, real, local),
-            _ => {}
+            (Mode::FullNat, None) => return Verdict::Drop(DropReason::NoLocalAddress),
+            (Mode::Dr, _) => {}
         }
         self.emit(frame, flow, *real.ip(), meta, t, ctx, |c| &c.icmp_forwarded)
     }

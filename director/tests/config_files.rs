@@ -1,5 +1,6 @@
 //! Every example in `configs/` validates, and the examples mean what their comments say.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ fn every_example_config_validates() {
             count += 1;
         }
     }
-    assert!(count >= 3, "expected nat, dr and full in configs/");
+    assert!(count >= 5, "expected nat, dr, tun, fullnat and full in configs/");
 }
 
 #[test]
@@ -103,6 +104,50 @@ fn dr_example() {
         Protocol::Tcp,
         "tcp by default"
     );
+}
+
+#[test]
+fn tun_example() {
+    let c = load("tun.toml");
+    let vrrp = c.vrrp.as_ref().expect("tun.toml has VRRP");
+    assert_eq!(vrrp.instances.len(), 1, "only the VIP floats: tunnels need no gateway");
+    assert!(c.sync.is_some());
+    let services: Vec<_> = c.virtual_services().collect();
+    assert_eq!(services.len(), 2);
+    for s in &services {
+        assert_eq!(s.mode, Mode::Tun);
+        assert!(s.reals.iter().all(|r| r.addr.port() == s.vip.port()));
+        assert!(s.local_addresses.is_empty() && s.proxy_protocol.is_none());
+    }
+    assert_eq!(services[1].protocol, Protocol::Udp);
+    assert_eq!(c.datapath.interfaces, ["eth0", "eth1"]);
+}
+
+#[test]
+fn fullnat_example() {
+    let c = load("fullnat.toml");
+    let vrrp = c.vrrp.as_ref().expect("fullnat.toml has VRRP");
+    let int = &vrrp.instances[1];
+    let lips: Vec<Ipv4Addr> = int.vips.iter().map(|v| v.addr).collect();
+    assert_eq!(lips, [Ipv4Addr::new(198, 18, 2, 5), Ipv4Addr::new(198, 18, 2, 6)]);
+    assert_eq!(vrrp.groups[0].instances, ["ext", "int"]);
+    let services: Vec<_> = c.virtual_services().collect();
+    for s in &services {
+        assert_eq!(s.mode, Mode::FullNat);
+        assert!(
+            s.local_addresses.iter().all(|l| lips.contains(l)),
+            "every LIP floats with VRRP"
+        );
+    }
+    assert_eq!(services[0].local_addresses, lips);
+    assert_eq!(services[0].proxy_protocol, Some(config::ProxyProtocol::V2));
+    assert_ne!(
+        services[0].reals[0].addr.port(),
+        services[0].vip.port(),
+        "FULLNAT may change the port"
+    );
+    assert_eq!(services[1].protocol, Protocol::Udp);
+    assert_eq!(services[1].proxy_protocol, None);
 }
 
 #[test]

@@ -1,18 +1,16 @@
 //! rtnetlink for the datapath: dump links, addresses, routes and neighbours into a
 //! [`Fib`], and ask the kernel to resolve a neighbour.
 //!
-//! Synchronous on purpose: this runs on the datapath's own resolver thread, not on the
-//! tokio runtime, so the datapath keeps working if the control plane is busy.
+//! Synchronous on purpose: this runs on the datapath's own resolver thread, so the datapath
+//! keeps working if the control plane is busy. The request/reply loop is `rtnl::Conn`,
+//! shared with the VRRP engine.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REPLACE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{
@@ -26,21 +24,19 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::fib::{Fib, Interface, Mac, Route};
 
-/// A NETLINK_ROUTE socket for requests (not notifications).
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
+/// A NETLINK_ROUTE socket for requests (not notifications).
 pub struct Rtnl {
-    sock: Socket,
-    seq: u32,
+    conn: rtnl::Conn,
 }
 
 impl Rtnl {
     pub fn new() -> io::Result<Rtnl> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Rtnl { sock, seq: 0 })
+        Ok(Rtnl {
+            conn: rtnl::Conn::new()?,
+        })
     }
 
     fn request(
@@ -48,58 +44,11 @@ impl Rtnl {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        req.finalize();
-        let mut buf = vec![0u8; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-
-        let mut out = Vec::new();
-        let mut rx = vec![0u8; 1 << 16];
-        loop {
-            let n = self.sock.recv(&mut &mut rx[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n]).map_err(
-                    |e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")),
-                )?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "netlink: zero-length message",
-                    ));
-                }
-                off += len;
-                if msg.header.sequence_number != self.seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                        };
-                    }
-                    NetlinkPayload::InnerMessage(m) => {
-                        out.push(m);
-                        if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0 {
-                            return Ok(out);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.conn.request(msg, flags)
     }
 
     fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.request(msg, NLM_F_REQUEST | NLM_F_DUMP)
+        self.conn.dump(msg)
     }
 
     /// `ip -4 link; ip -4 addr; ip -4 route show table main; ip -4 neigh` in one snapshot.

@@ -1,29 +1,16 @@
 //! rtnetlink requests: the VIPs (IPv4 addresses of an interface) and link state.
 //!
-//! Synchronous request/reply on a netlink socket: the kernel answers rtnetlink requests
-//! while handling the `send` (and produces dump parts while handling each `recv`), so a
-//! request never waits on the network. A receive timeout guards against a lost reply.
+//! Synchronous request/reply on a netlink socket (`rtnl::Conn`, shared with the datapath's
+//! resolver): the kernel answers rtnetlink requests while handling the `send`, so a request
+//! never waits on the network; a receive timeout guards against a lost reply.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-
-use super::setsockopt;
-
-/// How long a request waits for the kernel's reply before giving up.
-const REPLY_TIMEOUT: libc::timeval = libc::timeval {
-    tv_sec: 2,
-    tv_usec: 0,
-};
 
 /// A failed rtnetlink request: what was attempted (as the `ip` command that does the same)
 /// and the error, whose [`errno`](Error::errno) is the kernel's answer when it gave one.
@@ -86,93 +73,23 @@ impl Link {
 /// [`LinkWatcher`](super::link::LinkWatcher)). Requests act in the network namespace the
 /// socket was created in.
 pub struct Rtnl {
-    sock: Socket,
-    seq: u32,
-    tx: Vec<u8>,
-    rx: Vec<u8>,
+    conn: rtnl::Conn,
 }
 
 impl Rtnl {
     pub fn new() -> io::Result<Rtnl> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &REPLY_TIMEOUT,
-        )?;
         Ok(Rtnl {
-            sock,
-            seq: 0,
-            tx: Vec::new(),
-            rx: vec![0; 1 << 16],
+            conn: rtnl::Conn::new()?,
         })
     }
 
-    /// Sends `msg` and collects the replies: every part of a dump, or the one reply of a
-    /// get, or nothing for an acknowledged change. A negative acknowledgement is the error.
+    /// Sends `msg` and collects the replies (`rtnl::Conn::request`).
     fn request(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        req.finalize();
-        self.tx.clear();
-        self.tx.resize(req.buffer_len(), 0);
-        req.serialize(&mut self.tx);
-        self.sock.send(&self.tx, 0)?;
-
-        let mut out = Vec::new();
-        loop {
-            let n = match self.sock.recv(&mut &mut self.rx[..], 0) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            let mut off = 0;
-            while off < n {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.rx[off..n])
-                    .map_err(|e| {
-                        io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}"))
-                    })?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "netlink: zero-length message",
-                    ));
-                }
-                // Messages are padded to 4 bytes; the length field does not count the padding.
-                off += (len + 3) & !3;
-                // A reply to an earlier request that timed out.
-                if msg.header.sequence_number != self.seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                        };
-                    }
-                    NetlinkPayload::InnerMessage(m) => {
-                        out.push(m);
-                        if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0 {
-                            return Ok(out);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.conn.request(msg, flags)
     }
 
     fn addr_message(ifindex: u32, addr: Ipv4Addr, prefix_len: u8) -> AddressMessage {

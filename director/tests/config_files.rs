@@ -42,7 +42,10 @@ fn every_example_config_validates() {
             count += 1;
         }
     }
-    assert!(count >= 5, "expected nat, dr, tun, fullnat and full in configs/");
+    assert!(
+        count >= 5,
+        "expected nat, dr, tun, fullnat and full in configs/"
+    );
 }
 
 #[test]
@@ -110,7 +113,11 @@ fn dr_example() {
 fn tun_example() {
     let c = load("tun.toml");
     let vrrp = c.vrrp.as_ref().expect("tun.toml has VRRP");
-    assert_eq!(vrrp.instances.len(), 1, "only the VIP floats: tunnels need no gateway");
+    assert_eq!(
+        vrrp.instances.len(),
+        1,
+        "only the VIP floats: tunnels need no gateway"
+    );
     assert!(c.sync.is_some());
     let services: Vec<_> = c.virtual_services().collect();
     assert_eq!(services.len(), 2);
@@ -129,7 +136,10 @@ fn fullnat_example() {
     let vrrp = c.vrrp.as_ref().expect("fullnat.toml has VRRP");
     let int = &vrrp.instances[1];
     let lips: Vec<Ipv4Addr> = int.vips.iter().map(|v| v.addr).collect();
-    assert_eq!(lips, [Ipv4Addr::new(198, 18, 2, 5), Ipv4Addr::new(198, 18, 2, 6)]);
+    assert_eq!(
+        lips,
+        [Ipv4Addr::new(198, 18, 2, 5), Ipv4Addr::new(198, 18, 2, 6)]
+    );
     assert_eq!(vrrp.groups[0].instances, ["ext", "int"]);
     let services: Vec<_> = c.virtual_services().collect();
     for s in &services {

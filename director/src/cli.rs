@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use crate::control::{self, ClientError};
-use crate::upgrade;
+use appliance::upgrade;
 
 /// Exit code: the daemon reported an error, or `check-config` found errors.
 pub const EXIT_ERROR: i32 = 1;
@@ -388,9 +388,19 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Resu
             err,
         ),
         Command::BootCheck { timeout, paths } => {
+            let mut ask = |command: &str| {
+                control::request(&cli.socket, &serde_json::json!({ "command": command })).map_err(
+                    |e| match e {
+                        control::ClientError::NoDaemon(path, e) => {
+                            format!("no daemon answers on {}: {e}", path.display())
+                        }
+                        e => format!("the daemon's {command} failed: {e}"),
+                    },
+                )
+            };
             let check = upgrade::boot_check(
                 &paths.paths(),
-                &cli.socket,
+                &mut ask,
                 std::time::Duration::from_secs(*timeout),
                 out,
             );

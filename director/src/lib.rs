@@ -19,8 +19,9 @@
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 //! - `metrics`: the Prometheus text endpoint, rendered from the control socket's views.
 //! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
-//! - `upgrade`: the A/B root slots: `director upgrade` (write the other slot, add a counted
-//!   systemd-boot entry), `director boot-check` (confirm a counted boot) and `director slots`.
+//!
+//! The A/B root slots behind `director upgrade`, `boot-check` and `slots` are the `appliance`
+//! crate's; `cli` only calls them.
 
 pub mod cli;
 pub mod config;
@@ -34,4 +35,3 @@ pub mod logging;
 pub mod metrics;
 pub mod runtime;
 pub mod sdnotify;
-pub mod upgrade;

@@ -27,8 +27,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::control::{self, ClientError};
-
 /// systemd-boot's vendor GUID for its EFI variables (the Boot Loader Interface).
 pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 /// Set by systemd-boot when the booted entry has a boot counter: that entry's path on the
@@ -1098,13 +1096,6 @@ pub fn peer_evidence(status: &Value, vrrp: &Value) -> Result<String, String> {
     ))
 }
 
-fn ask(socket: &Path, command: &str) -> Result<Value, String> {
-    control::request(socket, &json!({ "command": command })).map_err(|e| match e {
-        ClientError::NoDaemon(path, e) => format!("no daemon answers on {}: {e}", path.display()),
-        e => format!("the daemon's {command} failed: {e}"),
-    })
-}
-
 /// The outcome of [`boot_check`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BootCheck {
@@ -1116,11 +1107,12 @@ pub enum BootCheck {
     Failed(String),
 }
 
-/// On a counted boot, waits up to `timeout` for the daemon on `socket` to answer and to see
-/// its peer, asking once a second; `out` gets the EFI variable and each new reason.
+/// On a counted boot, waits up to `timeout` for the daemon to answer and to see its peer,
+/// asking once a second through `ask` (a control command's name → its answer, or why there is
+/// none); `out` gets the EFI variable and each new reason.
 pub fn boot_check(
     paths: &Paths,
-    socket: &Path,
+    ask: &mut dyn FnMut(&str) -> Result<Value, String>,
     timeout: Duration,
     out: &mut dyn Write,
 ) -> io::Result<BootCheck> {
@@ -1135,8 +1127,8 @@ pub fn boot_check(
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        let verdict = ask(socket, "status")
-            .and_then(|status| Ok((status, ask(socket, "vrrp")?)))
+        let verdict = ask("status")
+            .and_then(|status| Ok((status, ask("vrrp")?)))
             .and_then(|(status, vrrp)| peer_evidence(&status, &vrrp));
         match verdict {
             Ok(seen) => {

@@ -20,62 +20,81 @@ use forwarder::engine::{DropReason, Engine, ServiceTable, WorkerCounters};
 use forwarder::io::datapath::Clock;
 use serde_json::{json, Value};
 
-use crate::daemon::{Daemon, Rates, Reloader};
 use crate::events::{unix_seconds, EventLog};
 use crate::health::Checker;
+use crate::reload::Reloader;
 use crate::runtime::{Admin, Runtime};
+use forwarder::io::datapath::Totals;
 use std::collections::HashMap;
 use syncd::io::{Destination, Syncd};
 use vrrp::driver::Vrrp;
 
-/// What the control socket can show: shared handles on the running datapath.
+/// What the control socket can show: shared handles on the running daemon's parts (the
+/// daemon builds it; this module never sees the daemon itself).
 #[derive(Clone)]
 pub struct Views {
-    node: String,
-    counters: Vec<Arc<WorkerCounters>>,
-    services: Arc<ArcSwap<ServiceTable>>,
-    engine: Arc<Engine>,
-    clock: Clock,
-    interfaces: Vec<String>,
-    datapath: Arc<forwarder::io::datapath::Datapath>,
-    vrrp: Option<Arc<Vrrp>>,
-    syncd: Option<Arc<Syncd>>,
-    events: EventLog,
-    runtime: Arc<Runtime>,
-    checker: Arc<Checker>,
-    reloader: Arc<Reloader>,
-    rates: Arc<Rates>,
-    started: std::time::Instant,
-    config_path: PathBuf,
+    pub(crate) node: String,
+    pub(crate) counters: Vec<Arc<WorkerCounters>>,
+    pub(crate) services: Arc<ArcSwap<ServiceTable>>,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) clock: Clock,
+    pub(crate) interfaces: Vec<String>,
+    pub(crate) datapath: Arc<forwarder::io::datapath::Datapath>,
+    pub(crate) vrrp: Option<Arc<Vrrp>>,
+    pub(crate) syncd: Option<Arc<Syncd>>,
+    pub(crate) events: EventLog,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) checker: Arc<Checker>,
+    pub(crate) reloader: Arc<Reloader>,
+    pub(crate) rates: Arc<Rates>,
+    pub(crate) started: std::time::Instant,
+    pub(crate) config_path: PathBuf,
+}
+
+/// Datapath rates over the last second, for `director status`.
+#[derive(Default)]
+pub struct Rates {
+    inner: std::sync::Mutex<RatesInner>,
+}
+
+#[derive(Default)]
+struct RatesInner {
+    last: Option<(std::time::Instant, Totals)>,
+    per_second: [f64; 4],
+}
+
+impl Rates {
+    /// Take a sample of the totals; the rates are the difference to the previous sample.
+    pub(crate) fn sample(&self, t: Totals) {
+        let now = std::time::Instant::now();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, prev)) = &inner.last {
+            let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
+            let drops = |t: &Totals| t.drops.iter().sum::<u64>();
+            let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            inner.per_second = [
+                d(t.rx, prev.rx),
+                d(
+                    t.forwarded_in + t.forwarded_out + t.emitted,
+                    prev.forwarded_in + prev.forwarded_out + prev.emitted,
+                ),
+                d(t.new_conns, prev.new_conns),
+                d(drops(&t), drops(prev)),
+            ];
+        }
+        inner.last = Some((now, t));
+    }
+
+    /// Received frames, forwarded frames, new connections and drops per second.
+    pub fn per_second(&self) -> [f64; 4] {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .per_second
+    }
 }
 
 impl Views {
-    pub fn of(d: &Daemon) -> Views {
-        Views {
-            node: d.config.node.name.clone(),
-            counters: d.datapath.counters.clone(),
-            services: d.datapath.services.clone(),
-            engine: d.datapath.engine.clone(),
-            clock: d.datapath.clock,
-            interfaces: d
-                .datapath
-                .interfaces
-                .iter()
-                .map(|(_, n)| n.clone())
-                .collect(),
-            datapath: d.datapath.clone(),
-            vrrp: d.vrrp.clone(),
-            syncd: d.syncd.clone(),
-            events: d.events.clone(),
-            runtime: d.runtime.clone(),
-            checker: d.checker.clone(),
-            reloader: d.reloader.clone(),
-            rates: d.rates.clone(),
-            started: d.started,
-            config_path: d.reloader.path().to_path_buf(),
-        }
-    }
-
     /// What the Prometheus endpoint renders.
     pub fn metrics_input(&self) -> crate::metrics::MetricsInput {
         crate::metrics::MetricsInput {

@@ -22,11 +22,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use forwarder::conntrack::ConnTable;
 use forwarder::engine::{Engine, EngineObserver};
-use forwarder::io::datapath::{Datapath, DatapathOptions, Totals};
+use forwarder::io::datapath::{Datapath, DatapathOptions};
 use forwarder::io::fastpath::FastQueue;
 use forwarder::io::nft;
 use forwarder::io::xdp::XdpWant;
-use forwarder::model::VirtualService;
 use forwarder::sched::PersistTable;
 use forwarder::stats::RealRegistry;
 
@@ -38,12 +37,14 @@ use vrrp::instance::{InstanceConfig, Track};
 use vrrp::router::GroupConfig;
 
 use crate::config::{Config, SyncDestination, VrrpVersion};
+use crate::control::Rates;
 use crate::control::{ControlListener, ControlServer};
 use crate::events::EventLog;
 use crate::health::Checker;
 use crate::instance::InstanceLock;
 use crate::liveness::{Change, Liveness, Watch};
-use crate::runtime::{quorum_track, Applied, Runtime, REAL_SLOTS};
+use crate::reload::Reloader;
+use crate::runtime::{quorum_track, Runtime, REAL_SLOTS};
 
 /// A datapath whose workers have not looped for this long is dead: VRRP faults.
 pub const DATAPATH_MAX_STALL: Duration = Duration::from_secs(1);
@@ -68,16 +69,16 @@ const SYNC_QUEUE: usize = 1 << 20;
 
 /// The running daemon.
 pub struct Daemon {
-    pub config: Config,
-    pub datapath: Arc<Datapath>,
-    pub vrrp: Option<Arc<Vrrp>>,
-    pub syncd: Option<Arc<Syncd>>,
-    pub events: EventLog,
-    pub runtime: Arc<Runtime>,
-    pub checker: Arc<Checker>,
-    pub reloader: Arc<Reloader>,
-    pub rates: Arc<Rates>,
-    pub started: std::time::Instant,
+    config: Config,
+    datapath: Arc<Datapath>,
+    vrrp: Option<Arc<Vrrp>>,
+    syncd: Option<Arc<Syncd>>,
+    events: EventLog,
+    runtime: Arc<Runtime>,
+    checker: Arc<Checker>,
+    reloader: Arc<Reloader>,
+    rates: Arc<Rates>,
+    started: std::time::Instant,
     monitor: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     control: Option<ControlServer>,
     metrics: Option<crate::metrics::MetricsServer>,
@@ -112,123 +113,6 @@ impl Drop for StartGuard {
                 tracing::warn!("cannot remove the interception rules: {e}");
             }
         }
-    }
-}
-
-/// Datapath rates over the last second, for `director status`.
-#[derive(Default)]
-pub struct Rates {
-    inner: std::sync::Mutex<RatesInner>,
-}
-
-#[derive(Default)]
-struct RatesInner {
-    last: Option<(std::time::Instant, Totals)>,
-    per_second: [f64; 4],
-}
-
-impl Rates {
-    /// Take a sample of the totals; the rates are the difference to the previous sample.
-    fn sample(&self, t: Totals) {
-        let now = std::time::Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, prev)) = &inner.last {
-            let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
-            let drops = |t: &Totals| t.drops.iter().sum::<u64>();
-            let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
-            inner.per_second = [
-                d(t.rx, prev.rx),
-                d(
-                    t.forwarded_in + t.forwarded_out + t.emitted,
-                    prev.forwarded_in + prev.forwarded_out + prev.emitted,
-                ),
-                d(t.new_conns, prev.new_conns),
-                d(drops(&t), drops(prev)),
-            ];
-        }
-        inner.last = Some((now, t));
-    }
-
-    /// Received frames, forwarded frames, new connections and drops per second.
-    pub fn per_second(&self) -> [f64; 4] {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .per_second
-    }
-}
-
-/// `director reload` and SIGHUP: read the file again, validate it, apply the difference.
-pub struct Reloader {
-    path: std::path::PathBuf,
-    runtime: Arc<Runtime>,
-    checker: Arc<Checker>,
-    events: EventLog,
-    /// VIPs whose non-service traffic is dropped (accept = false); fixed while running.
-    no_accept: Vec<std::net::Ipv4Addr>,
-    /// The interception rules as last installed.
-    nft: std::sync::Mutex<Vec<VirtualService>>,
-}
-
-impl Reloader {
-    /// The config file reloads read.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    /// One reload at a time. A file that does not validate, or changes a section that needs
-    /// a restart, is refused with its errors and the running config stays.
-    pub fn reload(&self) -> Result<Applied, String> {
-        let mut nft_now = self.nft.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = crate::sdnotify::reloading();
-        let result = self.reload_locked(&mut nft_now);
-        let _ = crate::sdnotify::ready();
-        match &result {
-            Ok(a) => {
-                let summary = if a.changes.is_empty() {
-                    "no changes".to_string()
-                } else {
-                    a.changes.join("; ")
-                };
-                tracing::info!(generation = a.generation, "reload applied: {summary}");
-                self.events.push(
-                    "config",
-                    self.path.display().to_string(),
-                    format!("reload applied (generation {}): {summary}", a.generation),
-                );
-            }
-            Err(e) => {
-                tracing::error!("reload refused: {e}");
-                self.events.push(
-                    "config",
-                    self.path.display().to_string(),
-                    format!(
-                        "reload refused, running config kept: {}",
-                        e.replace('\n', " ")
-                    ),
-                );
-            }
-        }
-        result
-    }
-
-    fn reload_locked(&self, nft_now: &mut Vec<VirtualService>) -> Result<Applied, String> {
-        let config = crate::config::load(&self.path).map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            format!(
-                "invalid config, not applied (the running config stays):\n{}",
-                lines.join("\n")
-            )
-        })?;
-        let applied = self.runtime.apply(&config)?;
-        self.checker.update(self.runtime.targets());
-        let wanted = self.runtime.nft_services();
-        if wanted != *nft_now {
-            nft::apply(&wanted, &self.no_accept)
-                .map_err(|e| format!("applied, but the interception rules failed: {e}"))?;
-            *nft_now = wanted;
-        }
-        Ok(applied)
     }
 }
 
@@ -741,14 +625,14 @@ impl Daemon {
                 .expect("spawn the datapath monitor");
             Some((stop, t))
         };
-        let reloader = Arc::new(Reloader {
-            path: path.to_path_buf(),
-            runtime: runtime.clone(),
-            checker: checker.clone(),
-            events: events.clone(),
+        let reloader = Arc::new(Reloader::new(
+            path.to_path_buf(),
+            runtime.clone(),
+            checker.clone(),
+            events.clone(),
             no_accept,
-            nft: std::sync::Mutex::new(nft_services),
-        });
+            nft_services,
+        ));
         let mut daemon = Daemon {
             config,
             datapath,
@@ -780,6 +664,33 @@ impl Daemon {
         }
     }
 
+    /// What the control socket and the metrics show.
+    fn views(&self) -> crate::control::Views {
+        crate::control::Views {
+            node: self.config.node.name.clone(),
+            counters: self.datapath.counters.clone(),
+            services: self.datapath.services.clone(),
+            engine: self.datapath.engine.clone(),
+            clock: self.datapath.clock,
+            interfaces: self
+                .datapath
+                .interfaces
+                .iter()
+                .map(|(_, n)| n.clone())
+                .collect(),
+            datapath: self.datapath.clone(),
+            vrrp: self.vrrp.clone(),
+            syncd: self.syncd.clone(),
+            events: self.events.clone(),
+            runtime: self.runtime.clone(),
+            checker: self.checker.clone(),
+            reloader: self.reloader.clone(),
+            rates: self.rates.clone(),
+            started: self.started,
+            config_path: self.reloader.path().to_path_buf(),
+        }
+    }
+
     /// Starts answering on the listeners bound at the start.
     fn serve(
         &mut self,
@@ -787,7 +698,7 @@ impl Daemon {
         control_loops: Arc<AtomicU64>,
         metrics: Option<crate::metrics::MetricsListener>,
     ) -> Result<()> {
-        let views = crate::control::Views::of(self);
+        let views = self.views();
         self.control = Some(
             control
                 .serve(views.clone(), control_loops)

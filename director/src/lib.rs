@@ -18,6 +18,8 @@
 //!   policy, pure).
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 //! - `metrics`: the Prometheus text endpoint, rendered from the control socket's views.
+//! - `reload`: `director reload` and SIGHUP (read, validate, apply the difference or keep the
+//!   running config).
 //! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
 //!
 //! The A/B root slots behind `director upgrade`, `boot-check` and `slots` are the `appliance`
@@ -33,5 +35,6 @@ pub mod instance;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod runtime;
 pub mod sdnotify;

@@ -1057,39 +1057,56 @@ pub fn reboot(paths: &Paths) -> Result<(), StepError> {
 
 // --- boot-check ---
 
-/// Whether the daemon's replies show the peer: `Ok(what was seen)` or `Err(what is missing)`.
+/// What the daemon's answers say about the peer, as `boot_check` needs it (the CLI reads it
+/// from the control API's `status` and `vrrp` views).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSigns {
+    /// No VRRP configured.
+    pub standalone: bool,
+    /// Each VRRP instance: name, state, the master it knows of, adverts received.
+    pub instances: Vec<InstanceSigns>,
+    /// The sync peer's state (`up`, `down`, `unknown`); `None` without sync.
+    pub sync_peer: Option<String>,
+}
+
+/// One VRRP instance in [`PeerSigns`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceSigns {
+    pub name: String,
+    pub state: String,
+    pub master: Option<String>,
+    pub adverts_rx: u64,
+}
+
+/// Whether the daemon's answers show the peer: `Ok(what was seen)` or `Err(what is missing)`.
 /// A VRRP instance that has received adverts, or the sync peer up, is the peer; a node with
 /// neither VRRP nor sync configured has no peer to wait for.
-pub fn peer_evidence(status: &Value, vrrp: &Value) -> Result<String, String> {
-    for i in vrrp["instances"].as_array().into_iter().flatten() {
-        let rx = i["counters"]["adverts_rx"].as_u64().unwrap_or(0);
-        if rx > 0 {
-            return Ok(format!(
-                "VRRP instance {} heard {rx} adverts from the peer (state {}, master {})",
-                i["name"].as_str().unwrap_or("?"),
-                i["state"].as_str().unwrap_or("?"),
-                i["master"].as_str().unwrap_or("-")
-            ));
-        }
+pub fn peer_evidence(signs: &PeerSigns) -> Result<String, String> {
+    if let Some(i) = signs.instances.iter().find(|i| i.adverts_rx > 0) {
+        return Ok(format!(
+            "VRRP instance {} heard {} adverts from the peer (state {}, master {})",
+            i.name,
+            i.adverts_rx,
+            i.state,
+            i.master.as_deref().unwrap_or("-")
+        ));
     }
-    let sync = &status["sync"];
-    if sync["peer"] == "up" {
+    if signs.sync_peer.as_deref() == Some("up") {
         return Ok("the sync peer is up".into());
     }
-    if vrrp["standalone"] == true && sync["enabled"] == false {
+    if signs.standalone && signs.sync_peer.is_none() {
         return Ok(
             "the daemon answers; no VRRP and no sync configured, no peer to wait for".into(),
         );
     }
-    let vrrp_part = if vrrp["standalone"] == true {
+    let vrrp_part = if signs.standalone {
         "no VRRP configured"
     } else {
         "no VRRP advert heard from the peer"
     };
-    let sync_part = if sync["enabled"] == true {
-        format!("sync peer {}", sync["peer"].as_str().unwrap_or("unknown"))
-    } else {
-        "no sync configured".to_string()
+    let sync_part = match &signs.sync_peer {
+        Some(peer) => format!("sync peer {peer}"),
+        None => "no sync configured".to_string(),
     };
     Err(format!(
         "the daemon answers, but {vrrp_part} and {sync_part}"
@@ -1112,7 +1129,7 @@ pub enum BootCheck {
 /// none); `out` gets the EFI variable and each new reason.
 pub fn boot_check(
     paths: &Paths,
-    ask: &mut dyn FnMut(&str) -> Result<Value, String>,
+    ask: &mut dyn FnMut() -> Result<PeerSigns, String>,
     timeout: Duration,
     out: &mut dyn Write,
 ) -> io::Result<BootCheck> {
@@ -1127,9 +1144,7 @@ pub fn boot_check(
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        let verdict = ask("status")
-            .and_then(|status| Ok((status, ask("vrrp")?)))
-            .and_then(|(status, vrrp)| peer_evidence(&status, &vrrp));
+        let verdict = ask().and_then(|signs| peer_evidence(&signs));
         match verdict {
             Ok(seen) => {
                 writeln!(out, "boot is good: {seen}")?;
@@ -1615,29 +1630,43 @@ mod tests {
 
     #[test]
     fn boot_check_verdicts() {
-        let status = |peer: &str| json!({"sync": {"enabled": true, "peer": peer}});
-        let vrrp = |rx: u64| {
-            json!({"standalone": false, "instances": [
-                {"name": "ext", "state": "BACKUP", "master": "198.18.1.2", "counters": {"adverts_rx": 0}},
-                {"name": "int", "state": "BACKUP", "master": "198.18.2.2", "counters": {"adverts_rx": rx}},
-            ]})
+        let signs = |peer: Option<&str>, rx: u64| PeerSigns {
+            standalone: false,
+            instances: vec![
+                InstanceSigns {
+                    name: "ext".into(),
+                    state: "BACKUP".into(),
+                    master: Some("198.18.1.2".into()),
+                    adverts_rx: 0,
+                },
+                InstanceSigns {
+                    name: "int".into(),
+                    state: "BACKUP".into(),
+                    master: Some("198.18.2.2".into()),
+                    adverts_rx: rx,
+                },
+            ],
+            sync_peer: peer.map(String::from),
         };
-        let seen = peer_evidence(&status("down"), &vrrp(5)).expect("adverts heard");
+        let seen = peer_evidence(&signs(Some("down"), 5)).expect("adverts heard");
         assert!(seen.contains("int heard 5 adverts"), "{seen}");
-        let seen = peer_evidence(&status("up"), &vrrp(0)).expect("sync peer up");
+        let seen = peer_evidence(&signs(Some("up"), 0)).expect("sync peer up");
         assert!(seen.contains("sync peer is up"), "{seen}");
-        let why = peer_evidence(&status("unknown"), &vrrp(0)).unwrap_err();
+        let why = peer_evidence(&signs(Some("unknown"), 0)).unwrap_err();
         assert_eq!(
             why,
             "the daemon answers, but no VRRP advert heard from the peer and sync peer unknown"
         );
-        let standalone = json!({"standalone": true, "instances": []});
-        let no_sync = json!({"sync": {"enabled": false}});
-        assert!(peer_evidence(&no_sync, &standalone)
+        let standalone = |peer: Option<&str>| PeerSigns {
+            standalone: true,
+            instances: Vec::new(),
+            sync_peer: peer.map(String::from),
+        };
+        assert!(peer_evidence(&standalone(None))
             .expect("nothing to wait for")
             .contains("no peer to wait for"));
         assert_eq!(
-            peer_evidence(&status("down"), &standalone).unwrap_err(),
+            peer_evidence(&standalone(Some("down"))).unwrap_err(),
             "the daemon answers, but no VRRP configured and sync peer down"
         );
     }

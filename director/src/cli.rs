@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
 
+use crate::api::{self, Request};
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use crate::control::{self, ClientError};
 use appliance::upgrade;
@@ -103,8 +104,8 @@ Examples:
         #[arg(long, value_name = "ADDR")]
         client: Option<std::net::Ipv4Addr>,
         /// Show at most this many entries.
-        #[arg(long, default_value_t = 1000)]
-        limit: u64,
+        #[arg(long, default_value_t = api::CONNS_LIMIT)]
+        limit: usize,
     },
     /// Change a real server at runtime: enable, disable, drain, weight.
     #[command(
@@ -150,8 +151,8 @@ Examples:
   director events --limit 20")]
     Events {
         /// Show at most this many, the newest.
-        #[arg(long, default_value_t = 100)]
-        limit: u64,
+        #[arg(long, default_value_t = api::EVENTS_LIMIT)]
+        limit: usize,
     },
     /// Re-read the config file and apply the difference without dropping established flows
     /// or moving a VIP. A config with errors is refused and the running one stays.
@@ -307,62 +308,68 @@ Examples:
         #[arg(value_name = "ADDR:PORT")]
         real: std::net::SocketAddrV4,
         /// The new weight.
-        #[arg(value_parser = clap::value_parser!(u32).range(0..=65535))]
-        weight: u32,
+        #[arg(value_parser = clap::value_parser!(u16))]
+        weight: u16,
     },
 }
 
-/// The request a daemon command sends, and the renderer of its reply; `None` for commands
-/// that need no daemon.
-fn request_of(command: &Command) -> Option<(Value, &'static str)> {
-    let admin = |service: &str, real: &std::net::SocketAddrV4, action: &str| json!({"command": "real-admin", "service": service, "real": real.to_string(), "action": action});
+/// The request a daemon command sends (its command name is also its view's); `None` for
+/// commands that need no daemon.
+fn request_of(command: &Command) -> Option<Request> {
+    let admin = |service: &str, real: &std::net::SocketAddrV4, action| Request::RealAdmin {
+        service: service.to_string(),
+        real: (*real).into(),
+        action,
+    };
     Some(match command {
         Command::CheckConfig { .. }
         | Command::Completions { .. }
         | Command::Upgrade { .. }
         | Command::BootCheck { .. }
         | Command::Slots { .. } => return None,
-        Command::Status => (json!({"command": "status"}), "status"),
-        Command::Stats => (json!({"command": "stats"}), "stats"),
-        Command::Services => (json!({"command": "services"}), "services"),
+        Command::Status => Request::Status,
+        Command::Stats => Request::Stats,
+        Command::Services => Request::Services,
         Command::Conns {
             service,
             client,
             limit,
-        } => (
-            json!({"command": "conns", "limit": limit, "service": service, "client": client}),
-            "conns",
-        ),
+        } => Request::Conns {
+            limit: *limit,
+            service: service.clone(),
+            client: client.map(std::net::IpAddr::V4),
+        },
         Command::Real(RealCommand::Enable { service, real }) => {
-            (admin(service, real, "enable"), "real-admin")
+            admin(service, real, api::AdminAction::Enable)
         }
         Command::Real(RealCommand::Disable { service, real }) => {
-            (admin(service, real, "disable"), "real-admin")
+            admin(service, real, api::AdminAction::Disable)
         }
         Command::Real(RealCommand::Drain { service, real }) => {
-            (admin(service, real, "drain"), "real-admin")
+            admin(service, real, api::AdminAction::Drain)
         }
         Command::Real(RealCommand::Weight {
             service,
             real,
             weight,
-        }) => (
-            json!({"command": "real-weight", "service": service, "real": real.to_string(), "weight": weight}),
-            "real-weight",
-        ),
-        Command::Vrrp => (json!({"command": "vrrp"}), "vrrp"),
-        Command::Sync => (json!({"command": "sync"}), "sync"),
-        Command::Demote => (json!({"command": "demote"}), "demote"),
-        Command::Promote => (json!({"command": "promote"}), "promote"),
-        Command::Events { limit } => (json!({"command": "events", "limit": limit}), "events"),
-        Command::Reload => (json!({"command": "reload"}), "reload"),
+        }) => Request::RealWeight {
+            service: service.clone(),
+            real: (*real).into(),
+            weight: *weight,
+        },
+        Command::Vrrp => Request::Vrrp,
+        Command::Sync => Request::Sync,
+        Command::Demote => Request::Demote,
+        Command::Promote => Request::Promote,
+        Command::Events { limit } => Request::Events { limit: *limit },
+        Command::Reload => Request::Reload,
     })
 }
 
 /// The request `director ARGS...` would send to the daemon (for tests and `--help` texts);
 /// `None` for commands that need no daemon.
-pub fn request_for(cli: &Cli) -> Option<Value> {
-    request_of(&cli.command).map(|(req, _)| req)
+pub fn request_for(cli: &Cli) -> Option<Request> {
+    request_of(&cli.command)
 }
 
 /// Runs a parsed command line, writing to `out` and `err`; returns the exit code.
@@ -388,15 +395,20 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Resu
             err,
         ),
         Command::BootCheck { timeout, paths } => {
-            let mut ask = |command: &str| {
-                control::request(&cli.socket, &serde_json::json!({ "command": command })).map_err(
-                    |e| match e {
+            let mut ask = || {
+                let asked = |req: &Request| {
+                    control::request(&cli.socket, req).map_err(|e| match e {
                         control::ClientError::NoDaemon(path, e) => {
                             format!("no daemon answers on {}: {e}", path.display())
                         }
-                        e => format!("the daemon's {command} failed: {e}"),
-                    },
-                )
+                        e => format!("the daemon's {} failed: {e}", req.command()),
+                    })
+                };
+                let status: api::StatusView = serde_json::from_value(asked(&Request::Status)?)
+                    .map_err(|e| format!("the daemon's status does not read as its view: {e}"))?;
+                let vrrp: api::VrrpView = serde_json::from_value(asked(&Request::Vrrp)?)
+                    .map_err(|e| format!("the daemon's vrrp does not read as its view: {e}"))?;
+                Ok(peer_signs(&status, &vrrp))
             };
             let check = upgrade::boot_check(
                 &paths.paths(),
@@ -428,9 +440,32 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Resu
             }
         },
         command => {
-            let (req, view) = request_of(command).expect("every other command asks the daemon");
-            daemon_view(cli, &req, view, out, err)
+            let req = request_of(command).expect("every other command asks the daemon");
+            daemon_view(cli, &req, out, err)
         }
+    }
+}
+
+/// What `boot-check` looks for in the daemon's answers.
+fn peer_signs(status: &api::StatusView, vrrp: &api::VrrpView) -> upgrade::PeerSigns {
+    upgrade::PeerSigns {
+        standalone: vrrp.standalone,
+        instances: vrrp
+            .instances
+            .iter()
+            .map(|i| upgrade::InstanceSigns {
+                name: i.name.clone(),
+                state: i.state.clone(),
+                master: i.master.map(|m| m.to_string()),
+                adverts_rx: i.counters.adverts_rx,
+            })
+            .collect(),
+        sync_peer: status
+            .sync
+            .session
+            .as_ref()
+            .filter(|_| status.sync.enabled)
+            .map(|s| s.peer.clone()),
     }
 }
 
@@ -492,11 +527,11 @@ fn upgrade_command(
 /// Ask the daemon, then print its answer as JSON or through the renderer of `view`.
 fn daemon_view(
     cli: &Cli,
-    req: &Value,
-    view: &str,
+    req: &Request,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
+    let view = req.command();
     match control::request(&cli.socket, req) {
         Ok(data) if cli.json => {
             writeln!(out, "{data}")?;
@@ -548,17 +583,27 @@ pub const VIEWS: &[&str] = &[
 ];
 
 /// Render the daemon's reply `data` to `command` (a name of [`VIEWS`]) as the human table.
+/// `data` is read into the command's view first: an answer that lacks a key the view needs
+/// is an error naming it, never a blank in the table.
 pub fn render(command: &str, data: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    fn view<T: serde::de::DeserializeOwned>(command: &str, data: &Value) -> std::io::Result<T> {
+        serde_json::from_value(data.clone()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the daemon's answer to {command} does not read as its view: {e}"),
+            )
+        })
+    }
     match command {
-        "status" => render_status(data, out),
-        "services" => render_services(data, out),
-        "conns" => render_conns(data, out),
-        "stats" => render_stats(data, out),
-        "vrrp" | "demote" | "promote" => render_vrrp(data, out),
-        "sync" => render_sync(data, out),
-        "events" => render_events(data, out),
-        "real-weight" | "real-admin" => render_ack(data, out),
-        "reload" => render_reload(data, out),
+        "status" => render_status(&view(command, data)?, out),
+        "services" => render_services(&view::<Vec<api::ServiceView>>(command, data)?, out),
+        "conns" => render_conns(&view(command, data)?, out),
+        "stats" => render_stats(&view(command, data)?, out),
+        "vrrp" | "demote" | "promote" => render_vrrp(&view(command, data)?, out),
+        "sync" => render_sync(&view(command, data)?, out),
+        "events" => render_events(&view(command, data)?, out),
+        "real-weight" | "real-admin" => render_ack(&view(command, data)?, out),
+        "reload" => render_reload(&view(command, data)?, out),
         other => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("no renderer for {other:?}"),
@@ -566,8 +611,8 @@ pub fn render(command: &str, data: &Value, out: &mut dyn Write) -> std::io::Resu
     }
 }
 
-fn render_vrrp(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    if v["standalone"].as_bool() == Some(true) {
+fn render_vrrp(v: &api::VrrpView, out: &mut dyn Write) -> std::io::Result<()> {
+    if v.standalone {
         return writeln!(
             out,
             "VRRP is not configured (standalone: the VIPs are put on the interfaces by hand)"
@@ -578,43 +623,36 @@ fn render_vrrp(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
         "{:<12} {:<10} {:>4} {:<7} {:>9} {:<24} {:>8}  Last transition",
         "Instance", "Interface", "VRID", "State", "Prio/Cfg", "Master", "Interval"
     )?;
-    for i in v["instances"].as_array().into_iter().flatten() {
-        let master = match (i["master"].as_str(), i["master_priority"].as_u64()) {
-            (Some(m), _) if Some(m) == i["primary"].as_str() => format!("{m} (this node)"),
+    for i in &v.instances {
+        let master = match (i.master, i.master_priority) {
+            (Some(m), _) if m == i.primary => format!("{m} (this node)"),
             (Some(m), Some(p)) => format!("{m} ({p})"),
             _ => "-".to_owned(),
         };
-        let last = &i["last_transition"];
-        let last = if last.is_null() {
-            "-".to_owned()
-        } else {
-            format!(
-                "{} -> {}: {}",
-                last["from"].as_str().unwrap_or("?"),
-                last["to"].as_str().unwrap_or("?"),
-                last["cause"].as_str().unwrap_or("?")
-            )
+        let last = match &i.last_transition {
+            None => "-".to_owned(),
+            Some(t) => format!("{} -> {}: {}", t.from, t.to, t.cause),
         };
         let mut flags = Vec::new();
-        if i["demoted"].as_bool() == Some(true) {
+        if i.demoted {
             flags.push("demoted".to_owned());
         }
-        if i["promoted"].as_bool() == Some(true) {
+        if i.promoted {
             flags.push("promoted".to_owned());
         }
-        for t in i["tracks_down"].as_array().into_iter().flatten() {
-            flags.push(format!("down: {}", t.as_str().unwrap_or("?")));
+        for t in &i.tracks_down {
+            flags.push(format!("down: {t}"));
         }
         writeln!(
             out,
             "{:<12} {:<10} {:>4} {:<7} {:>9} {:<24} {:>6}ms  {}{}",
-            i["name"].as_str().unwrap_or("?"),
-            i["interface"].as_str().unwrap_or("?"),
-            i["vrid"].as_u64().unwrap_or(0),
-            i["state"].as_str().unwrap_or("?"),
-            format!("{}/{}", i["priority"], i["configured_priority"]),
+            i.name,
+            i.interface,
+            i.vrid,
+            i.state,
+            format!("{}/{}", i.priority, i.configured_priority),
             master,
-            i["master_adver_interval_ms"].as_f64().unwrap_or(0.0),
+            i.master_adver_interval_ms,
             last,
             if flags.is_empty() {
                 String::new()
@@ -626,30 +664,24 @@ fn render_vrrp(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-fn render_events(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    let events: Vec<&Value> = v["events"].as_array().into_iter().flatten().collect();
-    if events.is_empty() {
+fn render_events(v: &api::EventsView, out: &mut dyn Write) -> std::io::Result<()> {
+    if v.events.is_empty() {
         writeln!(out, "no events")?;
     }
-    let width = events
-        .iter()
-        .map(|e| str_or(&e["subject"]).len())
-        .max()
-        .unwrap_or(0);
-    for e in events {
-        let t = e["time"].as_f64().unwrap_or(0.0);
+    let width = v.events.iter().map(|e| e.subject.len()).max().unwrap_or(0);
+    for e in &v.events {
         writeln!(
             out,
             "{:>6} {} {:<8} {:<width$} {}",
-            num_or(&e["seq"]),
-            utc(t),
-            e["kind"].as_str().unwrap_or("?"),
-            e["subject"].as_str().unwrap_or("?"),
-            e["message"].as_str().unwrap_or("?")
+            e.seq,
+            utc(e.time),
+            e.kind,
+            e.subject,
+            e.message
         )?;
     }
-    if v["dropped"].as_u64().unwrap_or(0) > 0 {
-        writeln!(out, "({} older events dropped)", v["dropped"])?;
+    if v.dropped > 0 {
+        writeln!(out, "({} older events dropped)", v.dropped)?;
     }
     Ok(())
 }
@@ -677,38 +709,16 @@ pub fn utc(unix: f64) -> String {
     )
 }
 
-/// `real weight` answers `{service, real, weight}`; `real enable|disable|drain` adds `admin`.
-fn render_ack(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    match v["admin"].as_str() {
-        Some(admin) => writeln!(
-            out,
-            "{} {}: {admin}, weight {}",
-            str_or(&v["service"]),
-            str_or(&v["real"]),
-            num_or(&v["weight"])
-        ),
-        None => writeln!(
-            out,
-            "{} {}: weight {}",
-            str_or(&v["service"]),
-            str_or(&v["real"]),
-            num_or(&v["weight"])
-        ),
-    }
-}
-
-/// A string field, or `?` when the daemon did not send it.
-fn str_or(v: &Value) -> &str {
-    v.as_str().unwrap_or("?")
-}
-
-/// A number (or any scalar) as JSON prints it, `-` when missing or null.
-fn num_or(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        v => v.to_string(),
-    }
+/// `real weight|enable|disable|drain`: the real server as it is now.
+fn render_ack(v: &api::RealAck, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} {}: {}, weight {}",
+        v.service,
+        v.real,
+        v.admin.as_str(),
+        v.weight
+    )
 }
 
 /// `3d 4h 12m`, `4h 12m 3s`, `12m 3s`, `45s`.
@@ -728,80 +738,73 @@ pub fn duration_words(secs: u64) -> String {
 }
 
 /// A rate, to the unit for large ones and one decimal below 10.
-fn rate(v: &Value) -> String {
-    match v.as_f64() {
-        Some(r) if r < 10.0 && r.fract() != 0.0 => format!("{r:.1}"),
-        Some(r) => format!("{r:.0}"),
-        None => "-".to_string(),
+fn rate(r: f64) -> String {
+    if r < 10.0 && r.fract() != 0.0 {
+        format!("{r:.1}")
+    } else {
+        format!("{r:.0}")
     }
 }
 
 /// `ext: XDP native, 2 queues; int: AF_PACKET` — how each interface receives.
-fn receive_words(v: &Value) -> Option<String> {
-    let paths = v.as_array()?;
+fn receive_words(paths: &[api::ReceivePath]) -> Option<String> {
     if paths.is_empty() {
         return None;
     }
     Some(
         paths
             .iter()
-            .map(|p| {
-                let how = match p["path"].as_str() {
-                    Some("xdp") => {
-                        let q = p["queues"].as_u64().unwrap_or(0);
-                        format!(
-                            "XDP {}, {q} queue{}",
-                            str_or(&p["xdp_mode"]),
-                            if q == 1 { "" } else { "s" }
-                        )
-                    }
-                    Some("af_packet") => "AF_PACKET".to_string(),
-                    _ => "?".to_string(),
-                };
-                format!("{}: {how}", str_or(&p["interface"]))
+            .map(|p| match p {
+                api::ReceivePath::Xdp {
+                    interface,
+                    xdp_mode,
+                    queues,
+                    ..
+                } => format!(
+                    "{interface}: XDP {xdp_mode}, {queues} queue{}",
+                    if *queues == 1 { "" } else { "s" }
+                ),
+                api::ReceivePath::AfPacket { interface } => format!("{interface}: AF_PACKET"),
             })
             .collect::<Vec<_>>()
             .join("; "),
     )
 }
 
-fn render_status(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    let uptime = v["uptime_s"]
-        .as_f64()
-        .map_or_else(|| "?".to_string(), |s| duration_words(s as u64));
-    writeln!(out, "node      {} (up {uptime})", str_or(&v["node"]))?;
-    let c = &v["config"];
+fn render_status(v: &api::StatusView, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "node      {} (up {})",
+        v.node,
+        duration_words(v.uptime_s)
+    )?;
+    let c = &v.config;
     writeln!(
         out,
         "config    {}, generation {}, loaded {}",
-        str_or(&c["path"]),
-        num_or(&c["generation"]),
-        c["loaded_at"].as_f64().map_or_else(|| "?".to_string(), utc)
+        c.path,
+        c.generation,
+        utc(c.loaded_at)
     )?;
 
-    let instances: Vec<&Value> = v["vrrp"].as_array().into_iter().flatten().collect();
-    if v["standalone"] == true || instances.is_empty() {
+    let instances = &v.vrrp;
+    if v.standalone || instances.is_empty() {
         writeln!(
             out,
             "role      standalone (no VRRP: the VIPs are put on the interfaces by hand)"
         )?;
     } else {
-        let states: Vec<&str> = instances.iter().map(|i| str_or(&i["state"])).collect();
+        let states: Vec<&str> = instances.iter().map(|i| i.state.as_str()).collect();
         let role = if states.iter().all(|s| *s == states[0]) {
             states[0].to_string()
         } else {
             format!("MIXED ({})", states.join("/"))
         };
         writeln!(out, "role      {role}")?;
-        let width = instances
-            .iter()
-            .map(|i| str_or(&i["name"]).len())
-            .max()
-            .unwrap_or(0);
+        let width = instances.iter().map(|i| i.name.len()).max().unwrap_or(0);
         for (n, i) in instances.iter().enumerate() {
-            let state = str_or(&i["state"]);
-            let master = match i["master"].as_str() {
-                _ if state == "MASTER" => "this node".to_string(),
+            let master = match i.master {
+                _ if i.state == "MASTER" => "this node".to_string(),
                 Some(m) => m.to_string(),
                 None => "none heard".to_string(),
             };
@@ -809,16 +812,16 @@ fn render_status(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
                 out,
                 "{:<10}{:<width$}  {:<7} {:>3}/{:<3}  master {master}",
                 if n == 0 { "vrrp" } else { "" },
-                str_or(&i["name"]),
-                state,
-                num_or(&i["priority"]),
-                num_or(&i["configured_priority"]),
+                i.name,
+                i.state,
+                i.priority,
+                i.configured_priority,
             )?;
         }
     }
 
-    let services: Vec<&Value> = v["services"].as_array().into_iter().flatten().collect();
-    let up = services.iter().filter(|s| s["up"] == true).count();
+    let services = &v.services;
+    let up = services.iter().filter(|s| s.up).count();
     writeln!(
         out,
         "services  {up} of {} up{}",
@@ -829,318 +832,258 @@ fn render_status(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
             String::new()
         }
     )?;
-    let width = services
-        .iter()
-        .map(|s| str_or(&s["name"]).len())
-        .max()
-        .unwrap_or(0);
-    for s in &services {
-        let mut notes = vec![format!(
-            "{}/{} healthy",
-            num_or(&s["healthy"]),
-            num_or(&s["total"])
-        )];
-        if let Some(q) = s["quorum"].as_u64() {
+    let width = services.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in services {
+        let mut notes = vec![format!("{}/{} healthy", s.healthy, s.total)];
+        if let Some(q) = s.quorum {
             notes.push(format!("quorum {q}"));
         }
-        if s["sorry_active"] == true {
+        if s.sorry_active {
             notes.push("SORRY SERVER active".to_string());
         }
         writeln!(
             out,
             "          {:<width$}  {:<4}  {:<3} {:<21} {:<7}  {}",
-            str_or(&s["name"]),
-            if s["up"] == true { "up" } else { "DOWN" },
-            str_or(&s["protocol"]).to_uppercase(),
-            str_or(&s["vip"]),
-            str_or(&s["mode"]),
+            s.name,
+            if s.up { "up" } else { "DOWN" },
+            s.protocol.to_uppercase(),
+            s.vip.to_string(),
+            s.mode,
             notes.join(", ")
         )?;
     }
 
-    let y = &v["sync"];
-    if y["enabled"] == true {
-        let lag = y["lag_ms"]
-            .as_f64()
-            .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2} ms"));
-        writeln!(
-            out,
-            "sync      peer {}, lag {lag}, {} replicas, resync {}",
-            str_or(&y["peer"]),
-            num_or(&y["replicas"]),
-            if y["resync_complete"] == true {
-                "complete"
-            } else {
-                "NOT complete"
-            }
-        )?;
-    } else {
-        writeln!(out, "sync      off (no [sync] in the config)")?;
+    match &v.sync.session {
+        Some(y) if v.sync.enabled => {
+            let lag = y
+                .lag_ms
+                .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2} ms"));
+            writeln!(
+                out,
+                "sync      peer {}, lag {lag}, {} replicas, resync {}",
+                y.peer,
+                y.replicas,
+                if y.resync_complete {
+                    "complete"
+                } else {
+                    "NOT complete"
+                }
+            )?;
+        }
+        _ => writeln!(out, "sync      off (no [sync] in the config)")?,
     }
 
-    let d = &v["datapath"];
+    let d = &v.datapath;
     writeln!(
         out,
         "datapath  {}, {}; rx {} pkt/s, forwarded {} pkt/s, {} new conn/s, {} drops/s",
-        d["workers"]
-            .as_u64()
-            .map_or_else(|| "? workers".to_string(), |n| plural(n as usize, "worker")),
-        d["connections"].as_u64().map_or_else(
-            || "? connections".to_string(),
-            |n| plural(n as usize, "connection")
-        ),
-        rate(&d["rx_pps"]),
-        rate(&d["forwarded_pps"]),
-        rate(&d["new_conns_per_s"]),
-        rate(&d["drops_per_s"]),
+        plural(d.workers, "worker"),
+        plural(d.connections, "connection"),
+        rate(d.rx_pps),
+        rate(d.forwarded_pps),
+        rate(d.new_conns_per_s),
+        rate(d.drops_per_s),
     )?;
-    if let Some(words) = receive_words(&d["receive"]) {
+    if let Some(words) = receive_words(&d.receive) {
         writeln!(out, "receive   {words}")?;
     }
     Ok(())
 }
 
-fn render_reload(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    let changes: Vec<&Value> = v["changes"].as_array().into_iter().flatten().collect();
-    if changes.is_empty() {
-        writeln!(
-            out,
-            "config generation {}: no changes",
-            num_or(&v["generation"])
-        )?;
+fn render_reload(v: &api::ReloadView, out: &mut dyn Write) -> std::io::Result<()> {
+    if v.changes.is_empty() {
+        writeln!(out, "config generation {}: no changes", v.generation)?;
     } else {
         writeln!(
             out,
             "config generation {}: {}",
-            num_or(&v["generation"]),
-            plural(changes.len(), "change")
+            v.generation,
+            plural(v.changes.len(), "change")
         )?;
-        for c in changes {
-            writeln!(out, "  {}", str_or(c))?;
+        for c in &v.changes {
+            writeln!(out, "  {c}")?;
         }
     }
-    for w in v["warnings"].as_array().into_iter().flatten() {
-        writeln!(out, "warning: {}", str_or(w))?;
+    for w in &v.warnings {
+        writeln!(out, "warning: {w}")?;
     }
     Ok(())
 }
 
-fn render_stats(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    let d = &v["datapath"];
+fn render_stats(v: &api::StatsView, out: &mut dyn Write) -> std::io::Result<()> {
+    let d = &v.datapath;
     writeln!(
         out,
         "Node {}  workers {}  interfaces {}",
-        v["node"].as_str().unwrap_or("?"),
-        num_or(&d["workers"]),
-        d["interfaces"]
-            .as_array()
-            .map(|l| l.iter().map(str_or).collect::<Vec<_>>().join(","))
-            .unwrap_or_else(|| "-".to_string())
+        v.node,
+        d.workers,
+        if d.interfaces.is_empty() {
+            "-".to_string()
+        } else {
+            d.interfaces.join(",")
+        }
     )?;
     writeln!(
         out,
         "Frames rx {}  passed {}  forwarded in {}  out {}  icmp {}  new conns {}  tx errors {}  tx waits {}  ring drops {}",
-        d["rx"], d["passed"], d["forwarded_in"], d["forwarded_out"], d["icmp_forwarded"], d["new_conns"], d["tx_errors"], num_or(&d["tx_waits"]), d["ring_drops"]
+        d.rx, d.passed, d.forwarded_in, d.forwarded_out, d.icmp_forwarded, d.new_conns, d.tx_errors, d.tx_waits, d.ring_drops
     )?;
     // Frames the datapath rebuilt (TUN copies and segments) and ICMP errors it originated.
-    if !d["emitted"].is_null() {
-        writeln!(
-            out,
-            "Rebuilt and sent {}  icmp sent {}  icmp rate-limited {}  icmp unroutable {}",
-            d["emitted"],
-            d["icmp_sent"],
-            d["icmp_limited"],
-            num_or(&d["icmp_unroutable"])
-        )?;
-    }
+    writeln!(
+        out,
+        "Rebuilt and sent {}  icmp sent {}  icmp rate-limited {}  icmp unroutable {}",
+        d.emitted, d.icmp_sent, d.icmp_limited, d.icmp_unroutable
+    )?;
     // The XDP program's share (already in the totals above) and the fast path's flows.
-    let x = &d["xdp"];
-    if x.is_object() {
+    if let Some(x) = &d.xdp {
         writeln!(
             out,
             "XDP passed {}  to workers {}  no socket {}  fast path in {}  out {}",
-            num_or(&x["passed"]),
-            num_or(&x["slow_path"]),
-            num_or(&x["no_socket"]),
-            num_or(&x["fast_in"]),
-            num_or(&x["fast_out"])
+            x.passed, x.slow_path, x.no_socket, x.fast_in, x.fast_out
         )?;
-        let f = &x["fast_path"];
-        if f.is_object() {
+        if let Some(f) = &x.fast_path {
             writeln!(
                 out,
                 "Fast path flows {}  installed {}  removed {}  map full {}  no route {}  adopted {}",
-                num_or(&f["flows"]),
-                num_or(&f["installed"]),
-                num_or(&f["removed"]),
-                num_or(&f["map_full"]),
-                num_or(&f["no_route"]),
-                num_or(&f["adopted"])
+                f.flows, f.installed, f.removed, f.map_full, f.no_route, f.adopted
             )?;
         }
     }
-    if let Some(drops) = d["drops"].as_object() {
-        let nonzero: Vec<String> = drops
-            .iter()
-            .filter(|(_, n)| n.as_u64() != Some(0))
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        writeln!(
-            out,
-            "Drops {}",
-            if nonzero.is_empty() {
-                "none".to_string()
-            } else {
-                nonzero.join("  ")
-            }
-        )?;
-    }
-    let c = &v["connections"];
+    let nonzero: Vec<String> = d
+        .drops
+        .iter()
+        .filter(|(_, n)| **n != 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    writeln!(
+        out,
+        "Drops {}",
+        if nonzero.is_empty() {
+            "none".to_string()
+        } else {
+            nonzero.join("  ")
+        }
+    )?;
+    let c = &v.connections;
     writeln!(
         out,
         "Connections {} of {}  inserted {}  deleted {}  expired {}  refused (full) {}",
-        c["count"], c["capacity"], c["inserts"], c["deletes"], c["expired"], c["full"]
+        c.count, c.capacity, c.inserts, c.deletes, c.expired, c.full
     )?;
     writeln!(
         out,
         "{:<28} {:>10} {:>10} {:>12} {:>12} {:>8}",
         "Service / RemoteAddress:Port", "InPkts", "OutPkts", "InBytes", "OutBytes", "Conns"
     )?;
-    for s in v["services"].as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "{} {} ({})",
-            s["protocol"].as_str().unwrap_or("?").to_uppercase(),
-            s["vip"].as_str().unwrap_or("?"),
-            s["name"].as_str().unwrap_or("?")
-        )?;
-        for r in s["reals"].as_array().into_iter().flatten() {
+    for s in &v.services {
+        writeln!(out, "{} {} ({})", s.protocol.to_uppercase(), s.vip, s.name)?;
+        for r in &s.reals {
+            let k = &r.counters;
             writeln!(
                 out,
                 "  -> {:<23} {:>10} {:>10} {:>12} {:>12} {:>8}",
-                r["address"].as_str().unwrap_or("?"),
-                num_or(&r["packets_in"]),
-                num_or(&r["packets_out"]),
-                num_or(&r["bytes_in"]),
-                num_or(&r["bytes_out"]),
-                num_or(&r["conns"])
+                r.address.to_string(),
+                k.packets_in,
+                k.packets_out,
+                k.bytes_in,
+                k.bytes_out,
+                k.conns
             )?;
         }
     }
     Ok(())
 }
 
-fn render_sync(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    if v["enabled"] == false {
+fn render_sync(v: &api::SyncView, out: &mut dyn Write) -> std::io::Result<()> {
+    if !v.enabled {
         return writeln!(out, "connection sync is off (no [sync] in the config)");
     }
-    if v["starting"] == true {
+    let Some(v) = v.session.as_ref().filter(|_| !v.starting) else {
         return writeln!(out, "connection sync is starting");
-    }
-    let p = &v["peer"];
+    };
     writeln!(
         out,
         "node {} ({}) epoch {} on {} {} {}",
-        v["node"].as_str().unwrap_or("?"),
-        v["node_id"].as_str().unwrap_or("?"),
-        v["epoch"],
-        v["interface"].as_str().unwrap_or("?"),
-        v["mode"].as_str().unwrap_or("?"),
-        v["destination"].as_str().unwrap_or("?"),
+        v.node, v.node_id, v.epoch, v.interface, v.mode, v.destination,
     )?;
-    match p["state"].as_str() {
-        Some("unknown") => writeln!(out, "peer      never heard")?,
-        state => writeln!(
+    match &v.peer.heard {
+        None => writeln!(out, "peer      never heard")?,
+        Some(p) => writeln!(
             out,
             "peer      {} node {} epoch {}, heard {:.0} ms ago, {} messages behind{}",
-            state.unwrap_or("?"),
-            p["node_id"].as_str().unwrap_or("?"),
-            p["epoch"],
-            p["last_heard_ms"].as_f64().unwrap_or(0.0),
-            p["behind"],
-            if p["resyncing"] == true {
+            v.peer.state,
+            p.node_id,
+            p.epoch,
+            p.last_heard_ms,
+            p.behind,
+            if p.resyncing {
                 ", waiting for our table"
             } else {
                 ""
             },
         )?,
     }
-    let c = &v["connections"];
+    let c = &v.connections;
     writeln!(
         out,
         "table     {} connections: {} local, {} replicas",
-        c["total"], c["local"], c["replicas"]
+        c.total, c.local, c.replicas
     )?;
-    let s = &v["stream"];
-    let rtt = |x: &Value| {
-        x.as_f64()
-            .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2} ms"))
-    };
+    let s = &v.stream;
+    let rtt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |ms| format!("{ms:.2} ms"));
     writeln!(
         out,
         "stream    seq {} acked {} (unacked {}); lag (sent → applied and acknowledged) last {}, max {}",
-        s["seq"],
-        s["acked"],
-        s["unacked"],
-        rtt(&s["lag_ms"]),
-        rtt(&s["lag_max_ms"]),
+        s.seq,
+        s.acked,
+        s.unacked,
+        rtt(s.lag_ms),
+        rtt(Some(s.lag_max_ms)),
     )?;
-    let r = &v["resync"];
-    let resync = |x: &Value| {
-        if x.is_null() {
-            "none".to_string()
-        } else {
-            format!(
-                "{} entries in {:.1} ms",
-                x["entries"],
-                x["ms"].as_f64().unwrap_or(0.0)
-            )
-        }
+    let r = &v.resync;
+    let resync = |x: &Option<api::ResyncRun>| match x {
+        None => "none".to_string(),
+        Some(x) => format!("{} entries in {:.1} ms", x.entries, x.ms),
     };
     writeln!(
         out,
         "resync    {}; last received: {}; last sent: {}{}",
-        if r["complete"] == true {
+        if r.complete {
             "complete"
         } else {
             "NOT complete"
         },
-        resync(&r["received"]),
-        resync(&r["sent"]),
-        if r["sending"].is_null() {
+        resync(&r.received),
+        resync(&r.sent),
+        if r.sending.is_none() {
             String::new()
         } else {
-            format!("; sending now: {}", resync(&r["sending"]))
+            format!("; sending now: {}", resync(&r.sending))
         },
     )?;
-    let k = &v["counters"];
+    let k = &v.counters;
     writeln!(
         out,
         "repairs   {} gaps, {} repaired, {} NACKs sent, {} received, {} retransmitted",
-        k["gaps"], k["repaired"], k["nacks_tx"], k["nacks_rx"], k["retransmits"]
+        k.gaps, k.repaired, k.nacks_tx, k.nacks_rx, k.retransmits
     )?;
     writeln!(
         out,
         "traffic   tx {} datagrams ({} entries, {} B), rx {} datagrams ({} B), {} applied",
-        k["tx_datagrams"],
-        k["tx_entries"],
-        k["tx_bytes"],
-        k["rx_datagrams"],
-        k["rx_bytes"],
-        k["applied"]
+        k.tx_datagrams, k.tx_entries, k.tx_bytes, k.rx_datagrams, k.rx_bytes, k.applied
     )?;
-    let f = &v["refused"];
+    let f = &v.refused;
     writeln!(
         out,
         "refused   {} total: {} auth failures, {} replayed, {} truncated, {} malformed, {} bad magic, {} other version, {} unknown node",
-        f["total"],
-        f["auth"],
-        f["replayed"],
-        f["truncated"],
-        f["malformed"],
-        f["bad_magic"],
-        f["version"],
-        f["unknown_node"]
+        f.total,
+        f.auth,
+        f.replayed,
+        f.truncated,
+        f.malformed,
+        f.bad_magic,
+        f.version,
+        f.unknown_node
     )?;
     Ok(())
 }
@@ -1156,118 +1099,109 @@ fn forward_method(mode: &str) -> &'static str {
     }
 }
 
-fn render_services(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+fn render_services(v: &[api::ServiceView], out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "Prot LocalAddress:Port Scheduler Flags")?;
     writeln!(
         out,
         "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn  Health Admin     Notes"
     )?;
-    for s in v.as_array().into_iter().flatten() {
-        let persist = s["persistence"].as_u64().unwrap_or(0);
-        let mode = str_or(&s["mode"]);
-        let mut state = Vec::new();
-        match s["up"].as_bool() {
-            Some(true) => state.push("UP".to_string()),
-            Some(false) => state.push("DOWN".to_string()),
-            None => {}
-        }
-        if let (Some(h), Some(reals)) = (s["healthy"].as_u64(), s["reals"].as_array()) {
-            state.push(format!("{h}/{} healthy", reals.len()));
-        }
-        if let Some(q) = s["quorum"].as_u64() {
+    for s in v {
+        let persist = s.persistence;
+        let mode = s.mode.as_str();
+        let mut state = vec![
+            if s.up { "UP" } else { "DOWN" }.to_string(),
+            format!("{}/{} healthy", s.healthy, s.reals.len()),
+        ];
+        if let Some(q) = s.quorum {
             state.push(format!("quorum {q}"));
         }
-        let check = &s["check"];
-        if let Some(kind) = check["kind"].as_str() {
+        if let Some(check) = &s.check {
             state.push(format!(
-                "{kind} check every {}",
-                check["interval_ms"]
-                    .as_f64()
-                    .map_or_else(|| "?".to_string(), |ms| format!("{ms}ms"))
+                "{} check every {}ms",
+                check.kind, check.interval_ms
             ));
         }
         writeln!(
             out,
-            "{:<4} {} {}{} [{mode}]  {}{}",
-            str_or(&s["protocol"]).to_uppercase(),
-            str_or(&s["vip"]),
-            str_or(&s["scheduler"]),
+            "{:<4} {} {}{} [{mode}]  {}: {}",
+            s.protocol.to_uppercase(),
+            s.vip,
+            s.scheduler,
             if persist > 0 {
                 format!(" persistent {persist}")
             } else {
                 String::new()
             },
-            str_or(&s["name"]),
-            if state.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", state.join(", "))
-            }
+            s.name,
+            state.join(", ")
         )?;
-        if let Some(lips) = s["local_addresses"].as_array() {
-            let lips: Vec<&str> = lips.iter().map(str_or).collect();
-            let proxy = match s["proxy_protocol"].as_str() {
+        if let Some(lips) = &s.local_addresses {
+            let lips: Vec<String> = lips.iter().map(ToString::to_string).collect();
+            let proxy = match s.proxy_protocol.as_ref().and_then(Option::as_ref) {
                 Some(v) => format!("; PROXY protocol {v} to the real servers"),
                 None => String::new(),
             };
             writeln!(out, "  local addresses {}{proxy}", lips.join(", "))?;
         }
         let fwd = forward_method(mode);
-        let on_fail = check["on_fail"].as_str().unwrap_or("inhibit");
-        for r in s["reals"].as_array().into_iter().flatten() {
-            let health = match r["health"].as_str() {
-                Some("up") => "up",
-                Some("down") => "DOWN",
-                _ => "-",
+        let on_fail = s.check.as_ref().map_or("inhibit", |c| c.on_fail.as_str());
+        for r in &s.reals {
+            let health = match r.health {
+                api::HealthState::Up => "up",
+                api::HealthState::Down => "DOWN",
+                api::HealthState::Unchecked => "-",
             };
-            let admin = r["admin"].as_str().unwrap_or("-");
+            let admin = r.admin.as_str();
             let mut notes = Vec::new();
-            if health == "DOWN" {
+            if r.health == api::HealthState::Down {
                 let what = if on_fail == "remove" {
                     "REMOVED"
                 } else {
                     "INHIBITED"
                 };
-                match r["health_cause"]
-                    .as_str()
-                    .or(r["last_check"]["detail"].as_str())
+                match r
+                    .health_cause
+                    .as_deref()
+                    .or(r.last_check.as_ref().map(|l| l.detail.as_str()))
                 {
                     Some(d) => notes.push(format!("{what}: {d}")),
                     None => notes.push(what.to_string()),
                 }
             }
-            match admin {
-                "drained" => notes.push("draining: existing flows finish".to_string()),
-                "disabled" => notes.push("disabled by the operator".to_string()),
-                _ => {}
+            match r.admin {
+                api::AdminState::Drained => {
+                    notes.push("draining: existing flows finish".to_string())
+                }
+                api::AdminState::Disabled => notes.push("disabled by the operator".to_string()),
+                api::AdminState::Enabled => {}
             }
-            if !r["configured_weight"].is_null() && r["configured_weight"] != r["weight"] {
-                notes.push(format!("configured weight {}", r["configured_weight"]));
+            if r.configured_weight != r.weight {
+                notes.push(format!("configured weight {}", r.configured_weight));
             }
             let line = format!(
                 "  -> {:<28} {:<7} {:<6} {:<10} {:<10} {:<6} {:<9} {}",
-                str_or(&r["address"]),
+                r.address.to_string(),
                 fwd,
-                num_or(&r["weight"]),
-                num_or(&r["active"]),
-                num_or(&r["inactive"]),
+                r.weight,
+                r.counters.active,
+                r.counters.inactive,
                 health,
                 admin,
                 notes.join("; ")
             );
             writeln!(out, "{}", line.trim_end())?;
         }
-        let sorry = &s["sorry_server"];
-        if let Some(addr) = sorry["address"].as_str() {
+        if let Some(sorry) = &s.sorry_server {
             writeln!(
                 out,
-                "  -> {addr:<28} {fwd:<7} {:<6} {:<10} {:<10} {:<6} {:<9} {}",
+                "  -> {:<28} {fwd:<7} {:<6} {:<10} {:<10} {:<6} {:<9} {}",
+                sorry.address.to_string(),
+                "-",
+                sorry.counters.active,
+                sorry.counters.inactive,
                 "-",
                 "-",
-                num_or(&sorry["counters"]["active"]),
-                num_or(&sorry["counters"]["inactive"]),
-                "-",
-                if sorry["active"] == true {
+                if sorry.active {
                     "SORRY SERVER, ACTIVE: no real server is up"
                 } else {
                     "sorry server, standby"
@@ -1280,11 +1214,11 @@ fn render_services(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
 
 /// Connections as `ipvsadm -L -n -c` lists them; the LocalIP:Port column (FULLNAT's
 /// LIP:lport, the source the real server sees) only when a connection shown has one.
-fn render_conns(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    let conns = v["connections"].as_array().map_or(&[][..], Vec::as_slice);
-    let local = conns.iter().any(|c| c["local"].is_string());
+fn render_conns(v: &api::ConnsView, out: &mut dyn Write) -> std::io::Result<()> {
+    let conns = &v.connections;
+    let local = conns.iter().any(|c| c.local.is_some());
     // With the XDP fast path: which path each flow's packets take.
-    let path = conns.iter().any(|c| c["path"].is_string());
+    let path = conns.iter().any(|c| c.path.is_some());
     writeln!(
         out,
         "Pro FromIP:Port          ToIP:Port             {}DestIP:Port           State        Expires Origin{}",
@@ -1293,29 +1227,31 @@ fn render_conns(v: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     )?;
     for c in conns {
         let local = if local {
-            format!("{:<21} ", c["local"].as_str().unwrap_or("-"))
+            format!(
+                "{:<21} ",
+                c.local.map_or_else(|| "-".to_string(), |l| l.to_string())
+            )
         } else {
             String::new()
         };
-        let origin = c["origin"].as_str().unwrap_or("?");
         let origin = if path {
-            format!("{origin:<7} {}", c["path"].as_str().unwrap_or("-"))
+            format!("{:<7} {}", c.origin, c.path.as_deref().unwrap_or("-"))
         } else {
-            origin.to_string()
+            c.origin.clone()
         };
         writeln!(
             out,
             "{:<3} {:<21} {:<21} {local}{:<21} {:<12} {:>6}s {origin}",
-            c["protocol"].as_str().unwrap_or("?").to_uppercase(),
-            c["client"].as_str().unwrap_or("?"),
-            c["vip"].as_str().unwrap_or("?"),
-            c["real"].as_str().unwrap_or("?"),
-            c["state"].as_str().unwrap_or("?"),
-            num_or(&c["expires_in"]),
+            c.protocol.to_uppercase(),
+            c.client.to_string(),
+            c.vip.to_string(),
+            c.real.to_string(),
+            c.state,
+            c.expires_in,
         )?;
     }
-    if v["shown"] != v["total"] {
-        writeln!(out, "({} of {} connections shown)", v["shown"], v["total"])?;
+    if v.shown != v.total {
+        writeln!(out, "({} of {} connections shown)", v.shown, v.total)?;
     }
     Ok(())
 }
@@ -1408,6 +1344,7 @@ mod tests {
         let mut all = vec!["director"];
         all.extend_from_slice(args);
         request_for(&Cli::try_parse_from(all).expect("valid command line"))
+            .map(|r| serde_json::to_value(r).expect("a request encodes"))
     }
 
     /// The requests are the daemon's protocol: these shapes are what control.rs answers.
@@ -1427,10 +1364,7 @@ mod tests {
                 &["events", "--limit", "5"],
                 json!({"command": "events", "limit": 5}),
             ),
-            (
-                &["conns"],
-                json!({"command": "conns", "limit": 1000, "service": null, "client": null}),
-            ),
+            (&["conns"], json!({"command": "conns", "limit": 1000})),
             (
                 &["conns", "--service", "web", "--client", "198.18.1.7"],
                 json!({"command": "conns", "limit": 1000, "service": "web", "client": "198.18.1.7"}),
@@ -1479,8 +1413,8 @@ mod tests {
         ] {
             let cli = Cli::try_parse_from(std::iter::once("director").chain(args.iter().copied()))
                 .expect("valid command line");
-            let (_, view) = request_of(&cli.command).expect("a daemon command");
-            assert!(VIEWS.contains(&view), "{view}");
+            let req = request_of(&cli.command).expect("a daemon command");
+            assert!(VIEWS.contains(&req.command()), "{}", req.command());
         }
     }
 

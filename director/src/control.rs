@@ -1,9 +1,10 @@
 //! The control socket: the `director` CLI's way into the daemon.
 //!
 //! A unix stream socket, mode 0600 (root only). One request per connection: a JSON line
-//! `{"command": "stats"}`, answered by one JSON line `{"ok": true, "data": …}` or
-//! `{"ok": false, "error": "…"}`. The views are read-only snapshots of the datapath's
-//! counters and tables; nothing here is on the packet path.
+//! `{"command": "stats"}` (an [`api::Request`]), answered by one JSON line
+//! `{"ok": true, "data": VIEW}` or `{"ok": false, "error": "…"}`, VIEW being the request's view
+//! struct in [`crate::api`]. The views are read-only snapshots of the datapath's counters and
+//! tables; nothing here is on the packet path.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -18,8 +19,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use forwarder::engine::{DropReason, Engine, ServiceTable, WorkerCounters};
 use forwarder::io::datapath::Clock;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use crate::api::{self, Request};
 use crate::events::{unix_seconds, EventLog};
 use crate::health::Checker;
 use crate::reload::Reloader;
@@ -99,252 +101,298 @@ impl Views {
     pub fn metrics_input(&self) -> crate::metrics::MetricsInput {
         crate::metrics::MetricsInput {
             stats: self.stats(),
-            services: self.services_json(),
-            vrrp: self.vrrp_json(),
-            sync: self.sync_json(),
+            services: self.services(),
+            vrrp: self.vrrp(),
+            sync: self.sync(),
         }
     }
 
     /// `director status`: the overview.
-    fn status(&self) -> Value {
-        let (services, mut config) = self.runtime.status_json();
-        config["path"] = json!(self.config_path.display().to_string());
-        let vrrp: Vec<Value> = self.vrrp.as_ref().map_or_else(Vec::new, |v| {
+    fn status(&self) -> api::StatusView {
+        let (services, mut config) = self.runtime.status_view();
+        config.path = self.config_path.display().to_string();
+        let vrrp = self.vrrp.as_ref().map_or_else(Vec::new, |v| {
             v.snapshot()
                 .instances
                 .iter()
                 .map(|i| {
                     let s = &i.status;
-                    json!({
-                        "name": s.name,
-                        "state": s.state.as_str(),
-                        "priority": s.effective_priority,
-                        "configured_priority": s.configured_priority,
-                        "master": s.master.map(|m| m.to_string()),
-                    })
+                    api::StatusInstance {
+                        name: s.name.clone(),
+                        state: s.state.as_str().to_string(),
+                        priority: s.effective_priority,
+                        configured_priority: s.configured_priority,
+                        master: s.master,
+                    }
                 })
                 .collect()
         });
-        let sync = match (&self.syncd, self.syncd.as_ref().and_then(|s| s.snapshot())) {
-            (None, _) => json!({ "enabled": false }),
-            (Some(_), None) => {
-                json!({ "enabled": true, "peer": "unknown", "lag_ms": null, "replicas": 0, "resync_complete": false })
-            }
+        let session = match (&self.syncd, self.syncd.as_ref().and_then(|s| s.snapshot())) {
+            (None, _) => None,
+            (Some(_), None) => Some(api::StatusSyncSession {
+                peer: "unknown".into(),
+                lag_ms: None,
+                replicas: 0,
+                resync_complete: false,
+            }),
             (Some(_), Some(snap)) => {
                 let st = &snap.status;
-                json!({
-                    "enabled": true,
-                    "peer": match &st.peer { None => "unknown", Some(p) if p.up => "up", Some(_) => "down" },
-                    "lag_ms": st.ack_rtt.map(|d| d.as_secs_f64() * 1e3),
-                    "replicas": self.engine.conns.replicas(),
-                    "resync_complete": st.resync_complete,
+                Some(api::StatusSyncSession {
+                    peer: match &st.peer {
+                        None => "unknown",
+                        Some(p) if p.up => "up",
+                        Some(_) => "down",
+                    }
+                    .into(),
+                    lag_ms: st.ack_rtt.map(|d| d.as_secs_f64() * 1e3),
+                    replicas: self.engine.conns.replicas(),
+                    resync_complete: st.resync_complete,
                 })
             }
         };
         let [rx, fwd, new_conns, drops] = self.rates.per_second();
-        json!({
-            "node": self.node,
-            "uptime_s": self.started.elapsed().as_secs(),
-            "config": config,
-            "standalone": self.vrrp.is_none(),
-            "vrrp": vrrp,
-            "services": services,
-            "sync": sync,
-            "datapath": {
-                "workers": self.counters.len(),
-                "connections": self.engine.conns.len(),
-                "rx_pps": rx,
-                "forwarded_pps": fwd,
-                "new_conns_per_s": new_conns,
-                "drops_per_s": drops,
-                "receive": self.receive_json(),
+        api::StatusView {
+            node: self.node.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config,
+            standalone: self.vrrp.is_none(),
+            vrrp,
+            services,
+            sync: api::StatusSync {
+                enabled: self.syncd.is_some(),
+                session,
             },
-        })
+            datapath: api::StatusDatapath {
+                workers: self.counters.len(),
+                connections: self.engine.conns.len(),
+                rx_pps: rx,
+                forwarded_pps: fwd,
+                new_conns_per_s: new_conns,
+                drops_per_s: drops,
+                receive: self.receive(),
+            },
+        }
     }
 
     /// How each datapath interface receives: AF_PACKET rings, or the XDP program (mode in
     /// force) with AF_XDP sockets.
-    fn receive_json(&self) -> Value {
+    fn receive(&self) -> Vec<api::ReceivePath> {
         self.datapath
             .rx_paths()
             .iter()
             .map(|p| match p.xdp {
-                None => json!({ "interface": p.interface, "path": "af_packet" }),
-                Some(mode) => json!({
-                    "interface": p.interface,
-                    "path": "xdp",
-                    "xdp_mode": mode.as_str(),
-                    "queues": p.queues,
-                    "sockets": p.sockets,
-                }),
+                None => api::ReceivePath::AfPacket {
+                    interface: p.interface.clone(),
+                },
+                Some(mode) => api::ReceivePath::Xdp {
+                    interface: p.interface.clone(),
+                    xdp_mode: mode.as_str().to_string(),
+                    queues: p.queues,
+                    sockets: p.sockets,
+                },
             })
             .collect()
     }
 
-    fn vrrp_json(&self) -> Value {
+    fn vrrp(&self) -> api::VrrpView {
         let Some(vrrp) = &self.vrrp else {
-            return json!({ "standalone": true, "instances": [] });
+            return api::VrrpView {
+                standalone: true,
+                instances: Vec::new(),
+                engine: None,
+            };
         };
         let snap = vrrp.snapshot();
-        let instances: Vec<Value> = snap
+        let instances = snap
             .instances
             .iter()
             .map(|i| {
                 let s = &i.status;
                 let c = &s.counters;
-                json!({
-                    "name": s.name,
-                    "interface": i.interface,
-                    "vrid": s.vrid,
-                    "state": s.state.as_str(),
-                    "priority": s.effective_priority,
-                    "configured_priority": s.configured_priority,
-                    "primary": i.primary.to_string(),
-                    "master": s.master.map(|m| m.to_string()),
-                    "master_priority": s.master_priority,
-                    "master_adver_interval_ms": s.master_adver_interval.as_secs_f64() * 1000.0,
-                    "group": i.group,
-                    "vips": i.vips.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
-                    "demoted": s.demoted,
-                    "promoted": s.promoted,
-                    "tracks_down": s.tracks_down,
-                    "last_transition": s.last_transition.as_ref().map(|(_, from, to, cause)| json!({
-                        "time": i.last_transition_at.map(unix_seconds),
-                        "from": from.as_str(),
-                        "to": to.as_str(),
-                        "cause": cause.to_string(),
-                    })),
-                    "counters": {
-                        "adverts_rx": c.adverts_rx,
-                        "adverts_tx": c.adverts_tx,
-                        "priority_zero_rx": c.priority_zero_rx,
-                        "priority_zero_tx": c.priority_zero_tx,
-                        "became_master": c.became_master,
-                        "became_backup": c.became_backup,
-                        "faults": c.faults,
-                        "dual_master": c.dual_master,
-                        "garps": c.garps,
-                        "wrong_version": c.wrong_version,
-                        "interval_mismatch": c.interval_mismatch,
-                        "addr_mismatch": c.addr_mismatch,
-                        "own": c.own,
+                api::InstanceView {
+                    name: s.name.clone(),
+                    interface: i.interface.clone(),
+                    vrid: s.vrid,
+                    state: s.state.as_str().to_string(),
+                    priority: s.effective_priority,
+                    configured_priority: s.configured_priority,
+                    primary: i.primary,
+                    master: s.master,
+                    master_priority: s.master_priority,
+                    master_adver_interval_ms: s.master_adver_interval.as_secs_f64() * 1000.0,
+                    group: i.group.clone(),
+                    vips: i.vips.iter().map(|(a, l)| format!("{a}/{l}")).collect(),
+                    demoted: s.demoted,
+                    promoted: s.promoted,
+                    tracks_down: s.tracks_down.clone(),
+                    last_transition: s.last_transition.as_ref().map(|(_, from, to, cause)| {
+                        api::Transition {
+                            time: i.last_transition_at.map(unix_seconds),
+                            from: from.as_str().to_string(),
+                            to: to.as_str().to_string(),
+                            cause: cause.to_string(),
+                        }
+                    }),
+                    counters: api::InstanceCounters {
+                        adverts_rx: c.adverts_rx,
+                        adverts_tx: c.adverts_tx,
+                        priority_zero_rx: c.priority_zero_rx,
+                        priority_zero_tx: c.priority_zero_tx,
+                        became_master: c.became_master,
+                        became_backup: c.became_backup,
+                        faults: c.faults,
+                        dual_master: c.dual_master,
+                        garps: c.garps,
+                        wrong_version: c.wrong_version,
+                        interval_mismatch: c.interval_mismatch,
+                        addr_mismatch: c.addr_mismatch,
+                        own: c.own,
                     },
-                })
+                }
             })
             .collect();
-        json!({
-            "standalone": false,
-            "instances": instances,
-            "malformed": snap.malformed,
-            "foreign": snap.foreign,
-            "realtime": snap.realtime,
-            "late_wakeups_1ms": snap.late_wakeups_1ms,
-            "late_wakeups_5ms": snap.late_wakeups_5ms,
-        })
+        api::VrrpView {
+            standalone: false,
+            instances,
+            engine: Some(api::VrrpEngine {
+                malformed: snap
+                    .malformed
+                    .iter()
+                    .map(|(k, n)| (k.to_string(), *n))
+                    .collect(),
+                foreign: snap.foreign,
+                realtime: snap.realtime,
+                late_wakeups_1ms: snap.late_wakeups_1ms,
+                late_wakeups_5ms: snap.late_wakeups_5ms,
+            }),
+        }
     }
 
     /// `director sync`: the session with the peer, the replicas, lag, repairs, resyncs and
     /// refused datagrams.
-    fn sync_json(&self) -> Value {
+    fn sync(&self) -> api::SyncView {
         let Some(syncd) = &self.syncd else {
-            return json!({ "enabled": false });
+            return api::SyncView {
+                enabled: false,
+                starting: false,
+                session: None,
+            };
         };
         let replicas = self.engine.conns.replicas();
         let total = self.engine.conns.len();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         let (destination, mode) = match syncd.destination {
-            Destination::Peer(a) => (a.to_string(), "unicast"),
-            Destination::Group(a) => (a.to_string(), "multicast"),
+            Destination::Peer(a) => (a.into(), "unicast"),
+            Destination::Group(a) => (a.into(), "multicast"),
         };
         let r = &syncd.replicas;
-        let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let replica_side = json!({
-            "installed": l(&r.installed),
-            "deleted": l(&r.deleted),
-            "swept": l(&r.swept),
-            "unknown_service": l(&r.unknown_service),
-            "unknown_real": l(&r.unknown_real),
-            "invalid": l(&r.invalid),
-            "table_full": l(&r.full),
-            "shard_mismatch": l(&r.shard_mismatch),
-        });
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let replica_side = api::ReplicaCounters {
+            installed: l(&r.installed),
+            deleted: l(&r.deleted),
+            swept: l(&r.swept),
+            unknown_service: l(&r.unknown_service),
+            unknown_real: l(&r.unknown_real),
+            invalid: l(&r.invalid),
+            table_full: l(&r.full),
+            shard_mismatch: l(&r.shard_mismatch),
+        };
         let Some(snap) = syncd.snapshot() else {
-            return json!({ "enabled": true, "starting": true });
+            return api::SyncView {
+                enabled: true,
+                starting: true,
+                session: None,
+            };
         };
         let st = &snap.status;
         let s = &st.stats;
-        json!({
-            "enabled": true,
-            "node": syncd.node_name,
-            "node_id": format!("{:08x}", st.node),
-            "epoch": st.epoch,
-            "interface": syncd.interface,
-            "destination": destination,
-            "mode": mode,
-            "peer": match &st.peer {
-                None => json!({ "state": "unknown" }),
-                Some(p) => json!({
-                    "state": if p.up { "up" } else { "down" },
-                    "node_id": format!("{:08x}", p.node),
-                    "epoch": p.epoch,
-                    "last_heard_ms": ms(p.last_heard),
-                    "behind": p.behind,
-                    "holdback": p.holdback,
-                    "resyncing": p.resyncing,
-                }),
-            },
-            "connections": { "total": total, "replicas": replicas, "local": total - replicas },
-            "replicas": replica_side,
-            "stream": {
-                "seq": st.seq,
-                "acked": st.acked,
-                "unacked": st.seq.saturating_sub(st.acked),
-                "pending": st.pending,
-                "ring": st.ring,
-                // Sent → applied on the peer and acknowledged (the ack waits ≤ 5 ms).
-                "lag_ms": st.ack_rtt.map(ms),
-                "lag_max_ms": snap.lag_ms.max_ms,
-            },
-            "resync": {
-                "complete": st.resync_complete,
-                "received": st.last_resync_rx.map(|(n, d)| json!({"entries": n, "ms": ms(d)})),
-                "sent": st.last_resync_tx.map(|(n, d)| json!({"entries": n, "ms": ms(d)})),
-                "sending": st.sending_resync.map(|(n, d)| json!({"entries": n, "ms": ms(d)})),
-                "sent_count": s.resyncs_tx,
-                "received_count": s.resyncs_rx,
-            },
-            "counters": {
-                "tx_datagrams": s.tx_datagrams,
-                "tx_bytes": s.tx_bytes,
-                "tx_entries": s.tx_entries,
-                "rx_datagrams": s.rx_datagrams,
-                "rx_bytes": s.rx_bytes,
-                "applied": s.applied,
-                "heartbeats_rx": s.heartbeats_rx,
-                "gaps": s.gaps,
-                "repaired": s.repaired,
-                "nacks_tx": s.nacks_tx,
-                "nacks_rx": s.nacks_rx,
-                "retransmits": s.retransmits,
-                "holdback_full": s.holdback_full,
-                "queue_dropped": snap.queue_dropped,
-                "tx_errors": snap.tx_errors,
-                "rx_errors": snap.rx_errors,
-            },
-            "refused": {
-                "auth": s.auth_failures,
-                "truncated": s.truncated,
-                "bad_magic": s.bad_magic,
-                "version": s.bad_version,
-                "malformed": s.malformed,
-                "replayed": s.replayed,
-                "unknown_node": s.unknown_node,
-                "total": s.refused(),
-            },
-        })
+        let run = |(n, d): (u64, std::time::Duration)| api::ResyncRun {
+            entries: n,
+            ms: ms(d),
+        };
+        api::SyncView {
+            enabled: true,
+            starting: false,
+            session: Some(api::SyncSession {
+                node: syncd.node_name.clone(),
+                node_id: format!("{:08x}", st.node),
+                epoch: st.epoch,
+                interface: syncd.interface.clone(),
+                destination,
+                mode: mode.into(),
+                peer: match &st.peer {
+                    None => api::SyncPeer {
+                        state: "unknown".into(),
+                        heard: None,
+                    },
+                    Some(p) => api::SyncPeer {
+                        state: if p.up { "up" } else { "down" }.into(),
+                        heard: Some(api::PeerHeard {
+                            node_id: format!("{:08x}", p.node),
+                            epoch: p.epoch,
+                            last_heard_ms: ms(p.last_heard),
+                            behind: p.behind,
+                            holdback: p.holdback as u64,
+                            resyncing: p.resyncing,
+                        }),
+                    },
+                },
+                connections: api::SyncConnections {
+                    total,
+                    replicas,
+                    local: total - replicas,
+                },
+                replicas: replica_side,
+                stream: api::SyncStream {
+                    seq: st.seq,
+                    acked: st.acked,
+                    unacked: st.seq.saturating_sub(st.acked),
+                    pending: st.pending as u64,
+                    ring: st.ring as u64,
+                    lag_ms: st.ack_rtt.map(ms),
+                    lag_max_ms: snap.lag_ms.max_ms,
+                },
+                resync: api::SyncResync {
+                    complete: st.resync_complete,
+                    received: st.last_resync_rx.map(run),
+                    sent: st.last_resync_tx.map(run),
+                    sending: st.sending_resync.map(run),
+                    sent_count: s.resyncs_tx,
+                    received_count: s.resyncs_rx,
+                },
+                counters: api::SyncCounters {
+                    tx_datagrams: s.tx_datagrams,
+                    tx_bytes: s.tx_bytes,
+                    tx_entries: s.tx_entries,
+                    rx_datagrams: s.rx_datagrams,
+                    rx_bytes: s.rx_bytes,
+                    applied: s.applied,
+                    heartbeats_rx: s.heartbeats_rx,
+                    gaps: s.gaps,
+                    repaired: s.repaired,
+                    nacks_tx: s.nacks_tx,
+                    nacks_rx: s.nacks_rx,
+                    retransmits: s.retransmits,
+                    holdback_full: s.holdback_full,
+                    queue_dropped: snap.queue_dropped,
+                    tx_errors: snap.tx_errors,
+                    rx_errors: snap.rx_errors,
+                },
+                refused: api::SyncRefused {
+                    auth: s.auth_failures,
+                    truncated: s.truncated,
+                    bad_magic: s.bad_magic,
+                    version: s.bad_version,
+                    malformed: s.malformed,
+                    replayed: s.replayed,
+                    unknown_node: s.unknown_node,
+                    total: s.refused(),
+                },
+            }),
+        }
     }
 
-    fn switchover(&self, promote: bool) -> Result<Value, String> {
+    fn switchover(&self, promote: bool) -> Result<api::VrrpView, String> {
         let vrrp = self
             .vrrp
             .as_ref()
@@ -357,71 +405,71 @@ impl Views {
         } else {
             vrrp.demote();
         }
-        Ok(self.vrrp_json())
+        Ok(self.vrrp())
     }
 
-    fn stats(&self) -> Value {
+    fn stats(&self) -> api::StatsView {
         // What the XDP fast path forwarded, into the real servers' counters first.
         self.flush_fast_counters();
         let t = self.datapath.totals();
-        let drops: serde_json::Map<String, Value> = DropReason::ALL
+        let drops = DropReason::ALL
             .iter()
-            .map(|r| (r.label().to_string(), json!(t.drops[*r as usize])))
+            .map(|r| (r.label().to_string(), t.drops[*r as usize]))
             .collect();
         let table = self.engine.conns.counters();
-        json!({
-            "node": self.node,
-            "datapath": {
-                "workers": self.counters.len(),
-                "interfaces": self.interfaces,
-                "rx": t.rx,
-                "passed": t.passed,
-                "forwarded_in": t.forwarded_in,
-                "forwarded_out": t.forwarded_out,
-                "icmp_forwarded": t.icmp_forwarded,
-                "emitted": t.emitted,
-                "icmp_sent": t.icmp_sent,
-                "icmp_limited": t.icmp_limited,
-                "icmp_unroutable": t.icmp_unroutable,
-                "new_conns": t.new_conns,
-                "tx_errors": t.tx_errors,
-                "tx_waits": t.tx_waits,
-                "ring_drops": t.ring_drops,
-                "drops": drops,
-                "xdp": self.datapath.xdp.as_ref().map(|_| {
-                    let x = self.datapath.xdp_stats();
-                    let mut v = json!({
-                        "passed": x.passed,
-                        "slow_path": x.slow_path,
-                        "no_socket": x.no_socket,
-                        "fast_in": x.fast_in,
-                        "fast_out": x.fast_out,
-                    });
-                    if let Some(f) = &self.datapath.fast {
-                        let c = &f.counters;
-                        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-                        v["fast_path"] = json!({
-                            "flows": l(&c.flows),
-                            "installed": l(&c.installed),
-                            "removed": l(&c.removed),
-                            "map_full": l(&c.map_full),
-                            "no_route": l(&c.no_route),
-                            "adopted": l(&c.adopted),
-                        });
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let xdp = self.datapath.xdp.as_ref().map(|_| {
+            let x = self.datapath.xdp_stats();
+            api::XdpStats {
+                passed: x.passed,
+                slow_path: x.slow_path,
+                no_socket: x.no_socket,
+                fast_in: x.fast_in,
+                fast_out: x.fast_out,
+                fast_path: self.datapath.fast.as_ref().map(|f| {
+                    let c = &f.counters;
+                    api::FastPathStats {
+                        flows: l(&c.flows),
+                        installed: l(&c.installed),
+                        removed: l(&c.removed),
+                        map_full: l(&c.map_full),
+                        no_route: l(&c.no_route),
+                        adopted: l(&c.adopted),
                     }
-                    v
                 }),
+            }
+        });
+        api::StatsView {
+            node: self.node.clone(),
+            datapath: api::DatapathStats {
+                workers: self.counters.len(),
+                interfaces: self.interfaces.clone(),
+                rx: t.rx,
+                passed: t.passed,
+                forwarded_in: t.forwarded_in,
+                forwarded_out: t.forwarded_out,
+                icmp_forwarded: t.icmp_forwarded,
+                emitted: t.emitted,
+                icmp_sent: t.icmp_sent,
+                icmp_limited: t.icmp_limited,
+                icmp_unroutable: t.icmp_unroutable,
+                new_conns: t.new_conns,
+                tx_errors: t.tx_errors,
+                tx_waits: t.tx_waits,
+                ring_drops: t.ring_drops,
+                drops,
+                xdp,
             },
-            "connections": {
-                "count": self.engine.conns.len(),
-                "capacity": self.engine.conns.capacity(),
-                "inserts": table.inserts,
-                "deletes": table.deletes,
-                "expired": table.expired,
-                "full": table.full,
+            connections: api::TableStats {
+                count: self.engine.conns.len(),
+                capacity: self.engine.conns.capacity(),
+                inserts: table.inserts,
+                deletes: table.deletes,
+                expired: table.expired,
+                full: table.full,
             },
-            "services": self.services_json(),
-        })
+            services: self.services(),
+        }
     }
 
     fn flush_fast_counters(&self) {
@@ -430,38 +478,33 @@ impl Views {
         }
     }
 
-    fn services_json(&self) -> Value {
+    fn services(&self) -> Vec<api::ServiceView> {
         self.flush_fast_counters();
-        let probes: HashMap<(String, std::net::SocketAddrV4), Value> = self
+        let probes: HashMap<(String, std::net::SocketAddrV4), api::LastCheck> = self
             .checker
             .snapshot()
             .into_iter()
-            .map(|t| {
-                let last = t.last.as_ref().map_or(Value::Null, |l| {
-                    json!({
-                        "ok": l.ok,
-                        "detail": l.detail,
-                        "ms": l.took.as_secs_f64() * 1e3,
-                        "time": unix_seconds(l.at),
-                    })
-                });
-                ((t.key.service.clone(), t.key.real), last)
+            .filter_map(|t| {
+                let l = t.last.as_ref()?;
+                let last = api::LastCheck {
+                    ok: l.ok,
+                    detail: l.detail.clone(),
+                    ms: l.took.as_secs_f64() * 1e3,
+                    time: unix_seconds(l.at),
+                };
+                Some(((t.key.service.clone(), t.key.real), last))
             })
             .collect();
-        self.runtime.services_json(&|service, real| {
-            probes
-                .get(&(service.to_string(), real))
-                .cloned()
-                .unwrap_or(Value::Null)
-        })
+        self.runtime
+            .services_view(&|service, real| probes.get(&(service.to_string(), real)).cloned())
     }
 
     fn conns(
         &self,
         limit: usize,
         service: Option<&str>,
-        client: Option<std::net::Ipv4Addr>,
-    ) -> Value {
+        client: Option<std::net::IpAddr>,
+    ) -> api::ConnsView {
         let now = self.clock.now();
         let services = self.services.load();
         let mut list = Vec::new();
@@ -473,121 +516,117 @@ impl Views {
                 .map(|s| s.config.name.as_str())
                 .unwrap_or("");
             if service.is_some_and(|want| want != name)
-                || client.is_some_and(|want| want != *e.client().ip())
+                || client.is_some_and(|want| want != std::net::IpAddr::V4(*e.client().ip()))
             {
                 return;
             }
             total += 1;
             if list.len() < limit {
-                let service = name.to_string();
-                let mut conn = json!({
-                    "protocol": e.proto().as_str(),
-                    "client": e.client().to_string(),
-                    "vip": e.vip().to_string(),
-                    "real": e.real().to_string(),
-                    "state": e.state().as_str(),
-                    "expires_in": e.expiry().saturating_sub(now),
-                    "origin": if e.is_replica() { "replica" } else { "local" },
-                    "service": service,
-                    "packets_in": e.packets_in(),
-                    "packets_out": e.packets_out(),
-                });
-                // FULLNAT: the director's side toward the real server, LIP:lport.
-                if let Some(local) = e.local() {
-                    conn["local"] = json!(local.to_string());
-                }
+                let mut conn = api::ConnView {
+                    protocol: e.proto().as_str().to_string(),
+                    client: e.client().into(),
+                    vip: e.vip().into(),
+                    real: e.real().into(),
+                    state: e.state().as_str().to_string(),
+                    expires_in: u64::from(e.expiry().saturating_sub(now)),
+                    origin: if e.is_replica() { "replica" } else { "local" }.into(),
+                    service: name.to_string(),
+                    packets_in: u64::from(e.packets_in()),
+                    packets_out: u64::from(e.packets_out()),
+                    // FULLNAT: the director's side toward the real server, LIP:lport.
+                    local: e.local().map(Into::into),
+                    path: None,
+                    fast_packets: None,
+                    fast_bytes: None,
+                };
                 // Which path its packets take, and what the XDP fast path forwarded of it
                 // (those packets never reach the engine's counters above).
                 if let Some(maps) = fast {
-                    conn["path"] = json!(if e.is_fast() { "xdp" } else { "engine" });
+                    conn.path = Some(if e.is_fast() { "xdp" } else { "engine" }.into());
                     if e.is_fast() {
                         let (packets, bytes) = forwarder::io::fastpath::flow_counters(maps, e);
-                        conn["fast_packets"] = json!(packets);
-                        conn["fast_bytes"] = json!(bytes);
+                        conn.fast_packets = Some(packets);
+                        conn.fast_bytes = Some(bytes);
                     }
                 }
                 list.push(conn);
             }
         });
-        json!({ "total": total, "shown": list.len(), "connections": list })
+        api::ConnsView {
+            total,
+            shown: list.len(),
+            connections: list,
+        }
     }
 
     /// `director real weight|enable|disable|drain`: the runtime builds a new service table
     /// with the change, swapped in for the workers' next block.
-    fn real_change(&self, req: &Value) -> Result<Value, String> {
-        let service = req
-            .get("service")
-            .and_then(Value::as_str)
-            .ok_or("needs \"service\"")?;
-        let real = req
-            .get("real")
-            .and_then(Value::as_str)
-            .ok_or("needs \"real\"")?;
-        let real: std::net::SocketAddrV4 = real
-            .parse()
-            .map_err(|_| format!("bad real server address {real:?} (want ADDR:PORT)"))?;
-        match req.get("command").and_then(Value::as_str) {
-            Some("real-weight") => {
-                let weight = req
-                    .get("weight")
-                    .and_then(Value::as_u64)
-                    .and_then(|w| u32::try_from(w).ok())
-                    .filter(|w| *w <= 65535)
-                    .ok_or("real-weight needs \"weight\" in 0..65535")?;
-                tracing::info!(service, %real, weight, "operator set a real server's weight");
-                self.runtime.set_weight(service, real, weight)
-            }
-            _ => {
-                let admin = match req.get("action").and_then(Value::as_str) {
-                    Some("enable") => Admin::Enabled,
-                    Some("disable") => Admin::Disabled,
-                    Some("drain") => Admin::Drained,
-                    other => {
-                        return Err(format!(
-                            "real-admin needs \"action\": enable, disable or drain (got {other:?})"
-                        ))
-                    }
-                };
-                let out = self.runtime.set_admin(service, real, admin)?;
-                // A disabled real server is not checked; an enabled one is again.
-                self.checker.update(self.runtime.targets());
-                Ok(out)
-            }
-        }
+    fn real_admin(
+        &self,
+        service: &str,
+        real: std::net::SocketAddr,
+        action: api::AdminAction,
+    ) -> Result<api::RealAck, String> {
+        let real = v4_real(real)?;
+        let admin = match action {
+            api::AdminAction::Enable => Admin::Enabled,
+            api::AdminAction::Disable => Admin::Disabled,
+            api::AdminAction::Drain => Admin::Drained,
+        };
+        let out = self.runtime.set_admin(service, real, admin)?;
+        // A disabled real server is not checked; an enabled one is again.
+        self.checker.update(self.runtime.targets());
+        Ok(out)
     }
 
-    fn handle(&self, req: &Value) -> Result<Value, String> {
-        match req.get("command").and_then(Value::as_str) {
-            Some("stats") => Ok(self.stats()),
-            Some("services") => Ok(self.services_json()),
-            Some("conns") => {
-                let limit = req.get("limit").and_then(Value::as_u64).unwrap_or(10_000) as usize;
-                let service = req.get("service").and_then(Value::as_str);
-                let client = match req.get("client").and_then(Value::as_str) {
-                    Some(c) => Some(c.parse().map_err(|_| format!("bad client address {c:?}"))?),
-                    None => None,
-                };
-                Ok(self.conns(limit, service, client))
-            }
-            Some("real-weight") | Some("real-admin") => self.real_change(req),
-            Some("status") => Ok(self.status()),
-            Some("reload") => self.reloader.reload().map(|a| {
-                json!({ "generation": a.generation, "changes": a.changes, "warnings": a.warnings })
-            }),
-            Some("vrrp") => Ok(self.vrrp_json()),
-            Some("sync") => Ok(self.sync_json()),
-            Some("demote") => self.switchover(false),
-            Some("promote") => self.switchover(true),
-            Some("events") => {
-                let limit = req.get("limit").and_then(Value::as_u64).unwrap_or(100) as usize;
-                Ok(self.events.json(limit))
-            }
-            Some(other) => Err(format!(
-                "unknown command {other:?} (allowed: status, stats, services, conns, real-weight, \
-                 real-admin, vrrp, sync, demote, promote, events, reload)"
-            )),
-            None => Err("request has no \"command\"".into()),
+    fn handle(&self, req: Request) -> Result<Value, String> {
+        fn view<T: serde::Serialize>(v: T) -> Result<Value, String> {
+            serde_json::to_value(v).map_err(|e| format!("cannot encode the answer: {e}"))
         }
+        match req {
+            Request::Stats => view(self.stats()),
+            Request::Services => view(self.services()),
+            Request::Conns {
+                limit,
+                service,
+                client,
+            } => view(self.conns(limit, service.as_deref(), client)),
+            Request::RealWeight {
+                service,
+                real,
+                weight,
+            } => {
+                let real = v4_real(real)?;
+                tracing::info!(service, %real, weight, "operator set a real server's weight");
+                view(self.runtime.set_weight(&service, real, u32::from(weight))?)
+            }
+            Request::RealAdmin {
+                service,
+                real,
+                action,
+            } => view(self.real_admin(&service, real, action)?),
+            Request::Status => view(self.status()),
+            Request::Reload => view(self.reloader.reload().map(|a| api::ReloadView {
+                generation: a.generation,
+                changes: a.changes,
+                warnings: a.warnings,
+            })?),
+            Request::Vrrp => view(self.vrrp()),
+            Request::Sync => view(self.sync()),
+            Request::Demote => view(self.switchover(false)?),
+            Request::Promote => view(self.switchover(true)?),
+            Request::Events { limit } => view(self.events.view(limit)),
+        }
+    }
+}
+
+/// Real servers are IPv4 for now.
+fn v4_real(real: std::net::SocketAddr) -> Result<std::net::SocketAddrV4, String> {
+    match real {
+        std::net::SocketAddr::V4(a) => Ok(a),
+        std::net::SocketAddr::V6(a) => Err(format!(
+            "bad real server address {a} (real servers are IPv4 ADDR:PORT)"
+        )),
     }
 }
 
@@ -698,15 +737,22 @@ fn serve_on(
 fn answer(stream: UnixStream, views: &Views) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    let reply = match serde_json::from_str::<Value>(&line) {
-        Ok(req) => match views.handle(&req) {
-            Ok(data) => json!({ "ok": true, "data": data }),
-            Err(e) => json!({ "ok": false, "error": e }),
+    let reply = match Request::parse(&line).and_then(|req| views.handle(req)) {
+        Ok(data) => api::Reply {
+            ok: true,
+            data: Some(data),
+            error: None,
         },
-        Err(e) => json!({ "ok": false, "error": format!("bad request: {e}") }),
+        Err(e) => api::Reply {
+            ok: false,
+            data: None,
+            error: Some(e),
+        },
     };
     let mut w = &stream;
-    writeln!(w, "{reply}")
+    let line = serde_json::to_string(&reply)
+        .unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"cannot encode the answer: {e}"}}"#));
+    writeln!(w, "{line}")
 }
 
 impl ControlServer {
@@ -747,26 +793,39 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
 }
 
-/// Send one request and return the daemon's `data`.
-pub fn request(path: &Path, req: &Value) -> Result<Value, ClientError> {
+/// Send one request and return the daemon's `data`, as it came (what `director --json`
+/// prints); [`ask`] reads it into its view.
+pub fn request(path: &Path, req: &Request) -> Result<Value, ClientError> {
     let stream =
         UnixStream::connect(path).map_err(|e| ClientError::NoDaemon(path.to_path_buf(), e))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut w = &stream;
-    writeln!(w, "{req}")?;
+    let line = serde_json::to_string(req)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    writeln!(w, "{line}")?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    let reply: Value = serde_json::from_str(&line)
+    let reply: api::Reply = serde_json::from_str(&line)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    if reply.get("ok").and_then(Value::as_bool) == Some(true) {
-        Ok(reply.get("data").cloned().unwrap_or(Value::Null))
+    if reply.ok {
+        Ok(reply.data.unwrap_or(Value::Null))
     } else {
         Err(ClientError::Daemon(
-            reply
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error")
-                .to_string(),
+            reply.error.unwrap_or_else(|| "unknown error".to_string()),
         ))
     }
+}
+
+/// Send one request and read the answer into its view `T`.
+pub fn ask<T: serde::de::DeserializeOwned>(path: &Path, req: &Request) -> Result<T, ClientError> {
+    let data = request(path, req)?;
+    serde_json::from_value(data).map_err(|e| {
+        ClientError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the daemon's answer to {} does not read as its view: {e}",
+                req.command()
+            ),
+        ))
+    })
 }

@@ -5,8 +5,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
-
 /// Events kept; older ones are dropped (and counted).
 pub const CAPACITY: usize = 4096;
 
@@ -61,22 +59,21 @@ impl EventLog {
         inner.events.iter().skip(skip).cloned().collect()
     }
 
-    pub fn json(&self, limit: usize) -> Value {
+    /// `director events`: the newest `limit`, oldest first, and how many the log dropped.
+    pub fn view(&self, limit: usize) -> crate::api::EventsView {
         let dropped = self.inner.lock().unwrap_or_else(|e| e.into_inner()).dropped;
-        let events: Vec<Value> = self
+        let events = self
             .recent(limit)
             .into_iter()
-            .map(|e| {
-                json!({
-                    "seq": e.seq,
-                    "time": unix_seconds(e.time),
-                    "kind": e.kind,
-                    "subject": e.subject,
-                    "message": e.message,
-                })
+            .map(|e| crate::api::EventView {
+                seq: e.seq,
+                time: unix_seconds(e.time),
+                kind: e.kind.to_string(),
+                subject: e.subject,
+                message: e.message,
             })
             .collect();
-        json!({ "events": events, "dropped": dropped })
+        crate::api::EventsView { events, dropped }
     }
 }
 
@@ -103,7 +100,7 @@ mod tests {
             all.last().unwrap().message,
             format!("event {}", CAPACITY + 9)
         );
-        assert_eq!(log.json(2)["dropped"], 10);
-        assert_eq!(log.json(2)["events"].as_array().unwrap().len(), 2);
+        assert_eq!(log.view(2).dropped, 10);
+        assert_eq!(log.view(2).events.len(), 2);
     }
 }

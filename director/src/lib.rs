@@ -3,6 +3,8 @@
 //! - `config`: the TOML file → serde structs → `validate()` → `forwarder::model` types plus
 //!   the validated VRRP, sync, health-check and control settings; every error names file,
 //!   line and column.
+//! - `api`: the control API — the `Request` enum and one view struct per answer, shared by
+//!   the daemon, the CLI, the metrics and the golden fixtures.
 //! - `cli`: the `director` command line (clap), kept apart from `bin/director.rs` so tests
 //!   and the binary share one definition.
 //! - `control`: the root-only unix control socket (server in the daemon, client for the CLI).
@@ -25,6 +27,7 @@
 //! The A/B root slots behind `director upgrade`, `boot-check` and `slots` are the `appliance`
 //! crate's; `cli` only calls them.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -1,9 +1,9 @@
 //! The Prometheus endpoint: the control socket's views rendered in the text exposition
 //! format 0.0.4, and a small HTTP server for `GET /metrics`.
 //!
-//! [`render`] is pure: it takes the same JSON the control socket answers for `stats`,
-//! `services`, `vrrp` and `sync`, so the metrics and the CLI never disagree, and renders
-//! whatever fields are present (a field that is missing or `null` is left out, not zero).
+//! [`render`] is pure: it takes the same views ([`crate::api`]) the control socket answers for
+//! `stats`, `services`, `vrrp` and `sync`, so the metrics and the CLI never disagree; a field
+//! that is `null` in its view (no master heard, no check yet) is left out, not zero.
 //! Names start with `director_`; counters end in `_total`; times are in seconds and sizes in
 //! bytes.
 //!
@@ -20,19 +20,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use crate::api;
 
-/// The four views the metrics are made of, exactly as the control socket answers them.
-#[derive(Debug, Clone, Default)]
+/// The four views the metrics are made of, the control socket's answers to these requests.
+#[derive(Debug, Clone)]
 pub struct MetricsInput {
     /// `{"command": "stats"}`
-    pub stats: Value,
+    pub stats: api::StatsView,
     /// `{"command": "services"}`
-    pub services: Value,
+    pub services: Vec<api::ServiceView>,
     /// `{"command": "vrrp"}`
-    pub vrrp: Value,
+    pub vrrp: api::VrrpView,
     /// `{"command": "sync"}`
-    pub sync: Value,
+    pub sync: api::SyncView,
 }
 
 /// The `Content-Type` of the text exposition format.
@@ -45,7 +45,11 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 const VRRP_STATES: [&str; 4] = ["INIT", "BACKUP", "MASTER", "FAULT"];
 
 /// A real server's administrative states, each a series of `director_real_admin_state`.
-const ADMIN_STATES: [&str; 3] = ["enabled", "disabled", "drained"];
+const ADMIN_STATES: [api::AdminState; 3] = [
+    api::AdminState::Enabled,
+    api::AdminState::Disabled,
+    api::AdminState::Drained,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -66,7 +70,6 @@ impl Kind {
 #[derive(Debug, Clone, Copy)]
 enum Num {
     U(u64),
-    I(i64),
     F(f64),
     /// Seconds converted from milliseconds, printed to the nanosecond so that the division
     /// leaves no binary noise (2.1 ms is 0.0021, not 0.0021000000000000003).
@@ -74,22 +77,9 @@ enum Num {
 }
 
 impl Num {
-    /// A JSON number or bool; `None` for anything else (missing, null, text).
-    fn of(v: &Value) -> Option<Num> {
-        match v {
-            Value::Bool(b) => Some(Num::U(u64::from(*b))),
-            Value::Number(n) => n
-                .as_u64()
-                .map(Num::U)
-                .or_else(|| n.as_i64().map(Num::I))
-                .or_else(|| n.as_f64().map(Num::F)),
-            _ => None,
-        }
-    }
-
-    /// A JSON number of milliseconds, in seconds.
-    fn ms(v: &Value) -> Option<Num> {
-        v.as_f64().map(|ms| Num::Seconds(ms / 1000.0))
+    /// Milliseconds, in seconds.
+    fn ms(ms: Option<f64>) -> Option<Num> {
+        ms.map(|ms| Num::Seconds(ms / 1000.0))
     }
 
     fn flag(b: bool) -> Num {
@@ -99,7 +89,6 @@ impl Num {
     fn write(self, out: &mut String) {
         let _ = match self {
             Num::U(n) => write!(out, "{n}"),
-            Num::I(n) => write!(out, "{n}"),
             Num::F(f) | Num::Seconds(f) if f.is_nan() => write!(out, "NaN"),
             Num::F(f) | Num::Seconds(f) if f.is_infinite() => {
                 write!(out, "{}Inf", if f > 0.0 { "+" } else { "-" })
@@ -112,6 +101,40 @@ impl Num {
                 Ok(())
             }
         };
+    }
+}
+
+/// A view's field as a sample value; `None` (a `null` in the view) leaves the sample out.
+trait Sample {
+    fn num(&self) -> Option<Num>;
+}
+
+macro_rules! unsigned_sample {
+    ($($t:ty),*) => {$(
+        impl Sample for $t {
+            fn num(&self) -> Option<Num> {
+                Some(Num::U(*self as u64))
+            }
+        }
+    )*};
+}
+unsigned_sample!(u8, u16, u32, u64, usize);
+
+impl Sample for f64 {
+    fn num(&self) -> Option<Num> {
+        Some(Num::F(*self))
+    }
+}
+
+impl Sample for bool {
+    fn num(&self) -> Option<Num> {
+        Some(Num::flag(*self))
+    }
+}
+
+impl<T: Sample> Sample for Option<T> {
+    fn num(&self) -> Option<Num> {
+        self.as_ref().and_then(Sample::num)
     }
 }
 
@@ -176,9 +199,9 @@ impl Exposition {
         name: &'static str,
         help: &'static str,
         labels: &[(&str, &str)],
-        v: &Value,
+        v: impl Sample,
     ) {
-        self.sample(name, Kind::Counter, help, labels, Num::of(v));
+        self.sample(name, Kind::Counter, help, labels, v.num());
     }
 
     fn gauge(
@@ -186,9 +209,9 @@ impl Exposition {
         name: &'static str,
         help: &'static str,
         labels: &[(&str, &str)],
-        v: &Value,
+        v: impl Sample,
     ) {
-        self.sample(name, Kind::Gauge, help, labels, Num::of(v));
+        self.sample(name, Kind::Gauge, help, labels, v.num());
     }
 
     fn finish(self) -> String {
@@ -218,10 +241,6 @@ fn escape_label_value(v: &str, out: &mut String) {
     }
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
-
 /// Render the four views as a Prometheus text exposition.
 pub fn render(views: &MetricsInput) -> String {
     let mut x = Exposition::default();
@@ -232,356 +251,345 @@ pub fn render(views: &MetricsInput) -> String {
     x.finish()
 }
 
-fn datapath(x: &mut Exposition, stats: &Value) {
-    if let Some(node) = stats["node"].as_str() {
-        x.gauge(
-            "director_node_info",
-            "The node's name (its [node] name); always 1.",
-            &[("node", node)],
-            &Value::from(1),
-        );
-    }
-    let d = &stats["datapath"];
+fn datapath(x: &mut Exposition, stats: &api::StatsView) {
+    x.gauge(
+        "director_node_info",
+        "The node's name (its [node] name); always 1.",
+        &[("node", &stats.node)],
+        1u64,
+    );
+    let d = &stats.datapath;
     x.gauge(
         "director_datapath_workers",
         "Datapath worker threads.",
         &[],
-        &d["workers"],
+        d.workers,
     );
     x.counter(
         "director_datapath_received_frames_total",
         "Frames the datapath read from its rings.",
         &[],
-        &d["rx"],
+        d.rx,
     );
     x.counter(
         "director_datapath_passed_frames_total",
         "Frames left to the kernel (not service traffic).",
         &[],
-        &d["passed"],
+        d.passed,
     );
-    for (dir, key) in [("in", "forwarded_in"), ("out", "forwarded_out")] {
+    for (dir, n) in [("in", d.forwarded_in), ("out", d.forwarded_out)] {
         x.counter(
             "director_datapath_forwarded_packets_total",
             "Packets forwarded: in = client to real server, out = real server to client.",
             &[("direction", dir)],
-            &d[key],
+            n,
         );
     }
     x.counter(
         "director_datapath_icmp_forwarded_packets_total",
         "ICMP errors forwarded for known connections.",
         &[],
-        &d["icmp_forwarded"],
+        d.icmp_forwarded,
     );
     x.counter(
         "director_datapath_rebuilt_packets_total",
         "Received packets the datapath sent on as frames it built (TUN: software segments and copies).",
         &[],
-        &d["emitted"],
+        d.emitted,
     );
     x.counter(
         "director_datapath_icmp_sent_total",
         "ICMP errors the datapath originated (TUN fragmentation needed).",
         &[],
-        &d["icmp_sent"],
+        d.icmp_sent,
     );
     x.counter(
         "director_datapath_icmp_rate_limited_total",
         "ICMP errors not sent because of the per-worker rate limit.",
         &[],
-        &d["icmp_limited"],
+        d.icmp_limited,
     );
     x.counter(
         "director_datapath_icmp_unroutable_total",
         "ICMP errors not sent because there was no way back to the source (no route, or an \
          unresolved next hop on another interface than the frame came in on).",
         &[],
-        &d["icmp_unroutable"],
+        d.icmp_unroutable,
     );
     x.counter(
         "director_datapath_new_connections_total",
         "Connections the datapath scheduled to a real server.",
         &[],
-        &d["new_conns"],
+        d.new_conns,
     );
     x.counter(
         "director_datapath_transmit_errors_total",
         "Frames the datapath failed to send.",
         &[],
-        &d["tx_errors"],
+        d.tx_errors,
     );
     x.counter(
         "director_datapath_transmit_waits_total",
         "Times a transmit batch found the socket buffer or device queue full and waited to retry.",
         &[],
-        &d["tx_waits"],
+        d.tx_waits,
     );
     x.counter(
         "director_datapath_ring_drops_total",
         "Frames the kernel dropped because a receive ring was full.",
         &[],
-        &d["ring_drops"],
+        d.ring_drops,
     );
     // With the XDP program: what it did with the frames it saw, and the fast path's flows.
-    let x_ = &d["xdp"];
-    if x_.is_object() {
-        for (action, key) in [
-            ("pass", "passed"),
-            ("slow_path", "slow_path"),
-            ("no_socket", "no_socket"),
-            ("fast_in", "fast_in"),
-            ("fast_out", "fast_out"),
+    if let Some(x_) = &d.xdp {
+        for (action, n) in [
+            ("pass", x_.passed),
+            ("slow_path", x_.slow_path),
+            ("no_socket", x_.no_socket),
+            ("fast_in", x_.fast_in),
+            ("fast_out", x_.fast_out),
         ] {
             x.counter(
                 "director_xdp_frames_total",
                 "Frames the XDP program handled, by what it did: left to the kernel (pass), handed to a worker (slow_path, or no_socket: passed for want of one), forwarded itself (fast_in toward a real server, fast_out toward a client).",
                 &[("action", action)],
-                &x_[key],
+                n,
             );
         }
-        let f = &x_["fast_path"];
-        if f.is_object() {
+        if let Some(f) = &x_.fast_path {
             x.gauge(
                 "director_fast_path_flows",
                 "Connections in the XDP program's flow map.",
                 &[],
-                &f["flows"],
+                f.flows,
             );
-            for (event, key) in [
-                ("installed", "installed"),
-                ("removed", "removed"),
-                ("map_full", "map_full"),
-                ("no_route", "no_route"),
-                ("adopted", "adopted"),
+            for (event, n) in [
+                ("installed", f.installed),
+                ("removed", f.removed),
+                ("map_full", f.map_full),
+                ("no_route", f.no_route),
+                ("adopted", f.adopted),
             ] {
                 x.counter(
                     "director_fast_path_flow_events_total",
                     "Connections put in the fast path's map, taken out, refused for a full map or a missing route, and replicas adopted on their first fast-path packet.",
                     &[("event", event)],
-                    &f[key],
+                    n,
                 );
             }
         }
     }
-    if let Some(drops) = d["drops"].as_object() {
-        for (reason, n) in drops {
-            x.counter(
-                "director_datapath_drops_total",
-                "Packets dropped by the datapath, by reason.",
-                &[("reason", reason)],
-                n,
-            );
-        }
+    for (reason, n) in &d.drops {
+        x.counter(
+            "director_datapath_drops_total",
+            "Packets dropped by the datapath, by reason.",
+            &[("reason", reason)],
+            *n,
+        );
     }
-    let c = &stats["connections"];
+    let c = &stats.connections;
     x.gauge(
         "director_connections",
         "Entries in the connection table (local and replicas).",
         &[],
-        &c["count"],
+        c.count,
     );
     x.gauge(
         "director_connections_capacity",
         "Entries the connection table can hold.",
         &[],
-        &c["capacity"],
+        c.capacity,
     );
     x.counter(
         "director_connections_inserted_total",
         "Entries inserted into the connection table.",
         &[],
-        &c["inserts"],
+        c.inserts,
     );
     x.counter(
         "director_connections_deleted_total",
         "Entries deleted from the connection table.",
         &[],
-        &c["deletes"],
+        c.deletes,
     );
     x.counter(
         "director_connections_expired_total",
         "Entries removed from the connection table on expiry.",
         &[],
-        &c["expired"],
+        c.expired,
     );
     x.counter(
         "director_connections_table_full_total",
         "Connections refused because the connection table was full.",
         &[],
-        &c["full"],
+        c.full,
     );
 }
 
-fn services(x: &mut Exposition, services: &Value) {
-    for s in services.as_array().into_iter().flatten() {
-        let name = text(&s["name"]);
+fn services(x: &mut Exposition, services: &[api::ServiceView]) {
+    for s in services {
+        let name = s.name.as_str();
+        let vip = s.vip.to_string();
         let labels = [
             ("service", name),
-            ("vip", text(&s["vip"])),
-            ("protocol", text(&s["protocol"])),
-            ("mode", text(&s["mode"])),
+            ("vip", vip.as_str()),
+            ("protocol", s.protocol.as_str()),
+            ("mode", s.mode.as_str()),
         ];
-        if let Some(sched) = s["scheduler"].as_str() {
-            let mut info = labels.to_vec();
-            info.push(("scheduler", sched));
-            x.gauge(
-                "director_service_info",
-                "A virtual service and its scheduler; always 1.",
-                &info,
-                &Value::from(1),
-            );
-        }
+        let mut info = labels.to_vec();
+        info.push(("scheduler", s.scheduler.as_str()));
+        x.gauge(
+            "director_service_info",
+            "A virtual service and its scheduler; always 1.",
+            &info,
+            1u64,
+        );
         x.gauge(
             "director_service_up",
             "1 when the service is up: enough of its real servers are healthy.",
             &labels,
-            &s["up"],
+            s.up,
         );
         x.gauge(
             "director_service_healthy_reals",
             "Real servers of the service that are up.",
             &labels,
-            &s["healthy"],
+            s.healthy,
         );
-        if let Some(reals) = s["reals"].as_array() {
-            x.gauge(
-                "director_service_reals",
-                "Real servers configured for the service.",
-                &labels,
-                &Value::from(reals.len()),
-            );
-        }
+        x.gauge(
+            "director_service_reals",
+            "Real servers configured for the service.",
+            &labels,
+            s.reals.len(),
+        );
         x.gauge(
             "director_service_quorum",
             "Healthy real servers the service needs to count as up.",
             &labels,
-            &s["quorum"],
+            s.quorum,
         );
         x.gauge(
             "director_service_persistence_seconds",
             "Client-IP affinity timeout; 0 = off.",
             &labels,
-            &s["persistence"],
+            s.persistence,
         );
-        let sorry = &s["sorry_server"];
-        if let Some(addr) = sorry["address"].as_str() {
+        if let Some(sorry) = &s.sorry_server {
+            let addr = sorry.address.to_string();
             x.gauge(
                 "director_service_sorry_server_active",
                 "1 while the sorry server takes the service's new connections.",
-                &[("service", name), ("sorry_server", addr)],
-                &sorry["active"],
+                &[("service", name), ("sorry_server", &addr)],
+                sorry.active,
             );
         }
-        let check = &s["check"];
-        if let Some(kind) = check["kind"].as_str() {
-            let l = [("service", name), ("kind", kind)];
+        if let Some(check) = &s.check {
+            let l = [("service", name), ("kind", check.kind.as_str())];
             x.sample(
                 "director_service_check_interval_seconds",
                 Kind::Gauge,
                 "Time between two health checks of a real server.",
                 &l,
-                Num::ms(&check["interval_ms"]),
+                Num::ms(Some(check.interval_ms as f64)),
             );
             x.sample(
                 "director_service_check_timeout_seconds",
                 Kind::Gauge,
                 "Deadline of one health check.",
                 &l,
-                Num::ms(&check["timeout_ms"]),
+                Num::ms(Some(check.timeout_ms as f64)),
             );
         }
-        for r in s["reals"].as_array().into_iter().flatten() {
+        for r in &s.reals {
             real(x, name, r);
         }
     }
 }
 
-fn real(x: &mut Exposition, service: &str, r: &Value) {
-    let l = [("service", service), ("real", text(&r["address"]))];
+fn real(x: &mut Exposition, service: &str, r: &api::RealView) {
+    let address = r.address.to_string();
+    let l = [("service", service), ("real", address.as_str())];
     x.gauge(
         "director_real_weight",
         "Effective weight: the configured or operator's weight, 0 while inhibited or drained.",
         &l,
-        &r["weight"],
+        r.weight,
     );
     x.gauge(
         "director_real_configured_weight",
         "Weight from the config or the last `director real weight`.",
         &l,
-        &r["configured_weight"],
+        r.configured_weight,
     );
-    let health = r["health"].as_str();
+    let health = r.health;
     x.sample(
         "director_real_up",
         Kind::Gauge,
         "1 when the real server passes its health check (or the service has none), else 0.",
         &l,
-        health.map(|h| Num::flag(h != "down")),
+        Some(Num::flag(health != api::HealthState::Down)),
     );
     x.sample(
         "director_real_checked",
         Kind::Gauge,
         "1 when the real server is health-checked.",
         &l,
-        health.map(|h| Num::flag(h != "unchecked")),
+        Some(Num::flag(health != api::HealthState::Unchecked)),
     );
-    if let Some(admin) = r["admin"].as_str() {
-        for state in ADMIN_STATES {
-            let mut labels = l.to_vec();
-            labels.push(("state", state));
-            x.sample(
-                "director_real_admin_state",
-                Kind::Gauge,
-                "The operator's state of the real server: 1 for the current one.",
-                &labels,
-                Some(Num::flag(admin == state)),
-            );
-        }
+    for state in ADMIN_STATES {
+        let mut labels = l.to_vec();
+        labels.push(("state", state.as_str()));
+        x.sample(
+            "director_real_admin_state",
+            Kind::Gauge,
+            "The operator's state of the real server: 1 for the current one.",
+            &labels,
+            Some(Num::flag(r.admin == state)),
+        );
     }
-    let last = &r["last_check"];
-    if last.is_object() {
+    if let Some(last) = &r.last_check {
         x.gauge(
             "director_real_last_check_success",
             "1 when the latest health check passed.",
             &l,
-            &last["ok"],
+            last.ok,
         );
         x.sample(
             "director_real_last_check_duration_seconds",
             Kind::Gauge,
             "How long the latest health check took.",
             &l,
-            Num::ms(&last["ms"]),
+            Num::ms(Some(last.ms)),
         );
         x.gauge(
             "director_real_last_check_timestamp_seconds",
             "When the latest health check ended, in seconds since the Unix epoch.",
             &l,
-            &last["time"],
+            last.time,
         );
     }
     x.gauge(
         "director_real_active_connections",
         "Connections to the real server in the ESTABLISHED state (ipvsadm ActiveConn).",
         &l,
-        &r["active"],
+        r.counters.active,
     );
     x.gauge(
         "director_real_inactive_connections",
         "Connections to the real server in any other state (ipvsadm InActConn).",
         &l,
-        &r["inactive"],
+        r.counters.inactive,
     );
     x.counter(
         "director_real_connections_total",
         "Connections scheduled to the real server.",
         &l,
-        &r["conns"],
+        r.counters.conns,
     );
+    let k = &r.counters;
     for (dir, p, b) in [
-        ("in", "packets_in", "bytes_in"),
-        ("out", "packets_out", "bytes_out"),
+        ("in", k.packets_in, k.bytes_in),
+        ("out", k.packets_out, k.bytes_out),
     ] {
         let mut labels = l.to_vec();
         labels.push(("direction", dir));
@@ -589,363 +597,377 @@ fn real(x: &mut Exposition, service: &str, r: &Value) {
             "director_real_packets_total",
             "Packets forwarded for the real server: in = toward it, out = its replies.",
             &labels,
-            &r[p],
+            p,
         );
         x.counter(
             "director_real_bytes_total",
             "Bytes forwarded for the real server: in = toward it, out = its replies.",
             &labels,
-            &r[b],
+            b,
         );
     }
 }
 
-fn vrrp(x: &mut Exposition, v: &Value) {
-    if let Some(standalone) = v["standalone"].as_bool() {
-        x.sample(
-            "director_vrrp_enabled",
-            Kind::Gauge,
-            "1 when VRRP runs ([vrrp] in the config); 0 standalone.",
-            &[],
-            Some(Num::flag(!standalone)),
-        );
-    }
-    for i in v["instances"].as_array().into_iter().flatten() {
-        let vrid = i["vrid"].to_string();
-        let l = [("instance", text(&i["name"])), ("vrid", vrid.as_str())];
-        if let Some(state) = i["state"].as_str() {
-            for s in VRRP_STATES {
-                x.sample(
-                    "director_vrrp_state",
-                    Kind::Gauge,
-                    "VRRP state of the instance: 1 for the current one.",
-                    &[l[0], l[1], ("state", s)],
-                    Some(Num::flag(state == s)),
-                );
-            }
+fn vrrp(x: &mut Exposition, v: &api::VrrpView) {
+    x.sample(
+        "director_vrrp_enabled",
+        Kind::Gauge,
+        "1 when VRRP runs ([vrrp] in the config); 0 standalone.",
+        &[],
+        Some(Num::flag(!v.standalone)),
+    );
+    for i in &v.instances {
+        let vrid = i.vrid.to_string();
+        let l = [("instance", i.name.as_str()), ("vrid", vrid.as_str())];
+        for s in VRRP_STATES {
+            x.sample(
+                "director_vrrp_state",
+                Kind::Gauge,
+                "VRRP state of the instance: 1 for the current one.",
+                &[l[0], l[1], ("state", s)],
+                Some(Num::flag(i.state == s)),
+            );
         }
         x.gauge(
             "director_vrrp_priority",
             "Effective priority: configured, adjusted by tracking, 0 when demoted.",
             &l,
-            &i["priority"],
+            i.priority,
         );
         x.gauge(
             "director_vrrp_configured_priority",
             "Priority from the config.",
             &l,
-            &i["configured_priority"],
+            i.configured_priority,
         );
         x.gauge(
             "director_vrrp_master_priority",
             "Priority the current master advertises.",
             &l,
-            &i["master_priority"],
+            i.master_priority,
         );
         x.sample(
             "director_vrrp_master_advert_interval_seconds",
             Kind::Gauge,
             "Advertisement interval of the current master.",
             &l,
-            Num::ms(&i["master_adver_interval_ms"]),
+            Num::ms(Some(i.master_adver_interval_ms)),
         );
         x.gauge(
             "director_vrrp_demoted",
             "1 after `director demote`, until `director promote`.",
             &l,
-            &i["demoted"],
+            i.demoted,
         );
         x.gauge(
             "director_vrrp_promoted",
             "1 after `director promote`, until `director demote`.",
             &l,
-            &i["promoted"],
+            i.promoted,
         );
-        if let Some(down) = i["tracks_down"].as_array() {
-            x.gauge(
-                "director_vrrp_tracks_down",
-                "Tracked objects (interfaces, services, the datapath) that are down.",
-                &l,
-                &Value::from(down.len()),
-            );
-        }
+        x.gauge(
+            "director_vrrp_tracks_down",
+            "Tracked objects (interfaces, services, the datapath) that are down.",
+            &l,
+            i.tracks_down.len(),
+        );
         x.gauge(
             "director_vrrp_last_transition_timestamp_seconds",
             "When the instance last changed state, in seconds since the Unix epoch.",
             &l,
-            &i["last_transition"]["time"],
+            i.last_transition.as_ref().and_then(|t| t.time),
         );
-        let c = &i["counters"];
-        for (to, key) in [
-            ("MASTER", "became_master"),
-            ("BACKUP", "became_backup"),
-            ("FAULT", "faults"),
+        let c = &i.counters;
+        for (to, n) in [
+            ("MASTER", c.became_master),
+            ("BACKUP", c.became_backup),
+            ("FAULT", c.faults),
         ] {
             x.counter(
                 "director_vrrp_transitions_total",
                 "State transitions of the instance, by the state entered.",
                 &[l[0], l[1], ("to", to)],
-                &c[key],
+                n,
             );
         }
-        for (dir, key) in [("received", "adverts_rx"), ("sent", "adverts_tx")] {
+        for (dir, n) in [("received", c.adverts_rx), ("sent", c.adverts_tx)] {
             x.counter(
                 "director_vrrp_adverts_total",
                 "VRRP advertisements received and sent.",
                 &[l[0], l[1], ("direction", dir)],
-                &c[key],
+                n,
             );
         }
-        for (dir, key) in [
-            ("received", "priority_zero_rx"),
-            ("sent", "priority_zero_tx"),
+        for (dir, n) in [
+            ("received", c.priority_zero_rx),
+            ("sent", c.priority_zero_tx),
         ] {
             x.counter(
                 "director_vrrp_priority_zero_total",
                 "Priority-0 advertisements (a master resigning) received and sent.",
                 &[l[0], l[1], ("direction", dir)],
-                &c[key],
+                n,
             );
         }
-        for (reason, key) in [
-            ("wrong_version", "wrong_version"),
-            ("interval_mismatch", "interval_mismatch"),
-            ("address_mismatch", "addr_mismatch"),
-            ("own", "own"),
+        for (reason, n) in [
+            ("wrong_version", c.wrong_version),
+            ("interval_mismatch", c.interval_mismatch),
+            ("address_mismatch", c.addr_mismatch),
+            ("own", c.own),
         ] {
             x.counter(
                 "director_vrrp_adverts_ignored_total",
                 "Advertisements for this instance that were ignored, by reason.",
                 &[l[0], l[1], ("reason", reason)],
-                &c[key],
+                n,
             );
         }
         x.counter(
             "director_vrrp_dual_master_total",
             "Times another master was seen while this one was master.",
             &l,
-            &c["dual_master"],
+            c.dual_master,
         );
         x.counter(
             "director_vrrp_gratuitous_arps_total",
             "Gratuitous ARPs sent for the instance's addresses.",
             &l,
-            &c["garps"],
+            c.garps,
         );
     }
-    x.counter(
-        "director_vrrp_malformed_total",
-        "VRRP packets that failed to parse or verify.",
-        &[],
-        &v["malformed"],
-    );
+    let Some(e) = &v.engine else { return };
+    // Every reason the decoder knows, seen or not, so that each counter exists from the
+    // start; the view lists only those seen.
+    let reasons = vrrp::wire::DecodeError::LABELS.iter().copied();
+    let seen = e.malformed.keys().map(String::as_str);
+    let mut all: Vec<&str> = reasons.chain(seen).collect();
+    all.sort_unstable();
+    all.dedup();
+    for reason in all {
+        x.counter(
+            "director_vrrp_malformed_total",
+            "VRRP packets that failed to parse or verify, by reason.",
+            &[("reason", reason)],
+            e.malformed.get(reason).copied().unwrap_or(0),
+        );
+    }
     x.counter(
         "director_vrrp_foreign_total",
         "VRRP packets for virtual routers this node does not run.",
         &[],
-        &v["foreign"],
+        e.foreign,
     );
     x.gauge(
         "director_vrrp_realtime",
         "1 when the VRRP thread runs with SCHED_FIFO.",
         &[],
-        &v["realtime"],
+        e.realtime,
     );
-    for (over, key) in [("0.001", "late_wakeups_1ms"), ("0.005", "late_wakeups_5ms")] {
+    for (over, n) in [("0.001", e.late_wakeups_1ms), ("0.005", e.late_wakeups_5ms)] {
         x.counter(
             "director_vrrp_late_wakeups_total",
             "VRRP timer wake-ups later than `over` seconds.",
             &[("over", over)],
-            &v[key],
+            n,
         );
     }
 }
 
-fn sync(x: &mut Exposition, v: &Value) {
-    if let Some(enabled) = v["enabled"].as_bool() {
-        x.sample(
-            "director_sync_enabled",
-            Kind::Gauge,
-            "1 when connection sync runs ([sync] in the config).",
-            &[],
-            Some(Num::flag(enabled)),
-        );
-    }
-    let p = &v["peer"];
-    if let Some(state) = p["state"].as_str() {
-        x.sample(
-            "director_sync_peer_up",
-            Kind::Gauge,
-            "1 while the sync peer is heard from.",
-            &[],
-            Some(Num::flag(state == "up")),
-        );
-    }
+fn sync(x: &mut Exposition, v: &api::SyncView) {
     x.sample(
-        "director_sync_peer_last_heard_seconds",
+        "director_sync_enabled",
         Kind::Gauge,
-        "Time since the sync peer was last heard from.",
+        "1 when connection sync runs ([sync] in the config).",
         &[],
-        Num::ms(&p["last_heard_ms"]),
+        Some(Num::flag(v.enabled)),
     );
-    x.gauge(
-        "director_sync_peer_behind",
-        "Messages the peer has not acknowledged yet.",
+    let Some(v) = &v.session else { return };
+    let p = &v.peer;
+    x.sample(
+        "director_sync_peer_up",
+        Kind::Gauge,
+        "1 while the sync peer is heard from.",
         &[],
-        &p["behind"],
+        Some(Num::flag(p.state == "up")),
     );
-    let st = &v["stream"];
+    if let Some(h) = &p.heard {
+        x.sample(
+            "director_sync_peer_last_heard_seconds",
+            Kind::Gauge,
+            "Time since the sync peer was last heard from.",
+            &[],
+            Num::ms(Some(h.last_heard_ms)),
+        );
+        x.gauge(
+            "director_sync_peer_behind",
+            "Messages the peer has not acknowledged yet.",
+            &[],
+            h.behind,
+        );
+    }
+    let st = &v.stream;
     x.sample(
         "director_sync_lag_seconds",
         Kind::Gauge,
         "Latest time from sending a change to its acknowledgement by the peer.",
         &[],
-        Num::ms(&st["lag_ms"]),
+        Num::ms(st.lag_ms),
     );
     x.sample(
         "director_sync_lag_max_seconds",
         Kind::Gauge,
         "Longest such time seen.",
         &[],
-        Num::ms(&st["lag_max_ms"]),
+        Num::ms(Some(st.lag_max_ms)),
     );
     x.gauge(
         "director_sync_unacknowledged",
         "Messages sent and not yet acknowledged.",
         &[],
-        &st["unacked"],
+        st.unacked,
     );
     x.gauge(
         "director_sync_pending_entries",
         "Changes waiting to be batched and sent.",
         &[],
-        &st["pending"],
+        st.pending,
     );
-    let c = &v["connections"];
-    for (origin, key) in [("local", "local"), ("replica", "replicas")] {
+    let c = &v.connections;
+    for (origin, n) in [("local", c.local), ("replica", c.replicas)] {
         x.gauge(
             "director_sync_connections",
             "Connection table entries by origin: made here, or replicated from the peer.",
             &[("origin", origin)],
-            &c[key],
+            n,
         );
     }
-    if let Some(replicas) = v["replicas"].as_object() {
-        for (outcome, n) in replicas {
+    {
+        for (outcome, n) in by_key(&v.replicas) {
             x.counter(
                 "director_sync_replica_changes_total",
                 "Changes from the peer, by what became of them.",
-                &[("outcome", outcome)],
+                &[("outcome", &outcome)],
                 n,
             );
         }
     }
-    let r = &v["resync"];
+    let r = &v.resync;
     x.gauge(
         "director_sync_resync_complete",
         "1 once this node holds the peer's whole table.",
         &[],
-        &r["complete"],
+        r.complete,
     );
-    for (dir, key) in [("sent", "sent_count"), ("received", "received_count")] {
+    for (dir, n) in [("sent", r.sent_count), ("received", r.received_count)] {
         x.counter(
             "director_sync_resyncs_total",
             "Bulk resyncs of the whole table sent and received.",
             &[("direction", dir)],
-            &r[key],
+            n,
         );
     }
-    let k = &v["counters"];
+    let k = &v.counters;
     for (dir, d, b) in [
-        ("sent", "tx_datagrams", "tx_bytes"),
-        ("received", "rx_datagrams", "rx_bytes"),
+        ("sent", k.tx_datagrams, k.tx_bytes),
+        ("received", k.rx_datagrams, k.rx_bytes),
     ] {
         x.counter(
             "director_sync_datagrams_total",
             "Sync datagrams sent and received.",
             &[("direction", dir)],
-            &k[d],
+            d,
         );
         x.counter(
             "director_sync_bytes_total",
             "Sync bytes sent and received.",
             &[("direction", dir)],
-            &k[b],
+            b,
         );
     }
     x.counter(
         "director_sync_entries_sent_total",
         "Connection changes sent to the peer.",
         &[],
-        &k["tx_entries"],
+        k.tx_entries,
     );
     x.counter(
         "director_sync_applied_total",
         "Connection changes from the peer applied here.",
         &[],
-        &k["applied"],
+        k.applied,
     );
     x.counter(
         "director_sync_heartbeats_received_total",
         "Heartbeats received from the peer.",
         &[],
-        &k["heartbeats_rx"],
+        k.heartbeats_rx,
     );
     x.counter(
         "director_sync_gaps_total",
         "Gaps in the peer's sequence numbers.",
         &[],
-        &k["gaps"],
+        k.gaps,
     );
     x.counter(
         "director_sync_repaired_total",
         "Gaps repaired by retransmission.",
         &[],
-        &k["repaired"],
+        k.repaired,
     );
-    for (dir, key) in [("sent", "nacks_tx"), ("received", "nacks_rx")] {
+    for (dir, n) in [("sent", k.nacks_tx), ("received", k.nacks_rx)] {
         x.counter(
             "director_sync_nacks_total",
             "Retransmission requests sent and received.",
             &[("direction", dir)],
-            &k[key],
+            n,
         );
     }
     x.counter(
         "director_sync_retransmits_total",
         "Messages retransmitted to the peer.",
         &[],
-        &k["retransmits"],
+        k.retransmits,
     );
     x.counter(
         "director_sync_holdback_full_total",
         "Out-of-order messages dropped because the holdback buffer was full.",
         &[],
-        &k["holdback_full"],
+        k.holdback_full,
     );
     x.counter(
         "director_sync_queue_dropped_total",
         "Changes dropped because the send queue was full.",
         &[],
-        &k["queue_dropped"],
+        k.queue_dropped,
     );
-    for (dir, key) in [("send", "tx_errors"), ("receive", "rx_errors")] {
+    for (dir, n) in [("send", k.tx_errors), ("receive", k.rx_errors)] {
         x.counter(
             "director_sync_socket_errors_total",
             "Sync socket errors.",
             &[("operation", dir)],
-            &k[key],
+            n,
         );
     }
-    if let Some(refused) = v["refused"].as_object() {
-        for (reason, n) in refused.iter().filter(|(k, _)| k.as_str() != "total") {
+    {
+        for (reason, n) in by_key(&v.refused).into_iter().filter(|(k, _)| k != "total") {
             x.counter(
                 "director_sync_refused_total",
                 "Sync datagrams refused, by reason (auth = failed HMAC).",
-                &[("reason", reason)],
+                &[("reason", &reason)],
                 n,
             );
         }
+    }
+}
+
+/// A struct of counters as (key, value) pairs, in key order: its fields are the label values.
+fn by_key<T: serde::Serialize>(t: &T) -> Vec<(String, u64)> {
+    match serde_json::to_value(t) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -1201,7 +1223,7 @@ mod tests {
             "director_test",
             "A test.",
             &[("service", "we\"b\\x\ny")],
-            &json!(1),
+            1u64,
         );
         assert_eq!(
             x.finish(),
@@ -1213,26 +1235,18 @@ mod tests {
     #[test]
     fn values() {
         let mut x = Exposition::default();
-        for (i, v) in [
-            json!(18446744073709551615u64),
-            json!(-3),
-            json!(0.25),
-            json!(true),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let i = i.to_string();
-            x.gauge("director_v", "V.", &[("i", &i)], v);
-        }
-        x.gauge("director_v", "V.", &[("i", "null")], &Value::Null);
+        x.gauge("director_v", "V.", &[("i", "0")], 18446744073709551615u64);
+        x.gauge("director_v", "V.", &[("i", "1")], -3.0);
+        x.gauge("director_v", "V.", &[("i", "2")], 0.25);
+        x.gauge("director_v", "V.", &[("i", "3")], true);
+        x.gauge("director_v", "V.", &[("i", "null")], None::<u64>);
         for (i, ms) in [("s", 1.5), ("t", 2.1), ("u", 0.0), ("v", 12000.0)] {
             x.sample(
                 "director_v",
                 Kind::Gauge,
                 "V.",
                 &[("i", i)],
-                Num::ms(&json!(ms)),
+                Num::ms(Some(ms)),
             );
         }
         let out = x.finish();
@@ -1260,16 +1274,33 @@ mod tests {
     }
 
     #[test]
-    fn empty_views_render_nothing_but_are_valid() {
-        assert_eq!(render(&MetricsInput::default()), "");
+    fn a_standalone_box_without_sync_says_so_and_nothing_more() {
+        let stats: api::StatsView = serde_json::from_value(json!({
+            "node": "lb-a",
+            "datapath": {
+                "workers": 1, "interfaces": ["eth0"], "rx": 0, "passed": 0, "forwarded_in": 0,
+                "forwarded_out": 0, "icmp_forwarded": 0, "emitted": 0, "icmp_sent": 0,
+                "icmp_limited": 0, "icmp_unroutable": 0, "new_conns": 0, "tx_errors": 0,
+                "tx_waits": 0, "ring_drops": 0, "drops": {}, "xdp": null
+            },
+            "connections": {
+                "count": 0, "capacity": 1024, "inserts": 0, "deletes": 0, "expired": 0, "full": 0
+            },
+            "services": []
+        }))
+        .expect("a stats view");
         let standalone = MetricsInput {
-            vrrp: json!({"standalone": true, "instances": []}),
-            sync: json!({"enabled": false}),
-            ..MetricsInput::default()
+            stats,
+            services: Vec::new(),
+            vrrp: serde_json::from_value(json!({"standalone": true, "instances": []}))
+                .expect("a vrrp view"),
+            sync: serde_json::from_value(json!({"enabled": false})).expect("a sync view"),
         };
         let out = render(&standalone);
         assert!(out.contains("\ndirector_vrrp_enabled 0\n"), "{out}");
         assert!(out.contains("\ndirector_sync_enabled 0\n"), "{out}");
         assert!(!out.contains("director_sync_peer_up"), "{out}");
+        assert!(!out.contains("director_vrrp_foreign_total"), "{out}");
+        assert!(!out.contains("director_xdp_frames_total"), "{out}");
     }
 }

@@ -20,12 +20,12 @@ use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::api;
 use anyhow::Result;
 use arc_swap::ArcSwap;
 use forwarder::engine::{ServiceSpec, ServiceTable};
 use forwarder::model::{Mode, ProxyProtocol, RealServer, VirtualService};
 use forwarder::stats::{RealRegistry, RealSlot};
-use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use vrrp::driver::Vrrp;
 
@@ -52,6 +52,15 @@ pub enum Admin {
 }
 
 impl Admin {
+    /// As the control API shows it.
+    pub fn view(self) -> api::AdminState {
+        match self {
+            Admin::Enabled => api::AdminState::Enabled,
+            Admin::Disabled => api::AdminState::Disabled,
+            Admin::Drained => api::AdminState::Drained,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Admin::Enabled => "enabled",
@@ -373,7 +382,7 @@ impl Runtime {
         service: &str,
         real: SocketAddrV4,
         weight: u32,
-    ) -> Result<Value, String> {
+    ) -> Result<api::RealAck, String> {
         let mut st = self.lock();
         let r = find_real(&mut st, service, real)?;
         r.weight_override = Some(weight);
@@ -388,9 +397,12 @@ impl Runtime {
             format!("weight {weight}"),
         );
         self.publish(&mut st);
-        Ok(
-            json!({ "service": service, "real": real.to_string(), "weight": weight, "admin": admin.as_str() }),
-        )
+        Ok(api::RealAck {
+            service: service.to_string(),
+            real: real.into(),
+            weight,
+            admin: admin.view(),
+        })
     }
 
     /// `director real enable|disable|drain`.
@@ -399,7 +411,7 @@ impl Runtime {
         service: &str,
         real: SocketAddrV4,
         admin: Admin,
-    ) -> Result<Value, String> {
+    ) -> Result<api::RealAck, String> {
         let mut st = self.lock();
         let r = find_real(&mut st, service, real)?;
         r.admin = admin;
@@ -420,9 +432,12 @@ impl Runtime {
             Admin::Enabled => weight,
             _ => 0,
         };
-        Ok(
-            json!({ "service": service, "real": real.to_string(), "admin": admin.as_str(), "weight": effective_weight }),
-        )
+        Ok(api::RealAck {
+            service: service.to_string(),
+            real: real.into(),
+            weight: effective_weight,
+            admin: admin.view(),
+        })
     }
 
     /// Apply a new config's services: see the module docs for what is kept. Sections other
@@ -588,137 +603,149 @@ impl Runtime {
     /// `director services`: each service with its real servers, their weights (effective and
     /// configured), admin state, health, and counters. `last_check` gives the latest probe of
     /// a real server, from the checker.
-    pub fn services_json(&self, last_check: &dyn Fn(&str, SocketAddrV4) -> Value) -> Value {
+    pub fn services_view(
+        &self,
+        last_check: &dyn Fn(&str, SocketAddrV4) -> Option<api::LastCheck>,
+    ) -> Vec<api::ServiceView> {
         let st = self.lock();
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let counters = |slot: RealSlot| {
             let c = self.reals.get(slot);
-            json!({
-                "active": c.active.load(Ordering::Relaxed),
-                "inactive": c.inactive.load(Ordering::Relaxed),
-                "conns": l(&c.conns),
-                "packets_in": l(&c.packets_in),
-                "packets_out": l(&c.packets_out),
-                "bytes_in": l(&c.bytes_in),
-                "bytes_out": l(&c.bytes_out),
-            })
-        };
-        let merge = |mut a: Value, b: Value| {
-            if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
-                a.extend(b);
+            api::RealCounters {
+                active: u64::from(c.active.load(Ordering::Relaxed)),
+                inactive: u64::from(c.inactive.load(Ordering::Relaxed)),
+                conns: l(&c.conns),
+                packets_in: l(&c.packets_in),
+                packets_out: l(&c.packets_out),
+                bytes_in: l(&c.bytes_in),
+                bytes_out: l(&c.bytes_out),
             }
-            a
         };
-        let list: Vec<Value> = st
-            .services
+        st.services
             .iter()
             .map(|s| {
                 let vs = &s.config.virtual_service;
                 let on_fail = s.on_fail();
-                let reals: Vec<Value> = s
+                let reals = s
                     .reals
                     .iter()
                     .map(|r| {
                         let eff = effective(r, on_fail);
-                        merge(
-                            json!({
-                                "address": r.addr.to_string(),
-                                "weight": eff.unwrap_or(0),
-                                "scheduled": eff.is_some(),
-                                "configured_weight": r.weight,
-                                "runtime_weight": r.weight_override,
-                                "admin": r.admin.as_str(),
-                                "health": match r.health {
-                                    None => "unchecked",
-                                    Some(Health::Up) => "up",
-                                    Some(Health::Down) => "down",
-                                },
-                                "health_cause": r.health_cause,
-                                "last_check": if s.config.check.is_some() { last_check(vs.name.as_str(), r.addr) } else { Value::Null },
-                            }),
-                            counters(r.slot),
-                        )
+                        api::RealView {
+                            address: r.addr.into(),
+                            weight: eff.unwrap_or(0),
+                            scheduled: eff.is_some(),
+                            configured_weight: r.weight,
+                            runtime_weight: r.weight_override,
+                            admin: r.admin.view(),
+                            health: match r.health {
+                                None => api::HealthState::Unchecked,
+                                Some(Health::Up) => api::HealthState::Up,
+                                Some(Health::Down) => api::HealthState::Down,
+                            },
+                            health_cause: r.health_cause.clone(),
+                            last_check: if s.config.check.is_some() {
+                                last_check(vs.name.as_str(), r.addr)
+                            } else {
+                                None
+                            },
+                            counters: counters(r.slot),
+                        }
                     })
                     .collect();
-                let retired: Vec<Value> = s
+                let retired = s
                     .retired
                     .iter()
-                    .map(|(addr, slot)| merge(json!({ "address": addr.to_string() }), counters(*slot)))
+                    .map(|(addr, slot)| api::RetiredReal {
+                        address: (*addr).into(),
+                        counters: counters(*slot),
+                    })
                     .collect();
-                let mut service = json!({
-                    "name": vs.name,
-                    "vip": vs.vip.to_string(),
-                    "protocol": vs.protocol.as_str(),
-                    "mode": vs.mode.as_str(),
-                    "scheduler": vs.scheduler.as_str(),
-                    "persistence": vs.persistence.as_secs(),
-                    "quorum": s.config.quorum,
-                    "healthy": s.reals.iter().filter(|r| r.admin != Admin::Disabled && r.health != Some(Health::Down)).count(),
-                    "serving": s.serving,
-                    "up": s.up() || s.sorry_active,
-                    "sorry_server": s.sorry.map(|(addr, slot)| json!({
-                        "address": addr.to_string(),
-                        "active": s.sorry_active,
-                        "counters": counters(slot),
-                    })),
-                    "check": s.config.check.as_ref().map(|c| json!({
-                        "kind": match &c.kind {
+                let fullnat = vs.mode == Mode::FullNat;
+                api::ServiceView {
+                    name: vs.name.clone(),
+                    vip: vs.vip.into(),
+                    protocol: vs.protocol.as_str().to_string(),
+                    mode: vs.mode.as_str().to_string(),
+                    scheduler: vs.scheduler.as_str().to_string(),
+                    persistence: vs.persistence.as_secs(),
+                    quorum: s.config.quorum,
+                    healthy: s
+                        .reals
+                        .iter()
+                        .filter(|r| r.admin != Admin::Disabled && r.health != Some(Health::Down))
+                        .count(),
+                    serving: s.serving,
+                    up: s.up() || s.sorry_active,
+                    sorry_server: s.sorry.map(|(addr, slot)| api::SorryServer {
+                        address: addr.into(),
+                        active: s.sorry_active,
+                        counters: counters(slot),
+                    }),
+                    check: s.config.check.as_ref().map(|c| api::CheckView {
+                        kind: match &c.kind {
                             CheckKind::Tcp => "tcp",
                             CheckKind::Http { .. } => "http",
                             CheckKind::Udp { .. } => "udp",
                             CheckKind::Exec { .. } => "exec",
-                        },
-                        "interval_ms": c.interval.as_millis() as u64,
-                        "timeout_ms": c.timeout.as_millis() as u64,
-                        "rise": c.rise,
-                        "fall": c.fall,
-                        "on_fail": match c.on_fail { OnFail::Inhibit => "inhibit", OnFail::Remove => "remove" },
-                    })),
-                    "reals": reals,
-                    "retired": retired,
-                });
-                if vs.mode == Mode::FullNat {
-                    service["local_addresses"] = json!(vs
-                        .local_addresses
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>());
-                    service["proxy_protocol"] = json!(vs.proxy_protocol.map(|p| match p {
-                        ProxyProtocol::V2 => "v2",
-                    }));
+                        }
+                        .to_string(),
+                        interval_ms: c.interval.as_millis() as u64,
+                        timeout_ms: c.timeout.as_millis() as u64,
+                        rise: c.rise,
+                        fall: c.fall,
+                        on_fail: match c.on_fail {
+                            OnFail::Inhibit => "inhibit",
+                            OnFail::Remove => "remove",
+                        }
+                        .to_string(),
+                    }),
+                    reals,
+                    retired,
+                    local_addresses: fullnat.then(|| {
+                        vs.local_addresses
+                            .iter()
+                            .map(|a| std::net::IpAddr::V4(*a))
+                            .collect()
+                    }),
+                    proxy_protocol: fullnat.then(|| {
+                        vs.proxy_protocol.map(|p| match p {
+                            ProxyProtocol::V2 => "v2".to_string(),
+                        })
+                    }),
                 }
-                service
             })
-            .collect();
-        Value::Array(list)
+            .collect()
     }
 
-    /// `director status`'s per-service lines.
-    pub fn status_json(&self) -> (Value, Value) {
+    /// `director status`'s per-service lines, and which config runs (its `path` left for
+    /// the caller, who knows the file).
+    pub fn status_view(&self) -> (Vec<api::StatusService>, api::ConfigInfo) {
         let st = self.lock();
-        let services: Vec<Value> = st
+        let services = st
             .services
             .iter()
             .map(|s| {
                 let vs = &s.config.virtual_service;
-                json!({
-                    "name": vs.name,
-                    "vip": vs.vip.to_string(),
-                    "protocol": vs.protocol.as_str(),
-                    "mode": vs.mode.as_str(),
-                    "up": s.up() || s.sorry_active,
-                    "healthy": s.serving,
-                    "total": s.reals.len(),
-                    "quorum": s.config.quorum,
-                    "sorry_active": s.sorry_active,
-                })
+                api::StatusService {
+                    name: vs.name.clone(),
+                    vip: vs.vip.into(),
+                    protocol: vs.protocol.as_str().to_string(),
+                    mode: vs.mode.as_str().to_string(),
+                    up: s.up() || s.sorry_active,
+                    healthy: s.serving,
+                    total: s.reals.len(),
+                    quorum: s.config.quorum,
+                    sorry_active: s.sorry_active,
+                }
             })
             .collect();
-        let config = json!({
-            "generation": st.generation,
-            "loaded_at": unix_seconds(st.loaded_at),
-        });
-        (Value::Array(services), config)
+        let config = api::ConfigInfo {
+            path: String::new(),
+            generation: st.generation,
+            loaded_at: unix_seconds(st.loaded_at),
+        };
+        (services, config)
     }
 }
 
@@ -1042,10 +1069,17 @@ address = "198.18.2.11:8053"
             EventLog::default(),
         )
         .expect("runtime");
-        let v = rt.services_json(&|_, _| Value::Null);
-        assert_eq!(v[0]["local_addresses"], json!(["198.18.2.5", "198.18.2.6"]));
-        assert_eq!(v[0]["proxy_protocol"], "v2");
-        let nat = v[1].as_object().expect("a service object");
+        let v = rt.services_view(&|_, _| None);
+        assert_eq!(
+            v[0].local_addresses,
+            Some(vec![
+                "198.18.2.5".parse().unwrap(),
+                "198.18.2.6".parse().unwrap()
+            ])
+        );
+        assert_eq!(v[0].proxy_protocol, Some(Some("v2".to_string())));
+        let nat = serde_json::to_value(&v[1]).expect("a service encodes");
+        let nat = nat.as_object().expect("a service object");
         assert!(!nat.contains_key("local_addresses") && !nat.contains_key("proxy_protocol"));
         // The interception rules get the LIPs with the service.
         assert_eq!(rt.nft_services()[0].local_addresses.len(), 2);

@@ -16,10 +16,18 @@ use serde_json::Value;
 
 const DIR: &str = "tests/metrics";
 
-fn fixture(name: &str) -> Value {
+/// A fixture, held to its view: it must read into the view and write back unchanged, so it
+/// is an answer the daemon can give.
+fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = format!("{DIR}/{name}.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let data: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let back = director::api::round_trip(name, &data).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(
+        back, data,
+        "{path} has keys its view does not (left: the view, right: the fixture)"
+    );
+    serde_json::from_value(data).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn input() -> MetricsInput {
@@ -274,7 +282,7 @@ fn the_checker_catches_what_it_should() {
 #[test]
 fn odd_label_values_stay_valid() {
     let mut views = input();
-    views.services[0]["name"] = Value::from("we\"b\\\nx");
+    views.services[0].name = "we\"b\\\nx".to_string();
     let text = metrics::render(&views);
     check_text_format(&text).unwrap_or_else(|e| panic!("{e}"));
     assert!(text.contains("service=\"we\\\"b\\\\\\nx\""));

@@ -575,12 +575,23 @@ fn boot_check_passes_when_the_daemon_hears_its_peer() {
             let mut line = String::new();
             BufReader::new(&stream).read_line(&mut line).expect("read");
             let req: Value = serde_json::from_str(&line).expect("a JSON request");
+            // Answers the daemon gives (the CLI's golden fixtures, held to the API's views):
+            // the sync peer down, one instance BACKUP that has heard 3 adverts.
+            let fixture = |name: &str| -> Value {
+                let path = format!("tests/cli_golden/{name}.json");
+                serde_json::from_str(&std::fs::read_to_string(&path).expect("a fixture"))
+                    .expect("a JSON fixture")
+            };
             let data = match req["command"].as_str() {
-                Some("status") => {
-                    json!({"node": "lb-b", "sync": {"enabled": true, "peer": "down"}})
+                Some("status") => fixture("status--mixed"),
+                Some("vrrp") => {
+                    let mut v = fixture("vrrp");
+                    let ext = &mut v["instances"][0];
+                    ext["state"] = json!("BACKUP");
+                    ext["counters"]["adverts_rx"] = json!(3);
+                    v["instances"][1]["counters"]["adverts_rx"] = json!(0);
+                    v
                 }
-                Some("vrrp") => json!({"standalone": false, "instances": [
-                    {"name": "ext", "state": "BACKUP", "master": "198.18.1.2", "counters": {"adverts_rx": 3}}]}),
                 other => panic!("unexpected request {other:?}"),
             };
             writeln!(&stream, "{}", json!({"ok": true, "data": data})).expect("reply");

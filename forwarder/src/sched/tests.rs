@@ -420,28 +420,3 @@ fn mh_removing_one_backend_moves_little_more_than_its_clients() {
         "moved {moved}, of which {own} had to"
     );
 }
-
-/// Build time of the mh table, a benchmark rather than a test:
-/// `cargo test -p forwarder --release -- --ignored --nocapture mh_build_time`
-#[test]
-#[ignore]
-fn mh_build_time() {
-    for n in [3usize, 100, 1000] {
-        let weights: Vec<u32> = (0..n as u32).map(|i| 1 + i % 5).collect();
-        let b: Vec<Backend> = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| Backend {
-                addr: SocketAddrV4::new(Ipv4Addr::from(0xc612_0000 + i as u32), 80),
-                weight,
-                slot: 0,
-            })
-            .collect();
-        let runs = 20;
-        let start = std::time::Instant::now();
-        for _ in 0..runs {
-            std::hint::black_box(Scheduler::new(SchedulerKind::Mh, b.clone()));
-        }
-        println!("mh build, {n} backends: {:?}", start.elapsed() / runs);
-    }
-}

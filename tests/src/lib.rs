@@ -1,6 +1,8 @@
 //! The network-namespace lab: topology builder with RAII teardown, lab servers and
 //! benchmark drivers.
 //!
+//! - `harness`: the test harness of `tests/tests/*.rs` (a test this machine cannot run is
+//!   reported as ignored, never as passed; under CI it fails).
 //! - `lab`: hosts (network namespaces), bridges, veth links, processes inside hosts,
 //!   captures, and the teardown that removes all of it (see its module docs).
 //! - `pattern`: the deterministic byte stream `labsrv` serves on `/stream`, so a client can
@@ -15,6 +17,7 @@
 //!   (this host kernel has no ipip module): raw IP-protocol-4 socket → TUN device.
 
 pub mod flows;
+pub mod harness;
 pub mod keepalived;
 pub mod lab;
 pub mod labpkt;

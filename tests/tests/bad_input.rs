@@ -59,7 +59,6 @@ fn assert_healthy(topo: &mut Topo, after: &str) {
     );
 }
 
-#[test]
 fn nat_malformed_input_is_dropped_and_counted() {
     let Some((mut topo, dmac)) = nat_topo("bad-input") else {
         return;
@@ -120,7 +119,6 @@ fn nat_malformed_input_is_dropped_and_counted() {
     assert_healthy(&mut topo, "malformed input");
 }
 
-#[test]
 fn nat_garbage_burst_crashes_nothing() {
     let Some((mut topo, dmac)) = nat_topo("garbage") else {
         return;
@@ -138,4 +136,9 @@ fn nat_garbage_burst_crashes_nothing() {
     eprintln!("garbage: rx moved by {}", rx(&topo) - rx_before);
     topo.director_json("stats").expect("director stats answers");
     assert_healthy(&mut topo, "10,000 garbage frames");
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nat_malformed_input_is_dropped_and_counted, nat_garbage_burst_crashes_nothing]
 }

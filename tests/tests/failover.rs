@@ -105,7 +105,6 @@ fn node_mac(pair: &Pair, n: usize) -> String {
     pair.nodes[n].mac("ext").expect("mac").to_string()
 }
 
-#[test]
 fn sigkill_master_backup_takes_the_vip_and_the_client_follows() {
     let mut spec = PairSpec::new(Mode::Dr);
     spec.interval = "100ms".into();
@@ -151,7 +150,6 @@ fn sigkill_master_backup_takes_the_vip_and_the_client_follows() {
     eprintln!("takeover after SIGKILL: {takeover:?}");
 }
 
-#[test]
 fn clean_stop_hands_over_within_skew_time() {
     let mut spec = PairSpec::new(Mode::Dr);
     spec.interval = "1s".into();
@@ -187,7 +185,6 @@ fn clean_stop_hands_over_within_skew_time() {
 
 /// Restarting the old, higher-priority master: with preempt it takes the VIP back, and the
 /// two masters overlap by less than one advert interval; without preempt it stays backup.
-#[test]
 fn restarted_master_preempts_or_not_per_config() {
     for preempt in [true, false] {
         let mut spec = PairSpec::new(Mode::Dr);
@@ -242,7 +239,6 @@ fn restarted_master_preempts_or_not_per_config() {
 
 /// `director demote` on the master hands over at once (priority 0); `director promote` on
 /// the old master takes it back.
-#[test]
 fn demote_and_promote_switch_over() {
     let mut spec = PairSpec::new(Mode::Dr);
     spec.interval = "100ms".into();
@@ -278,7 +274,6 @@ fn demote_and_promote_switch_over() {
 
 /// NAT: the external VIP and the real servers' gateway move together (sync group), and
 /// traffic flows through the new master both ways.
-#[test]
 fn nat_sync_group_moves_both_vips() {
     let mut spec = PairSpec::new(Mode::Nat);
     spec.interval = "100ms".into();
@@ -298,7 +293,6 @@ fn nat_sync_group_moves_both_vips() {
 /// daemon's process (SIGSTOP) freezes everything, so instead the test tracks an interface:
 /// taking lb-a's `ext` link down faults the instance and lb-b takes over; bringing it back
 /// up returns lb-a to backup and then to master (preempt).
-#[test]
 fn interface_down_faults_the_master() {
     let mut spec = PairSpec::new(Mode::Dr);
     spec.interval = "100ms".into();
@@ -317,7 +311,6 @@ fn interface_down_faults_the_master() {
 
 /// Instance notify hooks run on every transition with INSTANCE NAME STATE PRIORITY (STOP when
 /// the daemon stops).
-#[test]
 fn notify_hooks_run_on_every_transition() {
     let Some(lab) = Lab::for_test("fo-notify") else {
         return;
@@ -441,7 +434,6 @@ fn send_raw(ifname: &str, datagrams: &[Vec<u8>]) {
 /// Malformed and foreign adverts injected on the segment — each claiming priority 254, so
 /// that any one wrongly accepted would make the master yield — are counted by kind and change
 /// nothing; the daemons keep running.
-#[test]
 fn malformed_and_foreign_adverts_are_counted_and_ignored() {
     use vrrp::wire::{encode_ipv4_datagram, Advert, ChecksumMode, Version, MULTICAST_V4};
     let mut spec = PairSpec::new(Mode::Dr);
@@ -533,4 +525,9 @@ fn malformed_and_foreign_adverts_are_counted_and_ignored() {
     }
     assert_eq!(pair.state(0, "ext").unwrap(), "MASTER");
     assert_eq!(pair.state(1, "ext").unwrap(), "BACKUP");
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [sigkill_master_backup_takes_the_vip_and_the_client_follows, clean_stop_hands_over_within_skew_time, restarted_master_preempts_or_not_per_config, demote_and_promote_switch_over, nat_sync_group_moves_both_vips, interface_down_faults_the_master, notify_hooks_run_on_every_transition, malformed_and_foreign_adverts_are_counted_and_ignored]
 }

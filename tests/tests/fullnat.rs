@@ -37,7 +37,6 @@ fn proxy_v2_header(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
 /// The lab's nginx takes a PROXY v2 header and logs its client address, and refuses a
 /// connection that starts without one. No director: the director's namespace (on `int`)
 /// talks to rs1 directly.
-#[test]
 fn nginx_instrument_logs_the_proxy_protocol_client() {
     let Some(lab) = Lab::for_test("fn-nginx") else {
         return;
@@ -93,7 +92,6 @@ fn assert_no_route_to_client(topo: &Topo) {
     }
 }
 
-#[test]
 fn fullnat_http_balanced_reals_see_only_lips() {
     let svc = [ServiceSpec::http("rr", &[1, 1, 1])];
     let Some(topo) = Topo::started("fn-http", Mode::FullNat, &svc) else {
@@ -149,7 +147,6 @@ fn nginx_topo(tag: &str) -> Option<(Topo, Vec<Nginx>)> {
     Some((topo, ngx))
 }
 
-#[test]
 fn fullnat_proxy_protocol_nginx_logs_the_client() {
     let Some((topo, ngx)) = nginx_topo("fn-pp") else {
         return;
@@ -202,7 +199,6 @@ fn fullnat_proxy_protocol_nginx_logs_the_client() {
 /// A long download and a long upload through the PROXY protocol service: every byte exact,
 /// so every segment's sequence numbers (toward the real server) and acknowledgement numbers
 /// (back to the client) were shifted right.
-#[test]
 fn fullnat_proxy_protocol_long_transfers_are_exact() {
     const BYTES: usize = 16 << 20;
     let Some((topo, ngx)) = nginx_topo("fn-pp-bulk") else {
@@ -239,4 +235,9 @@ fn fullnat_proxy_protocol_long_transfers_are_exact() {
             assert_eq!(a.proxy.map(|p| *p.ip()), Some(CLIENT), "{}: {a:?}", n.name);
         }
     }
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nginx_instrument_logs_the_proxy_protocol_client, fullnat_http_balanced_reals_see_only_lips, fullnat_proxy_protocol_nginx_logs_the_client, fullnat_proxy_protocol_long_transfers_are_exact]
 }

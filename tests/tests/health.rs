@@ -49,7 +49,6 @@ fn time_until(topo: &Topo, i: usize, health: &str) -> Duration {
     start.elapsed()
 }
 
-#[test]
 fn a_dead_real_server_is_taken_out_and_comes_back() {
     let svc = [web("")];
     let Some(mut topo) = Topo::started("health", Mode::Nat, &svc) else {
@@ -118,7 +117,6 @@ fn a_dead_real_server_is_taken_out_and_comes_back() {
     );
 }
 
-#[test]
 fn the_sorry_server_answers_when_every_real_is_down() {
     // rs1 and rs2 serve; rs3 runs a second HTTP server on :9090 as the sorry server.
     let sorry = "sorry_server = \"198.18.2.13:9090\"";
@@ -175,4 +173,9 @@ fn the_sorry_server_answers_when_every_real_is_down() {
         "the sorry server steps back"
     );
     sorry_srv.stop(Duration::from_secs(2));
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [a_dead_real_server_is_taken_out_and_comes_back, the_sorry_server_answers_when_every_real_is_down]
 }

@@ -124,22 +124,23 @@ fn interop(tag: &str, version: u8, unicast: bool) {
     assert_eq!(v["malformed"], serde_json::json!({}), "{v}");
 }
 
-#[test]
 fn keepalived_v3_multicast() {
     interop("ka-v3m", 3, false);
 }
 
-#[test]
 fn keepalived_v3_unicast() {
     interop("ka-v3u", 3, true);
 }
 
-#[test]
 fn keepalived_v2_multicast() {
     interop("ka-v2m", 2, false);
 }
 
-#[test]
 fn keepalived_v2_unicast() {
     interop("ka-v2u", 2, true);
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [keepalived_v3_multicast, keepalived_v3_unicast, keepalived_v2_multicast, keepalived_v2_unicast]
 }

@@ -89,7 +89,6 @@ fn ns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
-#[test]
 fn ping_http_udp_through_a_router() {
     let Some(lab) = Lab::for_test("route") else {
         return;
@@ -157,7 +156,6 @@ fn ping_http_udp_through_a_router() {
     );
 }
 
-#[test]
 fn stream_is_complete_and_in_order() {
     let Some(lab) = Lab::for_test("stream") else {
         return;
@@ -193,7 +191,6 @@ fn stream_is_complete_and_in_order() {
     assert!(head.contains(&format!("X-Stream-Fnv1a: {:016x}", pattern::digest(n))));
 }
 
-#[test]
 fn direct_link_sysctl_and_iface_facts() {
     let Some(lab) = Lab::for_test("link") else {
         return;
@@ -227,7 +224,6 @@ fn direct_link_sysctl_and_iface_facts() {
     assert!(lab.attach(&a, &br, "eth2", "192.168.1.1/24").is_err());
 }
 
-#[test]
 fn processes_signals_and_timeouts() {
     let Some(lab) = Lab::for_test("procs") else {
         return;
@@ -256,7 +252,6 @@ fn processes_signals_and_timeouts() {
     assert_eq!(String::from_utf8_lossy(&links.stdout).lines().count(), 1);
 }
 
-#[test]
 fn teardown_removes_namespaces_processes_and_files() {
     let Some(lab) = Lab::for_test("teardown") else {
         return;
@@ -310,7 +305,6 @@ fn teardown_removes_namespaces_processes_and_files() {
     .expect("lab processes still running after teardown");
 }
 
-#[test]
 fn a_panicking_test_still_cleans_up() {
     if Lab::for_test("probe").is_none() {
         return;
@@ -340,7 +334,6 @@ fn a_panicking_test_still_cleans_up() {
     );
 }
 
-#[test]
 fn parallel_labs_do_not_collide() {
     if Lab::for_test("probe").is_none() {
         return;
@@ -369,7 +362,6 @@ fn parallel_labs_do_not_collide() {
     assert!(all[0].iter().all(|ns| !all[1].contains(ns)));
 }
 
-#[test]
 fn reap_stale_removes_labs_of_dead_runs_only() {
     let Some(lab) = Lab::for_test("reap") else {
         return;
@@ -392,7 +384,6 @@ fn reap_stale_removes_labs_of_dead_runs_only() {
     }
 }
 
-#[test]
 fn a_missing_program_is_an_error_not_a_failure() {
     let Some(lab) = Lab::for_test("missing") else {
         return;
@@ -400,4 +391,9 @@ fn a_missing_program_is_an_error_not_a_failure() {
     let h = lab.host("h").unwrap();
     let e = h.exec_ok(["no-such-program-here"]).unwrap_err();
     assert!(format!("{e:#}").contains("No such file"), "{e:#}");
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [ping_http_udp_through_a_router, stream_is_complete_and_in_order, direct_link_sysctl_and_iface_facts, processes_signals_and_timeouts, teardown_removes_namespaces_processes_and_files, a_panicking_test_still_cleans_up, parallel_labs_do_not_collide, reap_stale_removes_labs_of_dead_runs_only, a_missing_program_is_an_error_not_a_failure]
 }

@@ -38,7 +38,6 @@ fn echo_reals(topo: &Topo) -> (Vec<Value>, Vec<Value>) {
     )
 }
 
-#[test]
 fn reload_reweights_and_removes_without_dropping_a_flow() {
     let services = vec![
         ServiceSpec::http("rr", &[1, 1, 1]),
@@ -171,7 +170,6 @@ fn synced_pair(tag: &str, extra: &str, check: Option<&str>) -> Option<Pair> {
     Some(pair)
 }
 
-#[test]
 fn demote_and_promote_move_the_vip_with_no_flow_lost_and_every_command_answers() {
     let check = "kind = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"";
     let Some(pair) = synced_pair("ops-pair", "quorum = 1", Some(check)) else {
@@ -248,7 +246,6 @@ fn demote_and_promote_move_the_vip_with_no_flow_lost_and_every_command_answers()
     );
 }
 
-#[test]
 fn a_box_whose_checks_fail_resigns_through_the_quorum() {
     let check = "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"";
     let Some(pair) = synced_pair("ops-quorum", "quorum = 2", Some(check)) else {
@@ -307,7 +304,6 @@ fn box_state(pair: &Pair, n: usize) -> (String, String, String, Value) {
 /// same config (so the same control socket) and with a copy that names another socket: each
 /// refuses to start, says why, and nothing of the running one changes (rules, VIPs, XDP,
 /// VRRP state, flows).
-#[test]
 fn a_second_daemon_started_by_mistake_changes_nothing_of_the_running_one() {
     let Some(pair) = synced_pair("ops-second", "", None) else {
         return;
@@ -420,7 +416,6 @@ impl Drop for FrozenThread {
 /// keepalived's checker is known to freeze silently. Here lb-a's health-check thread is
 /// frozen under 60 long flows: within seconds the box resigns (the `threads` track faults
 /// VRRP) and lb-b takes the VIP with no flow lost; resumed, lb-a takes it back.
-#[test]
 fn a_frozen_health_thread_makes_the_master_resign() {
     let Some(pair) = synced_pair("ops-frozen", "", None) else {
         return;
@@ -448,4 +443,9 @@ fn a_frozen_health_thread_makes_the_master_resign() {
     std::thread::sleep(Duration::from_secs(1));
     let report = flows::stop(flows);
     flows::assert_all_ok(&report, LONG);
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [reload_reweights_and_removes_without_dropping_a_flow, demote_and_promote_move_the_vip_with_no_flow_lost_and_every_command_answers, a_box_whose_checks_fail_resigns_through_the_quorum, a_second_daemon_started_by_mistake_changes_nothing_of_the_running_one, a_frozen_health_thread_makes_the_master_resign]
 }

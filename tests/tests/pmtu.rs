@@ -117,12 +117,15 @@ fn pmtu_through_director(mode: Mode) {
     );
 }
 
-#[test]
 fn nat_path_mtu_discovery_through_the_director() {
     pmtu_through_director(Mode::Nat);
 }
 
-#[test]
 fn dr_path_mtu_discovery_through_the_director() {
     pmtu_through_director(Mode::Dr);
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nat_path_mtu_discovery_through_the_director, dr_path_mtu_discovery_through_the_director]
 }

@@ -181,19 +181,16 @@ fn quiesce(tag: &str, mode: Mode) {
     );
 }
 
-#[test]
 fn nat_drain_and_restore() {
     quiesce("nat_quiesce", Mode::Nat);
 }
 
-#[test]
 fn dr_drain_and_restore() {
     quiesce("dr_quiesce", Mode::Dr);
 }
 
 /// The CLI's human tables against a live daemon (after some NAT traffic), and exit code 3
 /// where no daemon listens.
-#[test]
 fn cli_tables_and_no_daemon() {
     let Some(lab) = Lab::for_test("cli_tables") else {
         return;
@@ -293,4 +290,9 @@ fn cli_tables_and_no_daemon() {
             "stderr {out:?}"
         );
     }
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nat_drain_and_restore, dr_drain_and_restore, cli_tables_and_no_daemon]
 }

@@ -123,19 +123,16 @@ fn no_rsts_for_service_traffic(mode: Mode) {
     );
 }
 
-#[test]
 fn nat_director_sends_no_rsts_for_service_traffic() {
     no_rsts_for_service_traffic(Mode::Nat);
 }
 
-#[test]
 fn dr_director_sends_no_rsts_for_service_traffic() {
     no_rsts_for_service_traffic(Mode::Dr);
 }
 
 /// (c) with the real servers drained at run time (`director real drain`), after traffic has
 /// flowed to them.
-#[test]
 fn nat_no_rsts_after_runtime_drain() {
     let Some(lab) = Lab::for_test("rst-drain") else {
         return;
@@ -159,4 +156,9 @@ fn nat_no_rsts_after_runtime_drain() {
     assert_eq!(moved, want, "drops for 50 SYNs with every real drained");
     let rsts = segments(&cap.stop().expect("stop capture"));
     assert!(rsts.is_empty(), "RSTs reached the client: {rsts:?}");
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nat_director_sends_no_rsts_for_service_traffic, dr_director_sends_no_rsts_for_service_traffic, nat_no_rsts_after_runtime_drain]
 }

@@ -134,7 +134,6 @@ fn persistence(tag: &str, mode: Mode) {
 
 macro_rules! distribution_tests {
     ($($name:ident: $mode:expr, $sched:literal, $weights:expr;)*) => {$(
-        #[test]
         fn $name() {
             distribution(stringify!($name), $mode, $sched, &$weights);
         }
@@ -154,7 +153,6 @@ distribution_tests! {
 
 macro_rules! source_hash_tests {
     ($($name:ident: $mode:expr, $sched:literal;)*) => {$(
-        #[test]
         fn $name() {
             source_hash(stringify!($name), $mode, $sched);
         }
@@ -168,12 +166,15 @@ source_hash_tests! {
     dr_mh: Mode::Dr, "mh";
 }
 
-#[test]
 fn nat_rr_persistence() {
     persistence("nat_persist", Mode::Nat);
 }
 
-#[test]
 fn dr_rr_persistence() {
     persistence("dr_persist", Mode::Dr);
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nat_rr_persistence, dr_rr_persistence, nat_rr, dr_rr, nat_wrr, dr_wrr, nat_lc, dr_lc, nat_wlc, dr_wlc, nat_sh, dr_sh, nat_mh, dr_mh]
 }

@@ -3,7 +3,6 @@
 use director_lab::topo::{tally, ServiceSpec, Topo};
 use director_lab::Lab;
 
-#[test]
 fn nat_round_robin_smoke() {
     let Some(lab) = Lab::for_test("smoke") else {
         return;
@@ -25,7 +24,6 @@ fn nat_round_robin_smoke() {
 /// exempts local destinations — this is how health checks will reach the real servers), a
 /// service of the box itself (standing in for SSH) answers on the director's address, and
 /// ICMP echo to the VIP is answered by the kernel.
-#[test]
 fn own_traffic_untouched() {
     let Some(lab) = Lab::for_test("own") else {
         return;
@@ -105,4 +103,9 @@ fn own_traffic_untouched() {
         stats["datapath"]["passed"].as_u64().unwrap_or(0) > 0,
         "own traffic seen by the rings and passed: {stats}"
     );
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nat_round_robin_smoke, own_traffic_untouched]
 }

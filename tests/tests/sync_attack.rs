@@ -59,7 +59,6 @@ fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
     ip.get(ihl + 8..)
 }
 
-#[test]
 fn bad_sync_datagrams_are_refused_by_kind_and_change_no_replica() {
     let Some(pair) = synced_pair("syncbad", Mode::Nat, false) else {
         return;
@@ -181,7 +180,6 @@ fn bad_sync_datagrams_are_refused_by_kind_and_change_no_replica() {
     assert!(pair.sync_peer_up(1).expect("lb-b sync"));
 }
 
-#[test]
 fn multicast_sync_replicates_to_the_standby() {
     let Some(mut pair) = synced_pair("syncmc", Mode::Dr, true) else {
         return;
@@ -199,4 +197,9 @@ fn multicast_sync_replicates_to_the_standby() {
     pair.kill(0).expect("kill lb-a");
     pair.wait_state(1, "ext", "MASTER", T).expect("lb-b master");
     pair.curl().expect("curl through lb-b");
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [bad_sync_datagrams_are_refused_by_kind_and_change_no_replica, multicast_sync_replicates_to_the_standby]
 }

@@ -197,29 +197,24 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
     }
 }
 
-#[test]
 fn nat_failover_and_failback_lose_no_flow() {
     failover_loses_nothing(Mode::Nat, Proxy::No);
 }
 
-#[test]
 fn dr_failover_and_failback_lose_no_flow() {
     failover_loses_nothing(Mode::Dr, Proxy::No);
 }
 
-#[test]
 fn tun_failover_and_failback_lose_no_flow() {
     failover_loses_nothing(Mode::Tun, Proxy::No);
 }
 
-#[test]
 fn fullnat_failover_and_failback_lose_no_flow() {
     failover_loses_nothing(Mode::FullNat, Proxy::No);
 }
 
 /// FULLNAT with the PROXY protocol on the long connections: the sequence shift of each
 /// connection must survive both switches, or the echoed bytes would be misplaced.
-#[test]
 fn fullnat_proxy_protocol_failover_and_failback_lose_no_flow() {
     failover_loses_nothing(Mode::FullNat, Proxy::V2);
 }
@@ -250,27 +245,27 @@ fn baseline(mode: Mode, proxy: Proxy) {
     }
 }
 
-#[test]
 fn flowcheck_baseline_nat() {
     baseline(Mode::Nat, Proxy::No);
 }
 
-#[test]
 fn flowcheck_baseline_dr() {
     baseline(Mode::Dr, Proxy::No);
 }
 
-#[test]
 fn flowcheck_baseline_tun() {
     baseline(Mode::Tun, Proxy::No);
 }
 
-#[test]
 fn flowcheck_baseline_fullnat() {
     baseline(Mode::FullNat, Proxy::No);
 }
 
-#[test]
 fn flowcheck_baseline_fullnat_proxy_protocol() {
     baseline(Mode::FullNat, Proxy::V2);
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nat_failover_and_failback_lose_no_flow, dr_failover_and_failback_lose_no_flow, tun_failover_and_failback_lose_no_flow, fullnat_failover_and_failback_lose_no_flow, fullnat_proxy_protocol_failover_and_failback_lose_no_flow, flowcheck_baseline_nat, flowcheck_baseline_dr, flowcheck_baseline_tun, flowcheck_baseline_fullnat, flowcheck_baseline_fullnat_proxy_protocol]
 }

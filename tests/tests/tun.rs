@@ -53,7 +53,6 @@ fn udp_datagram(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8>
 /// The stand-in by itself: the director's namespace sends one IPIP packet (the kernel adds
 /// the outer header to what a protocol-4 raw socket sends) holding a client datagram to
 /// VIP:5353; `labsrv` on rs1 answers the client straight through `gw`.
-#[test]
 fn tun_decap_stand_in_delivers_to_the_vip() {
     let Some(lab) = Lab::for_test("tun-decap") else {
         return;
@@ -157,7 +156,6 @@ fn assert_all_ipip(frames: &[Vec<u8>], reals: &[Ipv4Addr]) -> usize {
     frames.len()
 }
 
-#[test]
 fn tun_http_balanced_replies_bypass_the_director() {
     let svc = [ServiceSpec::http("rr", &[1, 1, 1])];
     let Some(mut topo) = Topo::started("tun-http", Mode::Tun, &svc) else {
@@ -254,7 +252,6 @@ fn tun_http_balanced_replies_bypass_the_director() {
 /// are real 1500-byte frames); wrapped they would be 1520. The director answers
 /// fragmentation-needed with MTU 1480, the client lowers its path MTU to the VIP, and a long
 /// upload through the echo service comes back byte for byte.
-#[test]
 fn tun_path_mtu_upload_completes() {
     const BYTES: usize = 2_000_000;
     let svc = [ServiceSpec::echo("rr", &[1])];
@@ -319,7 +316,6 @@ fn tun_path_mtu_upload_completes() {
 /// A DF datagram of 1500 bytes (1472 of payload) fits the client's link but not the
 /// director's once wrapped: fragmentation-needed, MTU 1480, and nothing delivered. One of
 /// 1480 bytes goes through and is answered.
-#[test]
 fn tun_df_udp_too_big_gets_frag_needed() {
     let svc = ServiceSpec::udp("rr", &[1]);
     let Some(lab) = Lab::for_test("tun-df") else {
@@ -391,4 +387,9 @@ fn tun_df_udp_too_big_gets_frag_needed() {
         .collect();
     assert_eq!(seen.len(), 1, "rs1 got {seen:?}");
     assert!(seen[0].ends_with("len=1452"), "{seen:?}");
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [tun_decap_stand_in_delivers_to_the_vip, tun_http_balanced_replies_bypass_the_director, tun_path_mtu_upload_completes, tun_df_udp_too_big_gets_frag_needed]
 }

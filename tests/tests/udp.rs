@@ -78,34 +78,28 @@ fn udp_distribution(tag: &str, mode: Mode, scheduler: &'static str, weights: &[u
     );
 }
 
-#[test]
 fn nat_udp_rr() {
     udp_distribution("nat_udp_rr", Mode::Nat, "rr", &[1, 1, 1]);
 }
 
-#[test]
 fn dr_udp_rr() {
     udp_distribution("dr_udp_rr", Mode::Dr, "rr", &[1, 1, 1]);
 }
 
-#[test]
 fn tun_udp_rr() {
     udp_distribution("tun_udp_rr", Mode::Tun, "rr", &[1, 1, 1]);
 }
 
-#[test]
 fn fullnat_udp_rr() {
     udp_distribution("fullnat_udp_rr", Mode::FullNat, "rr", &[1, 1, 1]);
 }
 
-#[test]
 fn nat_udp_wrr() {
     udp_distribution("nat_udp_wrr", Mode::Nat, "wrr", &[1, 2, 3]);
 }
 
 /// Source hashing on UDP: one client address, many ports, one real; and the lab's own
 /// connected-socket helper gets the same real's reply.
-#[test]
 fn dr_udp_sh() {
     let svc = ServiceSpec::udp("sh", &[1, 1, 1]);
     let Some(topo) = Topo::started("dr_udp_sh", Mode::Dr, std::slice::from_ref(&svc)) else {
@@ -129,4 +123,9 @@ fn dr_udp_sh() {
         String::from_utf8_lossy(&reply),
         format!("{} connected", names[0])
     );
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [nat_udp_rr, dr_udp_rr, tun_udp_rr, fullnat_udp_rr, nat_udp_wrr, dr_udp_sh]
 }

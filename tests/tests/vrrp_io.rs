@@ -112,7 +112,6 @@ fn check_vrrp(d: &Dgram, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) {
 /// delivered to a socket that did not join, even on a host where another socket joined the
 /// group on the same interface. Each negative is shown by a unicast, sent after the multicast
 /// on the same path, arriving first.
-#[test]
 fn multicast_advert_reaches_joined_peers_only() {
     let Some(lab) = Lab::for_test("vio-mc") else {
         return;
@@ -142,7 +141,6 @@ fn multicast_advert_reaches_joined_peers_only() {
 /// Unicast to the box's address arrives with TTL 255 and the sender's chosen (secondary)
 /// address; a datagram to the same address arriving on another interface goes to that
 /// interface's socket only (SO_BINDTODEVICE).
-#[test]
 fn unicast_advert_is_received_on_its_interface_only() {
     let Some(lab) = Lab::for_test("vio-uc") else {
         return;
@@ -176,7 +174,6 @@ fn addr_lines(host: &Host) -> String {
 
 /// VIP add and del are idempotent, keep the prefix, and show in `ip -4 addr`; `link` reads
 /// index, name, MAC and state; errors name the request and carry the kernel's errno.
-#[test]
 fn rtnl_adds_lists_and_deletes_vips() {
     let Some(lab) = Lab::for_test("vio-addr") else {
         return;
@@ -222,7 +219,6 @@ fn neigh(host: &Host) -> String {
 /// entry at b's MAC. No wait past c's `locktime` (1 s): Linux lets a gratuitous ARP (sender IP
 /// = target IP) override within it, which is the form sent here. (On a slow run the locktime
 /// passes anyway, so the test cannot flake; it is then only less strict.)
-#[test]
 fn garp_moves_neighbour_entry_to_new_master() {
     let Some(lab) = Lab::for_test("vio-garp") else {
         return;
@@ -281,7 +277,6 @@ fn wait_event(w: &mut LinkWatcher, want: impl Fn(&LinkEvent) -> bool) -> LinkEve
 }
 
 /// `ip link set eth0 down` / `up` arrive as events with eth0's index and name and the state.
-#[test]
 fn link_watcher_sees_down_and_up() {
     let Some(lab) = Lab::for_test("vio-link") else {
         return;
@@ -315,7 +310,6 @@ fn as_root(test: &str) -> bool {
 }
 
 /// `set_realtime` puts the calling thread, and only it, in SCHED_FIFO at the priority given.
-#[test]
 fn rt_set_realtime_on_calling_thread() {
     if !as_root("rt_set_realtime_on_calling_thread") {
         return;
@@ -346,7 +340,6 @@ fn rt_set_realtime_on_calling_thread() {
 
 /// `lock_memory` locks the process's pages. Runs `lock_memory_child` in a child process, so
 /// the test harness itself stays unlocked.
-#[test]
 fn rt_lock_memory() {
     if !as_root("rt_lock_memory") {
         return;
@@ -364,8 +357,6 @@ fn rt_lock_memory() {
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
 
-#[test]
-#[ignore = "run by rt_lock_memory in a child process"]
 fn lock_memory_child() {
     vrrp::io::rt::lock_memory().unwrap();
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -375,4 +366,10 @@ fn lock_memory_child() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmLck in /proc/self/status");
     assert!(locked_kb > 0, "{status}");
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [multicast_advert_reaches_joined_peers_only, unicast_advert_is_received_on_its_interface_only, rtnl_adds_lists_and_deletes_vips, garp_moves_neighbour_entry_to_new_master, link_watcher_sees_down_and_up, rt_set_realtime_on_calling_thread, rt_lock_memory];
+    on_request: [lock_memory_child]
 }

@@ -168,12 +168,10 @@ fn fast_path_in_every_mode(xdp: &'static str) {
     }
 }
 
-#[test]
 fn fast_path_carries_every_mode_native() {
     fast_path_in_every_mode("native");
 }
 
-#[test]
 fn fast_path_carries_every_mode_generic() {
     fast_path_in_every_mode("generic");
 }
@@ -256,23 +254,19 @@ fn udp_counts_exact(mode: Mode, xdp: &'static str) {
     }
 }
 
-#[test]
 fn udp_counters_equal_what_the_client_sent_nat() {
     udp_counts_exact(Mode::Nat, "native");
 }
 
-#[test]
 fn udp_counters_equal_what_the_client_sent_fullnat() {
     udp_counts_exact(Mode::FullNat, "native");
 }
 
-#[test]
 fn udp_counters_equal_what_the_client_sent_dr_generic() {
     udp_counts_exact(Mode::Dr, "generic");
 }
 
 /// A real server drained, then reweighted, while its flow is in the map.
-#[test]
 fn drain_and_reweight_with_a_flow_in_the_map() {
     let Some(topo) = xdp_topo("xdp-drain", Mode::Nat, "native") else {
         return;
@@ -319,7 +313,6 @@ fn drain_and_reweight_with_a_flow_in_the_map() {
 
 /// `xdp = "native"` refuses an interface the program cannot serve, and says why;
 /// `xdp = "auto"` falls back to AF_PACKET and says so.
-#[test]
 fn native_refuses_and_auto_falls_back() {
     let Some(lab) = Lab::for_test("xdp-fallback") else {
         return;
@@ -368,7 +361,6 @@ fn native_refuses_and_auto_falls_back() {
 /// A `director_xdp` left on an interface the old way (attached through netlink, which stays
 /// when its process dies, unlike the BPF link directord attaches with) is replaced at start,
 /// and nothing of the daemon's is left on the interface once it stops.
-#[test]
 fn a_stale_program_of_an_earlier_run_is_replaced() {
     let Some(lab) = Lab::for_test("xdp-stale") else {
         return;
@@ -425,7 +417,6 @@ fn a_stale_program_of_an_earlier_run_is_replaced() {
 /// A flow whose packets only the program forwards lives as long as they keep coming: the
 /// sweep asks the program when it last forwarded one before it expires the entry. With a
 /// 3 s UDP timeout, a datagram a second for 9 s stays one flow on one real server.
-#[test]
 fn a_flow_only_the_fast_path_sees_does_not_expire_while_it_lives() {
     let Some(lab) = Lab::for_test("xdp-expiry") else {
         return;
@@ -480,7 +471,6 @@ fn a_flow_only_the_fast_path_sees_does_not_expire_while_it_lives() {
 /// A next hop's MAC changes under an established flow: the FIB snapshot sees the new
 /// neighbour entry and the fast path's next-hop row follows, so the flow carries on, on the
 /// fast path, to the new MAC.
-#[test]
 fn a_neighbour_change_reaches_the_fast_path() {
     let Some(lab) = Lab::for_test("xdp-neigh") else {
         return;
@@ -524,4 +514,9 @@ fn a_neighbour_change_reaches_the_fast_path() {
         after["datapath"]
     );
     assert_eq!(conn_of(&topo, me).expect("entry")["path"], "xdp");
+}
+
+director_lab::lab_tests! {
+    needs: [Need::Lab];
+    tests: [fast_path_carries_every_mode_native, fast_path_carries_every_mode_generic, udp_counters_equal_what_the_client_sent_nat, udp_counters_equal_what_the_client_sent_fullnat, udp_counters_equal_what_the_client_sent_dr_generic, drain_and_reweight_with_a_flow_in_the_map, native_refuses_and_auto_falls_back, a_stale_program_of_an_earlier_run_is_replaced, a_flow_only_the_fast_path_sees_does_not_expire_while_it_lives, a_neighbour_change_reaches_the_fast_path]
 }

@@ -1,6 +1,8 @@
 //! The event history behind `director events`: every state change (VRRP transitions, dual
 //! masters, later health and sync) with its time and cause, newest last, bounded.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};

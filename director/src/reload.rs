@@ -2,6 +2,8 @@
 //! difference (services, reals, weights, checks, interception rules), or refuse it whole and
 //! keep the running config.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use forwarder::io::nft;

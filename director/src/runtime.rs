@@ -15,6 +15,8 @@
 //! retired: no new flows, but replies of its established NAT flows are still translated,
 //! and its slot is reused only once no connection counts on it.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};

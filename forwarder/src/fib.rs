@@ -8,6 +8,8 @@
 //! through an `ArcSwap` without locking. A miss is reported, never waited for: the caller
 //! drops the packet, counts it and asks the resolver to solicit the neighbour.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;

@@ -2,6 +2,8 @@
 //! schedulers and timeouts. `director::config` validates the operator's file into these
 //! types; the engine, schedulers and connection table consume them. Nothing here does I/O.
 
+#![forbid(unsafe_code)]
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 

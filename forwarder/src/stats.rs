@@ -5,6 +5,8 @@
 //! that keeps the real server. Everything is a relaxed atomic: counters are statistics,
 //! never synchronisation.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Index of a real server's counters in the [`RealRegistry`].

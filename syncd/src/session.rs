@@ -19,6 +19,8 @@
 //! Nothing here reads a clock or touches a socket: time comes in as `now` (a `Duration`
 //! from any fixed origin), datagrams in and out as bytes, table scans through [`Source`].
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -51,6 +51,8 @@
 //! structures it knows. The MAC covers the header and the body; it is checked before
 //! anything else is believed.
 
+#![forbid(unsafe_code)]
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use hmac::{Hmac, Mac};

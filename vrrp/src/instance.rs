@@ -18,6 +18,8 @@
 //!   lower-priority master on the segment) is detected;
 //! - operator demote (resign now, stop preempting) and promote (take over now, advertise 254).
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;

@@ -8,6 +8,8 @@
 //!
 //! Sans-I/O like [`Instance`]: actions come out tagged with the instance index.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::net::IpAddr;
 

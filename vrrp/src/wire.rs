@@ -5,6 +5,8 @@
 //! instance's config (TTL 255, version, type, length against the address count, checksum);
 //! the VRID, address list and interval are the instance's business.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, Ipv4Addr};
 
 /// IP protocol number of VRRP.

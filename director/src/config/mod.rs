@@ -6,6 +6,8 @@
 //! part of the result is `forwarder::model` types; sections whose engines come later (VRRP,
 //! sync, health checks) are validated into the plain structs below.
 
+#![forbid(unsafe_code)]
+
 pub mod duration;
 pub mod error;
 pub mod file;

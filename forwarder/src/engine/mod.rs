@@ -38,6 +38,8 @@
 //! `ForwardInsert` of the IPIP header, or built copies `Emitted` for partial checksums, GSO
 //! and fragments).
 
+#![forbid(unsafe_code)]
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -14,6 +14,8 @@
 //! client to the same server. Both also place servers by address, so the order in which the
 //! config lists the reals does not matter.
 
+#![forbid(unsafe_code)]
+
 pub mod hash;
 pub mod mh;
 mod persist;

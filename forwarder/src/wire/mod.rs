@@ -11,6 +11,8 @@
 //!   [`Ipv4Repr`] to build a fresh header (ICMP errors, IPIP outer headers).
 //! - `tcp`, `udp`, `icmp`: the L4 headers the datapath rewrites or answers.
 
+#![forbid(unsafe_code)]
+
 pub mod checksum;
 pub mod ethernet;
 pub mod icmp;

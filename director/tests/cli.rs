@@ -14,7 +14,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
 }
 
-#[test]
 fn check_config_accepts_a_valid_file() {
     let out = director(&["check-config", "../configs/nat.toml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -25,7 +24,6 @@ fn check_config_accepts_a_valid_file() {
     assert_eq!(text(&out.stderr), "");
 }
 
-#[test]
 fn check_config_prints_every_error_and_exits_1() {
     let file = "tests/config_errors/multiple_errors.toml";
     let out = director(&["check-config", file]);
@@ -37,7 +35,6 @@ fn check_config_prints_every_error_and_exits_1() {
     assert!(expected.lines().count() > 3);
 }
 
-#[test]
 fn check_config_json() {
     let out = director(&["--json", "check-config", "../configs/nat.toml"]);
     assert_eq!(out.status.code(), Some(0));
@@ -60,14 +57,12 @@ fn check_config_json() {
     assert!(e["message"].as_str().unwrap().contains("already used"));
 }
 
-#[test]
 fn unreadable_file_exits_1() {
     let out = director(&["check-config", "tests/config_errors/no-such-file.toml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("tests/config_errors/no-such-file.toml: cannot read"));
 }
 
-#[test]
 fn warnings_do_not_fail_the_check() {
     let dir = std::env::temp_dir().join(format!("director-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -84,7 +79,6 @@ fn warnings_do_not_fail_the_check() {
     assert!(text(&out.stderr).contains(":5:8: warning: service \"web\" has no real servers"));
 }
 
-#[test]
 fn usage_errors_exit_2() {
     assert_eq!(director(&["check-config", "a", "b"]).status.code(), Some(2));
     assert_eq!(director(&["no-such-command"]).status.code(), Some(2));
@@ -97,7 +91,6 @@ fn status(out: &Output) -> i32 {
     out.status.code().expect("exited, not killed")
 }
 
-#[test]
 fn bad_arguments_exit_2() {
     for args in [
         &["real", "weight", "web", "198.18.2.11:8080", "70000"][..],
@@ -133,7 +126,6 @@ fn all_commands() -> Vec<Vec<String>> {
     out
 }
 
-#[test]
 fn every_command_has_help_with_examples() {
     let commands = all_commands();
     for name in [
@@ -183,7 +175,6 @@ fn every_command_has_help_with_examples() {
     }
 }
 
-#[test]
 fn completions_for_bash_zsh_and_fish() {
     for shell in ["bash", "zsh", "fish"] {
         let out = director(&["completions", shell]);
@@ -234,7 +225,6 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-#[test]
 fn no_daemon_exits_3() {
     let dir = temp_dir("nodaemon");
     let missing = dir.join("no-such.sock");
@@ -396,7 +386,6 @@ impl Drop for Daemon {
     }
 }
 
-#[test]
 fn exit_codes_against_a_running_daemon() {
     let Some(mut d) = Daemon::start("daemon") else {
         return;
@@ -460,7 +449,6 @@ fn exit_codes_against_a_running_daemon() {
     assert_eq!(status(&out), 3, "{}", text(&out.stderr));
 }
 
-#[test]
 fn the_daemon_speaks_sd_notify() {
     let Some(mut d) = Daemon::start("notify") else {
         return;
@@ -498,7 +486,6 @@ fn the_daemon_speaks_sd_notify() {
     assert!(exit.success(), "{exit}: {}", d.log());
 }
 
-#[test]
 fn the_live_daemon_serves_prometheus_metrics() {
     let Some(d) = Daemon::start("metrics") else {
         return;
@@ -532,7 +519,6 @@ fn the_live_daemon_serves_prometheus_metrics() {
 /// bound (checked before anything is touched), nor when the datapath cannot start after the
 /// nftables table is in (undone on the way out). Either way the error says what failed, and
 /// no control socket file stays behind.
-#[test]
 fn a_failed_start_leaves_nothing_behind() {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
@@ -608,7 +594,6 @@ fn a_failed_start_leaves_nothing_behind() {
 
 /// `directord`'s panic policy: a panic in any thread ends the process with SIGABRT (run here
 /// in a child process, this test binary again, so that the abort is the child's).
-#[test]
 fn a_panic_in_any_thread_aborts_the_process() {
     const CHILD: &str = "DIRECTOR_TEST_PANIC_CHILD";
     if std::env::var_os(CHILD).is_some() {
@@ -642,4 +627,92 @@ fn a_panic_in_any_thread_aborts_the_process() {
         stderr.contains("thread health panicked: aborting"),
         "{stderr}"
     );
+}
+
+/// The harness (`harness = false`, libtest-mimic: the usual command line and result lines).
+/// The tests that start `directord` need root: as another user they are reported as ignored,
+/// never as passed; under CI, or asked for with `--ignored`/`--include-ignored`, they run and
+/// fail with the reason.
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let run_anyway = ci || args.ignored || args.include_ignored;
+    let tests: [(&str, fn(), bool); 15] = [
+        (
+            "check_config_accepts_a_valid_file",
+            check_config_accepts_a_valid_file as fn(),
+            false,
+        ),
+        (
+            "check_config_prints_every_error_and_exits_1",
+            check_config_prints_every_error_and_exits_1 as fn(),
+            false,
+        ),
+        ("check_config_json", check_config_json as fn(), false),
+        (
+            "unreadable_file_exits_1",
+            unreadable_file_exits_1 as fn(),
+            false,
+        ),
+        (
+            "warnings_do_not_fail_the_check",
+            warnings_do_not_fail_the_check as fn(),
+            false,
+        ),
+        ("usage_errors_exit_2", usage_errors_exit_2 as fn(), false),
+        ("bad_arguments_exit_2", bad_arguments_exit_2 as fn(), false),
+        (
+            "every_command_has_help_with_examples",
+            every_command_has_help_with_examples as fn(),
+            false,
+        ),
+        (
+            "completions_for_bash_zsh_and_fish",
+            completions_for_bash_zsh_and_fish as fn(),
+            false,
+        ),
+        ("no_daemon_exits_3", no_daemon_exits_3 as fn(), false),
+        (
+            "exit_codes_against_a_running_daemon",
+            exit_codes_against_a_running_daemon as fn(),
+            true,
+        ),
+        (
+            "the_daemon_speaks_sd_notify",
+            the_daemon_speaks_sd_notify as fn(),
+            true,
+        ),
+        (
+            "the_live_daemon_serves_prometheus_metrics",
+            the_live_daemon_serves_prometheus_metrics as fn(),
+            true,
+        ),
+        (
+            "a_failed_start_leaves_nothing_behind",
+            a_failed_start_leaves_nothing_behind as fn(),
+            true,
+        ),
+        (
+            "a_panic_in_any_thread_aborts_the_process",
+            a_panic_in_any_thread_aborts_the_process as fn(),
+            false,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test, needs_root)| {
+            let cannot = needs_root && !root;
+            libtest_mimic::Trial::test(name, move || {
+                if cannot {
+                    return Err("this test starts directord and needs root".into());
+                }
+                test();
+                Ok(())
+            })
+            .with_ignored_flag(cannot && !run_anyway)
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit()
 }

@@ -567,20 +567,7 @@ fn daemon_view(
 }
 
 /// The views [`render`] knows, by the name of the request that returns them.
-pub const VIEWS: &[&str] = &[
-    "status",
-    "services",
-    "conns",
-    "stats",
-    "vrrp",
-    "sync",
-    "events",
-    "demote",
-    "promote",
-    "real-weight",
-    "real-admin",
-    "reload",
-];
+pub const VIEWS: &[&str] = Request::COMMANDS;
 
 /// Render the daemon's reply `data` to `command` (a name of [`VIEWS`]) as the human table.
 /// `data` is read into the command's view first: an answer that lacks a key the view needs

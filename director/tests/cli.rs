@@ -269,17 +269,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// `None` (after saying why) when this is not root and not CI.
-    fn start(tag: &str) -> Option<Daemon> {
-        // SAFETY: geteuid(2) cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "the CLI end-to-end test needs root, and CI is set"
-            );
-            eprintln!("skipping {tag}: not root");
-            return None;
-        }
+    /// Starts `directord` (the harness runs this only as root).
+    fn start(tag: &str) -> Daemon {
         let dir = temp_dir(tag);
         let socket = dir.join("director.sock");
         let config = dir.join("director.toml");
@@ -331,7 +322,7 @@ impl Daemon {
                 panic!("directord exited ({exit}) before answering:\n{}", d.log());
             }
             if status(&d.cli(&["stats"])) == 0 {
-                return Some(d);
+                return d;
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -387,9 +378,7 @@ impl Drop for Daemon {
 }
 
 fn exit_codes_against_a_running_daemon() {
-    let Some(mut d) = Daemon::start("daemon") else {
-        return;
-    };
+    let mut d = Daemon::start("daemon");
     // 0: views render, as tables and as JSON.
     let out = d.cli(&["services"]);
     assert_eq!(status(&out), 0, "{}", text(&out.stderr));
@@ -450,9 +439,7 @@ fn exit_codes_against_a_running_daemon() {
 }
 
 fn the_daemon_speaks_sd_notify() {
-    let Some(mut d) = Daemon::start("notify") else {
-        return;
-    };
+    let mut d = Daemon::start("notify");
     let seen = d.notified_until("READY=1");
     assert!(
         seen.last().is_some_and(|m| m.contains("READY=1")),
@@ -487,9 +474,7 @@ fn the_daemon_speaks_sd_notify() {
 }
 
 fn the_live_daemon_serves_prometheus_metrics() {
-    let Some(d) = Daemon::start("metrics") else {
-        return;
-    };
+    let d = Daemon::start("metrics");
     // The daemon's 127.0.0.1 is in its own network namespace: curl from there.
     let out = Command::new("nsenter")
         .args([
@@ -520,15 +505,6 @@ fn the_live_daemon_serves_prometheus_metrics() {
 /// nftables table is in (undone on the way out). Either way the error says what failed, and
 /// no control socket file stays behind.
 fn a_failed_start_leaves_nothing_behind() {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the failed-start test needs root, and CI is set"
-        );
-        eprintln!("skipping a_failed_start_leaves_nothing_behind: not root");
-        return;
-    }
     let dir = temp_dir("failedstart");
     let socket = dir.join("director.sock");
     // A VRRP instance on an interface that is not there fails last, with the datapath

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use director_lab::{under_ci, wait_until, Host, Lab};
+use director_lab::{wait_until, Host, Lab};
 use vrrp::io::addr::Rtnl;
 use vrrp::io::garp::GarpSender;
 use vrrp::io::link::{LinkEvent, LinkWatcher};
@@ -299,21 +299,8 @@ fn link_watcher_sees_down_and_up() {
     assert!(!w.take_overrun());
 }
 
-fn as_root(test: &str) -> bool {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(!under_ci(), "{test} needs root, and CI is set");
-    eprintln!("skipping {test}: not running as root");
-    false
-}
-
 /// `set_realtime` puts the calling thread, and only it, in SCHED_FIFO at the priority given.
 fn rt_set_realtime_on_calling_thread() {
-    if !as_root("rt_set_realtime_on_calling_thread") {
-        return;
-    }
     fn policy() -> (i32, i32) {
         let mut policy = 0;
         // SAFETY: all-zero is a valid sched_param.
@@ -341,9 +328,6 @@ fn rt_set_realtime_on_calling_thread() {
 /// `lock_memory` locks the process's pages. Runs `lock_memory_child` in a child process, so
 /// the test harness itself stays unlocked.
 fn rt_lock_memory() {
-    if !as_root("rt_lock_memory") {
-        return;
-    }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "lock_memory_child", "--nocapture"])
         .output()

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* DR (forwarder/src/engine/mod.rs, the DR arm of inbound): the packet is untouched but for
+/* DR (forwarder/src/engine/dr.rs): the packet is untouched but for
  * the TTL; only the MACs change, to the real server's. */
 #ifndef DIRECTOR_DR_H
 #define DIRECTOR_DR_H

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* NAT (forwarder/src/engine/mod.rs: rewrite_dst, rewrite_src, emit): inbound, the
+/* NAT (forwarder/src/engine/nat.rs, and emit in engine/mod.rs): inbound, the
  * destination becomes the real server; replies, the source becomes the VIP again. */
 #ifndef DIRECTOR_NAT_H
 #define DIRECTOR_NAT_H

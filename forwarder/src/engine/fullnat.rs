@@ -24,13 +24,15 @@
 //! real servers' side about a packet we sent (LIP → real) goes to the client as if about
 //! client → VIP.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddrV4;
 
+use super::inbound::Conn;
 use super::local_ports::LocalPorts;
-use super::{
-    quoted, rewrite_end, set_ip_addr, translate_quoted, DropReason, Engine, Flow, Ports, Quoted,
-    QuotedSide, RxMeta, Service, Tables, Verdict, WorkerCtx, ADDR_DST, ADDR_SRC,
-};
+use super::packet::{Cx, End, Packet, Ports, Quoted};
+use super::services::Service;
+use super::{emit, emit_sized, proxy, DropReason, Engine, RxMeta, Verdict};
 use crate::conntrack::{ConnTable, Direction, ReplyKey, ShardGuard};
 use crate::model::Protocol;
 
@@ -100,65 +102,55 @@ pub(super) fn allocate_local(
     None
 }
 
-/// Inbound: client:cport → VIP:vport becomes local → real.
-pub(super) fn rewrite_in(
-    frame: &mut [u8],
-    flow: Flow,
+/// Client → VIP: client:cport → VIP:vport becomes LIP:lport → real:rport; a TCP flow with
+/// the PROXY protocol gets its header spliced in (`proxy.rs`). An entry without a local
+/// address (never made here; a replica could carry one) is dropped, never forwarded
+/// unrewritten.
+pub(super) fn inbound(
+    p: &mut Packet<'_>,
     ports: Ports,
-    local: SocketAddrV4,
-    real: SocketAddrV4,
-    partial: bool,
-) {
-    rewrite_end(frame, flow, true, ports.src, local, partial);
-    rewrite_end(frame, flow, false, ports.dst, real, partial);
+    conn: &Conn,
+    cx: &mut Cx<'_, '_>,
+) -> Verdict {
+    let Some(local) = conn.local else {
+        return Verdict::Drop(DropReason::NoLocalAddress);
+    };
+    p.rewrite(End::Src, local);
+    p.rewrite(End::Dst, conn.real);
+    let insert = conn
+        .proxy
+        .and_then(|ps| proxy::inbound(p, ports.tcp_flags, ps, conn.client, conn.vip));
+    let grow = insert.map_or(0, |i| usize::from(i.len));
+    let v = emit_sized(p, *conn.real.ip(), cx, grow, |c| &c.forwarded_in);
+    match (v, insert) {
+        (Verdict::Forward { ifindex }, Some(insert)) => Verdict::ForwardInsert { ifindex, insert },
+        _ => v,
+    }
 }
 
-/// Reply: real:rport → LIP:lport becomes VIP:vport → client:cport.
-pub(super) fn rewrite_out(
-    frame: &mut [u8],
-    flow: Flow,
-    ports: Ports,
-    vip: SocketAddrV4,
-    client: SocketAddrV4,
-    partial: bool,
-) {
-    rewrite_end(frame, flow, true, ports.src, vip, partial);
-    rewrite_end(frame, flow, false, ports.dst, client, partial);
-}
-
-/// Rewrites both ends of the packet quoted in an ICMP error (`src` → `new_src`, `dst` →
-/// `new_dst`) with the NAT path's [`translate_quoted`] (which also refreshes the ICMP
-/// checksum; errors are rare, so doing that twice costs nothing that matters).
-pub(super) fn translate_quoted_both(
-    frame: &mut [u8],
-    flow: Flow,
-    q: Quoted,
+/// Rewrites both ends of the packet quoted in an ICMP error (source → `new_src`,
+/// destination → `new_dst`).
+fn translate_quoted_both(
+    p: &mut Packet<'_>,
+    mut q: Quoted,
     new_src: SocketAddrV4,
     new_dst: SocketAddrV4,
 ) {
-    translate_quoted(frame, flow, q, QuotedSide::Src, new_src);
-    translate_quoted(frame, flow, q, QuotedSide::Dst, new_dst);
-}
-
-/// The packet quoted in an ICMP error addressed to a LIP, if it is TCP/UDP from that LIP.
-pub(super) fn quoted_from_lip(frame: &[u8], flow: Flow) -> Option<Quoted> {
-    quoted(frame, flow).filter(|q| q.src == flow.dst)
+    p.translate_quoted(&mut q, End::Src, new_src);
+    p.translate_quoted(&mut q, End::Dst, new_dst);
 }
 
 impl Engine {
-    /// Real server → LIP:lport: the reply of a FULLNAT flow goes to the client from the VIP.
-    /// A packet to a LIP the table does not know is the kernel's to drop (`Pass`).
-    #[allow(clippy::too_many_arguments)]
+    /// Real server → LIP:lport: the reply of a FULLNAT flow goes to the client from the VIP:
+    /// real:rport → LIP:lport becomes VIP:vport → client:cport. A packet to a LIP the table
+    /// does not know is the kernel's to drop (`Pass`).
     pub(super) fn fullnat_reply(
         &self,
-        frame: &mut [u8],
-        flow: Flow,
+        p: &mut Packet<'_>,
         ports: Ports,
-        meta: RxMeta,
-        t: &Tables<'_>,
-        now: u32,
-        ctx: &mut WorkerCtx<'_>,
+        cx: &mut Cx<'_, '_>,
     ) -> Verdict {
+        let flow = p.flow;
         let Some(proto) = Protocol::from_ip_proto(flow.proto) else {
             return Verdict::Pass;
         };
@@ -168,54 +160,45 @@ impl Engine {
             real: SocketAddrV4::new(flow.src, ports.src),
             peer: local,
         };
-        let len = flow.end - flow.ip;
-        let (vip, client, proxy) = {
+        let (vip, client, ps) = {
             let mut shard = self.conns.shard_for(local);
-            let Some(id) = shard.get_reply(&key, now) else {
+            let Some(id) = shard.get_reply(&key, cx.now) else {
                 return Verdict::Pass;
             };
-            shard.update(id, Direction::Out, ports.tcp_flags, len, now);
+            shard.update(id, Direction::Out, ports.tcp_flags, p.len(), cx.now);
             let e = shard.entry(id);
             (e.vip(), e.client(), e.proxy_seq())
         };
-        rewrite_out(frame, flow, ports, vip, client, meta.csum_partial);
-        if let Some(ps) = proxy {
-            super::proxy::reply(frame, flow, ports.tcp_flags, ps, meta.csum_partial);
+        p.rewrite(End::Src, vip);
+        p.rewrite(End::Dst, client);
+        if let Some(ps) = ps {
+            proxy::reply(p, ports.tcp_flags, ps);
         }
-        self.emit(frame, flow, *client.ip(), meta, t, ctx, |c| {
-            &c.forwarded_out
-        })
+        emit(p, *client.ip(), cx, |c| &c.forwarded_out)
     }
 
     /// An ICMP message to a LIP. An error quoting LIP:lport → real:rport (a packet we sent
     /// to a real server) goes to the client as if about client:cport → VIP:vport, from the
     /// VIP; anything else (echo) is the kernel's.
-    pub(super) fn icmp_to_lip(
-        &self,
-        frame: &mut [u8],
-        flow: Flow,
-        t: &Tables<'_>,
-        now: u32,
-        ctx: &mut WorkerCtx<'_>,
-    ) -> Verdict {
-        let Some(q) = quoted_from_lip(frame, flow) else {
+    pub(super) fn icmp_to_lip(&self, p: &mut Packet<'_>, cx: &mut Cx<'_, '_>) -> Verdict {
+        let Some(q) = p.quoted().filter(|q| q.src == p.flow.dst) else {
             return Verdict::Pass;
         };
         let Some(proto) = Protocol::from_ip_proto(q.proto) else {
             return Verdict::Pass;
         };
-        if flow.fragment {
+        if p.flow.fragment {
             return Verdict::Drop(DropReason::Fragment);
         }
-        let local = SocketAddrV4::new(q.src, q.sport);
+        let local = q.source();
         let key = ReplyKey {
             proto,
-            real: SocketAddrV4::new(q.dst, q.dport),
+            real: q.destination(),
             peer: local,
         };
         let found = {
             let mut shard = self.conns.shard_for(local);
-            shard.get_reply(&key, now).map(|id| {
+            shard.get_reply(&key, cx.now).map(|id| {
                 let e = shard.entry(id);
                 (e.vip(), e.client())
             })
@@ -223,12 +206,13 @@ impl Engine {
         let Some((vip, client)) = found else {
             return Verdict::Drop(DropReason::IcmpNoConnection);
         };
-        set_ip_addr(frame, flow.ip, ADDR_SRC, *vip.ip());
-        set_ip_addr(frame, flow.ip, ADDR_DST, *client.ip());
-        translate_quoted_both(frame, flow, q, client, vip);
-        self.emit(frame, flow, *client.ip(), RxMeta::default(), t, ctx, |c| {
-            &c.icmp_forwarded
-        })
+        p.set_ip(End::Src, *vip.ip());
+        p.set_ip(End::Dst, *client.ip());
+        translate_quoted_both(p, q, client, vip);
+        // An ICMP error is never a GSO frame: its size is checked against the MTU whatever
+        // the ring said of the frame.
+        p.meta = RxMeta::default();
+        emit(p, *client.ip(), cx, |c| &c.icmp_forwarded)
     }
 }
 
@@ -236,14 +220,8 @@ impl Engine {
 /// to the real server from the LIP, quoting real:rport → LIP:lport, the packet the real
 /// server sent. The outer source becomes the LIP because the real server has no route to
 /// whoever sent the error (and reverse-path filtering could drop it).
-pub(super) fn icmp_to_real(
-    frame: &mut [u8],
-    flow: Flow,
-    q: Quoted,
-    real: SocketAddrV4,
-    local: SocketAddrV4,
-) {
-    set_ip_addr(frame, flow.ip, ADDR_SRC, *local.ip());
-    set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
-    translate_quoted_both(frame, flow, q, real, local);
+pub(super) fn icmp_to_real(p: &mut Packet<'_>, q: Quoted, real: SocketAddrV4, local: SocketAddrV4) {
+    p.set_ip(End::Src, *local.ip());
+    p.set_ip(End::Dst, *real.ip());
+    translate_quoted_both(p, q, real, local);
 }

@@ -34,39 +34,56 @@
 //!   the tunnel's path MTU is handled instead (ICMP fragmentation-needed or fragments, see
 //!   `tun.rs`).
 //!
-//! Per mode: NAT and DR rewrite in place (`Forward`); TUN encapsulates (`tun.rs`:
-//! `ForwardInsert` of the IPIP header, or built copies `Emitted` for partial checksums, GSO
-//! and fragments).
+//! Per mode: NAT and DR rewrite in place (`Forward`); TUN encapsulates (`ForwardInsert` of
+//! the IPIP header, or built copies `Emitted` for partial checksums, GSO and fragments);
+//! FULLNAT rewrites both ends and may splice in a PROXY header (`ForwardInsert`).
+//!
+//! Where things are:
+//! - this file: the verdicts, drop reasons and counters, the worker's state, classification
+//!   (the frame is parsed once into a [`packet::Packet`]) and the common end of the
+//!   forwarding paths (`emit`: next hop, MTU, TTL, MACs);
+//! - `packet.rs`: the parsed frame and its rewrites through the wire views' setters, the
+//!   quoted packet of an ICMP error, and [`packet::Cx`] (tables, clock, worker);
+//! - `services.rs`: the service table the lookups of classification use;
+//! - `inbound.rs`: client → VIP, shared by every mode up to the rewrite: the flow found or
+//!   scheduled, then an exhaustive `match` on the flow's mode; ICMP errors to a VIP the same;
+//! - one file per mode: `nat.rs` (with the replies and ICMP from the real servers' side),
+//!   `dr.rs`, `tun.rs`, `fullnat.rs` (with its replies, ICMP to a LIP, and the local port
+//!   allocation over `local_ports.rs`) and `proxy.rs` (the PROXY protocol for FULLNAT TCP).
+//!
+//! The XDP fast path (`forwarder/bpf/`) is split the same way: `nat.h`, `dr.h`, `tun.h`,
+//! `fullnat.h`.
 
 #![forbid(unsafe_code)]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::conntrack::{
-    Change, ConnEntry, ConnObserver, ConnTable, DeleteCause, Direction, FlowKey, InsertError,
-    NewConn, ProxySeq, ReplyKey,
-};
-use crate::fib::{FastMap, Fib, FibMiss};
-use crate::model::{Mode, Protocol, VirtualService};
-use crate::sched::{Backend, PersistTable, Scheduler};
-use crate::stats::{RealRegistry, RealSlot};
-use crate::wire::checksum;
+use crate::conntrack::{Change, ConnObserver, ConnTable};
+use crate::fib::{Fib, FibMiss};
+use crate::sched::PersistTable;
+use crate::stats::RealRegistry;
 use crate::wire::ethernet::{self, EthernetFrame, MacAddr, ETHERTYPE_IPV4};
-use crate::wire::icmp::{self, Icmpv4Packet};
 use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
+mod dr;
 mod fullnat;
+mod inbound;
 mod local_ports;
+mod nat;
+mod packet;
 mod prefetch;
 mod proxy;
+mod services;
 mod tun;
 
-pub use tun::source_address as tunnel_source;
+use packet::{Cx, Flow, Packet};
 
 pub use fullnat::DEFAULT_LOCAL_PORTS;
 pub use proxy::{header_v2 as proxy_header_v2, V2_TCP4_LEN as PROXY_V2_TCP4_LEN};
+pub use services::{Service, ServiceSpec, ServiceTable, SteeringTable};
+pub use tun::source_address as tunnel_source;
 
 /// What the worker does with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,249 +359,6 @@ impl WorkerState {
     }
 }
 
-/// One virtual service as the engine runs it.
-pub struct Service {
-    /// Stable for the life of the service: connection entries and persistence templates
-    /// name their service by it, so a reload that adds or removes other services leaves it.
-    pub id: u16,
-    pub config: VirtualService,
-    pub sched: Scheduler,
-    /// Persistence timeout in seconds, 0 = off.
-    pub persistence: u32,
-    /// NAT real servers no longer scheduled (removed by a reload, a failed health check or
-    /// the operator) whose established flows still need their replies translated.
-    pub retired: Vec<SocketAddrV4>,
-}
-
-/// How to build one service of a [`ServiceTable`].
-#[derive(Debug, Clone)]
-pub struct ServiceSpec {
-    pub id: u16,
-    /// `reals` are the scheduler's backends, with the weights to use now.
-    pub config: VirtualService,
-    /// Counter slot of each of `config.reals`, in order.
-    pub slots: Vec<RealSlot>,
-    /// See [`Service::retired`].
-    pub retired: Vec<SocketAddrV4>,
-}
-
-/// The services, indexed for the per-packet lookups. Immutable; replaced whole on reload.
-pub struct ServiceTable {
-    services: Vec<Service>,
-    /// Service id → index into `services`.
-    by_id: Vec<Option<u16>>,
-    by_vip: FastMap<u64, u16>,
-    vips: FastMap<u32, ()>,
-    nat_reals: FastMap<u64, ()>,
-    /// FULLNAT local addresses of every service.
-    lips: FastMap<u32, ()>,
-}
-
-fn l4_key(addr: Ipv4Addr, port: u16, proto: u8) -> u64 {
-    (u64::from(u32::from(addr)) << 24) | (u64::from(port) << 8) | u64::from(proto)
-}
-
-fn l4_unkey(k: u64) -> (Ipv4Addr, u16, u8) {
-    (Ipv4Addr::from((k >> 24) as u32), (k >> 8) as u16, k as u8)
-}
-
-/// What the XDP program needs to tell the engine's frames from the kernel's (see
-/// `io::xdp::Steering`): the addresses and ports the classification below looks up.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SteeringTable {
-    pub vips: Vec<Ipv4Addr>,
-    pub lips: Vec<Ipv4Addr>,
-    /// (VIP, port, IP protocol) of every service.
-    pub services: Vec<(Ipv4Addr, u16, u8)>,
-    /// (real server, port, IP protocol) of every NAT real server, retired ones included.
-    pub nat_reals: Vec<(Ipv4Addr, u16, u8)>,
-}
-
-impl ServiceTable {
-    /// Index `services` with ids by position; real server `j` of service `i` uses counter
-    /// slot `slots[i][j]`.
-    pub fn new(services: Vec<VirtualService>, slots: &[Vec<RealSlot>]) -> ServiceTable {
-        ServiceTable::build(
-            services
-                .into_iter()
-                .enumerate()
-                .map(|(i, config)| ServiceSpec {
-                    id: u16::try_from(i).expect("at most 65536 services"),
-                    config,
-                    slots: slots[i].clone(),
-                    retired: Vec::new(),
-                })
-                .collect(),
-        )
-    }
-
-    /// Index services with the ids, slots and retired reals given. Ids must be unique.
-    pub fn build(specs: Vec<ServiceSpec>) -> ServiceTable {
-        let mut table = ServiceTable {
-            services: Vec::with_capacity(specs.len()),
-            by_id: Vec::new(),
-            by_vip: FastMap::default(),
-            vips: FastMap::default(),
-            nat_reals: FastMap::default(),
-            lips: FastMap::default(),
-        };
-        for (i, spec) in specs.into_iter().enumerate() {
-            let ServiceSpec {
-                id,
-                config: svc,
-                slots,
-                retired,
-            } = spec;
-            let index = u16::try_from(i).expect("at most 65536 services");
-            let backends = svc
-                .reals
-                .iter()
-                .zip(&slots)
-                .map(|(r, &slot)| Backend {
-                    addr: r.addr,
-                    weight: r.weight,
-                    slot,
-                })
-                .collect();
-            let proto = svc.protocol as u8;
-            table
-                .by_vip
-                .insert(l4_key(*svc.vip.ip(), svc.vip.port(), proto), index);
-            table.vips.insert(u32::from(*svc.vip.ip()), ());
-            if svc.mode == Mode::FullNat {
-                for lip in &svc.local_addresses {
-                    table.lips.insert(u32::from(*lip), ());
-                }
-            }
-            if svc.mode == Mode::Nat {
-                for a in svc
-                    .reals
-                    .iter()
-                    .map(|r| r.addr)
-                    .chain(retired.iter().copied())
-                {
-                    table.nat_reals.insert(l4_key(*a.ip(), a.port(), proto), ());
-                }
-            }
-            let at = usize::from(id);
-            if table.by_id.len() <= at {
-                table.by_id.resize(at + 1, None);
-            }
-            assert!(table.by_id[at].is_none(), "service id {id} used twice");
-            table.by_id[at] = Some(index);
-            table.services.push(Service {
-                id,
-                sched: Scheduler::new(svc.scheduler, backends),
-                persistence: u32::try_from(svc.persistence.as_secs()).unwrap_or(u32::MAX),
-                config: svc,
-                retired,
-            });
-        }
-        table
-    }
-
-    pub fn services(&self) -> &[Service] {
-        &self.services
-    }
-
-    /// The addresses and ports that make a frame the engine's (the lookups of
-    /// classification), for the XDP program's maps.
-    pub fn steering(&self) -> SteeringTable {
-        let mut t = SteeringTable {
-            vips: self.vips.keys().map(|&a| Ipv4Addr::from(a)).collect(),
-            lips: self.lips.keys().map(|&a| Ipv4Addr::from(a)).collect(),
-            services: self.by_vip.keys().map(|&k| l4_unkey(k)).collect(),
-            nat_reals: self.nat_reals.keys().map(|&k| l4_unkey(k)).collect(),
-        };
-        t.vips.sort();
-        t.lips.sort();
-        t.services.sort();
-        t.nat_reals.sort();
-        t
-    }
-
-    /// The spec each service was built from, with the weights it runs now.
-    pub fn specs(&self) -> Vec<ServiceSpec> {
-        self.services
-            .iter()
-            .map(|s| {
-                let mut config = s.config.clone();
-                config.reals = s
-                    .sched
-                    .backends()
-                    .iter()
-                    .map(|b| crate::model::RealServer {
-                        addr: b.addr,
-                        weight: b.weight,
-                    })
-                    .collect();
-                ServiceSpec {
-                    id: s.id,
-                    config,
-                    slots: s.sched.backends().iter().map(|b| b.slot).collect(),
-                    retired: s.retired.clone(),
-                }
-            })
-            .collect()
-    }
-
-    /// A new table with the weight of one real server changed (0 = quiesce: no new flows,
-    /// existing ones finish). Ids, counter slots and everything else stay as they are.
-    pub fn with_weight(
-        &self,
-        service: &str,
-        real: SocketAddrV4,
-        weight: u32,
-    ) -> Result<ServiceTable, String> {
-        let mut specs = self.specs();
-        let spec = specs
-            .iter_mut()
-            .find(|s| s.config.name == service)
-            .ok_or_else(|| format!("no service named {service:?}"))?;
-        let r = spec
-            .config
-            .reals
-            .iter_mut()
-            .find(|r| r.addr == real)
-            .ok_or_else(|| format!("service {service:?} has no real server {real}"))?;
-        r.weight = weight;
-        Ok(ServiceTable::build(specs))
-    }
-
-    /// The service with id `id`.
-    pub fn get(&self, id: u16) -> Option<&Service> {
-        let index = (*self.by_id.get(usize::from(id))?)?;
-        self.services.get(usize::from(index))
-    }
-
-    /// The service of `vip` for `proto`.
-    pub fn find(&self, proto: Protocol, vip: SocketAddrV4) -> Option<&Service> {
-        self.lookup(*vip.ip(), vip.port(), proto as u8)
-    }
-
-    #[inline]
-    fn lookup(&self, vip: Ipv4Addr, port: u16, proto: u8) -> Option<&Service> {
-        let id = *self.by_vip.get(&l4_key(vip, port, proto))?;
-        self.services.get(usize::from(id))
-    }
-
-    #[inline]
-    fn is_vip(&self, addr: Ipv4Addr) -> bool {
-        self.vips.contains_key(&u32::from(addr))
-    }
-
-    /// A FULLNAT local address (LIP) of some service.
-    #[inline]
-    pub fn is_lip(&self, addr: Ipv4Addr) -> bool {
-        self.lips.contains_key(&u32::from(addr))
-    }
-
-    #[inline]
-    fn is_nat_real(&self, addr: Ipv4Addr, port: u16, proto: u8) -> bool {
-        self.nat_reals.contains_key(&l4_key(addr, port, proto))
-    }
-}
-
 /// The state shared by all workers.
 pub struct Engine {
     pub conns: ConnTable,
@@ -600,32 +374,6 @@ pub struct Tables<'a> {
     pub services: &'a ServiceTable,
     pub fib: &'a Fib,
 }
-
-/// The L3/L4 facts of a frame, read once.
-#[derive(Debug, Clone, Copy)]
-struct Flow {
-    /// Offset of the IPv4 header in the frame.
-    ip: usize,
-    /// Offset of the L4 header in the frame.
-    l4: usize,
-    /// End of the IP packet in the frame (total length; Ethernet padding excluded).
-    end: usize,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: u8,
-    ttl: u8,
-    fragment: bool,
-}
-
-/// L4 ports and TCP flags.
-#[derive(Debug, Clone, Copy)]
-struct Ports {
-    src: u16,
-    dst: u16,
-    tcp_flags: u8,
-}
-
-use crate::conntrack::tcp_flags::{ACK as TCP_ACK, RST as TCP_RST, SYN as TCP_SYN};
 
 impl Engine {
     /// An engine with a table of `capacity` connections in `shards` shards.
@@ -657,8 +405,9 @@ impl Engine {
         now: u32,
         ctx: &mut WorkerCtx<'_>,
     ) -> Verdict {
-        let v = self.classify(frame, meta, t, now, ctx);
-        let c = ctx.counters;
+        let mut cx = Cx { t, now, w: ctx };
+        let v = self.classify(frame, meta, &mut cx);
+        let c = cx.w.counters;
         WorkerCounters::bump(&c.rx);
         match v {
             Verdict::Pass => WorkerCounters::bump(&c.passed),
@@ -670,14 +419,10 @@ impl Engine {
         v
     }
 
-    fn classify(
-        &self,
-        frame: &mut [u8],
-        meta: RxMeta,
-        t: &Tables<'_>,
-        now: u32,
-        ctx: &mut WorkerCtx<'_>,
-    ) -> Verdict {
+    /// Parses the frame once into a [`Packet`] and sends it down its path (see the module
+    /// docs for the order).
+    fn classify(&self, frame: &mut [u8], meta: RxMeta, cx: &mut Cx<'_, '_>) -> Verdict {
+        let t = cx.t;
         let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
             return Verdict::Pass;
         };
@@ -696,7 +441,7 @@ impl Engine {
         let to_vip = t.services.is_vip(raw_dst);
         let to_lip = t.services.is_lip(raw_dst);
         let ours = |reason| {
-            if to_vip || to_lip || Self::from_nat_real_raw(t, raw_src, raw) {
+            if to_vip || to_lip || from_nat_real_raw(t, raw_src, raw) {
                 Verdict::Drop(reason)
             } else {
                 Verdict::Pass
@@ -721,31 +466,32 @@ impl Engine {
             ttl: ip.ttl(),
             fragment: ip.is_fragment(),
         };
+        let mut p = Packet { frame, flow, meta };
 
         if to_vip {
             match flow.proto {
                 PROTO_TCP | PROTO_UDP => {}
                 PROTO_ICMP => {
-                    if !ip_header_ok(frame, flow) {
+                    if !p.ip_header_ok() {
                         return Verdict::Drop(DropReason::BadIpChecksum);
                     }
-                    return self.icmp_to_vip(frame, flow, meta, t, now, ctx);
+                    return self.icmp_to_vip(&mut p, cx);
                 }
                 _ => return Verdict::Pass,
             }
             if flow.fragment {
                 return Verdict::Drop(DropReason::Fragment);
             }
-            let Some(ports) = read_ports(frame, flow) else {
+            let Some(ports) = p.ports() else {
                 return Verdict::Drop(DropReason::Malformed);
             };
             let Some(svc) = t.services.lookup(flow.dst, ports.dst, flow.proto) else {
                 return Verdict::Pass;
             };
-            if !ip_header_ok(frame, flow) {
+            if !p.ip_header_ok() {
                 return Verdict::Drop(DropReason::BadIpChecksum);
             }
-            return self.inbound(frame, flow, ports, svc, meta, t, now, ctx);
+            return self.inbound(&mut p, ports, svc, cx);
         }
 
         if to_lip {
@@ -754,24 +500,22 @@ impl Engine {
                     if flow.fragment {
                         return Verdict::Drop(DropReason::Fragment);
                     }
-                    let Some(ports) = read_ports(frame, flow) else {
+                    let Some(ports) = p.ports() else {
                         return Verdict::Drop(DropReason::Malformed);
                     };
-                    if !ip_header_ok(frame, flow) {
+                    if !p.ip_header_ok() {
                         return Verdict::Drop(DropReason::BadIpChecksum);
                     }
-                    self.fullnat_reply(frame, flow, ports, meta, t, now, ctx)
+                    self.fullnat_reply(&mut p, ports, cx)
                 }
-                PROTO_ICMP if ip_header_ok(frame, flow) => {
-                    self.icmp_to_lip(frame, flow, t, now, ctx)
-                }
+                PROTO_ICMP if p.ip_header_ok() => self.icmp_to_lip(&mut p, cx),
                 _ => Verdict::Pass,
             };
         }
 
         match flow.proto {
             PROTO_TCP | PROTO_UDP => {
-                let Some(ports) = read_ports(frame, flow) else {
+                let Some(ports) = p.ports() else {
                     return Verdict::Pass;
                 };
                 if !t.services.is_nat_real(flow.src, ports.src, flow.proto) {
@@ -782,401 +526,80 @@ impl Engine {
                 if flow.fragment {
                     return Verdict::Drop(DropReason::Fragment);
                 }
-                if !ip_header_ok(frame, flow) {
+                if !p.ip_header_ok() {
                     return Verdict::Drop(DropReason::BadIpChecksum);
                 }
-                self.reply(frame, flow, ports, meta, t, now, ctx)
+                self.nat_reply(&mut p, ports, cx)
             }
-            PROTO_ICMP if ip_header_ok(frame, flow) => {
-                self.icmp_from_real_side(frame, flow, t, now, ctx)
-            }
+            PROTO_ICMP if p.ip_header_ok() => self.icmp_from_real_side(&mut p, cx),
             _ => Verdict::Pass,
-        }
-    }
-
-    fn from_nat_real_raw(t: &Tables<'_>, src: Ipv4Addr, raw: &[u8]) -> bool {
-        let ihl = usize::from(raw[0] & 0x0f) * 4;
-        let proto = raw[9];
-        if ihl < ipv4::HEADER_LEN || raw.len() < ihl + 2 {
-            return false;
-        }
-        let sport = u16::from_be_bytes([raw[ihl], raw[ihl + 1]]);
-        t.services.is_nat_real(src, sport, proto)
-    }
-
-    /// Client → VIP:port of a service.
-    #[allow(clippy::too_many_arguments)]
-    fn inbound(
-        &self,
-        frame: &mut [u8],
-        flow: Flow,
-        ports: Ports,
-        svc: &Service,
-        meta: RxMeta,
-        t: &Tables<'_>,
-        now: u32,
-        ctx: &mut WorkerCtx<'_>,
-    ) -> Verdict {
-        if flow.ttl <= 1 {
-            return Verdict::Drop(DropReason::TtlExceeded);
-        }
-        let proto = svc.config.protocol;
-        let client = SocketAddrV4::new(flow.src, ports.src);
-        let vip = SocketAddrV4::new(flow.dst, ports.dst);
-        let key = FlowKey { proto, client, vip };
-        let len = flow.end - flow.ip;
-        let syn = ports.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
-
-        // The flow's own mode, not the service's: a reload that changes a service's mode
-        // leaves its established flows as they were made.
-        let (real, local, mode, proxy) = {
-            let my_shard = self.conns.shard_index(client);
-            let mut shard = self.conns.shard(my_shard);
-            let mut found = shard.get_in(&key, now);
-            // A client reusing its port after the old flow closed gets a new scheduling.
-            if let Some(id) = found {
-                if proto == Protocol::Tcp && syn && shard.entry(id).state().reopens_on_syn() {
-                    shard.remove(id, DeleteCause::Removed);
-                    found = None;
-                }
-            }
-            match found {
-                Some(id) => {
-                    shard.update(id, Direction::In, ports.tcp_flags, len, now);
-                    let e = shard.entry(id);
-                    (e.real(), e.local(), e.mode(), e.proxy_seq())
-                }
-                None => {
-                    if proto == Protocol::Tcp && !syn {
-                        return Verdict::Drop(DropReason::NoConnection);
-                    }
-                    if !meta.csum_partial && !meta.csum_verified && !l4_checksum_ok(frame, flow) {
-                        return Verdict::Drop(DropReason::BadL4Checksum);
-                    }
-                    let (picked, persistent) = if svc.persistence > 0 {
-                        let p = self.persist.assign(
-                            svc.id,
-                            flow.src,
-                            now,
-                            svc.persistence,
-                            &svc.sched,
-                            &self.reals,
-                        );
-                        (p, p.is_some())
-                    } else {
-                        (svc.sched.pick(client, &self.reals), false)
-                    };
-                    let Some(idx) = picked else {
-                        return Verdict::Drop(DropReason::NoRealServer);
-                    };
-                    let backend = svc.sched.backends()[idx];
-                    let local = if svc.config.mode == Mode::FullNat {
-                        let local = fullnat::allocate_local(
-                            &mut shard,
-                            my_shard,
-                            &self.conns,
-                            &self.local_ports,
-                            svc,
-                            proto,
-                            client,
-                            backend.addr,
-                            now,
-                        );
-                        if local.is_none() {
-                            if persistent {
-                                self.persist.release(svc.id, flow.src, now, svc.persistence);
-                            }
-                            return Verdict::Drop(DropReason::PortExhausted);
-                        }
-                        local
-                    } else {
-                        None
-                    };
-                    // FULLNAT TCP with a PROXY header: the shift starts at the SYN's ISN.
-                    let proxy = (local.is_some()
-                        && proto == Protocol::Tcp
-                        && svc.config.proxy_protocol.is_some())
-                    .then(|| ProxySeq {
-                        client_isn: tcp_seq(frame, flow),
-                        delta: proxy::V2_TCP4_LEN,
-                    });
-                    let new = NewConn {
-                        proto,
-                        client,
-                        vip,
-                        real: backend.addr,
-                        local,
-                        proxy,
-                        mode: svc.config.mode,
-                        service: svc.id,
-                        real_slot: backend.slot,
-                        flags: if persistent { ConnEntry::PERSISTENT } else { 0 },
-                    };
-                    match shard.insert(&new, now) {
-                        Ok(id) => {
-                            shard.update(id, Direction::In, ports.tcp_flags, len, now);
-                            WorkerCounters::bump(&ctx.counters.new_conns);
-                        }
-                        Err(e) => {
-                            if persistent {
-                                self.persist.release(svc.id, flow.src, now, svc.persistence);
-                            }
-                            return Verdict::Drop(match e {
-                                InsertError::Full => DropReason::TableFull,
-                                // The client:port already talks to this real server through
-                                // another VIP: NAT could not tell the replies apart.
-                                InsertError::Exists(_) | InsertError::ReplyInUse(_) => {
-                                    DropReason::FlowClash
-                                }
-                            });
-                        }
-                    }
-                    (backend.addr, local, svc.config.mode, proxy)
-                }
-            }
-        };
-
-        let mut insert = None;
-        match (mode, local) {
-            (Mode::Tun, _) => {
-                return tun::tunnel(frame, flow, *real.ip(), meta, t, now, ctx, |c| {
-                    &c.forwarded_in
-                });
-            }
-            (Mode::Nat, _) => rewrite_dst(frame, flow, ports, real, meta),
-            (Mode::FullNat, Some(local)) => {
-                fullnat::rewrite_in(frame, flow, ports, local, real, meta.csum_partial);
-                if let Some(ps) = proxy {
-                    insert = proxy::inbound(
-                        frame,
-                        flow,
-                        ports.tcp_flags,
-                        ps,
-                        client,
-                        vip,
-                        meta.csum_partial,
-                    );
-                }
-            }
-            (Mode::FullNat, None) => return Verdict::Drop(DropReason::NoLocalAddress),
-            // The destination MAC only, in `emit_sized`.
-            (Mode::Dr, _) => {}
-        }
-        let grow = insert.map_or(0, |i| usize::from(i.len));
-        let v = self.emit_sized(frame, flow, *real.ip(), meta, t, ctx, grow, |c| {
-            &c.forwarded_in
-        });
-        match (v, insert) {
-            (Verdict::Forward { ifindex }, Some(insert)) => {
-                Verdict::ForwardInsert { ifindex, insert }
-            }
-            _ => v,
-        }
-    }
-
-    /// NAT real server → client: the source becomes VIP:port again.
-    #[allow(clippy::too_many_arguments)]
-    fn reply(
-        &self,
-        frame: &mut [u8],
-        flow: Flow,
-        ports: Ports,
-        meta: RxMeta,
-        t: &Tables<'_>,
-        now: u32,
-        ctx: &mut WorkerCtx<'_>,
-    ) -> Verdict {
-        let proto = Protocol::from_ip_proto(flow.proto).expect("caller checked TCP/UDP");
-        let client = SocketAddrV4::new(flow.dst, ports.dst);
-        let key = ReplyKey {
-            proto,
-            real: SocketAddrV4::new(flow.src, ports.src),
-            peer: client,
-        };
-        let len = flow.end - flow.ip;
-        let vip = {
-            let mut shard = self.conns.shard_for(client);
-            let Some(id) = shard.get_reply(&key, now) else {
-                // Not a flow of ours: e.g. a reply to the box's own health check.
-                return Verdict::Pass;
-            };
-            shard.update(id, Direction::Out, ports.tcp_flags, len, now);
-            shard.entry(id).vip()
-        };
-        rewrite_src(frame, flow, ports, vip, meta);
-        self.emit(frame, flow, flow.dst, meta, t, ctx, |c| &c.forwarded_out)
-    }
-
-    /// An ICMP message to a VIP. Errors quoting a packet VIP:port → client belong to a flow
-    /// and go to its real server; the rest (echo) is the kernel's.
-    fn icmp_to_vip(
-        &self,
-        frame: &mut [u8],
-        flow: Flow,
-        meta: RxMeta,
-        t: &Tables<'_>,
-        now: u32,
-        ctx: &mut WorkerCtx<'_>,
-    ) -> Verdict {
-        let Some(q) = quoted(frame, flow) else {
-            return Verdict::Pass;
-        };
-        if flow.fragment {
-            return Verdict::Drop(DropReason::Fragment);
-        }
-        // The quoted packet went VIP:vport → client:cport.
-        let Some(proto) = Protocol::from_ip_proto(q.proto) else {
-            return Verdict::Pass;
-        };
-        let key = FlowKey {
-            proto,
-            client: SocketAddrV4::new(q.dst, q.dport),
-            vip: SocketAddrV4::new(q.src, q.sport),
-        };
-        let found = {
-            let mut shard = self.conns.shard_for(key.client);
-            shard.get_in(&key, now).map(|id| {
-                let e = shard.entry(id);
-                (e.real(), e.mode(), e.local())
-            })
-        };
-        let Some((real, mode, local)) = found else {
-            return Verdict::Drop(DropReason::IcmpNoConnection);
-        };
-        match (mode, local) {
-            (Mode::Tun, _) => {
-                // The real server sent the quoted packet itself: it gets the error the same
-                // way it gets the flow's packets.
-                return tun::tunnel(frame, flow, *real.ip(), meta, t, now, ctx, |c| {
-                    &c.icmp_forwarded
-                });
-            }
-            (Mode::Nat, _) => {
-                // Outer destination VIP → real; quoted source VIP:vport → real:rport.
-                set_ip_addr(frame, flow.ip, ADDR_DST, *real.ip());
-                translate_quoted(frame, flow, q, QuotedSide::Src, real);
-            }
-            (Mode::FullNat, Some(local)) => fullnat::icmp_to_real(frame, flow, q, real, local),
-            (Mode::FullNat, None) => return Verdict::Drop(DropReason::NoLocalAddress),
-            (Mode::Dr, _) => {}
-        }
-        self.emit(frame, flow, *real.ip(), meta, t, ctx, |c| &c.icmp_forwarded)
-    }
-
-    /// An ICMP error from the real servers' side quoting client → real (a NAT flow's
-    /// packet): it goes to the client as if the VIP had sent it (as IPVS does).
-    fn icmp_from_real_side(
-        &self,
-        frame: &mut [u8],
-        flow: Flow,
-        t: &Tables<'_>,
-        now: u32,
-        ctx: &mut WorkerCtx<'_>,
-    ) -> Verdict {
-        let Some(q) = quoted(frame, flow) else {
-            return Verdict::Pass;
-        };
-        if !t.services.is_nat_real(q.dst, q.dport, q.proto) {
-            return Verdict::Pass;
-        }
-        let Some(proto) = Protocol::from_ip_proto(q.proto) else {
-            return Verdict::Pass;
-        };
-        let client = SocketAddrV4::new(q.src, q.sport);
-        let key = ReplyKey {
-            proto,
-            real: SocketAddrV4::new(q.dst, q.dport),
-            peer: client,
-        };
-        let vip = {
-            let mut shard = self.conns.shard_for(client);
-            shard.get_reply(&key, now).map(|id| shard.entry(id).vip())
-        };
-        let Some(vip) = vip else {
-            return Verdict::Pass;
-        };
-        if flow.fragment {
-            return Verdict::Drop(DropReason::Fragment);
-        }
-        set_ip_addr(frame, flow.ip, ADDR_SRC, *vip.ip());
-        translate_quoted(frame, flow, q, QuotedSide::Dst, vip);
-        self.emit(frame, flow, flow.dst, RxMeta::default(), t, ctx, |c| {
-            &c.icmp_forwarded
-        })
-    }
-
-    /// The common end of every forwarding path: refuse an expiring TTL, pick the next hop,
-    /// decrement TTL, write the MACs, and count the forward in `counter`.
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &self,
-        frame: &mut [u8],
-        flow: Flow,
-        toward: Ipv4Addr,
-        meta: RxMeta,
-        t: &Tables<'_>,
-        ctx: &mut WorkerCtx<'_>,
-        counter: fn(&WorkerCounters) -> &AtomicU64,
-    ) -> Verdict {
-        self.emit_sized(frame, flow, toward, meta, t, ctx, 0, counter)
-    }
-
-    /// [`Engine::emit`] for a packet that leaves `grow` bytes longer than it came in.
-    #[allow(clippy::too_many_arguments)]
-    fn emit_sized(
-        &self,
-        frame: &mut [u8],
-        flow: Flow,
-        toward: Ipv4Addr,
-        meta: RxMeta,
-        t: &Tables<'_>,
-        ctx: &mut WorkerCtx<'_>,
-        grow: usize,
-        counter: fn(&WorkerCounters) -> &AtomicU64,
-    ) -> Verdict {
-        if flow.ttl <= 1 {
-            return Verdict::Drop(DropReason::TtlExceeded);
-        }
-        let hop = match next_hop(toward, t, ctx) {
-            Ok(hop) => hop,
-            Err(reason) => return Verdict::Drop(reason),
-        };
-        if !meta.gso && flow.end - flow.ip + grow > hop.mtu as usize {
-            return Verdict::Drop(DropReason::TooBig);
-        }
-        let mut ip = Ipv4Packet::new_unchecked(&mut frame[flow.ip..flow.end]);
-        ip.decrement_ttl_incremental();
-        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-        eth.set_src_addr(MacAddr(hop.src_mac));
-        eth.set_dst_addr(MacAddr(hop.dst_mac));
-        WorkerCounters::bump(counter(ctx.counters));
-        Verdict::Forward {
-            ifindex: hop.ifindex,
         }
     }
 }
 
-/// The TCP sequence number of a segment whose header `read_ports` has checked.
-fn tcp_seq(frame: &[u8], flow: Flow) -> u32 {
-    let at = flow.l4 + 4;
-    u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
+/// A frame from a NAT real server's service port, read from the raw header (before the
+/// frame is known to be whole).
+fn from_nat_real_raw(t: &Tables<'_>, src: Ipv4Addr, raw: &[u8]) -> bool {
+    let ihl = usize::from(raw[0] & 0x0f) * 4;
+    let proto = raw[9];
+    if ihl < ipv4::HEADER_LEN || raw.len() < ihl + 2 {
+        return false;
+    }
+    let sport = u16::from_be_bytes([raw[ihl], raw[ihl + 1]]);
+    t.services.is_nat_real(src, sport, proto)
+}
+
+/// The common end of every forwarding path but TUN's: refuse an expiring TTL, pick the next
+/// hop, decrement TTL, write the MACs, and count the forward in `counter`.
+fn emit(
+    p: &mut Packet<'_>,
+    toward: Ipv4Addr,
+    cx: &mut Cx<'_, '_>,
+    counter: fn(&WorkerCounters) -> &AtomicU64,
+) -> Verdict {
+    emit_sized(p, toward, cx, 0, counter)
+}
+
+/// [`emit`] for a packet that leaves `grow` bytes longer than it came in.
+fn emit_sized(
+    p: &mut Packet<'_>,
+    toward: Ipv4Addr,
+    cx: &mut Cx<'_, '_>,
+    grow: usize,
+    counter: fn(&WorkerCounters) -> &AtomicU64,
+) -> Verdict {
+    if p.flow.ttl <= 1 {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
+    let hop = match next_hop(toward, cx) {
+        Ok(hop) => hop,
+        Err(reason) => return Verdict::Drop(reason),
+    };
+    if !p.meta.gso && p.len() + grow > hop.mtu as usize {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    p.ipv4_mut().decrement_ttl_incremental();
+    let mut eth = EthernetFrame::new_unchecked(&mut p.frame[..]);
+    eth.set_src_addr(MacAddr(hop.src_mac));
+    eth.set_dst_addr(MacAddr(hop.dst_mac));
+    WorkerCounters::bump(counter(cx.w.counters));
+    Verdict::Forward {
+        ifindex: hop.ifindex,
+    }
 }
 
 /// The egress interface and MACs toward `addr`: from the FIB snapshot, or on a neighbour
 /// miss from the worker's miss handler.
-fn next_hop(
-    addr: Ipv4Addr,
-    t: &Tables<'_>,
-    ctx: &mut WorkerCtx<'_>,
-) -> Result<crate::fib::NextHop, DropReason> {
+fn next_hop(addr: Ipv4Addr, cx: &mut Cx<'_, '_>) -> Result<crate::fib::NextHop, DropReason> {
+    let t = cx.t;
     match t.fib.resolve(addr) {
         Ok(hop) => Ok(hop),
         Err(FibMiss::NoRoute) => Err(DropReason::NoRoute),
         Err(FibMiss::NoNeighbour { ifindex, addr }) => {
-            let dst_mac = ctx
-                .neighbours
-                .on_miss(ifindex, addr)
-                .ok_or(DropReason::NoNeighbour)?;
+            let dst_mac =
+                cx.w.neighbours
+                    .on_miss(ifindex, addr)
+                    .ok_or(DropReason::NoNeighbour)?;
             let iface = t.fib.interface(ifindex).ok_or(DropReason::NoRoute)?;
             Ok(crate::fib::NextHop {
                 ifindex,
@@ -1186,226 +609,6 @@ fn next_hop(
             })
         }
     }
-}
-
-fn read_ports(frame: &[u8], flow: Flow) -> Option<Ports> {
-    let l4 = frame.get(flow.l4..flow.end)?;
-    match flow.proto {
-        PROTO_TCP => {
-            let tcp = crate::wire::tcp::TcpPacket::new_checked(l4).ok()?;
-            Some(Ports {
-                src: tcp.src_port(),
-                dst: tcp.dst_port(),
-                tcp_flags: tcp.flags().0,
-            })
-        }
-        PROTO_UDP => {
-            let udp = crate::wire::udp::UdpPacket::new_checked(l4).ok()?;
-            Some(Ports {
-                src: udp.src_port(),
-                dst: udp.dst_port(),
-                tcp_flags: 0,
-            })
-        }
-        _ => None,
-    }
-}
-
-/// The IPv4 header checksum, verified only for frames the datapath handles (the kernel checks
-/// its own).
-fn ip_header_ok(frame: &[u8], flow: Flow) -> bool {
-    Ipv4Packet::new_unchecked(&frame[flow.ip..flow.end]).verify_checksum()
-}
-
-fn l4_checksum_ok(frame: &[u8], flow: Flow) -> bool {
-    let l4 = &frame[flow.l4..flow.end];
-    match flow.proto {
-        PROTO_TCP => {
-            crate::wire::tcp::TcpPacket::new_unchecked(l4).verify_checksum(flow.src, flow.dst)
-        }
-        PROTO_UDP => {
-            crate::wire::udp::UdpPacket::new_unchecked(l4).verify_checksum(flow.src, flow.dst)
-        }
-        _ => true,
-    }
-}
-
-const ADDR_SRC: usize = 12;
-const ADDR_DST: usize = 16;
-
-/// Offset of the TCP/UDP checksum field in the L4 header.
-fn l4_csum_offset(proto: u8) -> usize {
-    if proto == PROTO_TCP {
-        16
-    } else {
-        6
-    }
-}
-
-/// Replace the IPv4 address at `which` (ADDR_SRC/ADDR_DST) of the header at `ip`, fixing the
-/// header checksum. Returns the old address.
-fn set_ip_addr(frame: &mut [u8], ip: usize, which: usize, new: Ipv4Addr) -> u32 {
-    let at = ip + which;
-    let old = u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]]);
-    let new = u32::from(new);
-    frame[at..at + 4].copy_from_slice(&new.to_be_bytes());
-    let c = u16::from_be_bytes([frame[ip + 10], frame[ip + 11]]);
-    frame[ip + 10..ip + 12].copy_from_slice(&checksum::update32(c, old, new).to_be_bytes());
-    old
-}
-
-/// Fix the TCP/UDP checksum at `l4` after the address `old` → `new` and port `old_port` →
-/// `new_port` changed (port change ignored for partial checksums: ports are not in the seed).
-#[allow(clippy::too_many_arguments)]
-fn fix_l4_csum(
-    frame: &mut [u8],
-    proto: u8,
-    l4: usize,
-    old: u32,
-    new: u32,
-    old_port: u16,
-    new_port: u16,
-    partial: bool,
-) {
-    let at = l4 + l4_csum_offset(proto);
-    if frame.len() < at + 2 {
-        return;
-    }
-    let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
-    let c = if partial {
-        checksum::update_partial32(c, old, new)
-    } else if proto == PROTO_UDP {
-        checksum::udp_update16(checksum::udp_update32(c, old, new), old_port, new_port)
-    } else {
-        checksum::update16(checksum::update32(c, old, new), old_port, new_port)
-    };
-    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-}
-
-/// Writes `to` as the source (`src = true`) or destination address and port of the IPv4 and
-/// L4 headers at `flow`, fixing the IPv4 and TCP/UDP checksums incrementally (a partial
-/// checksum only for the address).
-fn rewrite_end(
-    frame: &mut [u8],
-    flow: Flow,
-    src: bool,
-    old_port: u16,
-    to: SocketAddrV4,
-    partial: bool,
-) {
-    let which = if src { ADDR_SRC } else { ADDR_DST };
-    let old = set_ip_addr(frame, flow.ip, which, *to.ip());
-    let port_at = flow.l4 + if src { 0 } else { 2 };
-    frame[port_at..port_at + 2].copy_from_slice(&to.port().to_be_bytes());
-    fix_l4_csum(
-        frame,
-        flow.proto,
-        flow.l4,
-        old,
-        u32::from(*to.ip()),
-        old_port,
-        to.port(),
-        partial,
-    );
-}
-
-/// NAT inbound: destination VIP:vport → real:rport.
-fn rewrite_dst(frame: &mut [u8], flow: Flow, ports: Ports, real: SocketAddrV4, meta: RxMeta) {
-    rewrite_end(frame, flow, false, ports.dst, real, meta.csum_partial);
-}
-
-/// NAT reply: source real:rport → VIP:vport.
-fn rewrite_src(frame: &mut [u8], flow: Flow, ports: Ports, vip: SocketAddrV4, meta: RxMeta) {
-    rewrite_end(frame, flow, true, ports.src, vip, meta.csum_partial);
-}
-
-/// The packet quoted in an ICMP error.
-#[derive(Debug, Clone, Copy)]
-struct Quoted {
-    /// Offset of the ICMP header in the frame.
-    icmp: usize,
-    /// Offset of the quoted IPv4 header.
-    ip: usize,
-    /// Offset of the quoted L4 header.
-    l4: usize,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-}
-
-fn quoted(frame: &[u8], flow: Flow) -> Option<Quoted> {
-    if flow.proto != PROTO_ICMP {
-        return None;
-    }
-    let icmp = Icmpv4Packet::new_checked(frame.get(flow.l4..flow.end)?).ok()?;
-    if !matches!(
-        icmp.msg_type(),
-        icmp::TYPE_DEST_UNREACHABLE
-            | icmp::TYPE_TIME_EXCEEDED
-            | icmp::TYPE_PARAM_PROBLEM
-            | icmp::TYPE_SOURCE_QUENCH
-    ) {
-        return None;
-    }
-    let q_off = flow.l4 + icmp::HEADER_LEN;
-    let q = Ipv4Packet::new_checked_quoted(frame.get(q_off..flow.end)?).ok()?;
-    let q_l4 = q_off + usize::from(q.header_len());
-    let proto = q.protocol();
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
-    }
-    let ports = frame.get(q_l4..q_l4 + 4)?;
-    Some(Quoted {
-        icmp: flow.l4,
-        ip: q_off,
-        l4: q_l4,
-        src: q.src_addr(),
-        dst: q.dst_addr(),
-        proto,
-        sport: u16::from_be_bytes([ports[0], ports[1]]),
-        dport: u16::from_be_bytes([ports[2], ports[3]]),
-    })
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum QuotedSide {
-    Src,
-    Dst,
-}
-
-/// Rewrite one end of the quoted packet to `to`, fix the quoted header checksum and the
-/// quoted L4 checksum where it was quoted, then recompute the ICMP checksum (errors are
-/// small and rare, so a full sum is simplest and exact).
-fn translate_quoted(frame: &mut [u8], flow: Flow, q: Quoted, side: QuotedSide, to: SocketAddrV4) {
-    let (which, port_at, old_port) = match side {
-        QuotedSide::Src => (ADDR_SRC, q.l4, q.sport),
-        QuotedSide::Dst => (ADDR_DST, q.l4 + 2, q.dport),
-    };
-    let old = set_ip_addr(frame, q.ip, which, *to.ip());
-    frame[port_at..port_at + 2].copy_from_slice(&to.port().to_be_bytes());
-    // The quoted L4 checksum is only present if enough of the packet was quoted.
-    let at = q.l4 + l4_csum_offset(q.proto);
-    if at + 2 <= flow.end {
-        let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
-        let c = if q.proto == PROTO_UDP {
-            checksum::udp_update16(
-                checksum::udp_update32(c, old, u32::from(*to.ip())),
-                old_port,
-                to.port(),
-            )
-        } else {
-            checksum::update16(
-                checksum::update32(c, old, u32::from(*to.ip())),
-                old_port,
-                to.port(),
-            )
-        };
-        frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    }
-    let mut icmp = Icmpv4Packet::new_unchecked(&mut frame[q.icmp..flow.end]);
-    icmp.fill_checksum();
 }
 
 /// Keeps persistence templates referenced while their connections live, and passes every

@@ -20,13 +20,17 @@
 //! The shift (ISN and delta) lives in the connection entry and is synced, so the standby
 //! translates the flow the same way after a takeover.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddrV4;
 
 use crate::conntrack::tcp_flags::{ACK, FIN, SYN};
 use crate::conntrack::ProxySeq;
 use crate::wire::checksum;
+use crate::wire::tcp::TcpPacket;
 
-use super::{Flow, Insert};
+use super::packet::Packet;
+use super::Insert;
 
 /// The PROXY v2 signature.
 const SIGNATURE: [u8; 12] = [
@@ -53,76 +57,40 @@ pub fn header_v2(client: SocketAddrV4, vip: SocketAddrV4) -> [u8; V2_TCP4_LEN as
     h
 }
 
-fn read32(frame: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
-}
-
 /// The TCP header's length and the payload's length, if the header is sane.
-fn tcp_lengths(frame: &[u8], flow: Flow) -> Option<(usize, usize)> {
-    let doff = usize::from(*frame.get(flow.l4 + 12)? >> 4) * 4;
-    if doff < 20 || flow.l4 + doff > flow.end {
+fn tcp_lengths(p: &Packet<'_>) -> Option<(usize, usize)> {
+    let seg = p.l4();
+    if seg.len() < 20 {
         return None;
     }
-    Some((doff, flow.end - flow.l4 - doff))
-}
-
-/// Writes the 32-bit word at `at` (an even offset of the TCP segment), fixing the TCP
-/// checksum unless it is a partial one (which covers only the pseudo-header).
-fn set32(frame: &mut [u8], flow: Flow, at: usize, new: u32, partial: bool) {
-    let old = read32(frame, at);
-    frame[at..at + 4].copy_from_slice(&new.to_be_bytes());
-    if !partial {
-        let c = flow.l4 + 16;
-        let sum = u16::from_be_bytes([frame[c], frame[c + 1]]);
-        frame[c..c + 2].copy_from_slice(&checksum::update32(sum, old, new).to_be_bytes());
+    let doff = usize::from(TcpPacket::new_unchecked(seg).header_len());
+    if doff < 20 || doff > seg.len() {
+        return None;
     }
-}
-
-/// Replaces `new.len()` bytes at `at` (any offset inside the TCP header), fixing the TCP
-/// checksum over the even-aligned words that cover them.
-fn patch(frame: &mut [u8], flow: Flow, at: usize, new: &[u8], partial: bool) {
-    let start = flow.l4 + ((at - flow.l4) & !1);
-    let end = (flow.l4 + ((at + new.len() - flow.l4 + 1) & !1)).min(flow.end);
-    let mut old = [0u8; 16];
-    let n = end - start;
-    old[..n].copy_from_slice(&frame[start..end]);
-    frame[at..at + new.len()].copy_from_slice(new);
-    if !partial {
-        let c = flow.l4 + 16;
-        let sum = u16::from_be_bytes([frame[c], frame[c + 1]]);
-        let fixed = checksum::update_bytes(sum, &old[..n], &frame[start..end]);
-        frame[c..c + 2].copy_from_slice(&fixed.to_be_bytes());
-    }
+    Some((doff, seg.len() - doff))
 }
 
 /// Client → real, after the FULLNAT rewrite: shifts the sequence number, or returns the
 /// header to insert (with the IPv4 total length and the TCP checksum already accounting
 /// for it) when this segment carries the client's first byte or FIN.
 pub(super) fn inbound(
-    frame: &mut [u8],
-    flow: Flow,
+    p: &mut Packet<'_>,
     tcp_flags: u8,
     ps: ProxySeq,
     client: SocketAddrV4,
     vip: SocketAddrV4,
-    partial: bool,
 ) -> Option<Insert> {
-    let (doff, payload) = tcp_lengths(frame, flow)?;
+    let (doff, payload) = tcp_lengths(p)?;
     if tcp_flags & SYN != 0 {
         return None;
     }
-    let seq_at = flow.l4 + 4;
-    let seq = read32(frame, seq_at);
+    let partial = p.meta.csum_partial;
+    let seq = p.tcp_seq();
     let first = ps.client_isn.wrapping_add(1);
     let rel = seq.wrapping_sub(first) as i32;
     if rel > 0 {
-        set32(
-            frame,
-            flow,
-            seq_at,
-            seq.wrapping_add(u32::from(ps.delta)),
-            partial,
-        );
+        TcpPacket::new_unchecked(p.l4_mut())
+            .set_seq_number_incremental(seq.wrapping_add(u32::from(ps.delta)), partial);
         return None;
     }
     if rel < 0 || (payload == 0 && tcp_flags & FIN == 0) {
@@ -131,30 +99,24 @@ pub(super) fn inbound(
     // The segment that starts the stream: the header goes before its payload.
     let header = header_v2(client, vip);
     let delta = ps.delta;
-    let ip = flow.ip;
-    let old_total = u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]);
-    let new_total = old_total.wrapping_add(delta);
-    frame[ip + 2..ip + 4].copy_from_slice(&new_total.to_be_bytes());
-    let ipc = u16::from_be_bytes([frame[ip + 10], frame[ip + 11]]);
-    frame[ip + 10..ip + 12]
-        .copy_from_slice(&checksum::update16(ipc, old_total, new_total).to_be_bytes());
+    {
+        let mut ip = p.ipv4_mut();
+        let total = ip.total_len().wrapping_add(delta);
+        ip.set_total_len_incremental(total);
+    }
     // TCP: the pseudo-header's length grows by delta; a complete checksum also takes the
     // header's words (inserted at an even offset, so the payload's words keep their places).
-    let seg_len = (flow.end - flow.l4) as u32;
-    let c = flow.l4 + 16;
-    let sum = u16::from_be_bytes([frame[c], frame[c + 1]]);
-    let new_len = seg_len + u32::from(delta);
-    let fixed = if partial {
-        checksum::update_partial32(sum, seg_len, new_len)
-    } else {
-        let s = checksum::update32(sum, seg_len, new_len);
-        checksum::update_bytes(s, &[0u8; V2_TCP4_LEN as usize], &header)
-    };
-    frame[c..c + 2].copy_from_slice(&fixed.to_be_bytes());
+    let seg_len = p.l4().len() as u32;
+    let mut tcp = TcpPacket::new_unchecked(p.l4_mut());
+    tcp.update_checksum_for_len(seg_len, seg_len + u32::from(delta), partial);
+    if !partial {
+        let c = checksum::update_bytes(tcp.checksum(), &[0u8; V2_TCP4_LEN as usize], &header);
+        tcp.set_checksum(c);
+    }
     let mut bytes = [0u8; 32];
     bytes[..header.len()].copy_from_slice(&header);
     Some(Insert {
-        at: u16::try_from(flow.l4 + doff).ok()?,
+        at: u16::try_from(p.flow.l4 + doff).ok()?,
         len: V2_TCP4_LEN as u8,
         bytes,
     })
@@ -175,22 +137,25 @@ fn unshift(n: u32, ps: ProxySeq) -> u32 {
 
 /// Real → client, after the FULLNAT rewrite: the acknowledgement and SACK edges lose the
 /// shift, and a SYN-ACK's MSS is lowered by it.
-pub(super) fn reply(frame: &mut [u8], flow: Flow, tcp_flags: u8, ps: ProxySeq, partial: bool) {
-    let Some((doff, _)) = tcp_lengths(frame, flow) else {
+pub(super) fn reply(p: &mut Packet<'_>, tcp_flags: u8, ps: ProxySeq) {
+    let Some((doff, _)) = tcp_lengths(p) else {
         return;
     };
+    let partial = p.meta.csum_partial;
+    let mut tcp = TcpPacket::new_unchecked(p.l4_mut());
     if tcp_flags & ACK != 0 {
-        let at = flow.l4 + 8;
-        let ack = read32(frame, at);
+        let ack = tcp.ack_number();
         let new = unshift(ack, ps);
         if new != ack {
-            set32(frame, flow, at, new, partial);
+            tcp.set_ack_number_incremental(new, partial);
         }
     }
-    let mut i = flow.l4 + 20;
-    let end = flow.l4 + doff;
-    while i < end {
-        let kind = frame[i];
+    // The options, by offset from their start (20 bytes into the segment).
+    let opts_len = doff - 20;
+    let mut i = 0;
+    while i < opts_len {
+        let opts = tcp.options();
+        let kind = opts[i];
         if kind == 0 {
             break;
         }
@@ -198,28 +163,29 @@ pub(super) fn reply(frame: &mut [u8], flow: Flow, tcp_flags: u8, ps: ProxySeq, p
             i += 1;
             continue;
         }
-        let Some(&len) = frame.get(i + 1) else {
+        let Some(&len) = opts.get(i + 1) else {
             break;
         };
         let len = usize::from(len);
-        if len < 2 || i + len > end {
+        if len < 2 || i + len > opts_len {
             break;
         }
         match (kind, len) {
             (2, 4) if tcp_flags & SYN != 0 => {
-                let mss = u16::from_be_bytes([frame[i + 2], frame[i + 3]]);
+                let mss = u16::from_be_bytes([opts[i + 2], opts[i + 3]]);
                 let clamped = mss.saturating_sub(ps.delta).max(MIN_MSS).min(mss);
                 if clamped != mss {
-                    patch(frame, flow, i + 2, &clamped.to_be_bytes(), partial);
+                    tcp.patch_header_incremental(20 + i + 2, &clamped.to_be_bytes(), partial);
                 }
             }
             (5, _) if (len - 2) % 8 == 0 => {
                 let mut at = i + 2;
                 while at + 4 <= i + len {
-                    let edge = read32(frame, at);
+                    let o = tcp.options();
+                    let edge = u32::from_be_bytes([o[at], o[at + 1], o[at + 2], o[at + 3]]);
                     let new = unshift(edge, ps);
                     if new != edge {
-                        patch(frame, flow, at, &new.to_be_bytes(), partial);
+                        tcp.patch_header_incremental(20 + at, &new.to_be_bytes(), partial);
                     }
                     at += 4;
                 }

@@ -38,13 +38,13 @@
 //! flow's real server the same way; it never causes an ICMP error of its own (RFC 1122
 //! §3.2.2): too big with DF, it is dropped as `too_big`.
 
+#![forbid(unsafe_code)]
+
 use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicU64;
 
-use super::{
-    next_hop, DropReason, Flow, FrameOut, Insert, RxMeta, Tables, Verdict, WorkerCounters,
-    WorkerCtx,
-};
+use super::packet::{Cx, Flow, Packet};
+use super::{next_hop, DropReason, FrameOut, Insert, RxMeta, Tables, Verdict, WorkerCounters};
 use crate::fib::NextHop;
 use crate::wire::ethernet::{self, EthernetFrame, MacAddr, ETHERTYPE_IPV4};
 use crate::wire::icmp::{self, Icmpv4Packet};
@@ -60,21 +60,17 @@ const ICMP_TTL: u8 = 64;
 
 /// Sends the packet of `flow` to `real` in an IPIP header, and counts a zero-copy forward in
 /// `counter` (built copies are counted as `emitted` by `process`).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn tunnel(
-    frame: &mut [u8],
-    flow: Flow,
+    p: &mut Packet<'_>,
     real: Ipv4Addr,
-    meta: RxMeta,
-    t: &Tables<'_>,
-    now: u32,
-    ctx: &mut WorkerCtx<'_>,
+    cx: &mut Cx<'_, '_>,
     counter: fn(&WorkerCounters) -> &AtomicU64,
 ) -> Verdict {
+    let (flow, meta, t) = (p.flow, p.meta, cx.t);
     if flow.ttl <= 1 {
         return Verdict::Drop(DropReason::TtlExceeded);
     }
-    let hop = match next_hop(real, t, ctx) {
+    let hop = match next_hop(real, cx) {
         Ok(hop) => hop,
         Err(reason) => return Verdict::Drop(reason),
     };
@@ -82,7 +78,7 @@ pub(super) fn tunnel(
     let Some(src) = tunnel_source(t, hop.ifindex, real) else {
         return Verdict::Drop(DropReason::NoRoute);
     };
-    let segments = match Segments::of(frame, flow, meta, hop.mtu) {
+    let segments = match Segments::of(p.frame, flow, meta, hop.mtu) {
         Ok(s) => s,
         Err(reason) => return Verdict::Drop(reason),
     };
@@ -94,16 +90,18 @@ pub(super) fn tunnel(
     let largest = segments.map_or(inner_len, |s| s.largest(flow));
     let mtu = hop.mtu as usize;
     let too_big = largest + OUTER_LEN > mtu;
-    if too_big && Ipv4Packet::new_unchecked(&frame[flow.ip..flow.end]).dont_frag() {
+    if too_big && p.ipv4().dont_frag() {
         if flow.proto == PROTO_ICMP {
             return Verdict::Drop(DropReason::TooBig);
         }
         let mtu = u16::try_from(mtu.saturating_sub(OUTER_LEN)).unwrap_or(u16::MAX);
-        frag_needed(frame, flow, mtu, meta, t, now, ctx);
+        frag_needed(p, mtu, cx);
         return Verdict::Drop(DropReason::FragNeeded);
     }
 
-    Ipv4Packet::new_unchecked(&mut frame[flow.ip..flow.end]).decrement_ttl_incremental();
+    p.ipv4_mut().decrement_ttl_incremental();
+    let ctx = &mut *cx.w;
+    let frame = &mut *p.frame;
     let tun = Tunnel {
         src,
         dst: real,
@@ -415,27 +413,20 @@ fn back_to_sender(frame: &[u8], src: Ipv4Addr, meta: RxMeta, t: &Tables<'_>) -> 
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn frag_needed(
-    frame: &[u8],
-    flow: Flow,
-    mtu: u16,
-    meta: RxMeta,
-    t: &Tables<'_>,
-    now: u32,
-    ctx: &mut WorkerCtx<'_>,
-) {
-    let hop = match next_hop(flow.src, t, ctx) {
+fn frag_needed(p: &Packet<'_>, mtu: u16, cx: &mut Cx<'_, '_>) {
+    let (frame, flow, t) = (&*p.frame, p.flow, cx.t);
+    let hop = match next_hop(flow.src, cx) {
         Ok(hop) => hop,
-        Err(_) => match back_to_sender(frame, flow.src, meta, t) {
+        Err(_) => match back_to_sender(frame, flow.src, p.meta, t) {
             Some(hop) => hop,
             None => {
-                WorkerCounters::bump(&ctx.counters.icmp_unroutable);
+                WorkerCounters::bump(&cx.w.counters.icmp_unroutable);
                 return;
             }
         },
     };
-    if !ctx.state.icmp_allowed(now) {
+    let ctx = &mut *cx.w;
+    if !ctx.state.icmp_allowed(cx.now) {
         WorkerCounters::bump(&ctx.counters.icmp_limited);
         return;
     }

@@ -194,8 +194,8 @@ pub fn eligible(state: ConnState) -> bool {
 }
 
 /// The rows of connection `e` (none if it is not [`eligible`]): the same rewrites the
-/// engine applies to the flow's packets (see `engine/mod.rs` and `bpf/*.h`, one file per
-/// mode).
+/// engine applies to the flow's packets (see `engine/{nat,dr,tun,fullnat}.rs` and
+/// `bpf/*.h`, one file per mode on each side).
 pub fn rows(e: &ConnEntry) -> Vec<Row> {
     if !eligible(e.state()) {
         return Vec::new();

@@ -303,6 +303,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_dst_addr(addr);
     }
 
+    /// Rewrites the total length and updates the header checksum (RFC 1624).
+    #[inline]
+    pub fn set_total_len_incremental(&mut self, len: u16) {
+        self.set_checksum(checksum::update16(self.checksum(), self.total_len(), len));
+        self.set_total_len(len);
+    }
+
     /// Decrements the TTL, updates the header checksum, and returns the new TTL. A TTL of 0 is
     /// left alone. The caller checks `ttl() <= 1` first and answers with an ICMP time
     /// exceeded instead of forwarding.
@@ -583,6 +590,7 @@ mod test {
             p.fill_checksum();
             p.set_src_addr_incremental(Ipv4Addr::from(rng.next() as u32));
             p.set_dst_addr_incremental(Ipv4Addr::from(rng.next() as u32));
+            p.set_total_len_incremental(rng.next() as u16);
             p.decrement_ttl_incremental();
             let incremental = p.checksum();
             p.fill_checksum();

@@ -240,6 +240,97 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         let acc = checksum::l4_sum(src, dst, PROTO_TCP, self.buffer.as_ref());
         self.set_checksum(checksum::finish(acc));
     }
+
+    /// An address of the pseudo-header changed from `old` to `new` (the IPv4 header was
+    /// rewritten): updates the checksum, complete (RFC 1624) or, with `partial`, the
+    /// pseudo-header sum a Linux CHECKSUM_PARTIAL field holds.
+    #[inline]
+    pub fn update_checksum_for_addr(&mut self, old: Ipv4Addr, new: Ipv4Addr, partial: bool) {
+        self.update_checksum32(old.into(), new.into(), partial);
+    }
+
+    /// The segment length of the pseudo-header changed from `old` to `new` (bytes were
+    /// inserted): updates the checksum, complete or partial.
+    #[inline]
+    pub fn update_checksum_for_len(&mut self, old: u32, new: u32, partial: bool) {
+        self.update_checksum32(old, new, partial);
+    }
+
+    #[inline]
+    fn update_checksum32(&mut self, old: u32, new: u32, partial: bool) {
+        let c = self.checksum();
+        self.set_checksum(if partial {
+            checksum::update_partial32(c, old, new)
+        } else {
+            checksum::update32(c, old, new)
+        });
+    }
+
+    /// Rewrites the source port and updates a complete checksum; a partial one does not
+    /// cover the ports and stays.
+    #[inline]
+    pub fn set_src_port_incremental(&mut self, port: u16, partial: bool) {
+        if !partial {
+            let c = checksum::update16(self.checksum(), self.src_port(), port);
+            self.set_checksum(c);
+        }
+        self.set_src_port(port);
+    }
+
+    /// Rewrites the destination port and updates a complete checksum; a partial one does
+    /// not cover the ports and stays.
+    #[inline]
+    pub fn set_dst_port_incremental(&mut self, port: u16, partial: bool) {
+        if !partial {
+            let c = checksum::update16(self.checksum(), self.dst_port(), port);
+            self.set_checksum(c);
+        }
+        self.set_dst_port(port);
+    }
+
+    /// Rewrites the sequence number and updates a complete checksum (a partial one does not
+    /// cover the header).
+    #[inline]
+    pub fn set_seq_number_incremental(&mut self, seq: u32, partial: bool) {
+        if !partial {
+            let c = checksum::update32(self.checksum(), self.seq_number(), seq);
+            self.set_checksum(c);
+        }
+        self.set_seq_number(seq);
+    }
+
+    /// Rewrites the acknowledgement number and updates a complete checksum (a partial one
+    /// does not cover the header).
+    #[inline]
+    pub fn set_ack_number_incremental(&mut self, ack: u32, partial: bool) {
+        if !partial {
+            let c = checksum::update32(self.checksum(), self.ack_number(), ack);
+            self.set_checksum(c);
+        }
+        self.set_ack_number(ack);
+    }
+
+    /// Replaces the bytes at `at` (an offset inside the header, options included) with
+    /// `new` (at most 14 bytes), updating a complete checksum over the 16-bit words that
+    /// cover them (a partial one does not cover the header).
+    #[inline]
+    pub fn patch_header_incremental(&mut self, at: usize, new: &[u8], partial: bool) {
+        let buf = self.buffer.as_mut();
+        let start = at & !1;
+        let end = ((at + new.len() + 1) & !1).min(buf.len());
+        let mut old = [0u8; 16];
+        let n = end - start;
+        old[..n].copy_from_slice(&buf[start..end]);
+        buf[at..at + new.len()].copy_from_slice(new);
+        if !partial {
+            let c = checksum::update_bytes(
+                self.checksum(),
+                &old[..n],
+                &self.buffer.as_ref()[start..end],
+            );
+            self.set_checksum(c);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +434,52 @@ mod test {
             p.fill_checksum(SRC, new_dst);
             assert_eq!(p.checksum(), csum);
         }
+    }
+
+    #[test]
+    fn test_incremental_setters_keep_the_checksum_a_full_sum_gives() {
+        let mut rng = XorShift::new(0x51e7);
+        for _ in 0..1000 {
+            let mut bytes = SYN;
+            let mut p = TcpPacket::new_unchecked(&mut bytes[..]);
+            let (src, dst) = (
+                Ipv4Addr::from(rng.next() as u32),
+                Ipv4Addr::from(rng.next() as u32),
+            );
+            p.update_checksum_for_addr(SRC, src, false);
+            p.update_checksum_for_addr(DST, dst, false);
+            p.set_src_port_incremental(rng.next() as u16, false);
+            p.set_dst_port_incremental(rng.next() as u16, false);
+            p.set_seq_number_incremental(rng.next() as u32, false);
+            p.set_ack_number_incremental(rng.next() as u32, false);
+            // The MSS option's value, at an odd-aligned and an even-aligned place.
+            p.patch_header_incremental(22, &(rng.next() as u16).to_be_bytes(), false);
+            p.patch_header_incremental(33, &[rng.next() as u8], false);
+            assert!(p.verify_checksum(src, dst));
+            let kept = p.checksum();
+            p.fill_checksum(src, dst);
+            assert_eq!(p.checksum(), kept);
+        }
+    }
+
+    #[test]
+    fn test_partial_checksum_follows_addresses_and_length_only() {
+        // A CHECKSUM_PARTIAL field holds the folded pseudo-header sum, which has no ports.
+        let mut bytes = SYN;
+        let len = SYN.len() as u16;
+        let seed = |s: Ipv4Addr, d: Ipv4Addr, l: u16| {
+            checksum::fold(checksum::pseudo_header_sum(s, d, PROTO_TCP, l))
+        };
+        let mut p = TcpPacket::new_unchecked(&mut bytes[..]);
+        p.set_checksum(seed(SRC, DST, len));
+        let to = Ipv4Addr::new(198, 18, 2, 20);
+        p.update_checksum_for_addr(DST, to, true);
+        p.set_dst_port_incremental(8080, true);
+        p.set_seq_number_incremental(7, true);
+        assert_eq!(p.checksum(), seed(SRC, to, len));
+        p.update_checksum_for_len(u32::from(len), u32::from(len) + 28, true);
+        assert_eq!(p.checksum(), seed(SRC, to, len + 28));
+        assert_eq!((p.dst_port(), p.seq_number()), (8080, 7));
     }
 
     #[test]

@@ -128,6 +128,41 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
         let csum = checksum::finish(checksum::l4_sum(src, dst, PROTO_UDP, datagram));
         self.set_checksum(checksum::udp_nonzero(csum));
     }
+
+    /// An address of the pseudo-header changed from `old` to `new` (the IPv4 header was
+    /// rewritten): updates the checksum, complete (RFC 1624; 0, "none", stays 0) or, with
+    /// `partial`, the pseudo-header sum a Linux CHECKSUM_PARTIAL field holds.
+    #[inline]
+    pub fn update_checksum_for_addr(&mut self, old: Ipv4Addr, new: Ipv4Addr, partial: bool) {
+        let c = self.checksum();
+        self.set_checksum(if partial {
+            checksum::update_partial32(c, old.into(), new.into())
+        } else {
+            checksum::udp_update32(c, old.into(), new.into())
+        });
+    }
+
+    /// Rewrites the source port and updates a complete checksum (0 stays 0); a partial one
+    /// does not cover the ports and stays.
+    #[inline]
+    pub fn set_src_port_incremental(&mut self, port: u16, partial: bool) {
+        if !partial {
+            let c = checksum::udp_update16(self.checksum(), self.src_port(), port);
+            self.set_checksum(c);
+        }
+        self.set_src_port(port);
+    }
+
+    /// Rewrites the destination port and updates a complete checksum (0 stays 0); a partial
+    /// one does not cover the ports and stays.
+    #[inline]
+    pub fn set_dst_port_incremental(&mut self, port: u16, partial: bool) {
+        if !partial {
+            let c = checksum::udp_update16(self.checksum(), self.dst_port(), port);
+            self.set_checksum(c);
+        }
+        self.set_dst_port(port);
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +255,34 @@ mod test {
             p.fill_checksum(new_src, DST);
             assert_eq!(csum, p.checksum());
         }
+    }
+
+    #[test]
+    fn test_incremental_setters_keep_the_checksum_a_full_sum_gives() {
+        let mut rng = XorShift::new(0x0dd5);
+        for _ in 0..1000 {
+            let mut bytes = DNS_QUERY;
+            let mut p = UdpPacket::new_unchecked(&mut bytes[..]);
+            let (src, dst) = (
+                Ipv4Addr::from(rng.next() as u32),
+                Ipv4Addr::from(rng.next() as u32),
+            );
+            p.update_checksum_for_addr(SRC, src, false);
+            p.set_src_port_incremental(rng.next() as u16, false);
+            p.update_checksum_for_addr(DST, dst, false);
+            p.set_dst_port_incremental(rng.next() as u16, false);
+            assert!(p.verify_checksum(src, dst));
+            let kept = p.checksum();
+            p.fill_checksum(src, dst);
+            assert_eq!(p.checksum(), kept);
+        }
+        // No checksum stays no checksum.
+        let mut bytes = DNS_QUERY;
+        let mut p = UdpPacket::new_unchecked(&mut bytes[..]);
+        p.set_checksum(0);
+        p.update_checksum_for_addr(SRC, DST, false);
+        p.set_dst_port_incremental(9, false);
+        assert_eq!((p.checksum(), p.dst_port()), (0, 9));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Golden tables for the XDP fast path's rules (see golden.rs for how a table works): per
+//! Golden tables for the XDP fast path's rules (see modes.rs for how a table works): per
 //! mode, flows are established (TCP handshakes, UDP first datagrams) and then sent what an
 //! established flow meets: data both ways, several segments, pure ACKs, UDP with and without
 //! a checksum, and every case the fast path must leave to the engine (`forwarder/bpf/
@@ -13,13 +13,6 @@
 //! [`Rows::slow`] (the engine's: no fast-path flow yet, or a case the program leaves alone);
 //! at the end the program must have forwarded exactly the `fast` rows.
 
-#[allow(dead_code)]
-#[path = "golden/frames.rs"]
-mod frames;
-#[allow(dead_code)]
-#[path = "golden/harness.rs"]
-mod harness;
-
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -27,8 +20,8 @@ use forwarder::conntrack::ConnState::{self, *};
 use forwarder::engine::DropReason;
 use forwarder::model::{Mode, Protocol, SchedulerKind, VirtualService};
 
-use frames::{Csum, Mac, Pkt, ACK, FIN, PSH, RST, SYN};
-use harness::*;
+use crate::frames::{self, Csum, Mac, Pkt, ACK, FIN, PSH, RST, SYN};
+use crate::harness::*;
 
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
@@ -220,14 +213,12 @@ fn nat_services() -> Vec<VirtualService> {
     ]
 }
 
-#[test]
-fn nat_table() {
+pub fn nat_table() {
     nat_table_run(false)
 }
 
 /// [`nat_table`] with every row also run through the XDP program.
-#[test]
-fn nat_table_xdp() {
+pub fn nat_table_xdp() {
     nat_table_run(true)
 }
 
@@ -755,14 +746,12 @@ fn nat_table_run(xdp: bool) {
 
 // ---- DR -------------------------------------------------------------------------------------
 
-#[test]
-fn dr_table() {
+pub fn dr_table() {
     dr_table_run(false)
 }
 
 /// [`dr_table`] with every row also run through the XDP program.
-#[test]
-fn dr_table_xdp() {
+pub fn dr_table_xdp() {
     dr_table_run(true)
 }
 
@@ -1069,14 +1058,12 @@ fn frag_needed_to_client(p: &Pkt, mtu: u16, ident: u16) -> Vec<u8> {
         .build()
 }
 
-#[test]
-fn tun_table() {
+pub fn tun_table() {
     tun_table_run(false)
 }
 
 /// [`tun_table`] with every row also run through the XDP program.
-#[test]
-fn tun_table_xdp() {
+pub fn tun_table_xdp() {
     tun_table_run(true)
 }
 
@@ -1475,14 +1462,12 @@ fn fnat_to_client(p: &Pkt, vip: SocketAddrV4, client: SocketAddrV4) -> Vec<u8> {
         .build()
 }
 
-#[test]
-fn fullnat_table() {
+pub fn fullnat_table() {
     fullnat_table_run(false)
 }
 
 /// [`fullnat_table`] with every row also run through the XDP program.
-#[test]
-fn fullnat_table_xdp() {
+pub fn fullnat_table_xdp() {
     fullnat_table_run(true)
 }
 
@@ -1901,14 +1886,12 @@ fn fullnat_table_run(xdp: bool) {
 
 // ---- FULLNAT + PROXY protocol v2 ------------------------------------------------------------
 
-#[test]
-fn fullnat_proxy_table() {
+pub fn fullnat_proxy_table() {
     fullnat_proxy_table_run(false)
 }
 
 /// [`fullnat_proxy_table`] with every row also run through the XDP program.
-#[test]
-fn fullnat_proxy_table_xdp() {
+pub fn fullnat_proxy_table_xdp() {
     fullnat_proxy_table_run(true)
 }
 

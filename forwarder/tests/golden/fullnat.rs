@@ -1,14 +1,7 @@
-//! Golden tables for FULLNAT (see golden.rs for how a table works). The engine runs with one
+//! Golden tables for FULLNAT (see modes.rs for how a table works). The engine runs with one
 //! connection-table shard and a local port range of one port (40000), so every local
 //! address the allocator hands out is known in advance: ports are per (LIP, real server),
 //! LIPs take turns by client port (even → 198.18.2.5, odd → 198.18.2.6).
-
-#[allow(dead_code)]
-#[path = "golden/frames.rs"]
-mod frames;
-#[allow(dead_code)]
-#[path = "golden/harness.rs"]
-mod harness;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -17,8 +10,8 @@ use forwarder::conntrack::ConnState::{self, *};
 use forwarder::engine::DropReason;
 use forwarder::model::{Mode, Protocol, SchedulerKind, VirtualService};
 
-use frames::{Csum, Pkt, ACK, FIN, PSH, SYN};
-use harness::*;
+use crate::frames::{Csum, Pkt, ACK, FIN, PSH, SYN};
+use crate::harness::*;
 
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
@@ -106,14 +99,12 @@ fn check_after(failures: &mut Vec<String>, table: &str, lab: &Lab, counts: Count
     }
 }
 
-#[test]
-fn fullnat_table() {
+pub fn fullnat_table() {
     fullnat_table_run(false)
 }
 
 /// [`fullnat_table`] with every row also run through the XDP program.
-#[test]
-fn fullnat_table_xdp() {
+pub fn fullnat_table_xdp() {
     fullnat_table_run(true)
 }
 
@@ -361,8 +352,7 @@ fn fullnat_table_run(xdp: bool) {
 }
 
 /// The local port is held through TIME_WAIT and free again when the entry expires.
-#[test]
-fn fullnat_port_held_through_time_wait() {
+pub fn fullnat_port_held_through_time_wait() {
     let mut lab = lab(vec![fullnat(
         "solo",
         80,
@@ -458,14 +448,12 @@ fn fullnat_port_held_through_time_wait() {
 
 /// PROXY protocol v2: the header before the client's first byte, every later sequence and
 /// acknowledgement number shifted by its 28 bytes, SACK edges too, MSS lowered.
-#[test]
-fn fullnat_proxy_protocol_table() {
+pub fn fullnat_proxy_protocol_table() {
     fullnat_proxy_protocol_table_run(false)
 }
 
 /// [`fullnat_proxy_protocol_table`] with every row also run through the XDP program.
-#[test]
-fn fullnat_proxy_protocol_table_xdp() {
+pub fn fullnat_proxy_protocol_table_xdp() {
     fullnat_proxy_protocol_table_run(true)
 }
 
@@ -657,8 +645,7 @@ fn fullnat_proxy_protocol_table_run(xdp: bool) {
 /// An entry of a FULLNAT service without its local address (only a defective replica could
 /// be one, and the sync adapter refuses those) is never forwarded unrewritten, as DR would
 /// forward it: its packets, and ICMP errors about it, are dropped as `no_local_address`.
-#[test]
-fn a_fullnat_entry_without_a_local_address_is_never_forwarded_unrewritten() {
+pub fn a_fullnat_entry_without_a_local_address_is_never_forwarded_unrewritten() {
     use forwarder::conntrack::NewConn;
     use forwarder::engine::{RxMeta, Verdict};
     let mut lab = lab(vec![fullnat(

@@ -10,11 +10,6 @@
 //! 198.18.1.10, VIP 198.18.1.100, director ext 198.18.1.2 (ifindex 2) / int 198.18.2.1
 //! (ifindex 3), NAT reals 198.18.2.11-13 on port + 8000, DR reals 198.18.1.11-13.
 
-#[path = "golden/frames.rs"]
-mod frames;
-#[path = "golden/harness.rs"]
-mod harness;
-
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -23,8 +18,10 @@ use forwarder::engine::{DropReason, RxMeta, Verdict};
 use forwarder::model::{Mode, Protocol, SchedulerKind};
 use forwarder::wire::ipv4::Ipv4Packet;
 
-use frames::{arp_request, check_checksums, Csum, L4Check, Pkt, ACK, FIN, PSH, RST, SYN};
-use harness::*;
+use crate::frames::{
+    self, arp_request, check_checksums, Csum, L4Check, Pkt, ACK, FIN, PSH, RST, SYN,
+};
+use crate::harness::*;
 
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
@@ -123,14 +120,12 @@ fn expect_conns(failures: &mut Vec<String>, table: &str, lab: &Lab, want: ConnMa
 
 // ---- NAT ------------------------------------------------------------------------------------
 
-#[test]
-fn nat_table() {
+pub fn nat_table() {
     nat_table_run(false)
 }
 
 /// [`nat_table`] with every row also run through the XDP program.
-#[test]
-fn nat_table_xdp() {
+pub fn nat_table_xdp() {
     nat_table_run(true)
 }
 
@@ -510,14 +505,12 @@ fn payload_summing_to_ffff(client: SocketAddrV4, real: SocketAddrV4) -> [u8; 2] 
 
 // ---- DR -------------------------------------------------------------------------------------
 
-#[test]
-fn dr_table() {
+pub fn dr_table() {
     dr_table_run(false)
 }
 
 /// [`dr_table`] with every row also run through the XDP program.
-#[test]
-fn dr_table_xdp() {
+pub fn dr_table_xdp() {
     dr_table_run(true)
 }
 
@@ -711,14 +704,12 @@ fn counting(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
-#[test]
-fn tun_table() {
+pub fn tun_table() {
     tun_table_run(false)
 }
 
 /// [`tun_table`] with every row also run through the XDP program.
-#[test]
-fn tun_table_xdp() {
+pub fn tun_table_xdp() {
     tun_table_run(true)
 }
 
@@ -1005,8 +996,7 @@ fn tun_table_run(xdp: bool) {
     assert_no_failures(failures);
 }
 
-#[test]
-fn tun_frag_needed_is_rate_limited_per_worker() {
+pub fn tun_frag_needed_is_rate_limited_per_worker() {
     let mut lab = tun_lab();
     let web = sa(VIP, 80);
     let a = sa(CLIENT, 43000);
@@ -1038,8 +1028,7 @@ fn tun_frag_needed_is_rate_limited_per_worker() {
 /// interface it came in on, when that is where the route toward the client leaves. Seen on
 /// another interface, or on one the worker does not name, there is no way back: counted as
 /// `icmp_unroutable`, never sent blind.
-#[test]
-fn tun_frag_needed_reaches_a_client_not_yet_resolved() {
+pub fn tun_frag_needed_reaches_a_client_not_yet_resolved() {
     let mut lab = tun_lab();
     let web = sa(VIP, 80);
     // On ext's subnet, absent from the FIB's neighbours.
@@ -1106,14 +1095,12 @@ fn set_total_len(v: &mut [u8], len: u16) {
     v[16..18].copy_from_slice(&len.to_be_bytes());
 }
 
-#[test]
-fn nat_bad_input_table() {
+pub fn nat_bad_input_table() {
     nat_bad_input_table_run(false)
 }
 
 /// [`nat_bad_input_table`] with every row also run through the XDP program.
-#[test]
-fn nat_bad_input_table_xdp() {
+pub fn nat_bad_input_table_xdp() {
     nat_bad_input_table_run(true)
 }
 
@@ -1360,8 +1347,7 @@ fn nat_bad_input_table_run(xdp: bool) {
     assert_no_failures(failures);
 }
 
-#[test]
-fn nat_table_full() {
+pub fn nat_table_full() {
     let web = sa(VIP, 80);
     let mut lab = Lab::with_capacity(nat_services(), 1);
     let p1 = from_client(Pkt::tcp(sa(CLIENT, 1111), web, SYN, 1, 0));
@@ -1415,8 +1401,7 @@ fn web_lab(kind: SchedulerKind, weights: [u32; 3]) -> Lab {
     Lab::new(vec![service("web", 80, TCP, Mode::Nat, kind, &reals)])
 }
 
-#[test]
-fn wrr_weights_1_2_3_over_60_flows() {
+pub fn wrr_weights_1_2_3_over_60_flows() {
     let mut lab = web_lab(SchedulerKind::Wrr, [1, 2, 3]);
     let got = tally((0..60).map(|i| schedule(&mut lab, sa(CLIENT, 20000 + i), 1)));
     let want = [(nat_real(1), 10), (nat_real(2), 20), (nat_real(3), 30)];
@@ -1424,8 +1409,7 @@ fn wrr_weights_1_2_3_over_60_flows() {
     assert_eq!(lab.counts().new_conns, 60);
 }
 
-#[test]
-fn sh_keeps_a_client_on_one_real() {
+pub fn sh_keeps_a_client_on_one_real() {
     let mut lab = web_lab(SchedulerKind::Sh, [1, 1, 1]);
     let client = Ipv4Addr::new(198, 19, 0, 5);
     let got = tally((0..50).map(|i| schedule(&mut lab, sa(client, 30000 + i), 1)));
@@ -1436,8 +1420,7 @@ fn sh_keeps_a_client_on_one_real() {
     assert!(spread.len() > 1, "30 clients on one real: {spread:?}");
 }
 
-#[test]
-fn weight_zero_takes_no_new_flow_but_finishes_old_ones() {
+pub fn weight_zero_takes_no_new_flow_but_finishes_old_ones() {
     let mut lab = web_lab(SchedulerKind::Rr, [1, 1, 1]);
     let web = sa(VIP, 80);
     let old = sa(CLIENT, 40000);
@@ -1472,8 +1455,7 @@ fn weight_zero_takes_no_new_flow_but_finishes_old_ones() {
 
 // ---- persistence ----------------------------------------------------------------------------
 
-#[test]
-fn persistence_keeps_a_client_until_its_template_expires() {
+pub fn persistence_keeps_a_client_until_its_template_expires() {
     let reals: Vec<_> = (1..=3).map(|i| (nat_real(i), 8080, 1)).collect();
     let mut svc = service("sticky", 80, TCP, Mode::Nat, SchedulerKind::Rr, &reals);
     svc.persistence = std::time::Duration::from_secs(60);
@@ -1649,8 +1631,7 @@ fn mutate_and_check(lab: &mut Lab, bases: &[Vec<u8>], runs: u64, seed: u64) {
     }
 }
 
-#[test]
-fn random_mutations_never_panic_and_always_add_up() {
+pub fn random_mutations_never_panic_and_always_add_up() {
     const RUNS: u64 = 20_000;
     let mut lab = Lab::new(nat_services());
     let web = sa(VIP, 80);
@@ -1712,8 +1693,7 @@ fn random_mutations_never_panic_and_always_add_up() {
     assert!(c.drops.len() >= 6, "{c:?}");
 }
 
-#[test]
-fn tun_random_mutations_never_panic_and_always_add_up() {
+pub fn tun_random_mutations_never_panic_and_always_add_up() {
     const RUNS: u64 = 20_000;
     let mut lab = tun_lab();
     let web = sa(VIP, 80);
@@ -1752,8 +1732,7 @@ fn tun_random_mutations_never_panic_and_always_add_up() {
     assert!(c.drops.len() >= 5, "{c:?}");
 }
 
-#[test]
-fn nat_reply_fragment_is_dropped_and_counted() {
+pub fn nat_reply_fragment_is_dropped_and_counted() {
     let mut lab = Lab::new(nat_services());
     let web = sa(VIP, 80);
     let a = sa(CLIENT, 40000);

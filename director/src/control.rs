@@ -7,7 +7,7 @@
 //! tables; nothing here is on the packet path.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use forwarder::engine::{DropReason, Engine, ServiceTable, WorkerCounters};
 use forwarder::io::datapath::Clock;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::Value;
 
 use crate::api::{self, Request};
@@ -708,14 +709,12 @@ fn serve_on(
             if stop2.load(Ordering::Relaxed) {
                 break;
             }
-            let mut pfd = libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let wait = crate::liveness::BEAT.as_millis() as libc::c_int;
-            // SAFETY: one valid pollfd; the listener outlives the call.
-            if unsafe { libc::poll(&mut pfd, 1, wait) } <= 0 {
+            let wait = PollTimeout::try_from(crate::liveness::BEAT).unwrap_or(PollTimeout::MAX);
+            let ready = poll(
+                &mut [PollFd::new(listener.as_fd(), PollFlags::POLLIN)],
+                wait,
+            );
+            if !matches!(ready, Ok(n) if n > 0) {
                 continue;
             }
             let Ok((stream, _)) = listener.accept() else {

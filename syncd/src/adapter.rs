@@ -16,7 +16,7 @@
 //! LIP:lport) only if both nodes' tables choose shards alike: [`SHARD_KEY_LABEL`].
 
 use std::cell::Cell;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +26,7 @@ use forwarder::conntrack::{
 };
 use forwarder::engine::{Engine, ServiceTable};
 use forwarder::model::{Mode, Protocol};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::session::{Apply, Source};
 use crate::wire::{Entry, Op};
@@ -78,7 +79,7 @@ pub struct ChangeQueue {
     lanes: Box<[Lane]>,
     /// Changes each queue holds at most.
     per_lane: usize,
-    wake: OwnedFd,
+    wake: EventFd,
     /// Bit `i`: queue `i` has had changes since the drain last took its bit. Set by the
     /// push that finds the queue empty; the push that sets the first bit writes the
     /// eventfd (the queues were all empty: the sync thread may be asleep). The drain takes
@@ -92,11 +93,8 @@ pub struct ChangeQueue {
 impl ChangeQueue {
     /// A queue for `capacity` changes in all.
     pub fn new(capacity: usize) -> std::io::Result<ChangeQueue> {
-        // SAFETY: eventfd returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let wake =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let lanes = (capacity / MIN_PER_QUEUE)
             .min(cpus * QUEUES_PER_CPU)
@@ -111,8 +109,7 @@ impl ChangeQueue {
                 })
                 .collect(),
             per_lane,
-            // SAFETY: fd is a fresh descriptor we own.
-            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            wake,
             nonempty: AtomicU64::new(0),
             overflowed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -120,8 +117,8 @@ impl ChangeQueue {
     }
 
     /// The eventfd that becomes readable when changes are queued.
-    pub fn wake_fd(&self) -> i32 {
-        self.wake.as_raw_fd()
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
     }
 
     /// Moves the queued changes into `out` (which it clears first): every queue in turn,
@@ -143,9 +140,8 @@ impl ChangeQueue {
 
     /// Clears the wake-up and tells whether changes were lost since the last call.
     pub fn take_overflow(&self) -> bool {
-        let mut counter = 0u64;
-        // SAFETY: reads 8 bytes into a valid u64 from our nonblocking eventfd.
-        unsafe { libc::read(self.wake.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
+        // Resets the counter; EAGAIN when nothing was queued.
+        let _ = self.wake.read();
         self.overflowed.swap(false, Ordering::Relaxed)
     }
 
@@ -177,9 +173,8 @@ impl ChangeQueue {
             q.len() == 1
         };
         if was_empty && self.nonempty.fetch_or(1 << i, Ordering::SeqCst) == 0 {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            // Fails only for a counter near u64::MAX, which wake-ups never reach.
+            let _ = self.wake.write(1);
         }
     }
 

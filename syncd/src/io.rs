@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use forwarder::engine::{Engine, ServiceTable};
 use forwarder::io::datapath::Clock;
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::adapter::{to_wire, ChangeQueue, ReplicaCounters, Replicas, TableSource};
@@ -302,23 +304,11 @@ impl Worker {
 
     fn sleep(&self, wait: Duration) {
         let mut pfds = [
-            libc::pollfd {
-                fd: self.socket.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.queue.wake_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.queue.wake_fd(), PollFlags::POLLIN),
         ];
-        let ts = libc::timespec {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_nsec: wait.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: pfds is a valid array of pollfd and ts a valid timespec.
-        unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+        // Whatever woke it (a datagram, a change, the deadline, a signal), the loop looks.
+        let _ = ppoll(&mut pfds, Some(TimeSpec::from_duration(wait)), None);
     }
 
     fn receive(&mut self, now: Duration, buf: &mut [u8]) {

@@ -14,13 +14,18 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::time::TimeSpec;
 
 use crate::instance::{Action, Cause, InstanceConfig, State, Status, Track};
 use crate::io::addr::Rtnl;
@@ -130,27 +135,23 @@ enum Command {
 /// The running VRRP engine.
 pub struct Vrrp {
     commands: Sender<Command>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     snapshot: Arc<Mutex<Snapshot>>,
     thread: Option<JoinHandle<()>>,
     notifier: Option<Notifier>,
     loops: Arc<AtomicU64>,
 }
 
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the fd is owned by the returned OwnedFd.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn eventfd() -> io::Result<EventFd> {
+    Ok(EventFd::from_value_and_flags(
+        0,
+        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+    )?)
 }
 
-fn wake(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a valid u64 to an eventfd.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+fn wake(fd: &EventFd) {
+    // Fails only for a counter near u64::MAX, which wake-ups never reach.
+    let _ = fd.write(1);
 }
 
 impl Vrrp {
@@ -211,7 +212,7 @@ impl Vrrp {
     fn call(&self, make: impl FnOnce(Sender<()>) -> Command) {
         let (tx, rx) = mpsc::channel();
         if self.commands.send(make(tx)).is_ok() {
-            wake(self.wake.as_raw_fd());
+            wake(&self.wake);
             let _ = rx.recv_timeout(Duration::from_secs(5));
         }
     }
@@ -229,7 +230,7 @@ impl Vrrp {
     /// Holds preemption off or lets it go (see [`DriverConfig::hold_preempt`]).
     pub fn hold_preempt(&self, held: bool) {
         if self.commands.send(Command::HoldPreempt(held)).is_ok() {
-            wake(self.wake.as_raw_fd());
+            wake(&self.wake);
         }
     }
 
@@ -240,7 +241,7 @@ impl Vrrp {
             .send(Command::Track(name.to_owned(), up))
             .is_ok()
         {
-            wake(self.wake.as_raw_fd());
+            wake(&self.wake);
         }
     }
 
@@ -252,7 +253,7 @@ impl Vrrp {
     fn shutdown(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = self.commands.send(Command::Stop);
-            wake(self.wake.as_raw_fd());
+            wake(&self.wake);
             let _ = t.join();
         }
         if let Some(n) = self.notifier.take() {
@@ -375,7 +376,7 @@ impl Io {
         &mut self,
         config: DriverConfig,
         commands: Receiver<Command>,
-        wake_fd: Arc<OwnedFd>,
+        wake_fd: Arc<EventFd>,
         snapshot: Arc<Mutex<Snapshot>>,
         realtime: bool,
         hooks: Sender<Hook>,
@@ -410,34 +411,36 @@ impl Io {
         state.publish(&router, &snapshot);
 
         let mut buf = vec![0u8; 2048];
-        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        // Readiness of the wake-up eventfd, the link watcher and each interface's socket,
+        // in that order, from the last ppoll.
+        let mut ready: Vec<bool> = Vec::new();
+        let mut n;
         loop {
             loops.fetch_add(1, Ordering::Relaxed);
-            pfds.clear();
-            let wake_raw = wake_fd.as_raw_fd();
-            pfds.push(pollfd(wake_raw));
-            pfds.push(pollfd(self.links.fd()));
-            for i in &self.ifaces {
-                pfds.push(pollfd(i.socket.fd()));
-            }
             let deadline = router.poll_timeout();
             let left = deadline.map_or(BEAT, |d| d.saturating_sub(now()).min(BEAT));
-            let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: pfds is a valid array of pollfd; ts points to a timespec.
-            let n = unsafe {
-                libc::ppoll(
-                    pfds.as_mut_ptr(),
-                    pfds.len() as libc::nfds_t,
-                    &ts,
-                    std::ptr::null(),
-                )
-            };
-            if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                tracing::error!("VRRP ppoll: {}", io::Error::last_os_error());
-                thread::sleep(Duration::from_millis(1));
+            {
+                let mut pfds = Vec::with_capacity(2 + self.ifaces.len());
+                pfds.push(PollFd::new(wake_fd.as_fd(), PollFlags::POLLIN));
+                pfds.push(PollFd::new(self.links.as_fd(), PollFlags::POLLIN));
+                for i in &self.ifaces {
+                    pfds.push(PollFd::new(i.socket.as_fd(), PollFlags::POLLIN));
+                }
+                // How many sources are ready; an error counts as something to publish.
+                n = match ppoll(&mut pfds, Some(TimeSpec::from_duration(left)), None) {
+                    Ok(k) => k,
+                    Err(Errno::EINTR) => -1,
+                    Err(e) => {
+                        tracing::error!("VRRP ppoll: {e}");
+                        thread::sleep(Duration::from_millis(1));
+                        -1
+                    }
+                };
+                ready.clear();
+                ready.extend(
+                    pfds.iter()
+                        .map(|p| p.revents().is_some_and(|r| !r.is_empty())),
+                );
             }
             let t = now();
             if let Some(d) = deadline.filter(|&d| t >= d) {
@@ -450,10 +453,9 @@ impl Io {
                 }
             }
             // Inputs first, in arrival order per source, then the timers due by now.
-            if pfds[0].revents != 0 {
-                let mut counter = 0u64;
-                // SAFETY: reads 8 bytes into a valid u64 from an eventfd.
-                unsafe { libc::read(wake_raw, (&mut counter as *mut u64).cast(), 8) };
+            if ready[0] {
+                // Resets the counter.
+                let _ = wake_fd.read();
             }
             let mut stop = false;
             while let Ok(cmd) = commands.try_recv() {
@@ -479,7 +481,7 @@ impl Io {
                 state.publish(&router, &snapshot);
                 return;
             }
-            if pfds[1].revents != 0 {
+            if ready[1] {
                 for ev in self.links.drain() {
                     router.set_track(now(), &track_interface(&ev.name), ev.up);
                 }
@@ -499,7 +501,7 @@ impl Io {
                 }
             }
             for k in 0..self.ifaces.len() {
-                if pfds[2 + k].revents == 0 {
+                if !ready[2 + k] {
                     continue;
                 }
                 loop {
@@ -640,14 +642,6 @@ fn hook_state(s: State) -> &'static str {
     match s {
         State::Initialize => "STOP",
         s => s.as_str(),
-    }
-}
-
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
     }
 }
 

@@ -24,11 +24,13 @@ use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::config::Check;
 use probe::{Outcome, Probe, Reaper, Start};
@@ -222,7 +224,7 @@ struct Control {
 struct Shared {
     control: Mutex<Control>,
     /// An eventfd; written to wake the loop.
-    wake: OwnedFd,
+    wake: EventFd,
 }
 
 impl Shared {
@@ -231,10 +233,8 @@ impl Shared {
     }
 
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd. It can only fail when the
-        // counter is near overflow, and then the loop is woken anyway.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // Fails only when the counter is near overflow, and then the loop is woken anyway.
+        let _ = self.wake.write(1);
     }
 }
 
@@ -250,15 +250,11 @@ impl Checker {
     /// Starts the checker thread (named `health`). Every target starts Up; its first probe
     /// runs within `min(interval, 1s)`.
     pub fn start(targets: Vec<Target>, on_change: OnChange) -> io::Result<Checker> {
-        // SAFETY: plain syscall; on success the fd is new and ours.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let wake =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         let shared = Arc::new(Shared {
             control: Mutex::new(Control::default()),
-            // SAFETY: a new fd owned by nobody else.
-            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            wake,
         });
         let statuses = Statuses::default();
         let loops = Arc::new(AtomicU64::new(0));
@@ -540,15 +536,8 @@ impl Engine {
     }
 
     fn drain_wake(&self) {
-        let mut count: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
-        unsafe {
-            libc::read(
-                self.shared.wake.as_raw_fd(),
-                (&mut count as *mut u64).cast(),
-                8,
-            )
-        };
+        // Resets the counter; EAGAIN when nothing woke the loop.
+        let _ = self.shared.wake.read();
     }
 
     /// Records the finished probes and queues the transitions they make.

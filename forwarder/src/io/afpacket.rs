@@ -12,7 +12,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 
@@ -705,13 +705,13 @@ impl TxBatch {
     /// full gives no readiness to wait for, so yield the CPU to whoever drains it.
     fn wait_writable(&self, socket_full: bool) {
         if socket_full {
-            let mut p = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut p, 1, 1) };
+            let _ = nix::poll::poll(
+                &mut [nix::poll::PollFd::new(
+                    self.fd.as_fd(),
+                    nix::poll::PollFlags::POLLOUT,
+                )],
+                1u8,
+            );
         } else {
             std::thread::sleep(std::time::Duration::from_micros(20));
         }

@@ -25,12 +25,14 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::conntrack::{Change, ConnEntry, ConnObserver, ConnState, FlowKey};
 use crate::engine::{Engine, ServiceTable, Tables};
@@ -464,7 +466,7 @@ pub fn plan(
 pub struct FastQueue {
     enabled: AtomicBool,
     shards: Vec<Mutex<Vec<FlowKey>>>,
-    wake: OwnedFd,
+    wake: EventFd,
     /// Keys not queued because a shard was full (the manager then rescans the table).
     pub overflowed: AtomicBool,
 }
@@ -496,16 +498,12 @@ impl std::fmt::Debug for FastQueue {
 
 impl FastQueue {
     pub fn new() -> io::Result<FastQueue> {
-        // SAFETY: eventfd returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let wake =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         Ok(FastQueue {
             enabled: AtomicBool::new(false),
             shards: (0..QUEUE_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
-            // SAFETY: fd is a fresh descriptor we own.
-            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            wake,
             overflowed: AtomicBool::new(false),
         })
     }
@@ -522,17 +520,15 @@ impl FastQueue {
         q.push(key);
         drop(q);
         if was_empty {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a live u64 to our eventfd.
-            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            // Cannot fail but for a counter at u64::MAX - 1, which a wake-up never reaches.
+            let _ = self.wake.write(1);
         }
     }
 
     /// Moves every queued key into `out`.
     fn drain(&self, out: &mut Vec<FlowKey>) {
-        let mut buf = [0u8; 8];
-        // SAFETY: reading the eventfd's counter into an 8-byte buffer (resets it).
-        unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        // Resets the counter; EAGAIN when nothing woke us (the tick).
+        let _ = self.wake.read();
         for s in &self.shards {
             let mut q = s.lock().unwrap_or_else(|e| e.into_inner());
             out.append(&mut q);
@@ -812,9 +808,7 @@ impl Drop for FastPath {
     fn drop(&mut self) {
         self.queue.enabled.store(false, Ordering::SeqCst);
         self.stop.store(true, Ordering::Relaxed);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to the queue's eventfd wakes the thread.
-        unsafe { libc::write(self.queue.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        let _ = self.queue.wake.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -830,20 +824,14 @@ impl Manager {
         self.rescan();
         let mut last_tick = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.queue.wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.events.as_ref().map_or(-1, |e| e.as_raw_fd()),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: two valid pollfds (a negative fd is ignored by poll).
-            unsafe { libc::poll(fds.as_mut_ptr(), 2, TICK.as_millis() as i32) };
+            // A wake-up, an event or the tick: each is handled below the same way (EINTR
+            // too).
+            let wake = PollFd::new(self.queue.wake.as_fd(), PollFlags::POLLIN);
+            let tick = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX);
+            let _ = match &self.events {
+                Some(e) => poll(&mut [wake, PollFd::new(e.as_fd(), PollFlags::POLLIN)], tick),
+                None => poll(&mut [wake], tick),
+            };
             keys.clear();
             self.queue.drain(&mut keys);
             if self.queue.overflowed.swap(false, Ordering::Relaxed) {

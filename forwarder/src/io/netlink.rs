@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
@@ -21,6 +21,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::fib::{Fib, Interface, Mac, Route};
 
@@ -302,20 +303,12 @@ impl Notifications {
     /// Wait up to `timeout` for notifications; true when any arrived (or some were lost,
     /// which also calls for a re-dump). Drains everything queued.
     pub fn wait(&mut self, timeout: Duration) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let r = unsafe {
-            libc::poll(
-                &mut pfd,
-                1,
-                timeout.as_millis().min(i32::MAX as u128) as i32,
-            )
-        };
-        if r <= 0 {
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let r = poll(
+            &mut [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)],
+            timeout,
+        );
+        if !matches!(r, Ok(n) if n > 0) {
             return false;
         }
         let mut any = false;

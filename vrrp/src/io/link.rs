@@ -50,6 +50,11 @@ impl LinkWatcher {
         self.sock.as_raw_fd()
     }
 
+    /// The descriptor to poll for `POLLIN`, borrowed.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.sock)
+    }
+
     /// Every notification queued now, oldest first. When the kernel had to drop some
     /// (socket buffer full), [`take_overrun`](Self::take_overrun) says so.
     pub fn drain(&mut self) -> Vec<LinkEvent> {

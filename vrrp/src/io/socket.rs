@@ -134,6 +134,11 @@ impl AdvertSocket {
         self.fd.as_raw_fd()
     }
 
+    /// [`fd`](Self::fd), borrowed.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
     /// The interface index given to [`open`](Self::open).
     pub fn ifindex(&self) -> u32 {
         self.ifindex

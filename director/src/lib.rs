@@ -10,12 +10,14 @@
 //! - `control`: the root-only unix control socket (server in the daemon, client for the CLI).
 //! - `daemon`: `directord` — builds the datapath and the VRRP engine from a config and runs
 //!   them until a signal.
+//! - `diff`: the reload diff, pure — the running config and a new one → a refusal (sections
+//!   that need a restart) or a plan of typed changes, each shown as the operator reads it.
 //! - `events`: the bounded history of state changes behind `director events`.
 //! - `health`: the health checker of real servers (TCP, HTTP, UDP, exec probes; rise/fall).
 //! - `instance`: one `directord` per network namespace (an `flock` taken before anything
 //!   else).
 //! - `runtime`: the services' running state (config, health, operator changes) → the
-//!   datapath's service table; reload diff and apply; quorum to VRRP.
+//!   datapath's service table; carries out a reload's plan (from `diff`); quorum to VRRP.
 //! - `liveness`: which of the daemon's threads still make progress (the monitor's fate-sharing
 //!   policy, pure).
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
@@ -32,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod diff;
 pub mod events;
 pub mod health;
 pub mod instance;

@@ -30,13 +30,12 @@ use forwarder::sched::PersistTable;
 use forwarder::stats::RealRegistry;
 
 use syncd::adapter::ChangeQueue;
-use syncd::io::{Destination, SyncConfig, Syncd};
+use syncd::io::{SyncConfig, Syncd};
 use syncd::session::Event as SyncEvent;
-use vrrp::driver::{DriverConfig, DriverGroup, DriverInstance, Notice, Vrrp, TRACK_DATAPATH};
-use vrrp::instance::{InstanceConfig, Track};
-use vrrp::router::GroupConfig;
+use vrrp::driver::{DriverConfig, Notice, Vrrp, TRACK_DATAPATH};
+use vrrp::instance::Track;
 
-use crate::config::{Config, SyncDestination, VrrpVersion};
+use crate::config::Config;
 use crate::control::Rates;
 use crate::control::{ControlListener, ControlServer};
 use crate::events::EventLog;
@@ -116,83 +115,23 @@ impl Drop for StartGuard {
     }
 }
 
-/// The VRRP engine's view of the config.
+/// The VRRP engine's config: the file's `[vrrp]` (already the engine's types) with the
+/// daemon's own tracked objects beside each instance's interfaces, all weight 0 (down =
+/// FAULT): the datapath's heartbeat, the other threads' progress, and the instance's
+/// services' quorum (see runtime). With `[sync]`, preemption is held until the peer's table
+/// is here.
 pub fn vrrp_config(config: &Config) -> Option<DriverConfig> {
     let v = config.vrrp.as_ref()?;
-    let version = match v.version {
-        VrrpVersion::V2 => vrrp::wire::Version::V2,
-        VrrpVersion::V3 => vrrp::wire::Version::V3,
-    };
-    let instances = v
-        .instances
-        .iter()
-        .map(|i| {
-            let mut tracks: Vec<Track> = i
-                .track_interfaces
-                .iter()
-                .map(|t| Track {
-                    name: vrrp::driver::track_interface(&t.name),
-                    weight: t.weight,
-                })
-                .collect();
-            tracks.push(Track {
-                name: TRACK_DATAPATH.into(),
-                weight: 0,
-            });
-            tracks.push(Track {
-                name: TRACK_THREADS.into(),
-                weight: 0,
-            });
-            // The instance's services' quorum (see runtime): lost = FAULT.
-            tracks.push(Track {
-                name: quorum_track(&i.name),
-                weight: 0,
-            });
-            DriverInstance {
-                config: InstanceConfig {
-                    name: i.name.clone(),
-                    version,
-                    vrid: i.vrid,
-                    priority: i.priority,
-                    advert_interval: v.advert_interval,
-                    vips: i
-                        .vips
-                        .iter()
-                        .map(|p| std::net::IpAddr::V4(p.addr))
-                        .collect(),
-                    // Filled in from the interface at start.
-                    primary: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                    preempt: i.preempt,
-                    preempt_delay: i.preempt_delay,
-                    accept: i.accept,
-                    garp: v.garp.clone(),
-                    tracks,
-                },
-                interface: i.interface.clone(),
-                vips: i.vips.iter().map(|p| (p.addr, p.prefix_len)).collect(),
-                unicast_peers: i.unicast_peers.clone(),
-                checksum: v.checksum,
-                notify: i.notify.clone(),
-            }
-        })
-        .collect();
-    let groups = v
-        .groups
-        .iter()
-        .map(|g| DriverGroup {
-            config: GroupConfig {
-                name: g.name.clone(),
-                members: g.instances.clone(),
-            },
-            notify: g.notify.clone(),
-        })
-        .collect();
-    Some(DriverConfig {
-        instances,
-        groups,
-        realtime_priority: v.realtime_priority,
-        hold_preempt: config.sync.is_some(),
-    })
+    Some(v.driver(config.sync.is_some(), |instance| {
+        [
+            TRACK_DATAPATH.to_string(),
+            TRACK_THREADS.into(),
+            quorum_track(instance),
+        ]
+        .into_iter()
+        .map(|name| Track { name, weight: 0 })
+        .collect()
+    }))
 }
 
 /// Records a VRRP notice in the event log.
@@ -490,9 +429,9 @@ impl Daemon {
             .flat_map(|v| {
                 v.instances
                     .iter()
-                    .filter(|i| !i.accept && i.priority != 255)
+                    .filter(|i| !i.config.accept && i.config.priority != 255)
             })
-            .flat_map(|i| i.vips.iter().map(|p| p.addr))
+            .flat_map(|i| i.vips.iter().map(|&(addr, _)| addr))
             .collect();
         nft::apply(&nft_services, &no_accept)
             .context("cannot install the nftables interception rules")?;
@@ -548,10 +487,7 @@ impl Daemon {
             (Some(s), Some(key), Some(queue)) => {
                 let cfg = SyncConfig {
                     interface: s.interface.clone(),
-                    destination: match s.destination {
-                        SyncDestination::Peer(a) => Destination::Peer(a),
-                        SyncDestination::Group(a) => Destination::Group(a),
-                    },
+                    destination: s.destination,
                     key,
                     node_name: config.node.name.clone(),
                     session: syncd::session::Config::new(
@@ -851,4 +787,68 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
     }
     daemon.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vrrp_gets_the_daemons_tracks_and_holds_preemption_only_with_sync() {
+        let text = r#"
+[node]
+name = "lb-a"
+[vrrp]
+[[vrrp.instance]]
+name = "ext"
+interface = "eth0"
+vrid = 51
+priority = 150
+vips = ["198.18.1.100/24"]
+track_interfaces = [{ name = "eth2", weight = -60 }]
+[[service]]
+name = "web"
+vip = "198.18.1.100:80"
+mode = "nat"
+[[service.real]]
+address = "198.18.2.11:8080"
+"#;
+        let config = crate::config::parse(text, std::path::Path::new("t.toml")).expect("valid");
+        let dc = vrrp_config(&config).expect("[vrrp]");
+        assert!(!dc.hold_preempt, "no [sync]: nothing to wait for");
+        let tracks: Vec<(&str, i32)> = dc.instances[0]
+            .config
+            .tracks
+            .iter()
+            .map(|t| (t.name.as_str(), t.weight))
+            .collect();
+        assert_eq!(
+            tracks,
+            [
+                (vrrp::driver::track_interface("eth2").as_str(), -60),
+                (TRACK_DATAPATH, 0),
+                (TRACK_THREADS, 0),
+                ("quorum:ext", 0),
+            ]
+        );
+        assert_eq!(dc.realtime_priority, Some(20));
+        let key = std::env::temp_dir().join(format!("director-daemon-{}.key", std::process::id()));
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("write a test key");
+        let sync = format!(
+            "[sync]\ninterface = \"eth2\"\npeer = \"198.18.3.3:8848\"\nkey_file = \"{}\"\n",
+            key.display()
+        );
+        let with_sync = text.replace("[[service]]", &format!("{sync}[[service]]"));
+        let config =
+            crate::config::parse(&with_sync, std::path::Path::new("t.toml")).expect("valid");
+        assert!(vrrp_config(&config).expect("[vrrp]").hold_preempt);
+        let (head, tail) = text.split_at(text.find("[vrrp]").expect("a [vrrp]"));
+        let standalone = format!(
+            "{head}{}",
+            &tail[tail.find("[[service]]").expect("a service")..]
+        );
+        let standalone =
+            crate::config::parse(&standalone, std::path::Path::new("t.toml")).expect("valid");
+        assert!(vrrp_config(&standalone).is_none());
+    }
 }

@@ -1,8 +1,8 @@
 //! The control plane of Director and its two binaries.
 //!
-//! - `config`: the TOML file → serde structs → `validate()` → `forwarder::model` types plus
-//!   the validated VRRP, sync, health-check and control settings; every error names file,
-//!   line and column.
+//! - `config`: the TOML file → serde structs → `validate()` → `forwarder::model` types, the
+//!   VRRP engine's own instance and group types, the sync engine's destination, and the
+//!   health-check and control settings; every error names file, line and column.
 //! - `api`: the control API — the `Request` enum and one view struct per answer, shared by
 //!   the daemon, the CLI, the metrics and the golden fixtures.
 //! - `cli`: the `director` command line (clap), kept apart from `bin/director.rs` so tests

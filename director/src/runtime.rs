@@ -298,7 +298,7 @@ impl Runtime {
         let mut now: BTreeMap<String, bool> = BTreeMap::new();
         let mut why: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for inst in &vrrp_cfg.instances {
-            now.insert(inst.name.clone(), true);
+            now.insert(inst.config.name.clone(), true);
         }
         for s in &st.services {
             let (Some(quorum), Some(inst)) = (s.config.quorum, instance_of(&st.config, s)) else {
@@ -744,13 +744,8 @@ fn find_real<'a>(
 /// The VRRP instance that carries a service's VIP.
 fn instance_of<'a>(config: &'a Config, s: &ServiceState) -> Option<&'a str> {
     let vip = *s.config.virtual_service.vip.ip();
-    config
-        .vrrp
-        .as_ref()?
-        .instances
-        .iter()
-        .find(|i| i.vips.iter().any(|p| p.addr == vip))
-        .map(|i| i.name.as_str())
+    let instance = config.vrrp.as_ref()?.instance_of(vip)?;
+    Some(instance.config.name.as_str())
 }
 
 /// The table for the datapath; also records how many real servers serve each service.

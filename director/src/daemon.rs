@@ -42,6 +42,7 @@ use crate::events::EventLog;
 use crate::health::Checker;
 use crate::instance::InstanceLock;
 use crate::liveness::{Change, Liveness, Watch};
+use crate::monitor::{HoldEnd, Policy};
 use crate::reload::Reloader;
 use crate::runtime::{quorum_track, Runtime, REAL_SLOTS};
 
@@ -218,43 +219,42 @@ struct Monitor {
 /// (`liveness`) to VRRP, releases the preemption hold once connection sync has the peer's
 /// table (or the hold timed out), and pets the systemd watchdog only while the datapath and
 /// every watched thread are alive (a stalled one gets the daemon restarted). Every second:
-/// datapath rates, and retired real servers' slots freed.
-fn monitor(mut m: Monitor) {
-    let mut last = true;
+/// datapath rates, and retired real servers' slots freed. What to do when is
+/// `monitor::Policy` and `liveness` (pure); this loop reads the inputs and acts.
+fn monitor(m: Monitor) {
     let started = std::time::Instant::now();
     let watches: Vec<Watch> = m.threads.iter().map(|(w, _)| *w).collect();
     let mut liveness = Liveness::new(&watches, Duration::ZERO);
-    let watchdog = crate::sdnotify::watchdog_interval();
-    let mut last_pet = started;
-    let mut last_second = started;
+    let mut policy = Policy::new(
+        m.hold.as_ref().map(|h| h.timeout),
+        crate::sdnotify::watchdog_interval(),
+    );
     while !m.stop.load(Ordering::Relaxed) {
+        let now = started.elapsed();
         if let (Some(h), Some(vrrp)) = (&m.hold, &m.vrrp) {
-            if h.syncd.resync_complete() {
-                tracing::info!("sync: the peer's table is here; VRRP may preempt");
-                m.events
-                    .push("sync", "resync", "complete: VRRP may preempt");
-                vrrp.hold_preempt(false);
-                m.hold = None;
-            } else if started.elapsed() >= h.timeout {
-                tracing::warn!(
-                    "sync: no complete resync from the peer in {:?}; VRRP may preempt anyway",
-                    h.timeout
-                );
-                m.events.push(
-                    "sync",
-                    "resync",
-                    format!(
-                        "not complete after {:?}: VRRP may preempt anyway",
-                        h.timeout
-                    ),
-                );
-                vrrp.hold_preempt(false);
-                m.hold = None;
+            match policy.hold(now, h.syncd.resync_complete()) {
+                Some(HoldEnd::ResyncComplete) => {
+                    tracing::info!("sync: the peer's table is here; VRRP may preempt");
+                    m.events
+                        .push("sync", "resync", "complete: VRRP may preempt");
+                    vrrp.hold_preempt(false);
+                }
+                Some(HoldEnd::TimedOut(timeout)) => {
+                    tracing::warn!(
+                        "sync: no complete resync from the peer in {timeout:?}; VRRP may preempt anyway"
+                    );
+                    m.events.push(
+                        "sync",
+                        "resync",
+                        format!("not complete after {timeout:?}: VRRP may preempt anyway"),
+                    );
+                    vrrp.hold_preempt(false);
+                }
+                None => {}
             }
         }
         let healthy = m.datapath.healthy(DATAPATH_MAX_STALL);
-        if healthy != last {
-            last = healthy;
+        if let Some(healthy) = policy.datapath(healthy) {
             if healthy {
                 tracing::info!("datapath heartbeat back");
                 m.events.push("datapath", "workers", "heartbeat back");
@@ -271,7 +271,7 @@ fn monitor(mut m: Monitor) {
             }
         }
         let counts: Vec<u64> = m.threads.iter().map(|(_, count)| count()).collect();
-        let changes = liveness.observe(started.elapsed(), &counts);
+        let changes = liveness.observe(now, &counts);
         for c in &changes {
             match c {
                 Change::Stalled { name, for_ } => {
@@ -296,14 +296,10 @@ fn monitor(mut m: Monitor) {
                 vrrp.set_track(TRACK_THREADS, liveness.all_alive());
             }
         }
-        if let Some(every) = watchdog {
-            if healthy && liveness.all_alive() && last_pet.elapsed() >= every {
-                let _ = crate::sdnotify::watchdog();
-                last_pet = std::time::Instant::now();
-            }
+        if policy.pet(now, healthy && liveness.all_alive()) {
+            let _ = crate::sdnotify::watchdog();
         }
-        if last_second.elapsed() >= Duration::from_secs(1) {
-            last_second = std::time::Instant::now();
+        if policy.sample(now) {
             m.rates.sample(m.datapath.totals());
             m.runtime.tick();
         }

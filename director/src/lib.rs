@@ -22,6 +22,8 @@
 //!   policy, pure).
 //! - `logging`: `tracing` to stderr, level from `DIRECTOR_LOG`.
 //! - `metrics`: the Prometheus text endpoint, rendered from the control socket's views.
+//! - `monitor`: the monitor's other policy, pure (preemption hold, datapath heartbeat changes,
+//!   watchdog pets, rate sampling); the loop around it is in `daemon`.
 //! - `reload`: `director reload` and SIGHUP (read, validate, apply the difference or keep the
 //!   running config).
 //! - `sdnotify`: systemd `Type=notify` readiness, reload and watchdog messages.
@@ -41,6 +43,7 @@ pub mod instance;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod reload;
 pub mod runtime;
 pub mod sdnotify;

@@ -30,19 +30,19 @@ use forwarder::sched::PersistTable;
 use forwarder::stats::RealRegistry;
 
 use syncd::adapter::ChangeQueue;
-use syncd::io::{Destination, SyncConfig, Syncd};
+use syncd::io::{SyncConfig, Syncd};
 use syncd::session::Event as SyncEvent;
-use vrrp::driver::{DriverConfig, DriverGroup, DriverInstance, Notice, Vrrp, TRACK_DATAPATH};
-use vrrp::instance::{InstanceConfig, Track};
-use vrrp::router::GroupConfig;
+use vrrp::driver::{DriverConfig, Notice, Vrrp, TRACK_DATAPATH};
+use vrrp::instance::Track;
 
-use crate::config::{Config, SyncDestination, VrrpVersion};
+use crate::config::Config;
 use crate::control::Rates;
 use crate::control::{ControlListener, ControlServer};
 use crate::events::EventLog;
 use crate::health::Checker;
 use crate::instance::InstanceLock;
 use crate::liveness::{Change, Liveness, Watch};
+use crate::monitor::{HoldEnd, Policy};
 use crate::reload::Reloader;
 use crate::runtime::{quorum_track, Runtime, REAL_SLOTS};
 
@@ -116,83 +116,23 @@ impl Drop for StartGuard {
     }
 }
 
-/// The VRRP engine's view of the config.
+/// The VRRP engine's config: the file's `[vrrp]` (already the engine's types) with the
+/// daemon's own tracked objects beside each instance's interfaces, all weight 0 (down =
+/// FAULT): the datapath's heartbeat, the other threads' progress, and the instance's
+/// services' quorum (see runtime). With `[sync]`, preemption is held until the peer's table
+/// is here.
 pub fn vrrp_config(config: &Config) -> Option<DriverConfig> {
     let v = config.vrrp.as_ref()?;
-    let version = match v.version {
-        VrrpVersion::V2 => vrrp::wire::Version::V2,
-        VrrpVersion::V3 => vrrp::wire::Version::V3,
-    };
-    let instances = v
-        .instances
-        .iter()
-        .map(|i| {
-            let mut tracks: Vec<Track> = i
-                .track_interfaces
-                .iter()
-                .map(|t| Track {
-                    name: vrrp::driver::track_interface(&t.name),
-                    weight: t.weight,
-                })
-                .collect();
-            tracks.push(Track {
-                name: TRACK_DATAPATH.into(),
-                weight: 0,
-            });
-            tracks.push(Track {
-                name: TRACK_THREADS.into(),
-                weight: 0,
-            });
-            // The instance's services' quorum (see runtime): lost = FAULT.
-            tracks.push(Track {
-                name: quorum_track(&i.name),
-                weight: 0,
-            });
-            DriverInstance {
-                config: InstanceConfig {
-                    name: i.name.clone(),
-                    version,
-                    vrid: i.vrid,
-                    priority: i.priority,
-                    advert_interval: v.advert_interval,
-                    vips: i
-                        .vips
-                        .iter()
-                        .map(|p| std::net::IpAddr::V4(p.addr))
-                        .collect(),
-                    // Filled in from the interface at start.
-                    primary: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                    preempt: i.preempt,
-                    preempt_delay: i.preempt_delay,
-                    accept: i.accept,
-                    garp: v.garp.clone(),
-                    tracks,
-                },
-                interface: i.interface.clone(),
-                vips: i.vips.iter().map(|p| (p.addr, p.prefix_len)).collect(),
-                unicast_peers: i.unicast_peers.clone(),
-                checksum: v.checksum,
-                notify: i.notify.clone(),
-            }
-        })
-        .collect();
-    let groups = v
-        .groups
-        .iter()
-        .map(|g| DriverGroup {
-            config: GroupConfig {
-                name: g.name.clone(),
-                members: g.instances.clone(),
-            },
-            notify: g.notify.clone(),
-        })
-        .collect();
-    Some(DriverConfig {
-        instances,
-        groups,
-        realtime_priority: v.realtime_priority,
-        hold_preempt: config.sync.is_some(),
-    })
+    Some(v.driver(config.sync.is_some(), |instance| {
+        [
+            TRACK_DATAPATH.to_string(),
+            TRACK_THREADS.into(),
+            quorum_track(instance),
+        ]
+        .into_iter()
+        .map(|name| Track { name, weight: 0 })
+        .collect()
+    }))
 }
 
 /// Records a VRRP notice in the event log.
@@ -279,43 +219,42 @@ struct Monitor {
 /// (`liveness`) to VRRP, releases the preemption hold once connection sync has the peer's
 /// table (or the hold timed out), and pets the systemd watchdog only while the datapath and
 /// every watched thread are alive (a stalled one gets the daemon restarted). Every second:
-/// datapath rates, and retired real servers' slots freed.
-fn monitor(mut m: Monitor) {
-    let mut last = true;
+/// datapath rates, and retired real servers' slots freed. What to do when is
+/// `monitor::Policy` and `liveness` (pure); this loop reads the inputs and acts.
+fn monitor(m: Monitor) {
     let started = std::time::Instant::now();
     let watches: Vec<Watch> = m.threads.iter().map(|(w, _)| *w).collect();
     let mut liveness = Liveness::new(&watches, Duration::ZERO);
-    let watchdog = crate::sdnotify::watchdog_interval();
-    let mut last_pet = started;
-    let mut last_second = started;
+    let mut policy = Policy::new(
+        m.hold.as_ref().map(|h| h.timeout),
+        crate::sdnotify::watchdog_interval(),
+    );
     while !m.stop.load(Ordering::Relaxed) {
+        let now = started.elapsed();
         if let (Some(h), Some(vrrp)) = (&m.hold, &m.vrrp) {
-            if h.syncd.resync_complete() {
-                tracing::info!("sync: the peer's table is here; VRRP may preempt");
-                m.events
-                    .push("sync", "resync", "complete: VRRP may preempt");
-                vrrp.hold_preempt(false);
-                m.hold = None;
-            } else if started.elapsed() >= h.timeout {
-                tracing::warn!(
-                    "sync: no complete resync from the peer in {:?}; VRRP may preempt anyway",
-                    h.timeout
-                );
-                m.events.push(
-                    "sync",
-                    "resync",
-                    format!(
-                        "not complete after {:?}: VRRP may preempt anyway",
-                        h.timeout
-                    ),
-                );
-                vrrp.hold_preempt(false);
-                m.hold = None;
+            match policy.hold(now, h.syncd.resync_complete()) {
+                Some(HoldEnd::ResyncComplete) => {
+                    tracing::info!("sync: the peer's table is here; VRRP may preempt");
+                    m.events
+                        .push("sync", "resync", "complete: VRRP may preempt");
+                    vrrp.hold_preempt(false);
+                }
+                Some(HoldEnd::TimedOut(timeout)) => {
+                    tracing::warn!(
+                        "sync: no complete resync from the peer in {timeout:?}; VRRP may preempt anyway"
+                    );
+                    m.events.push(
+                        "sync",
+                        "resync",
+                        format!("not complete after {timeout:?}: VRRP may preempt anyway"),
+                    );
+                    vrrp.hold_preempt(false);
+                }
+                None => {}
             }
         }
         let healthy = m.datapath.healthy(DATAPATH_MAX_STALL);
-        if healthy != last {
-            last = healthy;
+        if let Some(healthy) = policy.datapath(healthy) {
             if healthy {
                 tracing::info!("datapath heartbeat back");
                 m.events.push("datapath", "workers", "heartbeat back");
@@ -332,7 +271,7 @@ fn monitor(mut m: Monitor) {
             }
         }
         let counts: Vec<u64> = m.threads.iter().map(|(_, count)| count()).collect();
-        let changes = liveness.observe(started.elapsed(), &counts);
+        let changes = liveness.observe(now, &counts);
         for c in &changes {
             match c {
                 Change::Stalled { name, for_ } => {
@@ -357,14 +296,10 @@ fn monitor(mut m: Monitor) {
                 vrrp.set_track(TRACK_THREADS, liveness.all_alive());
             }
         }
-        if let Some(every) = watchdog {
-            if healthy && liveness.all_alive() && last_pet.elapsed() >= every {
-                let _ = crate::sdnotify::watchdog();
-                last_pet = std::time::Instant::now();
-            }
+        if policy.pet(now, healthy && liveness.all_alive()) {
+            let _ = crate::sdnotify::watchdog();
         }
-        if last_second.elapsed() >= Duration::from_secs(1) {
-            last_second = std::time::Instant::now();
+        if policy.sample(now) {
             m.rates.sample(m.datapath.totals());
             m.runtime.tick();
         }
@@ -490,9 +425,9 @@ impl Daemon {
             .flat_map(|v| {
                 v.instances
                     .iter()
-                    .filter(|i| !i.accept && i.priority != 255)
+                    .filter(|i| !i.config.accept && i.config.priority != 255)
             })
-            .flat_map(|i| i.vips.iter().map(|p| p.addr))
+            .flat_map(|i| i.vips.iter().map(|&(addr, _)| addr))
             .collect();
         nft::apply(&nft_services, &no_accept)
             .context("cannot install the nftables interception rules")?;
@@ -548,10 +483,7 @@ impl Daemon {
             (Some(s), Some(key), Some(queue)) => {
                 let cfg = SyncConfig {
                     interface: s.interface.clone(),
-                    destination: match s.destination {
-                        SyncDestination::Peer(a) => Destination::Peer(a),
-                        SyncDestination::Group(a) => Destination::Group(a),
-                    },
+                    destination: s.destination,
                     key,
                     node_name: config.node.name.clone(),
                     session: syncd::session::Config::new(
@@ -851,4 +783,68 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
     }
     daemon.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vrrp_gets_the_daemons_tracks_and_holds_preemption_only_with_sync() {
+        let text = r#"
+[node]
+name = "lb-a"
+[vrrp]
+[[vrrp.instance]]
+name = "ext"
+interface = "eth0"
+vrid = 51
+priority = 150
+vips = ["198.18.1.100/24"]
+track_interfaces = [{ name = "eth2", weight = -60 }]
+[[service]]
+name = "web"
+vip = "198.18.1.100:80"
+mode = "nat"
+[[service.real]]
+address = "198.18.2.11:8080"
+"#;
+        let config = crate::config::parse(text, std::path::Path::new("t.toml")).expect("valid");
+        let dc = vrrp_config(&config).expect("[vrrp]");
+        assert!(!dc.hold_preempt, "no [sync]: nothing to wait for");
+        let tracks: Vec<(&str, i32)> = dc.instances[0]
+            .config
+            .tracks
+            .iter()
+            .map(|t| (t.name.as_str(), t.weight))
+            .collect();
+        assert_eq!(
+            tracks,
+            [
+                (vrrp::driver::track_interface("eth2").as_str(), -60),
+                (TRACK_DATAPATH, 0),
+                (TRACK_THREADS, 0),
+                ("quorum:ext", 0),
+            ]
+        );
+        assert_eq!(dc.realtime_priority, Some(20));
+        let key = std::env::temp_dir().join(format!("director-daemon-{}.key", std::process::id()));
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("write a test key");
+        let sync = format!(
+            "[sync]\ninterface = \"eth2\"\npeer = \"198.18.3.3:8848\"\nkey_file = \"{}\"\n",
+            key.display()
+        );
+        let with_sync = text.replace("[[service]]", &format!("{sync}[[service]]"));
+        let config =
+            crate::config::parse(&with_sync, std::path::Path::new("t.toml")).expect("valid");
+        assert!(vrrp_config(&config).expect("[vrrp]").hold_preempt);
+        let (head, tail) = text.split_at(text.find("[vrrp]").expect("a [vrrp]"));
+        let standalone = format!(
+            "{head}{}",
+            &tail[tail.find("[[service]]").expect("a service")..]
+        );
+        let standalone =
+            crate::config::parse(&standalone, std::path::Path::new("t.toml")).expect("valid");
+        assert!(vrrp_config(&standalone).is_none());
+    }
 }

@@ -7,6 +7,8 @@
 //! and what followed from it (a sorry server switched on, a service's quorum lost) is
 //! published to VRRP and the event log. Nothing here is on the packet path.
 //!
+//! A reload is planned by `crate::diff` (pure) and carried out here, under the same mutex.
+//!
 //! Identity across reloads: a service is the same service while its VIP and protocol stay
 //! (its name, mode, scheduler and real servers may change); it keeps its id, so connection
 //! entries and persistence templates still name it. A real server is the same while its
@@ -32,6 +34,7 @@ use std::sync::atomic::Ordering;
 use vrrp::driver::Vrrp;
 
 use crate::config::{self, CheckKind, Config, OnFail};
+use crate::diff::{self, Plan, PlannedService, ServiceChange};
 use crate::events::{unix_seconds, EventLog};
 use crate::health::{Health, Target, TargetKey};
 
@@ -126,11 +129,6 @@ impl ServiceState {
             .check
             .as_ref()
             .map_or(OnFail::Inhibit, |c| c.on_fail)
-    }
-
-    fn key(&self) -> (SocketAddrV4, forwarder::model::Protocol) {
-        let vs = &self.config.virtual_service;
-        (vs.vip, vs.protocol)
     }
 
     /// Whether the quorum (default 1, for the service's own up/down) is met.
@@ -300,7 +298,7 @@ impl Runtime {
         let mut now: BTreeMap<String, bool> = BTreeMap::new();
         let mut why: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for inst in &vrrp_cfg.instances {
-            now.insert(inst.name.clone(), true);
+            now.insert(inst.config.name.clone(), true);
         }
         for s in &st.services {
             let (Some(quorum), Some(inst)) = (s.config.quorum, instance_of(&st.config, s)) else {
@@ -444,68 +442,44 @@ impl Runtime {
 
     /// Apply a new config's services: see the module docs for what is kept. Sections other
     /// than `[[service]]` cannot change without a restart; a file that changes them is
-    /// refused whole and nothing is applied.
+    /// refused whole and nothing is applied. What changes is [`diff::diff`]'s plan; this
+    /// carries it out (slots, health, retired real servers) and publishes the new table.
     pub fn apply(&self, new: &Config) -> Result<Applied, String> {
         let mut st = self.lock();
-        let fixed = restart_only_changes(&st.config, new);
-        if !fixed.is_empty() {
+        let ids: Vec<u16> = st.services.iter().map(|s| s.id).collect();
+        let plan = diff::diff(&st.config, &ids, new).map_err(|r| r.to_string())?;
+        // Refuse before anything changes, rather than run out of slots half-way.
+        let wanted = slots_wanted(&st.services, &plan, new);
+        let free = st.free_slots.len() + (REAL_SLOTS - st.next_slot);
+        if wanted > free {
             return Err(format!(
-                "not applied: these changes need a restart of directord (the running config stays):\n  {}",
-                fixed.join("\n  ")
+                "more than {REAL_SLOTS} real servers (including those still draining)"
             ));
         }
-        let mut changes = Vec::new();
-        let old: Vec<ServiceState> = std::mem::take(&mut st.services);
-        let mut old_by_key: BTreeMap<_, ServiceState> =
-            old.into_iter().map(|s| (s.key(), s)).collect();
-        let mut next: Vec<ServiceState> = Vec::new();
-        // Pass 1: the services that stay keep their ids, so new ones never take one.
-        let mut staying: Vec<(usize, ServiceState)> = Vec::new();
-        for (i, svc) in new.services.iter().enumerate() {
-            let vs = &svc.virtual_service;
-            if let Some(s) = old_by_key.remove(&(vs.vip, vs.protocol)) {
-                staying.push((i, s));
-            }
-        }
-        let removed: Vec<ServiceState> = std::mem::take(&mut old_by_key).into_values().collect();
-        for s in &removed {
-            changes.push(format!(
-                "service {} ({} {}) removed: its flows end",
-                s.name(),
-                s.config.virtual_service.protocol.as_str(),
-                s.config.virtual_service.vip
-            ));
+        let mut old: Vec<Option<ServiceState>> = std::mem::take(&mut st.services)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for r in &plan.removed {
+            let s = old[r.running].take().expect("a removed service is running");
             st.draining_slots.extend(s.reals.iter().map(|r| r.slot));
             st.draining_slots
                 .extend(s.retired.iter().map(|(_, slot)| *slot));
             st.draining_slots
                 .extend(s.sorry.iter().map(|(_, slot)| *slot));
         }
-        let mut staying: BTreeMap<usize, ServiceState> = staying.into_iter().collect();
-        let mut used_ids: Vec<u16> = staying.values().map(|s| s.id).collect();
-        for (i, svc) in new.services.iter().enumerate() {
-            match staying.remove(&i) {
-                Some(mut s) => {
-                    update_service(&mut st, &self.reals, &mut s, svc, &mut changes)?;
-                    next.push(s);
+        let mut next = Vec::with_capacity(plan.services.len());
+        for (planned, svc) in plan.services.iter().zip(&new.services) {
+            next.push(match planned {
+                PlannedService::Added(a) => st
+                    .new_service(a.id, svc, &self.reals)
+                    .expect("slots counted before applying"),
+                PlannedService::Kept(k) => {
+                    let mut s = old[k.running].take().expect("a kept service is running");
+                    apply_service(&mut st, &self.reals, &mut s, svc, &k.changes);
+                    s
                 }
-                None => {
-                    let id = (0..=u16::MAX)
-                        .find(|id| !used_ids.contains(id))
-                        .ok_or("more than 65536 services")?;
-                    used_ids.push(id);
-                    let s = st.new_service(id, svc, &self.reals)?;
-                    changes.push(format!(
-                        "service {} ({} {}, {}) added with {} real servers",
-                        s.name(),
-                        svc.virtual_service.protocol.as_str(),
-                        svc.virtual_service.vip,
-                        svc.virtual_service.mode.as_str(),
-                        s.reals.len()
-                    ));
-                    next.push(s);
-                }
-            }
+            });
         }
         st.services = next;
         st.config = new.clone();
@@ -515,7 +489,7 @@ impl Runtime {
         self.publish(&mut st);
         Ok(Applied {
             generation,
-            changes,
+            changes: plan.changes(),
             warnings: new.warnings.iter().map(|w| w.to_string()).collect(),
         })
     }
@@ -770,13 +744,8 @@ fn find_real<'a>(
 /// The VRRP instance that carries a service's VIP.
 fn instance_of<'a>(config: &'a Config, s: &ServiceState) -> Option<&'a str> {
     let vip = *s.config.virtual_service.vip.ip();
-    config
-        .vrrp
-        .as_ref()?
-        .instances
-        .iter()
-        .find(|i| i.vips.iter().any(|p| p.addr == vip))
-        .map(|i| i.name.as_str())
+    let instance = config.vrrp.as_ref()?.instance_of(vip)?;
+    Some(instance.config.name.as_str())
 }
 
 /// The table for the datapath; also records how many real servers serve each service.
@@ -820,141 +789,121 @@ fn build(services: &mut [ServiceState]) -> ServiceTable {
     ServiceTable::build(specs)
 }
 
-/// Bring one staying service up to its new config; real servers matched by address.
-fn update_service(
+/// The counter slots a plan takes: each added real server (unless it takes back its retired
+/// slot), each new sorry server, and every real and sorry server of an added service.
+fn slots_wanted(running: &[ServiceState], plan: &Plan, new: &Config) -> usize {
+    let mut wanted = 0;
+    for (planned, svc) in plan.services.iter().zip(&new.services) {
+        match planned {
+            PlannedService::Added(_) => {
+                wanted += svc.virtual_service.reals.len() + usize::from(svc.sorry_server.is_some());
+            }
+            PlannedService::Kept(k) => {
+                let s = &running[k.running];
+                // A real server added under a retired address takes that slot back; an old
+                // sorry server is retired before the real servers are added.
+                let mut retired: Vec<SocketAddrV4> = s.retired.iter().map(|(a, _)| *a).collect();
+                for c in &k.changes {
+                    match c {
+                        ServiceChange::SorryServer { to, .. } => {
+                            retired.extend(s.sorry.iter().map(|(a, _)| *a));
+                            wanted += usize::from(to.is_some());
+                        }
+                        ServiceChange::RealAdded { real, .. } => {
+                            match retired.iter().position(|a| a == real) {
+                                Some(i) => {
+                                    retired.remove(i);
+                                }
+                                None => wanted += 1,
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    wanted
+}
+
+/// Carry out one staying service's changes; `new` is its config in the new file. The caller
+/// has made sure there are slots enough.
+fn apply_service(
     st: &mut State,
     registry: &RealRegistry,
     s: &mut ServiceState,
     new: &config::Service,
-    changes: &mut Vec<String>,
-) -> Result<(), String> {
-    let name = new.virtual_service.name.clone();
-    let old = &s.config;
-    let (ov, nv) = (&old.virtual_service, &new.virtual_service);
-    if ov.name != nv.name {
-        changes.push(format!("service {} renamed {}", ov.name, nv.name));
-    }
-    if ov.mode != nv.mode {
-        changes.push(format!(
-            "service {name}: mode {} -> {} (established flows keep {})",
-            ov.mode.as_str(),
-            nv.mode.as_str(),
-            ov.mode.as_str()
-        ));
-    }
-    if ov.scheduler != nv.scheduler {
-        changes.push(format!(
-            "service {name}: scheduler {} -> {}",
-            ov.scheduler.as_str(),
-            nv.scheduler.as_str()
-        ));
-    }
-    if ov.persistence != nv.persistence {
-        changes.push(format!(
-            "service {name}: persistence {}s -> {}s",
-            ov.persistence.as_secs(),
-            nv.persistence.as_secs()
-        ));
-    }
-    if old.quorum != new.quorum {
-        changes.push(format!(
-            "service {name}: quorum {} -> {}",
-            old.quorum.map_or("none".into(), |q| q.to_string()),
-            new.quorum.map_or("none".into(), |q| q.to_string())
-        ));
-    }
-    let check_changed = old.check != new.check;
-    if check_changed {
-        changes.push(match (&old.check, &new.check) {
-            (None, Some(_)) => format!("service {name}: health check added"),
-            (Some(_), None) => format!("service {name}: health check removed"),
-            _ => format!("service {name}: health check changed (states start again)"),
-        });
-    }
-    if old.sorry_server != new.sorry_server {
-        if let Some((addr, slot)) = s.sorry.take() {
-            s.retired.push((addr, slot));
-        }
-        if let Some(addr) = new.sorry_server {
-            s.sorry = Some((addr, st.alloc_slot(registry)?));
-        }
-        changes.push(format!(
-            "service {name}: sorry server {} -> {}",
-            old.sorry_server.map_or("none".into(), |a| a.to_string()),
-            new.sorry_server.map_or("none".into(), |a| a.to_string())
-        ));
-    }
-    let mut reals = Vec::new();
-    let mut old_reals: Vec<RealState> = std::mem::take(&mut s.reals);
-    for nr in &nv.reals {
-        let kept = old_reals
-            .iter()
-            .position(|r| r.addr == nr.addr)
-            .map(|i| old_reals.remove(i));
-        let r = match kept {
-            Some(mut r) => {
-                if r.weight != nr.weight {
-                    changes.push(format!(
-                        "service {name}: real {} weight {} -> {}",
-                        r.addr, r.weight, nr.weight
-                    ));
-                    r.weight = nr.weight;
-                    r.weight_override = None;
+    changes: &[ServiceChange],
+) {
+    let slot = |st: &mut State| {
+        st.alloc_slot(registry)
+            .expect("slots counted before applying")
+    };
+    for change in changes {
+        match change {
+            ServiceChange::Renamed { .. }
+            | ServiceChange::Mode { .. }
+            | ServiceChange::Scheduler { .. }
+            | ServiceChange::Persistence { .. }
+            | ServiceChange::Quorum { .. } => {} // the new config below says it
+            ServiceChange::Check { .. } => {} // after the real servers: all start again
+            ServiceChange::SorryServer { to, .. } => {
+                if let Some((addr, slot)) = s.sorry.take() {
+                    s.retired.push((addr, slot));
                 }
-                if check_changed {
-                    r.health = new.check.as_ref().map(|_| Health::Up);
-                    r.health_cause = None;
+                if let Some(addr) = *to {
+                    s.sorry = Some((addr, slot(st)));
                 }
-                r
             }
-            None => {
-                let slot = match s.retired.iter().position(|(a, _)| *a == nr.addr) {
+            ServiceChange::RealWeight { real, to, .. } => {
+                let r = s
+                    .reals
+                    .iter_mut()
+                    .find(|r| r.addr == *real)
+                    .expect("a reweighted real server is running");
+                r.weight = *to;
+                r.weight_override = None;
+            }
+            ServiceChange::RealAdded { real, weight, .. } => {
+                let slot = match s.retired.iter().position(|(a, _)| a == real) {
                     Some(i) => s.retired.remove(i).1,
-                    None => st.alloc_slot(registry)?,
+                    None => slot(st),
                 };
-                changes.push(format!(
-                    "service {name}: real {} added (weight {})",
-                    nr.addr, nr.weight
-                ));
-                RealState::new(nr, slot, new.check.is_some())
+                let r = RealServer {
+                    addr: *real,
+                    weight: *weight,
+                };
+                s.reals.push(RealState::new(&r, slot, new.check.is_some()));
             }
-        };
-        reals.push(r);
+            ServiceChange::RealRemoved { real, .. } => {
+                let i = s
+                    .reals
+                    .iter()
+                    .position(|r| r.addr == *real)
+                    .expect("a removed real server is running");
+                let r = s.reals.remove(i);
+                s.retired.push((r.addr, r.slot));
+            }
+        }
     }
-    for r in old_reals {
-        changes.push(format!(
-            "service {name}: real {} removed (its established flows finish)",
-            r.addr
-        ));
-        s.retired.push((r.addr, r.slot));
+    if changes
+        .iter()
+        .any(|c| matches!(c, ServiceChange::Check { .. }))
+    {
+        for r in &mut s.reals {
+            r.health = new.check.as_ref().map(|_| Health::Up);
+            r.health_cause = None;
+        }
     }
-    s.reals = reals;
+    // The scheduler sees the real servers in the file's order.
+    let order = |r: &RealState| {
+        new.virtual_service
+            .reals
+            .iter()
+            .position(|n| n.addr == r.addr)
+    };
+    s.reals.sort_by_key(order);
     s.config = new.clone();
-    Ok(())
-}
-
-/// What differs outside `[[service]]`, in words.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.node != new.node {
-        out.push(format!(
-            "[node] name {:?} -> {:?}",
-            old.node.name, new.node.name
-        ));
-    }
-    if old.vrrp != new.vrrp {
-        out.push("[vrrp] changed".into());
-    }
-    if old.sync != new.sync {
-        out.push("[sync] changed".into());
-    }
-    if old.control != new.control {
-        out.push("[control] changed".into());
-    }
-    if old.datapath != new.datapath || old.xdp != new.xdp {
-        out.push("[datapath] changed".into());
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1213,6 +1162,86 @@ address = "198.18.2.13:8080"
             .unwrap()
             .retired
             .is_empty());
+    }
+
+    #[test]
+    fn reload_that_needs_more_slots_than_there_are_changes_nothing() {
+        let rt = runtime(BASE);
+        // BASE holds 4 slots; a service with every other slot and one more does not fit.
+        let mut big = String::from(
+            "\n[[service]]\nname = \"big\"\nvip = \"198.18.1.100:443\"\nmode = \"nat\"\n",
+        );
+        for i in 0..REAL_SLOTS - 3 {
+            big.push_str(&format!(
+                "[[service.real]]\naddress = \"10.{}.{}.1:443\"\n",
+                i / 256,
+                i % 256
+            ));
+        }
+        let err = rt
+            .apply(&parse(&format!(
+                "{}{big}",
+                BASE.replace("weight = 2", "weight = 3")
+            )))
+            .unwrap_err();
+        assert!(err.contains("more than 4096 real servers"), "{err}");
+        assert_eq!(rt.config().1, 1, "nothing applied");
+        assert_eq!(
+            weights(&rt, "198.18.1.100:80", Protocol::Tcp)[1],
+            ("198.18.2.12:8080".into(), 2)
+        );
+        assert_eq!(rt.status_view().0.len(), 2, "the running services stay");
+    }
+
+    #[test]
+    fn reload_restarts_health_only_when_the_check_changes() {
+        let rt = runtime(BASE);
+        rt.set_health(&key("198.18.2.11:8080"), Health::Down, "refused");
+        // Another real server's weight: the health found stays.
+        rt.apply(&parse(&BASE.replace("weight = 2", "weight = 3")))
+            .expect("applied");
+        assert_eq!(weights(&rt, "198.18.1.100:80", Protocol::Tcp)[0].1, 0);
+        // Another check: every real server starts up again.
+        let applied = rt
+            .apply(&parse(
+                &BASE
+                    .replace("weight = 2", "weight = 3")
+                    .replace("interval = \"200ms\"", "interval = \"300ms\""),
+            ))
+            .expect("applied");
+        assert_eq!(
+            applied.changes,
+            ["service web: health check changed (states start again)"]
+        );
+        assert_eq!(weights(&rt, "198.18.1.100:80", Protocol::Tcp)[0].1, 1);
+    }
+
+    #[test]
+    fn a_real_server_back_under_its_retired_address_gets_its_slot_back() {
+        let rt = runtime(BASE);
+        let web = |rt: &Runtime| {
+            rt.table
+                .load()
+                .find(Protocol::Tcp, "198.18.1.100:80".parse().unwrap())
+                .unwrap()
+                .sched
+                .backends()
+                .iter()
+                .map(|b| (b.addr.to_string(), b.slot))
+                .collect::<Vec<_>>()
+        };
+        let before = web(&rt);
+        let without = BASE.replacen("[[service.real]]\naddress = \"198.18.2.11:8080\"\n", "", 1);
+        rt.apply(&parse(&without)).expect("applied");
+        // A connection still counts on the retired slot, so it is not freed.
+        rt.reals.get(before[0].1).active.store(1, Ordering::Relaxed);
+        rt.tick();
+        let applied = rt.apply(&parse(BASE)).expect("applied");
+        assert_eq!(
+            applied.changes,
+            ["service web: real 198.18.2.11:8080 added (weight 1)"]
+        );
+        assert_eq!(web(&rt), before, "same slots, in the file's order");
     }
 
     #[test]

@@ -82,13 +82,13 @@ fn nat_example() {
 fn dr_example() {
     let c = load("dr.toml");
     let vrrp = c.vrrp.as_ref().expect("dr.toml has VRRP");
-    assert_eq!(vrrp.version, VrrpVersion::V3);
-    assert_eq!(vrrp.advert_interval, Duration::from_millis(100));
     let ext = &vrrp.instances[0];
-    assert_eq!((ext.vrid, ext.priority), (51, 150));
-    assert_eq!(ext.vips[0].prefix_len, 24);
-    assert_eq!(ext.preempt_delay, Duration::from_secs(30));
-    assert_eq!(ext.track_interfaces[0].weight, -60);
+    assert_eq!(ext.config.version, VrrpVersion::V3);
+    assert_eq!(ext.config.advert_interval, Duration::from_millis(100));
+    assert_eq!((ext.config.vrid, ext.config.priority), (51, 150));
+    assert_eq!(ext.vips[0].1, 24);
+    assert_eq!(ext.config.preempt_delay, Duration::from_secs(30));
+    assert_eq!(ext.config.tracks[0].weight, -60);
     let sync = c.sync.as_ref().expect("dr.toml has sync");
     assert_eq!(
         sync.destination,
@@ -135,12 +135,12 @@ fn fullnat_example() {
     let c = load("fullnat.toml");
     let vrrp = c.vrrp.as_ref().expect("fullnat.toml has VRRP");
     let int = &vrrp.instances[1];
-    let lips: Vec<Ipv4Addr> = int.vips.iter().map(|v| v.addr).collect();
+    let lips: Vec<Ipv4Addr> = int.vips.iter().map(|v| v.0).collect();
     assert_eq!(
         lips,
         [Ipv4Addr::new(198, 18, 2, 5), Ipv4Addr::new(198, 18, 2, 6)]
     );
-    assert_eq!(vrrp.groups[0].instances, ["ext", "int"]);
+    assert_eq!(vrrp.groups[0].config.members, ["ext", "int"]);
     let services: Vec<_> = c.virtual_services().collect();
     for s in &services {
         assert_eq!(s.mode, Mode::FullNat);
@@ -164,7 +164,7 @@ fn fullnat_example() {
 fn full_example_uses_the_defaults_of_config_md() {
     let c = load("full.toml");
     let vrrp = c.vrrp.as_ref().expect("full.toml has VRRP");
-    assert_eq!(vrrp.groups[0].instances, ["ext", "int-gw"]);
+    assert_eq!(vrrp.groups[0].config.members, ["ext", "int-gw"]);
     assert_eq!(c.control.socket, Path::new(config::DEFAULT_SOCKET_PATH));
     assert_eq!(c.control.metrics, None);
     assert_eq!(c.datapath, forwarder::model::DatapathConfig::default());

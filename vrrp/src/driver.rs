@@ -50,7 +50,7 @@ pub fn track_interface(name: &str) -> String {
 }
 
 /// One instance as the driver runs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverInstance {
     /// `primary` is filled in at start from the interface's first address that is not a VIP.
     pub config: InstanceConfig,
@@ -63,7 +63,7 @@ pub struct DriverInstance {
     pub notify: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverGroup {
     pub config: GroupConfig,
     pub notify: Option<PathBuf>,

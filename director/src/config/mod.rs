@@ -3,8 +3,9 @@
 //! The flow is one way: text → [`file`] (serde structs, `deny_unknown_fields`, spans kept) →
 //! [`validate`] → [`Config`]. Every problem becomes a [`ConfigError`] located by file, line and
 //! column; validation collects all of them rather than stopping at the first. The datapath's
-//! part of the result is `forwarder::model` types; sections whose engines come later (VRRP,
-//! sync, health checks) are validated into the plain structs below.
+//! part of the result is `forwarder::model` types, `[vrrp]` is the VRRP engine's own types
+//! (`vrrp::driver`), `[sync]` names its destination in the sync engine's type; the health
+//! checks and the control socket are the plain structs below.
 
 #![forbid(unsafe_code)]
 
@@ -18,8 +19,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use forwarder::model::{DatapathConfig, VirtualService};
-pub use vrrp::instance::GarpPolicy;
-pub use vrrp::wire::ChecksumMode;
+pub use syncd::io::Destination as SyncDestination;
+pub use vrrp::driver::{DriverConfig, DriverGroup, DriverInstance};
+pub use vrrp::instance::{GarpPolicy, InstanceConfig, Track};
+pub use vrrp::router::GroupConfig;
+pub use vrrp::wire::{ChecksumMode, Version as VrrpVersion};
 
 pub use error::ConfigError;
 
@@ -121,80 +125,48 @@ pub struct Node {
     pub name: String,
 }
 
-/// `[vrrp]`
+/// `[vrrp]`, validated into the VRRP engine's own types: one [`DriverInstance`] per
+/// `[[vrrp.instance]]` (the section's version, advert interval, checksum and gratuitous-ARP
+/// policy in each; its tracks are the file's `track_interfaces`; `primary` is unspecified
+/// until the engine reads the interface at start) and one [`DriverGroup`] per
+/// `[[vrrp.group]]`. [`Vrrp::driver`] makes the engine's whole config of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vrrp {
-    pub version: VrrpVersion,
-    /// v3: 10ms..40.95s in centiseconds; v2: whole seconds 1..255. Default 1s.
-    pub advert_interval: Duration,
-    pub instances: Vec<VrrpInstance>,
-    pub groups: Vec<VrrpGroup>,
-    /// v3 over IPv4: the checksum style sent (both are accepted). Default: with the
-    /// pseudo-header, as RFC 9568 and keepalived.
-    pub checksum: ChecksumMode,
-    /// Gratuitous ARP on takeover. Defaults as keepalived: 5 at once, again after 5 s.
-    pub garp: GarpPolicy,
+    pub instances: Vec<DriverInstance>,
+    pub groups: Vec<DriverGroup>,
     /// SCHED_FIFO priority of the VRRP timer thread; `None` (`0` in the file) = normal
     /// scheduling. Default 20.
     pub realtime_priority: Option<i32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VrrpVersion {
-    /// RFC 3768.
-    V2,
-    /// RFC 9568 (formerly RFC 5798); the default.
-    V3,
+impl Vrrp {
+    /// The engine's config: `tracks(instance)` are tracked beside the file's interfaces (the
+    /// daemon's own objects: datapath, threads, quorum); with `hold_preempt` the engine starts
+    /// with preemption held until connection sync lets it go.
+    pub fn driver(&self, hold_preempt: bool, tracks: impl Fn(&str) -> Vec<Track>) -> DriverConfig {
+        let mut instances = self.instances.clone();
+        for i in &mut instances {
+            let more = tracks(&i.config.name);
+            i.config.tracks.extend(more);
+        }
+        DriverConfig {
+            instances,
+            groups: self.groups.clone(),
+            realtime_priority: self.realtime_priority,
+            hold_preempt,
+        }
+    }
+
+    /// The VRRP instance that carries `addr` among its VIPs.
+    pub fn instance_of(&self, addr: Ipv4Addr) -> Option<&DriverInstance> {
+        self.instances
+            .iter()
+            .find(|i| i.vips.iter().any(|&(a, _)| a == addr))
+    }
 }
 
-/// `[[vrrp.instance]]`
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VrrpInstance {
-    pub name: String,
-    pub interface: String,
-    pub vrid: u8,
-    /// 1..255; 255 = the address owner.
-    pub priority: u8,
-    pub vips: Vec<VipPrefix>,
-    /// Default true.
-    pub preempt: bool,
-    /// Default zero.
-    pub preempt_delay: Duration,
-    /// Empty = multicast to 224.0.0.18.
-    pub unicast_peers: Vec<Ipv4Addr>,
-    pub track_interfaces: Vec<TrackInterface>,
-    /// RFC 9568 Accept_Mode: whether the master accepts traffic to the VIPs other than the
-    /// services (ping, SSH). Default true, as keepalived without `vrrp_strict`.
-    pub accept: bool,
-    /// Called with INSTANCE NAME STATE PRIORITY on every transition.
-    pub notify: Option<PathBuf>,
-}
-
-/// A VIP with the prefix length it is added with (`198.18.1.100/24`; no prefix = /32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VipPrefix {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-/// An interface whose state changes the instance's effective priority.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrackInterface {
-    pub name: String,
-    /// Added to the priority while the interface is down; 0 (the default) = go to FAULT.
-    pub weight: i32,
-}
-
-/// `[[vrrp.group]]`: instances that always move together.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VrrpGroup {
-    pub name: String,
-    pub instances: Vec<String>,
-    /// Called with GROUP|INSTANCE NAME STATE PRIORITY on every transition.
-    pub notify: Option<PathBuf>,
-}
-
-/// `[sync]`
+/// `[sync]`. Where replicas go is the sync engine's own [`SyncDestination`]; the key is read
+/// from `key_file` at start (and checked here), the node id and epoch are the daemon's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sync {
     pub interface: String,
@@ -204,14 +176,6 @@ pub struct Sync {
     /// A starting node does not preempt a live master until it has received the master's
     /// whole connection table, or until this much time has passed (default 30 s).
     pub resync_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncDestination {
-    /// `peer = "ADDR:PORT"`: unicast to the other node.
-    Peer(SocketAddrV4),
-    /// `group = "MCAST:PORT"`: a multicast group.
-    Group(SocketAddrV4),
 }
 
 /// `[[service]]`: the datapath's `VirtualService` and what the control plane needs beside it.

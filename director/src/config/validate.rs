@@ -22,9 +22,9 @@ use super::file::{
     VrrpInstanceFile,
 };
 use super::{
-    Check, CheckKind, ChecksumMode, Config, Control, GarpPolicy, Node, OnFail, ProxyProtocol,
-    Service, Sync, SyncDestination, TrackInterface, VipPrefix, Vrrp, VrrpGroup, VrrpInstance,
-    VrrpVersion, XdpMode, DEFAULT_SOCKET_PATH,
+    Check, CheckKind, ChecksumMode, Config, Control, DriverGroup, DriverInstance, GarpPolicy,
+    GroupConfig, InstanceConfig, Node, OnFail, ProxyProtocol, Service, Sync, SyncDestination,
+    Track, Vrrp, VrrpVersion, XdpMode, DEFAULT_SOCKET_PATH,
 };
 
 const MODES: &[(&str, Mode)] = &[
@@ -99,6 +99,21 @@ pub(crate) fn validate(file: FileConfig, loc: Locator<'_>) -> Result<Config, Vec
         xdp,
         warnings: v.warnings,
     })
+}
+
+/// The `[vrrp]` settings every instance of the section runs with.
+struct Shared {
+    version: VrrpVersion,
+    advert_interval: Duration,
+    checksum: ChecksumMode,
+    garp: GarpPolicy,
+}
+
+/// A VIP with the prefix length it is added with (`198.18.1.100/24`; no prefix = /32).
+#[derive(Debug, Clone, Copy)]
+struct VipPrefix {
+    addr: Ipv4Addr,
+    prefix_len: u8,
 }
 
 struct Validator<'a> {
@@ -347,72 +362,6 @@ impl Validator<'_> {
             },
         };
 
-        let instances: Vec<VrrpInstance> =
-            f.instance.iter().map(|i| self.vrrp_instance(i)).collect();
-        self.duplicates(
-            f.instance
-                .iter()
-                .map(|i| (i.get_ref().name.get_ref().clone(), i.get_ref().name.span())),
-            |name, line| {
-                format!("duplicate VRRP instance name {name:?} (first defined on line {line})")
-            },
-        );
-        self.duplicates(
-            f.instance.iter().map(|i| {
-                let i = i.get_ref();
-                ((i.interface.get_ref().clone(), *i.vrid.get_ref()), i.vrid.span())
-            }),
-            |(ifname, vrid), line| {
-                format!("vrid {vrid} is already used on {ifname} (line {line}); each instance on an interface needs its own vrid")
-            },
-        );
-
-        let mut groups = Vec::new();
-        let mut grouped: HashMap<String, usize> = HashMap::new();
-        for g in &f.group {
-            let g = g.get_ref();
-            let name = self.name(&g.name, "group");
-            let mut members = Vec::new();
-            for m in &g.instances {
-                let member = m.get_ref();
-                if !instances.iter().any(|i| &i.name == member) {
-                    let mut defined: Vec<&str> =
-                        instances.iter().map(|i| i.name.as_str()).collect();
-                    defined.sort_unstable();
-                    defined.dedup();
-                    self.err(
-                        m.span(),
-                        format!(
-                            "group {name:?} names instance {member:?}, which is not defined; defined instances: {}",
-                            if defined.is_empty() { "none".to_owned() } else { defined.join(", ") }
-                        ),
-                    );
-                } else if let Some(&first) = grouped.get(member) {
-                    let line = self.loc.line_of(first);
-                    self.err(
-                        m.span(),
-                        format!("instance {member:?} is already in a group (line {line}); an instance belongs to at most one group"),
-                    );
-                } else {
-                    grouped.insert(member.clone(), m.span().start);
-                }
-                members.push(member.clone());
-            }
-            let notify = g.notify.as_ref().map(|n| self.path(n, "notify"));
-            groups.push(VrrpGroup {
-                name,
-                instances: members,
-                notify,
-            });
-        }
-        self.duplicates(
-            f.group
-                .iter()
-                .map(|g| (g.get_ref().name.get_ref().clone(), g.get_ref().name.span())),
-            |name, line| {
-                format!("duplicate VRRP group name {name:?} (first defined on line {line})")
-            },
-        );
         let checksum = match &f.checksum {
             None => ChecksumMode::PseudoHeader,
             Some(c) => match (c.get_ref().as_str(), version) {
@@ -450,6 +399,80 @@ impl Validator<'_> {
             delay: self.opt_duration(f.garp_delay.as_ref(), "garp_delay", defaults.delay),
             refresh: self.opt_duration(f.garp_refresh.as_ref(), "garp_refresh", defaults.refresh),
         };
+        let shared = Shared {
+            version,
+            advert_interval,
+            checksum,
+            garp,
+        };
+        let instances: Vec<DriverInstance> = f
+            .instance
+            .iter()
+            .map(|i| self.vrrp_instance(i, &shared))
+            .collect();
+        self.duplicates(
+            f.instance
+                .iter()
+                .map(|i| (i.get_ref().name.get_ref().clone(), i.get_ref().name.span())),
+            |name, line| {
+                format!("duplicate VRRP instance name {name:?} (first defined on line {line})")
+            },
+        );
+        self.duplicates(
+            f.instance.iter().map(|i| {
+                let i = i.get_ref();
+                ((i.interface.get_ref().clone(), *i.vrid.get_ref()), i.vrid.span())
+            }),
+            |(ifname, vrid), line| {
+                format!("vrid {vrid} is already used on {ifname} (line {line}); each instance on an interface needs its own vrid")
+            },
+        );
+
+        let mut groups = Vec::new();
+        let mut grouped: HashMap<String, usize> = HashMap::new();
+        for g in &f.group {
+            let g = g.get_ref();
+            let name = self.name(&g.name, "group");
+            let mut members = Vec::new();
+            for m in &g.instances {
+                let member = m.get_ref();
+                if !instances.iter().any(|i| &i.config.name == member) {
+                    let mut defined: Vec<&str> =
+                        instances.iter().map(|i| i.config.name.as_str()).collect();
+                    defined.sort_unstable();
+                    defined.dedup();
+                    self.err(
+                        m.span(),
+                        format!(
+                            "group {name:?} names instance {member:?}, which is not defined; defined instances: {}",
+                            if defined.is_empty() { "none".to_owned() } else { defined.join(", ") }
+                        ),
+                    );
+                } else if let Some(&first) = grouped.get(member) {
+                    let line = self.loc.line_of(first);
+                    self.err(
+                        m.span(),
+                        format!("instance {member:?} is already in a group (line {line}); an instance belongs to at most one group"),
+                    );
+                } else {
+                    grouped.insert(member.clone(), m.span().start);
+                }
+                members.push(member.clone());
+            }
+            let notify = g.notify.as_ref().map(|n| self.path(n, "notify"));
+            groups.push(DriverGroup {
+                config: GroupConfig { name, members },
+                notify,
+            });
+        }
+        self.duplicates(
+            f.group
+                .iter()
+                .map(|g| (g.get_ref().name.get_ref().clone(), g.get_ref().name.span())),
+            |name, line| {
+                format!("duplicate VRRP group name {name:?} (first defined on line {line})")
+            },
+        );
         let realtime_priority = match &f.realtime_priority {
             None => Some(20),
             Some(v) => match self.int::<i32>(v, "realtime_priority", 0..=99) {
@@ -459,17 +482,14 @@ impl Validator<'_> {
             },
         };
         Vrrp {
-            version,
-            advert_interval,
             instances,
             groups,
-            checksum,
-            garp,
             realtime_priority,
         }
     }
 
-    fn vrrp_instance(&mut self, i: &Spanned<VrrpInstanceFile>) -> VrrpInstance {
+    /// One `[[vrrp.instance]]` as the engine runs it, with the section's `shared` settings.
+    fn vrrp_instance(&mut self, i: &Spanned<VrrpInstanceFile>, shared: &Shared) -> DriverInstance {
         let i = i.get_ref();
         let name = self.name(&i.name, "instance");
         let interface = self.interface(&i.interface, "interface");
@@ -483,7 +503,7 @@ impl Validator<'_> {
                 ),
             );
         }
-        let vips = i
+        let vips: Vec<VipPrefix> = i
             .vips
             .get_ref()
             .iter()
@@ -494,13 +514,15 @@ impl Validator<'_> {
             .iter()
             .filter_map(|p| self.ipv4(p, "unicast peer"))
             .collect();
-        let track_interfaces = i
+        let tracks = i
             .track_interfaces
             .iter()
             .map(|t| {
                 let t = t.get_ref();
-                TrackInterface {
-                    name: self.interface(&t.name, "tracked interface"),
+                Track {
+                    name: vrrp::driver::track_interface(
+                        &self.interface(&t.name, "tracked interface"),
+                    ),
                     weight: t
                         .weight
                         .as_ref()
@@ -509,21 +531,30 @@ impl Validator<'_> {
                 }
             })
             .collect();
-        VrrpInstance {
-            name,
+        DriverInstance {
+            config: InstanceConfig {
+                name,
+                version: shared.version,
+                vrid,
+                priority,
+                advert_interval: shared.advert_interval,
+                vips: vips.iter().map(|p| IpAddr::V4(p.addr)).collect(),
+                // The engine reads it from the interface at start.
+                primary: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                preempt: i.preempt.unwrap_or(true),
+                preempt_delay: self.opt_duration(
+                    i.preempt_delay.as_ref(),
+                    "preempt_delay",
+                    Duration::ZERO,
+                ),
+                accept: i.accept.unwrap_or(true),
+                garp: shared.garp.clone(),
+                tracks,
+            },
             interface,
-            vrid,
-            priority,
-            vips,
-            preempt: i.preempt.unwrap_or(true),
-            preempt_delay: self.opt_duration(
-                i.preempt_delay.as_ref(),
-                "preempt_delay",
-                Duration::ZERO,
-            ),
+            vips: vips.iter().map(|p| (p.addr, p.prefix_len)).collect(),
             unicast_peers,
-            track_interfaces,
-            accept: i.accept.unwrap_or(true),
+            checksum: shared.checksum,
             notify: i.notify.as_ref().map(|n| self.path(n, "notify")),
         }
     }
@@ -923,7 +954,11 @@ impl Validator<'_> {
         let prefixes: Vec<(String, VipPrefix)> = vrrp
             .iter()
             .flat_map(|v| v.instances.iter())
-            .flat_map(|i| i.vips.iter().map(move |p| (i.name.clone(), *p)))
+            .flat_map(|i| {
+                i.vips.iter().map(move |&(addr, prefix_len)| {
+                    (i.config.name.clone(), VipPrefix { addr, prefix_len })
+                })
+            })
             .collect();
         // The network of a VIP prefix, as (network address, mask).
         let network = |p: &VipPrefix| {
@@ -1223,5 +1258,152 @@ mod tests {
         ] {
             assert!(check(text).is_err(), "{text:?}");
         }
+    }
+
+    const VRRP: &str = "[vrrp]\nversion = 2\nadvert_interval = \"2s\"\nchecksum = \"pseudo-header\"\n\
+                        garp_repeat = 3\nrealtime_priority = 0\n\
+                        [[vrrp.instance]]\nname = \"ext\"\ninterface = \"eth0\"\nvrid = 51\n\
+                        priority = 150\nvips = [\"198.18.1.100/24\", \"198.18.1.101\"]\n\
+                        preempt = false\naccept = false\nunicast_peers = [\"198.18.1.3\"]\n\
+                        track_interfaces = [{ name = \"eth2\", weight = -60 }, { name = \"eth3\" }]\n\
+                        notify = \"/usr/local/bin/vrrp-notify\"\n\
+                        [[vrrp.instance]]\nname = \"int\"\ninterface = \"eth1\"\nvrid = 52\n\
+                        priority = 100\nvips = [\"198.18.2.1/24\"]\n\
+                        [[vrrp.group]]\nname = \"lb\"\ninstances = [\"ext\", \"int\"]\n";
+
+    #[test]
+    fn vrrp_is_validated_into_the_engines_instances_and_groups() {
+        let c = check(&format!("{NODE}{VRRP}{WEB}")).expect("valid");
+        let v = c.vrrp.expect("[vrrp]");
+        assert_eq!(v.realtime_priority, None, "0 = normal scheduling");
+        let ext = &v.instances[0];
+        let garp = GarpPolicy {
+            repeat: 3,
+            ..GarpPolicy::default()
+        };
+        assert_eq!(
+            ext.config,
+            InstanceConfig {
+                name: "ext".into(),
+                version: VrrpVersion::V2,
+                vrid: 51,
+                priority: 150,
+                advert_interval: Duration::from_secs(2),
+                vips: vec![
+                    IpAddr::V4(Ipv4Addr::new(198, 18, 1, 100)),
+                    IpAddr::V4(Ipv4Addr::new(198, 18, 1, 101))
+                ],
+                primary: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                preempt: false,
+                preempt_delay: Duration::ZERO,
+                accept: false,
+                garp: garp.clone(),
+                tracks: vec![
+                    Track {
+                        name: vrrp::driver::track_interface("eth2"),
+                        weight: -60
+                    },
+                    Track {
+                        name: vrrp::driver::track_interface("eth3"),
+                        weight: 0
+                    },
+                ],
+            }
+        );
+        assert_eq!(ext.interface, "eth0");
+        assert_eq!(
+            ext.vips,
+            [
+                (Ipv4Addr::new(198, 18, 1, 100), 24),
+                (Ipv4Addr::new(198, 18, 1, 101), 32)
+            ]
+        );
+        assert_eq!(ext.unicast_peers, [Ipv4Addr::new(198, 18, 1, 3)]);
+        assert_eq!(ext.checksum, ChecksumMode::PseudoHeader);
+        assert_eq!(
+            ext.notify.as_deref(),
+            Some(Path::new("/usr/local/bin/vrrp-notify"))
+        );
+        // The section's settings are every instance's.
+        let int = &v.instances[1];
+        assert_eq!(
+            (
+                int.config.version,
+                int.config.advert_interval,
+                &int.config.garp
+            ),
+            (VrrpVersion::V2, Duration::from_secs(2), &garp)
+        );
+        assert!(int.config.preempt && int.config.accept && int.config.tracks.is_empty());
+        assert_eq!(
+            v.groups,
+            [DriverGroup {
+                config: GroupConfig {
+                    name: "lb".into(),
+                    members: vec!["ext".into(), "int".into()]
+                },
+                notify: None
+            }]
+        );
+        assert_eq!(
+            v.instance_of(Ipv4Addr::new(198, 18, 1, 101))
+                .map(|i| i.config.name.as_str()),
+            Some("ext")
+        );
+        assert!(v.instance_of(Ipv4Addr::new(198, 18, 1, 102)).is_none());
+        // The engine's whole config: the caller's tracks after the file's, and the hold.
+        let d = v.driver(true, |name| {
+            vec![Track {
+                name: format!("quorum:{name}"),
+                weight: 0,
+            }]
+        });
+        assert!(d.hold_preempt);
+        assert_eq!(d.realtime_priority, None);
+        let names: Vec<&str> = d.instances[0]
+            .config
+            .tracks
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                track_name("eth2").as_str(),
+                &track_name("eth3"),
+                "quorum:ext"
+            ]
+        );
+        assert_eq!(d.groups, v.groups);
+    }
+
+    fn track_name(interface: &str) -> String {
+        vrrp::driver::track_interface(interface)
+    }
+
+    #[test]
+    fn sync_names_its_destination_in_the_sync_engines_type() {
+        let key =
+            std::env::temp_dir().join(format!("director-validate-{}.key", std::process::id()));
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("write a test key");
+        let sync = |dest: &str| {
+            check(&format!(
+                "{NODE}[sync]\ninterface = \"eth2\"\n{dest}\nkey_file = \"{}\"\n{WEB}",
+                key.display()
+            ))
+            .expect("valid")
+            .sync
+            .expect("[sync]")
+        };
+        let peer = sync("peer = \"198.18.3.3:8848\"");
+        assert_eq!(
+            peer.destination,
+            syncd::io::Destination::Peer("198.18.3.3:8848".parse().unwrap())
+        );
+        assert_eq!(peer.resync_timeout, Duration::from_secs(30));
+        assert_eq!(
+            sync("group = \"224.0.0.81:8848\"").destination,
+            syncd::io::Destination::Group("224.0.0.81:8848".parse().unwrap())
+        );
     }
 }

@@ -16,10 +16,10 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use forwarder::model::{Mode, Protocol, SchedulerKind};
+use forwarder::model::{Mode, Protocol, ProxyProtocol, SchedulerKind};
 
 use crate::config::{self, Config};
 
@@ -187,9 +187,6 @@ pub struct KeptService {
 }
 
 /// One change inside a staying service. `service` is its name in the new file.
-///
-/// Settings that reach only the datapath's table (FULLNAT local addresses, PROXY protocol)
-/// are taken from the new file without a change of their own, as before this module existed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceChange {
     Renamed {
@@ -221,6 +218,20 @@ pub enum ServiceChange {
     Check {
         service: String,
         change: CheckChange,
+    },
+    /// FULLNAT: new flows take their local address from the new list; established flows
+    /// keep theirs until they end.
+    LocalAddresses {
+        service: String,
+        from: Vec<Ipv4Addr>,
+        to: Vec<Ipv4Addr>,
+    },
+    /// FULLNAT TCP: new flows get the PROXY header (or not); established flows keep the
+    /// sequence shift they were made with.
+    ProxyProtocol {
+        service: String,
+        from: Option<ProxyProtocol>,
+        to: Option<ProxyProtocol>,
     },
     /// The old sorry server (if any) is retired, its flows finish.
     SorryServer {
@@ -295,6 +306,30 @@ impl fmt::Display for ServiceChange {
                     "service {service}: health check changed (states start again)"
                 ),
             },
+            ServiceChange::LocalAddresses { service, from, to } => {
+                let list = |v: &[Ipv4Addr]| {
+                    let v: Vec<String> = v.iter().map(|a| a.to_string()).collect();
+                    format!("[{}]", v.join(", "))
+                };
+                write!(
+                    f,
+                    "service {service}: local addresses {} -> {} (established flows keep theirs)",
+                    list(from),
+                    list(to)
+                )
+            }
+            ServiceChange::ProxyProtocol { service, from, to } => {
+                let name = |p: &Option<ProxyProtocol>| match p {
+                    Some(ProxyProtocol::V2) => "v2",
+                    None => "off",
+                };
+                write!(
+                    f,
+                    "service {service}: proxy_protocol {} -> {} (for new flows)",
+                    name(from),
+                    name(to)
+                )
+            }
             ServiceChange::SorryServer { service, from, to } => write!(
                 f,
                 "service {service}: sorry server {} -> {}",
@@ -453,6 +488,20 @@ fn service_changes(old: &config::Service, new: &config::Service) -> Vec<ServiceC
         out.push(ServiceChange::Check {
             service: service.clone(),
             change,
+        });
+    }
+    if ov.local_addresses != nv.local_addresses {
+        out.push(ServiceChange::LocalAddresses {
+            service: service.clone(),
+            from: ov.local_addresses.clone(),
+            to: nv.local_addresses.clone(),
+        });
+    }
+    if ov.proxy_protocol != nv.proxy_protocol {
+        out.push(ServiceChange::ProxyProtocol {
+            service: service.clone(),
+            from: ov.proxy_protocol,
+            to: nv.proxy_protocol,
         });
     }
     if old.sorry_server != new.sorry_server {
@@ -768,6 +817,46 @@ mode = "nat"
                 "service web: sorry server none -> 198.18.2.99:80",
             ]
         );
+    }
+
+    #[test]
+    fn fullnat_local_addresses_and_proxy_protocol_are_changes_too() {
+        let fullnat = |lips: &str, proxy: &str| {
+            format!(
+                "[node]\nname = \"lb-a\"\n\n[[service]]\nname = \"app\"\nvip = \"198.18.1.100:443\"\nmode = \"fullnat\"\n\
+                 local_addresses = [{lips}]\n{proxy}[[service.real]]\naddress = \"198.18.2.11:443\"\n"
+            )
+        };
+        let old = fullnat("\"198.18.2.5\"", "");
+        let new = fullnat(
+            "\"198.18.2.5\", \"198.18.2.6\"",
+            "proxy_protocol = \"v2\"\n",
+        );
+        let p = diff(&parse(&old), &[0], &parse(&new)).expect("a plan");
+        assert_eq!(
+            kept(&p, 0).changes,
+            [
+                ServiceChange::LocalAddresses {
+                    service: "app".into(),
+                    from: vec!["198.18.2.5".parse().unwrap()],
+                    to: vec!["198.18.2.5".parse().unwrap(), "198.18.2.6".parse().unwrap()],
+                },
+                ServiceChange::ProxyProtocol {
+                    service: "app".into(),
+                    from: None,
+                    to: Some(ProxyProtocol::V2),
+                },
+            ]
+        );
+        assert_eq!(
+            p.changes(),
+            [
+                "service app: local addresses [198.18.2.5] -> [198.18.2.5, 198.18.2.6] (established flows keep theirs)",
+                "service app: proxy_protocol off -> v2 (for new flows)",
+            ]
+        );
+        let same = diff(&parse(&new), &[0], &parse(&new)).expect("a plan");
+        assert!(same.is_empty(), "{:?}", same.changes());
     }
 
     #[test]

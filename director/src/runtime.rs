@@ -845,7 +845,9 @@ fn apply_service(
             | ServiceChange::Mode { .. }
             | ServiceChange::Scheduler { .. }
             | ServiceChange::Persistence { .. }
-            | ServiceChange::Quorum { .. } => {} // the new config below says it
+            | ServiceChange::Quorum { .. }
+            | ServiceChange::LocalAddresses { .. }
+            | ServiceChange::ProxyProtocol { .. } => {} // the new config below says it
             ServiceChange::Check { .. } => {} // after the real servers: all start again
             ServiceChange::SorryServer { to, .. } => {
                 if let Some((addr, slot)) = s.sorry.take() {

@@ -28,6 +28,7 @@ use forwarder::io::nft;
 use forwarder::io::xdp::XdpWant;
 use forwarder::sched::PersistTable;
 use forwarder::stats::RealRegistry;
+use nix::sys::signal::{SigSet, Signal};
 
 use syncd::adapter::ChangeQueue;
 use syncd::io::{SyncConfig, Syncd};
@@ -733,16 +734,12 @@ pub fn abort_on_panic() {
 }
 
 /// Signals the daemon waits for.
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        set
-    }
+fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
 }
 
 /// Load the config, start, and run until SIGTERM or SIGINT.
@@ -751,8 +748,8 @@ fn signal_set() -> libc::sigset_t {
 /// are delivered only to `sigwait` here.
 pub fn run(config_path: &std::path::Path) -> Result<()> {
     let set = signal_set();
-    // SAFETY: blocking signals for this thread (and the threads it will start).
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    set.thread_block()
+        .context("cannot block SIGTERM, SIGINT and SIGHUP")?;
     let config = crate::config::load(config_path).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
@@ -763,20 +760,17 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
     let daemon = Daemon::start(config, config_path)?;
     let _ = crate::sdnotify::ready();
     loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: set is initialised; sig is a valid out-pointer.
-        let r = unsafe { libc::sigwait(&set, &mut sig) };
-        if r != 0 {
+        let Ok(sig) = set.wait() else {
             continue;
-        }
+        };
         match sig {
-            libc::SIGHUP => {
+            Signal::SIGHUP => {
                 tracing::info!("SIGHUP: reloading {}", config_path.display());
                 // Errors are logged and recorded by the reloader; the running config stays.
                 let _ = daemon.reloader.reload();
             }
             _ => {
-                tracing::info!(signal = sig, "stopping");
+                tracing::info!(signal = sig.as_str(), "stopping");
                 break;
             }
         }

@@ -8,12 +8,16 @@
 //! Killed exec children go to the [`Reaper`], which the loop also polls, so no child is left
 //! a zombie and no wait ever blocks the loop.
 
-use std::io;
-use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Read};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::config::duration::format_duration;
 use crate::config::{Check, CheckKind};
@@ -167,12 +171,12 @@ impl Probe {
     pub fn ready(&mut self, revents: libc::c_short) -> Option<Outcome> {
         let dest = self.dest;
         match &mut self.io {
-            Io::Tcp(fd) => Some(match so_error(fd.as_raw_fd()) {
+            Io::Tcp(fd) => Some(match so_error(fd.as_fd()) {
                 Ok(()) => Outcome::ok(format!("connected to {dest}")),
                 Err(e) => connect_failed(dest, &e),
             }),
             Io::Http(h) => h.advance(dest, revents),
-            Io::Udp { fd, expect } => udp_receive(fd.as_raw_fd(), dest, expect.as_deref()),
+            Io::Udp { fd, expect } => udp_receive(fd.as_fd(), dest, expect.as_deref()),
             Io::Exec(child) => {
                 // The pidfd is readable: the program has ended. Whatever it left running in
                 // its group goes too; then the program is reaped.
@@ -215,7 +219,7 @@ impl Probe {
 impl Http {
     /// Connects, sends, reads: as far as the socket allows without blocking.
     fn advance(&mut self, dest: SocketAddrV4, revents: libc::c_short) -> Option<Outcome> {
-        let fd = self.fd.as_raw_fd();
+        let fd = self.fd.as_fd();
         if !self.connected {
             if let Err(e) = so_error(fd) {
                 return Some(connect_failed(dest, &e));
@@ -583,15 +587,15 @@ fn printable(bytes: &[u8]) -> String {
 // --- UDP -------------------------------------------------------------------------------
 
 fn udp_send(dest: SocketAddrV4, payload: &[u8]) -> io::Result<OwnedFd> {
-    let fd = socket(libc::SOCK_DGRAM)?;
+    let fd = socket(Type::DGRAM)?;
     // A connected UDP socket: replies from elsewhere are not ours, and an ICMP port
     // unreachable from the real server comes back as ECONNREFUSED.
-    sys_connect(fd.as_raw_fd(), dest)?;
-    send(fd.as_raw_fd(), payload)?;
+    sys_connect(fd.as_fd(), dest)?;
+    send(fd.as_fd(), payload)?;
     Ok(fd)
 }
 
-fn udp_receive(fd: RawFd, dest: SocketAddrV4, expect: Option<&str>) -> Option<Outcome> {
+fn udp_receive(fd: BorrowedFd<'_>, dest: SocketAddrV4, expect: Option<&str>) -> Option<Outcome> {
     let mut buf = vec![0u8; ANSWER_LIMIT];
     match recv(fd, &mut buf) {
         Ok(n) => {
@@ -673,9 +677,11 @@ impl Child {
     /// SIGKILL to the child's whole process group (what the check program started, too).
     fn kill_group(&self) {
         if !self.reaped {
-            // SAFETY: plain syscall. The child is not reaped, so its pid (= the group id)
-            // is still ours.
-            unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+            // The child is not reaped, so its pid (= the group id) is still ours.
+            let _ = killpg(
+                Pid::from_raw(self.child.id() as libc::pid_t),
+                Signal::SIGKILL,
+            );
         }
     }
 
@@ -760,98 +766,39 @@ impl Reaper {
 
 // --- sockets ---------------------------------------------------------------------------
 
-fn socket(ty: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; on success the fd is new and ours.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn socket(ty: Type) -> io::Result<OwnedFd> {
+    Ok(Socket::new(Domain::IPV4, ty.nonblocking().cloexec(), None)?.into())
 }
 
 /// A non-blocking TCP connect; `true` when it completed at once.
 fn connect_stream(dest: SocketAddrV4) -> io::Result<(OwnedFd, bool)> {
-    let fd = socket(libc::SOCK_STREAM)?;
-    match sys_connect(fd.as_raw_fd(), dest) {
+    let fd = socket(Type::STREAM)?;
+    match sys_connect(fd.as_fd(), dest) {
         Ok(()) => Ok((fd, true)),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((fd, false)),
         Err(e) => Err(e),
     }
 }
 
-fn sys_connect(fd: RawFd, dest: SocketAddrV4) -> io::Result<()> {
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: dest.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*dest.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: addr is a valid sockaddr_in of the length given.
-    let r = unsafe {
-        libc::connect(
-            fd,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+fn sys_connect(fd: BorrowedFd<'_>, dest: SocketAddrV4) -> io::Result<()> {
+    SockRef::from(&fd).connect(&SocketAddr::V4(dest).into())
+}
+
+/// The result of a non-blocking connect (`SO_ERROR`).
+fn so_error(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match SockRef::from(&fd).take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
-/// The result of a non-blocking connect.
-fn so_error(fd: RawFd) -> io::Result<()> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: err and len are valid out-pointers of the sizes given.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else if err != 0 {
-        Err(io::Error::from_raw_os_error(err))
-    } else {
-        Ok(())
-    }
+/// MSG_NOSIGNAL: a reset peer gives EPIPE, not SIGPIPE.
+fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    SockRef::from(&fd).send_with_flags(buf, libc::MSG_NOSIGNAL)
 }
 
-fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for reads of its length. MSG_NOSIGNAL: a reset peer gives EPIPE,
-    // not SIGPIPE.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of its length.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    (&*SockRef::from(&fd)).read(buf)
 }
 
 fn connect_failed(dest: SocketAddrV4, e: &io::Error) -> Outcome {

@@ -126,17 +126,8 @@ fn open_socket(interface: &str, dest: Destination) -> io::Result<Socket> {
 }
 
 fn if_index(name: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no interface {name}"),
-        ));
-    }
-    Ok(i)
+    nix::net::if_::if_nametoindex(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}")))
 }
 
 impl Syncd {
@@ -161,7 +152,7 @@ impl Syncd {
             session_cfg.peer_addr = Some(*p.ip());
         }
         let worker = Worker {
-            socket,
+            socket: socket.into(),
             dest: match cfg.destination {
                 Destination::Peer(a) | Destination::Group(a) => a,
             },
@@ -231,7 +222,8 @@ impl Drop for Syncd {
 }
 
 struct Worker {
-    socket: Socket,
+    /// The sync socket, set up through socket2 (`open_socket`), used as a std UDP socket.
+    socket: std::net::UdpSocket,
     dest: SocketAddrV4,
     session: Session,
     replicas: Replicas,
@@ -314,35 +306,28 @@ impl Worker {
     fn receive(&mut self, now: Duration, buf: &mut [u8]) {
         // Bounded, so a flood cannot starve the sending side.
         for _ in 0..1024 {
-            // SAFETY: buf is valid for buf.len() bytes; addr and len are valid out-pointers.
-            let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let n = unsafe {
-                libc::recvfrom(
-                    self.socket.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&mut addr as *mut libc::sockaddr_in).cast(),
-                    &mut len,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-                    self.rx_errors += 1;
+            let (n, from) = match self.socket.recv_from(buf) {
+                Ok(got) => got,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock
+                        && e.kind() != io::ErrorKind::Interrupted
+                    {
+                        self.rx_errors += 1;
+                    }
+                    return;
                 }
-                return;
-            }
-            let src = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-            self.session.handle_datagram(now, src, &buf[..n as usize]);
+            };
+            // An IPv4 socket: the sender is IPv4.
+            let SocketAddr::V4(from) = from else {
+                continue;
+            };
+            self.session.handle_datagram(now, *from.ip(), &buf[..n]);
         }
     }
 
     fn send(&mut self) {
-        let dest = socket2::SockAddr::from(self.dest);
         while let Some(bytes) = self.session.poll_transmit() {
-            if let Err(e) = self.socket.send_to(&bytes, &dest) {
+            if let Err(e) = self.socket.send_to(&bytes, self.dest) {
                 // Lost like on the wire: the peer NACKs what it misses.
                 self.tx_errors += 1;
                 if self.tx_errors.is_power_of_two() {

@@ -661,6 +661,7 @@ pub struct ReplicaCounters {
     pub installed: u64,
     pub deleted: u64,
     pub swept: u64,
+    pub adopted: u64,
     pub unknown_service: u64,
     pub unknown_real: u64,
     pub invalid: u64,

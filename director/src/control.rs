@@ -292,6 +292,7 @@ impl Views {
             installed: l(&r.installed),
             deleted: l(&r.deleted),
             swept: l(&r.swept),
+            adopted: l(&r.adopted),
             unknown_service: l(&r.unknown_service),
             unknown_real: l(&r.unknown_real),
             invalid: l(&r.invalid),

@@ -244,6 +244,8 @@ pub struct ReplicaCounters {
     pub full: AtomicU64,
     /// Replicas removed after a resync because the peer no longer had them.
     pub swept: AtomicU64,
+    /// Replicas made this node's own because the peer run they came from ended.
+    pub adopted: AtomicU64,
     /// FULLNAT replicas whose local address (LIP:lport) hashes to another shard than their
     /// client here: installed, but replies will not find them (the nodes' shard keys differ,
     /// or the peer picked the port without the shard rule).
@@ -277,6 +279,13 @@ impl Replicas {
         APPLYING.with(|f| f.set(true));
         match a {
             Apply::Entry(e) => self.entry(&e, now),
+            Apply::PeerChanged => {
+                let n = self.engine.conns.adopt_replicas();
+                self.counters.adopted.fetch_add(n as u64, Ordering::Relaxed);
+                if n > 0 {
+                    tracing::info!("the peer's run ended: {n} replicas are this node's now");
+                }
+            }
             Apply::ResyncStart => self.mark = !self.mark,
             Apply::ResyncEnd => {
                 let n = self.engine.conns.sweep_replicas(self.mark);

@@ -16,6 +16,15 @@
 //! A node's resync is complete when it has applied the End of a resync addressed to its
 //! own epoch; until then its heartbeats say `resyncing` and VRRP keeps it from preempting.
 //!
+//! Ownership: a replica is the peer's entry while the peer run that sent it lives; the
+//! sweep at the End of a resync removes only replicas of that run which the resync did not
+//! renew (the peer deleted them while we could not hear it). When the peer run ends (a new
+//! epoch: it restarted with an empty table; or another node took its place), the receiver
+//! adopts every replica it holds ([`Apply::PeerChanged`]) before it applies anything of the
+//! new run: the new run knows nothing of those flows, so they are this node's, sent to the
+//! new run in this node's resync, and no sweep of the new run's resync can remove them.
+//! Idle flows (no packet since the takeover) survive a failback that way.
+//!
 //! Nothing here reads a clock or touches a socket: time comes in as `now` (a `Duration`
 //! from any fixed origin), datagrams in and out as bytes, table scans through [`Source`].
 
@@ -147,6 +156,11 @@ impl Stats {
 /// What the receiver must do to its table, in stream order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Apply {
+    /// The peer run the replicas came from has ended (the peer restarted, or another node
+    /// took its place): this node is now the only one that knows those flows, so every
+    /// replica becomes its own entry, which no later sweep removes and which goes out in
+    /// the resync to the new run. Comes before anything of the new run.
+    PeerChanged,
     /// Install (or bring up to date) or delete a replica.
     Entry(Entry),
     /// A resync of the peer's whole table begins: mark every replica installed from here on.
@@ -597,6 +611,9 @@ impl Session {
             nacked_high: 0,
             resync: None,
         });
+        // Whatever replicas we hold came from a run that has ended (or there are none):
+        // ours now, before anything of this run is applied.
+        self.apply.push_back(Apply::PeerChanged);
         // What we sent to its previous run is moot.
         self.acked = self.seq;
         self.ring.clear();

@@ -390,3 +390,25 @@ fn a_fullnat_replica_without_its_local_address_is_refused() {
     assert_eq!(n.counters.installed.load(Ordering::Relaxed), 0);
     assert!(n.engine.conns.is_empty());
 }
+
+/// A restarted peer (a new run, an empty table) knows nothing of the flows it made before:
+/// the replicas become this node's own, and the new run's resync, which carries none of
+/// them, sweeps none of them.
+#[test]
+fn replicas_are_adopted_when_the_peer_run_ends_and_its_next_resync_sweeps_none() {
+    let mut n = node();
+    for port in 40040..40045 {
+        n.replicas
+            .apply(Apply::Entry(entry(port, ConnState::Established, 100)), 10);
+    }
+    assert_eq!(n.engine.conns.replicas(), 5);
+    n.replicas.apply(Apply::PeerChanged, 11);
+    assert_eq!(n.counters.adopted.load(Ordering::Relaxed), 5);
+    assert_eq!(n.engine.conns.replicas(), 0);
+    n.replicas.apply(Apply::ResyncStart, 12);
+    n.replicas.apply(Apply::ResyncEnd, 12);
+    assert_eq!(n.engine.conns.len(), 5);
+    assert_eq!(n.counters.swept.load(Ordering::Relaxed), 0);
+    let mut g = n.engine.conns.shard_for(key(40042).client);
+    assert!(g.get_in(&key(40042), 12).is_some());
+}

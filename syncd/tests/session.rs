@@ -76,6 +76,8 @@ impl Table {
                     self.marks.insert(key_of(&e), self.mark);
                 }
             }
+            // The peer run the replicas came from ended: they are this node's own now.
+            Apply::PeerChanged => self.marks.clear(),
             Apply::ResyncStart => self.mark = !self.mark,
             Apply::ResyncEnd => {
                 let stale: Vec<u64> = self
@@ -459,6 +461,53 @@ fn a_restarted_peer_gets_a_bulk_resync_and_reports_it_complete() {
         .events
         .iter()
         .any(|e| matches!(e, Event::PeerRestarted { .. })));
+}
+
+/// The idle flows of a failback: A made them, B holds them as replicas and carried them
+/// while A was down (no packet: idle). A restarts with an empty table and nobody changes
+/// anything. B keeps every one (they are its own once A's old run has ended; A's empty
+/// resync must not sweep them) and A gets them all back in B's resync. Before
+/// `Apply::PeerChanged`, B's sweep at the end of A's (empty) resync removed them all.
+#[test]
+fn replicas_of_a_run_that_ended_are_kept_and_go_to_the_new_run() {
+    let mut sim = Sim::new(11, CLEAN, config);
+    sim.run(MS * 300, None, &[]);
+    sim.run(MS * 1000, Some(Duration::from_micros(200)), &[0]);
+    sim.run(sim.now + MS * 300, None, &[]);
+    sim.assert_converged("before the restart");
+    let held = sim.nodes[1].table.map.clone();
+    assert!(held.len() > 1000, "{}", held.len());
+    assert_eq!(
+        sim.nodes[1].table.marks.len(),
+        held.len(),
+        "B holds replicas"
+    );
+
+    sim.restart(0, 7_000);
+    sim.run(sim.now + MS * 3000, None, &[]);
+    assert!(
+        sim.nodes[0].session.resync_complete(),
+        "A's resync is complete"
+    );
+    assert!(
+        sim.nodes[1].session.resync_complete(),
+        "B's resync is complete"
+    );
+    assert!(
+        sim.nodes[1].table.map == held,
+        "B lost {} of its {} flows at A's restart",
+        held.keys()
+            .filter(|k| !sim.nodes[1].table.map.contains_key(k))
+            .count(),
+        held.len()
+    );
+    assert!(sim.nodes[1].table.marks.is_empty(), "B's own entries now");
+    sim.assert_converged("after the restart");
+    assert_eq!(
+        sim.nodes[0].table.marks.len(),
+        held.len(),
+        "A holds them as B's replicas"
+    );
 }
 
 #[test]

@@ -1,10 +1,16 @@
 //! The product test of connection-state sync: an HA pair with a sync link, three real
 //! servers, and `flowcheck` on the client holding 200 long-lived echo connections (each
 //! streaming a checked byte sequence) while it opens a steady stream of short HTTP
-//! connections that stay idle 1.5 s after their handshake. SIGKILL the master: every flow
-//! continues through the backup with no reset and no corrupted or missing byte, including
-//! short ones that had fewer than 3 packets through the dead node. Start it again: it
-//! resyncs, takes the VIP back (preempt) only after that, and failback loses nothing either.
+//! connections that stay idle 1.5 s after their handshake, beside 20 idle connections that
+//! send nothing at all from their handshake to the end of the test. SIGKILL the master:
+//! every flow continues through the backup with no reset and no corrupted or missing byte,
+//! including short ones that had fewer than 3 packets through the dead node. Start it again:
+//! it resyncs, takes the VIP back (preempt) only after that, and failback loses nothing
+//! either. Then a second failover: the master of the moment is killed (the restarted node
+//! with preempt; the survivor without, in NAT and DR) and the other carries on. At the end
+//! each idle connection sends one chunk, which must come back: its entry survived the
+//! takeover, the restart's resyncs (where the restarted node's empty table must not sweep
+//! the survivor's copy) and the second takeover without a single packet to refresh it.
 //!
 //! In every mode: NAT, DR, TUN, FULLNAT, and FULLNAT with the PROXY protocol on the long
 //! connections (`labsrv --echo-proxy` reads the header, then echoes), whose per-connection
@@ -22,6 +28,8 @@ use director_lab::{mono_ns, wait_until, Lab};
 
 const T: Duration = Duration::from_secs(20);
 const LONG: u64 = 200;
+/// Connections silent from their handshake to the end of the test.
+const IDLE: u64 = 20;
 
 /// Whether the long (echo) connections go through the PROXY protocol (FULLNAT only).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,15 +81,15 @@ fn assert_proxy_headers(servers: &[director_lab::Proc], long: u64) {
 /// 2-core machine (a few ms were seen).
 const SYNC_WINDOW_NS: u64 = 10_000_000;
 
-fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
-    let tag = tag_of("syncfo", mode, proxy);
+fn failover_loses_nothing(mode: Mode, proxy: Proxy, preempt: bool) {
+    let tag = tag_of(if preempt { "syncfo" } else { "syncnp" }, mode, proxy);
     let Some(lab) = Lab::for_test(&tag) else {
         return;
     };
     let mut spec = PairSpec::new(mode);
     spec.sync = true;
     spec.interval = "100ms".into();
-    spec.preempt = true;
+    spec.preempt = preempt;
     spec.services = services(proxy);
     let mut pair = Pair::new(lab, spec).expect("pair topology");
     pair.start(0).expect("start lb-a");
@@ -99,7 +107,7 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
         )
     });
 
-    let flows = flows::start(&pair.client, LONG);
+    let flows = flows::start_with_idle(&pair.client, LONG, IDLE);
     std::thread::sleep(Duration::from_secs(3));
 
     // Failover: SIGKILL the master, no goodbye.
@@ -110,7 +118,8 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
     let b_master_ns = mono_ns();
     std::thread::sleep(Duration::from_secs(5));
 
-    // Failback: lb-a comes back, resyncs from lb-b, then preempts.
+    // Failback: lb-a comes back, resyncs from lb-b, then preempts (or, without preempt,
+    // stays BACKUP).
     let restart_ns = mono_ns();
     pair.start(0).expect("restart lb-a");
     // It must not preempt before its resync is complete. The state is read before the
@@ -132,17 +141,40 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
         !early_master,
         "lb-a took the VIP back before its resync was complete"
     );
-    pair.wait_state(0, "ext", "MASTER", T)
-        .expect("lb-a takes the VIP back");
-    let a_master_ns = mono_ns();
-    pair.wait_state(1, "ext", "BACKUP", T)
-        .expect("lb-b steps back");
+    let a_master_ns = if preempt {
+        pair.wait_state(0, "ext", "MASTER", T)
+            .expect("lb-a takes the VIP back");
+        let at = mono_ns();
+        pair.wait_state(1, "ext", "BACKUP", T)
+            .expect("lb-b steps back");
+        at
+    } else {
+        pair.wait_state(0, "ext", "BACKUP", T)
+            .expect("lb-a comes back as BACKUP");
+        mono_ns()
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    if !preempt {
+        let s = pair.state(0, "ext").unwrap_or_default();
+        assert_eq!(s, "BACKUP", "lb-a took the VIP without preempt");
+    }
+
+    // Second failover: whoever is master now dies; the other holds every flow, the idle
+    // ones included, which no packet has refreshed since before the first kill.
+    let (dead, heir) = if preempt { (0, 1) } else { (1, 0) };
+    let kill2_ns = mono_ns();
+    pair.kill(dead).expect("SIGKILL the master");
+    pair.wait_state(heir, "ext", "MASTER", T)
+        .expect("the other node takes over again");
+    let heir_master_ns = mono_ns();
     std::thread::sleep(Duration::from_secs(5));
 
     let report = flows::stop(flows);
     // For a failure's diagnosis: each node's datapath counters (drops, ICMP errors sent and
     // rate-limited, XDP), and the sync counters.
-    for n in 0..2 {
+    // (The node killed second has nothing left to ask.)
+    {
+        let n = heir;
         let stats = pair
             .cli(n, &["--json", "stats"])
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
@@ -163,16 +195,24 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
     let margin = 1_000_000_000;
     let (before, _) = stalls_from(&report, 0, kill_ns - margin);
     let (fo, fo_n) = stalls_from(&report, kill_ns - margin, restart_ns);
-    let (fb, fb_n) = stalls_from(&report, restart_ns, end_ns + 1);
+    let (fb, fb_n) = stalls_from(&report, restart_ns, kill2_ns - margin);
+    let (fo2, fo2_n) = stalls_from(&report, kill2_ns - margin, end_ns + 1);
     eprintln!(
         "{tag}: longest stall before any failover: {before:.1} ms (stalls > 100 ms only)\n\
          {tag}: failover (SIGKILL lb-a → lb-b MASTER in {:.0} ms): longest client-observed \
          stall {fo:.1} ms, {fo_n} connection stalls > 100 ms\n\
-         {tag}: failback (lb-a restart → resync → MASTER in {:.0} ms): longest \
+         {tag}: failback (lb-a restart → resync → {} in {:.0} ms): longest \
          client-observed stall {fb:.1} ms, {fb_n} connection stalls > 100 ms\n\
+         {tag}: second failover (SIGKILL lb-{} → MASTER in {:.0} ms): longest \
+         client-observed stall {fo2:.1} ms, {fo2_n} connection stalls > 100 ms\n\
+         {tag}: idle {}\n\
          {tag}: long {}, short {}",
         ms(kill_ns, b_master_ns),
+        if preempt { "MASTER" } else { "BACKUP" },
         ms(restart_ns, a_master_ns),
+        if dead == 0 { 'a' } else { 'b' },
+        ms(kill2_ns, heir_master_ns),
+        report["idle"],
         serde_json::json!({
             "ok": report["long"]["ok"],
             "bytes": report["long"]["bytes"],
@@ -187,53 +227,78 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy) {
     );
     // The known limit of an asynchronous sync stream (see flows::assert_all_ok_but_opened_in):
     // only a short connection opened in the last SYNC_WINDOW before the kill may be lost.
-    let lost = flows::assert_all_ok_but_opened_in(&report, LONG, kill_ns - SYNC_WINDOW_NS, kill_ns);
+    assert_eq!(report["idle"]["count"], IDLE, "idle connections made");
+    let lost = flows::assert_all_ok_but_opened_in_any(
+        &report,
+        LONG,
+        &[
+            (kill_ns - SYNC_WINDOW_NS, kill_ns),
+            (kill2_ns - SYNC_WINDOW_NS, kill2_ns),
+        ],
+    );
     eprintln!(
-        "{tag}: {lost} short connection(s) lost, all opened within {} ms before the kill",
+        "{tag}: {lost} short connection(s) lost, all opened within {} ms before a kill",
         SYNC_WINDOW_NS / 1_000_000
     );
     if proxy == Proxy::V2 {
-        assert_proxy_headers(&pair.servers, LONG);
+        // The idle connections' headers went in with their first byte, at the end, from
+        // the third master of their life.
+        assert_proxy_headers(&pair.servers, LONG + IDLE);
     }
 }
 
 fn nat_failover_and_failback_lose_no_flow() {
-    failover_loses_nothing(Mode::Nat, Proxy::No);
+    failover_loses_nothing(Mode::Nat, Proxy::No, true);
 }
 
 fn dr_failover_and_failback_lose_no_flow() {
-    failover_loses_nothing(Mode::Dr, Proxy::No);
+    failover_loses_nothing(Mode::Dr, Proxy::No, true);
+}
+
+/// Without preempt the restarted node stays BACKUP; the second failover kills the
+/// survivor, so the idle flows reach the restarted node only through the survivor's resync.
+fn nat_failover_restart_and_second_failover_without_preempt_lose_no_flow() {
+    failover_loses_nothing(Mode::Nat, Proxy::No, false);
+}
+
+fn dr_failover_restart_and_second_failover_without_preempt_lose_no_flow() {
+    failover_loses_nothing(Mode::Dr, Proxy::No, false);
 }
 
 fn tun_failover_and_failback_lose_no_flow() {
-    failover_loses_nothing(Mode::Tun, Proxy::No);
+    failover_loses_nothing(Mode::Tun, Proxy::No, true);
 }
 
 fn fullnat_failover_and_failback_lose_no_flow() {
-    failover_loses_nothing(Mode::FullNat, Proxy::No);
+    failover_loses_nothing(Mode::FullNat, Proxy::No, true);
 }
 
 /// FULLNAT with the PROXY protocol on the long connections: the sequence shift of each
 /// connection must survive both switches, or the echoed bytes would be misplaced.
 fn fullnat_proxy_protocol_failover_and_failback_lose_no_flow() {
-    failover_loses_nothing(Mode::FullNat, Proxy::V2);
+    failover_loses_nothing(Mode::FullNat, Proxy::V2, true);
 }
 
 /// The instrument itself: through one director and no failover, every long connection
-/// echoes every byte and every short connection completes.
+/// echoes every byte, every idle one gets its chunk back after its silence, and every short
+/// connection completes.
 fn baseline(mode: Mode, proxy: Proxy) {
     let tag = tag_of("fcbase", mode, proxy);
     let services = services(proxy);
     let Some(topo) = Topo::started(&tag, mode, &services) else {
         return;
     };
-    let flows = flows::start(&topo.client, LONG);
+    let flows = flows::start_with_idle(&topo.client, LONG, IDLE);
     std::thread::sleep(Duration::from_secs(3));
     let report = flows::stop(flows);
     eprintln!(
-        "{tag}: max stall {} ms, {} bytes, {} short connections",
-        report["long"]["max_stall_ms"], report["long"]["bytes"], report["short"]["ok"]
+        "{tag}: max stall {} ms, {} bytes, {} short connections, idle {}",
+        report["long"]["max_stall_ms"],
+        report["long"]["bytes"],
+        report["short"]["ok"],
+        report["idle"]
     );
+    assert_eq!(report["idle"]["count"], IDLE, "idle connections made");
     flows::assert_all_ok(&report, LONG);
     assert!(topo
         .real_conns(&services[1].name)
@@ -241,7 +306,7 @@ fn baseline(mode: Mode, proxy: Proxy) {
         .iter()
         .all(|c| *c > 0));
     if proxy == Proxy::V2 {
-        assert_proxy_headers(&topo.servers, LONG);
+        assert_proxy_headers(&topo.servers, LONG + IDLE);
     }
 }
 
@@ -267,5 +332,5 @@ fn flowcheck_baseline_fullnat_proxy_protocol() {
 
 director_lab::lab_tests! {
     needs: [Need::Lab];
-    tests: [nat_failover_and_failback_lose_no_flow, dr_failover_and_failback_lose_no_flow, tun_failover_and_failback_lose_no_flow, fullnat_failover_and_failback_lose_no_flow, fullnat_proxy_protocol_failover_and_failback_lose_no_flow, flowcheck_baseline_nat, flowcheck_baseline_dr, flowcheck_baseline_tun, flowcheck_baseline_fullnat, flowcheck_baseline_fullnat_proxy_protocol]
+    tests: [nat_failover_and_failback_lose_no_flow, dr_failover_and_failback_lose_no_flow, nat_failover_restart_and_second_failover_without_preempt_lose_no_flow, dr_failover_restart_and_second_failover_without_preempt_lose_no_flow, tun_failover_and_failback_lose_no_flow, fullnat_failover_and_failback_lose_no_flow, fullnat_proxy_protocol_failover_and_failback_lose_no_flow, flowcheck_baseline_nat, flowcheck_baseline_dr, flowcheck_baseline_tun, flowcheck_baseline_fullnat, flowcheck_baseline_fullnat_proxy_protocol]
 }

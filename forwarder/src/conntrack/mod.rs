@@ -552,6 +552,31 @@ impl ConnTable {
         removed
     }
 
+    /// Makes every replica this node's own entry (clears [`ConnEntry::REPLICA`] and the
+    /// resync mark), for when the peer run they came from has ended: a peer that restarts
+    /// knows nothing of them, so this node is the only one that does, and the next sweep
+    /// (after the new run's resync) must not take them. Not reported to the observer: the
+    /// sync session sends the whole table to the new run anyway. Returns how many.
+    pub fn adopt_replicas(&self) -> usize {
+        let mut adopted = 0;
+        for i in 0..self.shards.len() {
+            let mut slot = 0;
+            while slot < self.per_shard {
+                let mut guard = self.lock(i);
+                let end = (slot + BATCH as u32).min(self.per_shard);
+                while slot < end {
+                    let e = &mut guard.inner.slab[slot as usize];
+                    if e.is_live() && e.is_replica() {
+                        e.flags &= !(ConnEntry::REPLICA | ConnEntry::SYNC_MARK);
+                        adopted += 1;
+                    }
+                    slot += 1;
+                }
+            }
+        }
+        adopted
+    }
+
     /// Replicas in the table (entries of the peer's not touched by a packet here).
     pub fn replicas(&self) -> usize {
         let mut n = 0;

@@ -809,3 +809,24 @@ fn sweep_replicas_removes_the_replicas_a_resync_did_not_renew() {
         .get_in(&c(1).flow_key(), 10)
         .is_none());
 }
+
+#[test]
+fn adopted_replicas_are_local_and_no_sweep_takes_them() {
+    let (t, _reals) = table(1024, 4);
+    let c = |i: u8| conn(Protocol::Tcp, Mode::Nat, sa(9, i, 1), 0);
+    // Replicas of both marks and one local flow.
+    for i in 1..=4 {
+        t.shard_for(c(i).client)
+            .install(&c(i), Established, 1000, i % 2 == 0)
+            .expect("install");
+    }
+    t.shard_for(c(5).client).insert(&c(5), 10).expect("insert");
+    assert_eq!(t.replicas(), 4);
+    assert_eq!(t.adopt_replicas(), 4);
+    assert_eq!(t.replicas(), 0);
+    // Neither mark sweeps anything now: every entry is this node's.
+    assert_eq!(t.sweep_replicas(true), 0);
+    assert_eq!(t.sweep_replicas(false), 0);
+    assert_eq!(t.len(), 5);
+    assert_eq!(t.adopt_replicas(), 0);
+}

@@ -3,7 +3,7 @@
 //! HTTP connections, and reports whether every flow survived and how long each one stalled.
 //!
 //! ```text
-//! flowcheck --target VIP:PORT [--long N] [--rate BYTES_PER_SEC] [--chunk BYTES]
+//! flowcheck --target VIP:PORT [--long N] [--idle N] [--rate BYTES_PER_SEC] [--chunk BYTES]
 //!           [--short-target VIP:PORT] [--short-rate PER_SEC] [--short-hold-ms MS]
 //!           [--short-timeout-secs S] [--source-base IP] [--sources N]
 //!           [--duration SECS] [--drain-secs S] [--connect-timeout-secs S]
@@ -19,6 +19,13 @@
 //! outstanding (a write while everything sent had been echoed, or the previous read when
 //! bytes were still outstanding after it) to the next successful read: the longest interval
 //! without progress while the client was waiting for its echo.
+//!
+//! Idle connections (`--idle N`, default 0, to `--target` as well): established with the long
+//! ones, then silent, not one packet, until the stop; then each sends one chunk of its own
+//! region of the pattern (connection `--long + i`) and must get it back, checked, before the
+//! drain ends. They stand for a keep-alive pool or an idle session: a director that lost
+//! their entries while they were silent drops the first segment after (no SYN) and the
+//! connection times out. Reported apart, under `"idle"`, never in the long figures.
 //!
 //! Short connections (with `--short-target`, an HTTP server such as `labsrv --http`):
 //! `--short-rate` per second; each completes its handshake, stays idle `--short-hold-ms`
@@ -43,6 +50,7 @@
 //!          "stalls":[{"conn":7,"start_ns":…,"end_ns":…,"ms":…,"ongoing":false}],
 //!          "failures":[{"conn":3,"error":"reset","detail":"…","bytes":…,
 //!                       "first_mismatch":null}]},
+//!  "idle":{"count":…,"ok":…,"failures":[{"conn":…,"error":"timeout","detail":"…"}]},
 //!  "short":{"opened":…,"ok":…,"failed":…,"errors":{"reset":2},
 //!           "failures":[{"opened_ns":…,"handshake_ns":…,"error":"reset","detail":"…"}]}}
 //! ```
@@ -85,6 +93,7 @@ extern "C" fn on_dump(_: libc::c_int) {
 struct Args {
     target: SocketAddrV4,
     long: usize,
+    idle: usize,
     rate: u64,
     chunk: usize,
     short_target: Option<SocketAddrV4>,
@@ -98,7 +107,7 @@ struct Args {
     connect_timeout_ns: u64,
 }
 
-const USAGE: &str = "flowcheck --target VIP:PORT [--long N] [--rate BYTES_PER_SEC] \
+const USAGE: &str = "flowcheck --target VIP:PORT [--long N] [--idle N] [--rate BYTES_PER_SEC] \
 [--chunk BYTES] [--short-target VIP:PORT] [--short-rate PER_SEC] [--short-hold-ms MS] \
 [--short-timeout-secs S] [--source-base IP] [--sources N] [--duration SECS] [--drain-secs S] \
 [--connect-timeout-secs S]";
@@ -113,6 +122,7 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         target: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         long: 200,
+        idle: 0,
         rate: 20_000,
         chunk: 1000,
         short_target: None,
@@ -132,6 +142,7 @@ fn parse_args() -> Result<Args> {
         match flag.as_str() {
             "--target" => target = Some(value()?.parse().context("--target IP:PORT")?),
             "--long" => a.long = value()?.parse().context("--long N")?,
+            "--idle" => a.idle = value()?.parse().context("--idle N")?,
             "--rate" => a.rate = value()?.parse().context("--rate BYTES_PER_SEC")?,
             "--chunk" => a.chunk = value()?.parse().context("--chunk BYTES")?,
             "--short-target" => {
@@ -297,6 +308,8 @@ struct Stall {
 
 struct Long {
     id: usize,
+    /// Silent until the stop, then one chunk (`--idle`).
+    idle: bool,
     stream: Option<TcpStream>,
     state: LongState,
     /// First send time: connections are staggered across the chunk period.
@@ -383,6 +396,25 @@ impl Long {
                     self.fail(kind, format!("write: {e}"));
                     return;
                 }
+            }
+        }
+    }
+
+    /// An idle connection at the stop: its one chunk, from its region of the pattern.
+    fn send_probe(&mut self, now: u64, chunk: usize, buf: &mut [u8]) {
+        let base = self.base();
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        pattern::fill(base, &mut buf[..chunk]);
+        match stream.write(&buf[..chunk]) {
+            Ok(n) => {
+                self.sent = n as u64;
+                self.waiting_since = Some(now);
+            }
+            Err(e) => {
+                let kind = kind_of(&e);
+                self.fail(kind, format!("write after the silence: {e}"));
             }
         }
     }
@@ -662,6 +694,12 @@ impl Run {
             if self.stop_ns.is_none() && (STOP.load(Ordering::Relaxed) || stop_due) {
                 self.stop_ns = Some(now);
                 drain_deadline = Some(now + self.args.drain_ns);
+                let chunk = self.args.chunk;
+                for l in self.longs.iter_mut().filter(|l| l.idle) {
+                    if l.state == LongState::Open {
+                        l.send_probe(now, chunk, &mut self.buf);
+                    }
+                }
             }
             if let Some(deadline) = drain_deadline {
                 self.close_drained();
@@ -676,7 +714,7 @@ impl Run {
                 if self.stop_ns.is_none() {
                     let (rate, chunk) = (self.args.rate, self.args.chunk);
                     for l in &mut self.longs {
-                        if l.state == LongState::Open {
+                        if l.state == LongState::Open && !l.idle {
                             l.send(now, rate, chunk, send_start, &mut self.buf);
                         }
                     }
@@ -737,6 +775,7 @@ impl Run {
                 }
                 if p.revents & libc::POLLOUT != 0
                     && l.state == LongState::Open
+                    && !l.idle
                     && self.stop_ns.is_none()
                 {
                     l.send(now, rate, chunk, send_start, &mut self.buf);
@@ -769,9 +808,10 @@ impl Run {
 
     /// Opens every long connection and waits (up to the connect timeout) for the handshakes.
     fn connect_longs(&mut self) -> Result<()> {
-        for id in 0..self.args.long {
+        for id in 0..self.args.long + self.args.idle {
             let mut l = Long {
                 id,
+                idle: id >= self.args.long,
                 stream: None,
                 state: LongState::Connecting,
                 phase_ns: 0,
@@ -965,7 +1005,20 @@ impl Run {
         let mut failures = Vec::new();
         let mut bytes = 0;
         let mut max_stall = 0;
-        for l in &self.longs {
+        let mut idle_ok = 0;
+        let mut idle_failures = Vec::new();
+        for l in self.longs.iter().filter(|l| l.idle) {
+            match &l.error {
+                None => idle_ok += 1,
+                Some((kind, detail)) => idle_failures.push(json!({
+                    "conn": l.id,
+                    "error": kind,
+                    "detail": detail,
+                })),
+            }
+        }
+        let idle_count = self.longs.iter().filter(|l| l.idle).count();
+        for l in self.longs.iter().filter(|l| !l.idle) {
             bytes += l.verified;
             let mut m = l.max_stall_ns;
             if let Some(since) = l.waiting_since.filter(|_| interim && l.error.is_none()) {
@@ -995,6 +1048,8 @@ impl Run {
                 }
             }
         }
+        // An idle connection's one echo is not a stall of the long ones.
+        stalls.retain(|s| s.conn < self.args.long);
         stalls.sort_by_key(|s| (s.start_ns, s.conn));
         let stalls: Vec<Value> = stalls
             .iter()
@@ -1021,18 +1076,23 @@ impl Run {
             "stop_ns": self.stop_ns,
             "end_ns": now,
             "long": {
-                "count": self.longs.len(),
+                "count": self.longs.len() - idle_count,
                 "ok": count("ok"),
                 "reset": count("reset"),
                 "corrupt": count("corrupt"),
                 "eof": count("eof"),
                 "timeout": count("timeout"),
                 "other": other,
-                "unclosed": self.longs.iter().filter(|l| l.unclosed).count(),
+                "unclosed": self.longs.iter().filter(|l| l.unclosed && !l.idle).count(),
                 "bytes": bytes,
                 "max_stall_ms": max_stall as f64 / 1e6,
                 "stalls": stalls,
                 "failures": failures,
+            },
+            "idle": {
+                "count": idle_count,
+                "ok": idle_ok,
+                "failures": idle_failures,
             },
             "short": {
                 "opened": short.opened,

@@ -346,8 +346,14 @@ impl Daemon {
     /// The next sd_notify message (10 s at most).
     fn notified(&self) -> String {
         let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).expect("a notify message");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        loop {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+                // A signal to this process (another test's child ending) is not the end.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("a notify message: {e}"),
+            }
+        }
     }
 
     /// Notify messages until one contains `want`; all of them.

@@ -597,6 +597,8 @@ pub struct InstanceCounters {
     pub interval_mismatch: u64,
     pub addr_mismatch: u64,
     pub own: u64,
+    /// Adverts the pair's peer contradicts over the sync link, ignored.
+    pub uncorroborated: u64,
 }
 
 // ---- sync ------------------------------------------------------------------------------

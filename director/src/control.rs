@@ -248,6 +248,7 @@ impl Views {
                         interval_mismatch: c.interval_mismatch,
                         addr_mismatch: c.addr_mismatch,
                         own: c.own,
+                        uncorroborated: c.uncorroborated,
                     },
                 }
             })

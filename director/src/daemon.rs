@@ -33,8 +33,10 @@ use nix::sys::signal::{SigSet, Signal};
 use syncd::adapter::ChangeQueue;
 use syncd::io::{SyncConfig, Syncd};
 use syncd::session::Event as SyncEvent;
+use syncd::wire::Claim;
 use vrrp::driver::{DriverConfig, Notice, Vrrp, TRACK_DATAPATH};
 use vrrp::instance::Track;
+use vrrp::instance::{PeerClaim, State as VrrpState};
 
 use crate::config::Config;
 use crate::control::Rates;
@@ -159,7 +161,50 @@ fn record(events: &EventLog, notice: Notice) {
             instance,
             format!("dual master: {from} advertised priority {priority}; stayed master and re-announced"),
         ),
+        Notice::Uncorroborated {
+            instance,
+            from,
+            priority,
+            why,
+        } => events.push(
+            "vrrp",
+            instance,
+            format!("advert from {from} with priority {priority} ignored: {why}"),
+        ),
     }
+}
+
+/// This node's VRRP instances as the sync link tells the peer (IPv4 instances only).
+fn local_claims(v: &vrrp::driver::Snapshot) -> Vec<Claim> {
+    v.instances
+        .iter()
+        .filter_map(|i| match i.primary {
+            std::net::IpAddr::V4(a) => Some(Claim {
+                vrid: i.status.vrid,
+                state: i.status.state.as_u8(),
+                priority: i.status.effective_priority,
+                addr: a.octets(),
+            }),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The peer's claims as VRRP takes them, by VRID (unknown states left out).
+fn pair_peer(claims: &[Claim]) -> Vec<(u8, PeerClaim)> {
+    claims
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c.vrid,
+                PeerClaim {
+                    addr: std::net::IpAddr::V4(std::net::Ipv4Addr::from(c.addr)),
+                    state: VrrpState::from_u8(c.state)?,
+                    priority: c.priority,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Records a sync event in the event log and the log.
@@ -230,8 +275,25 @@ fn monitor(m: Monitor) {
         m.hold.as_ref().map(|h| h.timeout),
         crate::sdnotify::watchdog_interval(),
     );
+    // What the sync link last carried each way about the VRRP instances.
+    let mut claims_sent: Option<Vec<Claim>> = None;
+    let mut peer_seen: Option<Option<Vec<Claim>>> = None;
     while !m.stop.load(Ordering::Relaxed) {
         let now = started.elapsed();
+        // The pair corroborates what VRRP hears over the sync link: each node tells the
+        // other its instances, and VRRP believes no advert the peer contradicts.
+        if let (Some(h), Some(vrrp)) = (&m.hold, &m.vrrp) {
+            let mine = local_claims(&vrrp.snapshot());
+            if claims_sent.as_ref() != Some(&mine) {
+                h.syncd.set_claims(mine.clone());
+                claims_sent = Some(mine);
+            }
+            let theirs = h.syncd.peer_claims();
+            if peer_seen.as_ref() != Some(&theirs) {
+                vrrp.set_pair_peer(theirs.as_deref().map(pair_peer));
+                peer_seen = Some(theirs);
+            }
+        }
         if let (Some(h), Some(vrrp)) = (&m.hold, &m.vrrp) {
             match policy.hold(now, h.syncd.resync_complete()) {
                 Some(HoldEnd::ResyncComplete) => {

@@ -714,6 +714,7 @@ fn vrrp(x: &mut Exposition, v: &api::VrrpView) {
             ("interval_mismatch", c.interval_mismatch),
             ("address_mismatch", c.addr_mismatch),
             ("own", c.own),
+            ("uncorroborated", c.uncorroborated),
         ] {
             x.counter(
                 "director_vrrp_adverts_ignored_total",

@@ -121,6 +121,11 @@ impl ChangeQueue {
         self.wake.as_fd()
     }
 
+    /// Wakes the sync thread without a change (something else for it to send).
+    pub fn wake(&self) {
+        let _ = self.wake.write(1);
+    }
+
     /// Moves the queued changes into `out` (which it clears first): every queue in turn,
     /// each in the order its changes were made (so each flow's changes in their order).
     pub fn drain(&self, out: &mut Vec<(Op, ConnEntry)>) {

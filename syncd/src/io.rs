@@ -24,7 +24,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::adapter::{to_wire, ChangeQueue, ReplicaCounters, Replicas, TableSource};
 use crate::session::{Config, Event, Session, Status};
-use crate::wire::{self, Key};
+use crate::wire::{self, Claim, Key};
 
 /// Where the sync stream goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,11 @@ pub struct LagStats {
 pub struct Syncd {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// This node's VRRP claims for the peer, taken by the thread (see [`Syncd::set_claims`]).
+    claims_out: Arc<Mutex<Option<Vec<Claim>>>>,
+    /// The peer's VRRP claims while it is up.
+    claims_in: Arc<Mutex<Option<Vec<Claim>>>>,
+    queue: Arc<ChangeQueue>,
     snapshot: Arc<Mutex<Option<Snapshot>>>,
     resync_complete: Arc<AtomicBool>,
     loops: Arc<AtomicU64>,
@@ -147,6 +152,8 @@ impl Syncd {
         let resync_complete = Arc::new(AtomicBool::new(false));
         let loops = Arc::new(AtomicU64::new(0));
         let counters = Arc::new(ReplicaCounters::default());
+        let claims_out = Arc::new(Mutex::new(None));
+        let claims_in = Arc::new(Mutex::new(None));
         let mut session_cfg = cfg.session.clone();
         if let Destination::Peer(p) = cfg.destination {
             session_cfg.peer_addr = Some(*p.ip());
@@ -160,7 +167,9 @@ impl Syncd {
             replicas: Replicas::new(engine.clone(), services, counters.clone()),
             engine,
             clock,
-            queue,
+            queue: queue.clone(),
+            claims_out: claims_out.clone(),
+            claims_in: claims_in.clone(),
             stop: stop.clone(),
             snapshot: snapshot.clone(),
             resync_complete: resync_complete.clone(),
@@ -176,6 +185,9 @@ impl Syncd {
         Ok(Syncd {
             stop,
             thread: Some(thread),
+            claims_out,
+            claims_in,
+            queue,
             snapshot,
             resync_complete,
             loops,
@@ -196,6 +208,22 @@ impl Syncd {
     /// How many times the sync thread has looped (at least every 50 ms while it runs).
     pub fn loops(&self) -> u64 {
         self.loops.load(Ordering::Relaxed)
+    }
+
+    /// Tells the peer what this node's VRRP instances are and say (in every heartbeat; a
+    /// change at once).
+    pub fn set_claims(&self, claims: Vec<Claim>) {
+        *self.claims_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims);
+        self.queue.wake();
+    }
+
+    /// What the peer's VRRP instances are and say, while the peer is up; `None` when it is
+    /// down or says nothing of them.
+    pub fn peer_claims(&self) -> Option<Vec<Claim>> {
+        self.claims_in
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// This node holds a complete copy of the peer's table.
@@ -230,6 +258,8 @@ struct Worker {
     engine: Arc<Engine>,
     clock: Clock,
     queue: Arc<ChangeQueue>,
+    claims_out: Arc<Mutex<Option<Vec<Claim>>>>,
+    claims_in: Arc<Mutex<Option<Vec<Claim>>>>,
     stop: Arc<AtomicBool>,
     snapshot: Arc<Mutex<Option<Snapshot>>>,
     resync_complete: Arc<AtomicBool>,
@@ -261,7 +291,22 @@ impl Worker {
                 .min(MAX_SLEEP);
             self.sleep(wait);
             let now = start.elapsed();
+            let claims = self
+                .claims_out
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(claims) = claims {
+                self.session.set_claims(now, claims);
+            }
             self.receive(now, &mut buf);
+            {
+                let seen = self.session.peer_claims(now);
+                let mut held = self.claims_in.lock().unwrap_or_else(|e| e.into_inner());
+                if held.as_deref() != seen {
+                    *held = seen.map(<[Claim]>::to_vec);
+                }
+            }
             // Local changes.
             if self.queue.take_overflow() {
                 tracing::warn!("sync change queue overflowed: resyncing the peer");

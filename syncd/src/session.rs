@@ -35,8 +35,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::wire::{
-    self, Body, Bulk, DataHead, DataWriter, DecodeError, Entry, Header, Heartbeat, Key, Kind, Nack,
-    Phase, VERSION_MINOR,
+    self, Body, Bulk, Claim, DataHead, DataWriter, DecodeError, Entry, Header, Heartbeat, Key,
+    Kind, Nack, Phase, VERSION_MINOR,
 };
 
 /// Tunables; [`Config::new`] gives the defaults.
@@ -224,6 +224,8 @@ struct Peer {
     nacked_high: u64,
     /// The resync addressed to us being received: (id, start time).
     resync: Option<(u32, Duration)>,
+    /// Its VRRP instances, from its last heartbeat (none from a 1.1 peer).
+    claims: Vec<Claim>,
 }
 
 /// A resync this node is sending.
@@ -299,6 +301,8 @@ pub struct Session {
     resync_complete: bool,
     last_resync_rx: Option<(u64, Duration)>,
     last_resync_tx: Option<(u64, Duration)>,
+    /// This node's VRRP instances, told to the peer in every heartbeat.
+    claims: Vec<Claim>,
     // Out.
     transmit: VecDeque<Vec<u8>>,
     apply: VecDeque<Apply>,
@@ -328,6 +332,7 @@ impl Session {
             resync_complete: false,
             last_resync_rx: None,
             last_resync_tx: None,
+            claims: Vec::new(),
             transmit: VecDeque::new(),
             apply: VecDeque::new(),
             events: VecDeque::new(),
@@ -411,6 +416,7 @@ impl Session {
                 .as_ref()
                 .and_then(|b| b.start_seq.map(|s| (b.target_epoch, s))),
             resyncing: !self.resync_complete,
+            claims: self.claims.clone(),
         };
         if let Some(p) = &mut self.peer {
             p.since_ack = 0;
@@ -610,6 +616,7 @@ impl Session {
             last_nack: None,
             nacked_high: 0,
             resync: None,
+            claims: Vec::new(),
         });
         // Whatever replicas we hold came from a run that has ended (or there are none):
         // ours now, before anything of this run is applied.
@@ -750,6 +757,7 @@ impl Session {
     fn heartbeat(&mut self, now: Duration, hb: Heartbeat) {
         let my_epoch = self.cfg.epoch;
         let p = self.peer.as_mut().expect("a peer");
+        p.claims = hb.claims.clone();
         if p.next.is_none() {
             // Join its stream: at the resync it runs for us, else after what it has sent.
             p.next = Some(match hb.bulk {
@@ -930,6 +938,26 @@ impl Session {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Sets what this node's VRRP instances are and say. Every heartbeat carries it; a
+    /// change goes out at once, so that the peer's view of a takeover lags by a datagram,
+    /// not a heartbeat interval.
+    pub fn set_claims(&mut self, now: Duration, claims: Vec<Claim>) {
+        if claims != self.claims {
+            self.claims = claims;
+            if self.peer.is_some() {
+                self.send_heartbeat(now);
+            }
+        }
+    }
+
+    /// The peer's VRRP instances from its last heartbeat, while the peer is up (heard within
+    /// `peer_timeout`); `None` when it is not, or has said nothing of them (a 1.1 peer).
+    pub fn peer_claims(&self, now: Duration) -> Option<&[Claim]> {
+        let p = self.peer.as_ref()?;
+        let up = p.up && now.saturating_sub(p.last_heard) < self.cfg.peer_timeout;
+        (up && !p.claims.is_empty()).then_some(p.claims.as_slice())
     }
 
     /// This node has a complete copy of the peer's table (it received a resync addressed

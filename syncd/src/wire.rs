@@ -1,4 +1,4 @@
-//! The sync wire format, version 1.1.
+//! The sync wire format, version 1.2.
 //!
 //! One UDP datagram is one message:
 //!
@@ -44,7 +44,11 @@
 //!   | 1.1 | `proxy` | Option<(varint u32, varint u16)> | FULLNAT PROXY protocol sequence shift: (client ISN, header length) |
 //!
 //!   A 1.0 entry (it ends after `remaining`) is read by a 1.1 reader with `proxy = None`.
-//! - [`Kind::Heartbeat`]: a [`Heartbeat`] (acknowledgement and liveness).
+//! - [`Kind::Heartbeat`]: a [`Heartbeat`] (acknowledgement and liveness). Since 1.2 its
+//!   1.1 fields are followed by `claims`, a postcard `Vec<`[`Claim`]`>`: what the sender's
+//!   VRRP instances are and say (VRID, state, priority, primary address), which the peer
+//!   uses to corroborate the adverts it hears (`vrrp::instance`, the pair's peer). A 1.1
+//!   heartbeat (it ends after `resyncing`) is read with no claims.
 //! - [`Kind::Nack`]: a [`Nack`] (sequence numbers to send again).
 //!
 //! A reader accepts any minor version of its major version and ignores bytes after the
@@ -61,7 +65,7 @@ use sha2::Sha256;
 
 pub const MAGIC: [u8; 4] = *b"DSYN";
 pub const VERSION_MAJOR: u8 = 1;
-pub const VERSION_MINOR: u8 = 1;
+pub const VERSION_MINOR: u8 = 2;
 pub const HEADER_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
 /// Largest datagram we send: an Ethernet MTU of 1500 less the IPv4 and UDP headers.
@@ -205,8 +209,20 @@ pub struct DataHead {
     pub bulk: Option<Bulk>,
 }
 
+/// One VRRP instance of the sender, as its heartbeat tells the peer (since 1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Claim {
+    pub vrid: u8,
+    /// `vrrp::instance::State` as u8 (0 initialize, 1 backup, 2 master, 3 fault).
+    pub state: u8,
+    /// The priority it advertises (its effective priority).
+    pub priority: u8,
+    /// The source address of its adverts (the instance's primary address).
+    pub addr: [u8; 4],
+}
+
 /// Liveness and acknowledgement, sent every heartbeat interval and after a run of data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The highest data sequence number the sender has used.
     pub high: u64,
@@ -218,6 +234,10 @@ pub struct Heartbeat {
     pub bulk: Option<(u64, u64)>,
     /// The sender has not finished receiving a resync of the peer's table.
     pub resyncing: bool,
+    /// Since 1.2: the sender's VRRP instances (read by [`decode`] from the bytes after the
+    /// 1.1 fields).
+    #[serde(skip_deserializing)]
+    pub claims: Vec<Claim>,
 }
 
 /// Sequence numbers missing from the peer's stream, as inclusive ranges.
@@ -511,11 +531,13 @@ pub fn decode(key: &Key, buf: &[u8]) -> Result<(Header, Body), DecodeError> {
             }
             Body::Data(head, entries)
         }
-        Kind::Heartbeat => Body::Heartbeat(
-            postcard::take_from_bytes::<Heartbeat>(body)
-                .map_err(malformed)?
-                .0,
-        ),
+        Kind::Heartbeat => {
+            let (mut hb, rest) = postcard::take_from_bytes::<Heartbeat>(body).map_err(malformed)?;
+            if !rest.is_empty() {
+                hb.claims = postcard::take_from_bytes(rest).map_err(malformed)?.0;
+            }
+            Body::Heartbeat(hb)
+        }
         Kind::Nack => Body::Nack(
             postcard::take_from_bytes::<Nack>(body)
                 .map_err(malformed)?

@@ -510,6 +510,47 @@ fn replicas_of_a_run_that_ended_are_kept_and_go_to_the_new_run() {
     );
 }
 
+/// What each node says of its VRRP instances reaches the other with its next heartbeat, a
+/// change at once; a peer that falls silent says nothing any more.
+#[test]
+fn vrrp_claims_ride_the_heartbeats_and_lapse_with_the_peer() {
+    use syncd::wire::Claim;
+    let mut sim = Sim::new(13, CLEAN, config);
+    sim.run(MS * 300, None, &[]);
+    assert_eq!(
+        sim.nodes[1].session.peer_claims(sim.now),
+        None,
+        "none said yet"
+    );
+    let claim = |state: u8, priority: u8| Claim {
+        vrid: 51,
+        state,
+        priority,
+        addr: [198, 18, 1, 2],
+    };
+    let now = sim.now;
+    sim.nodes[0].session.set_claims(now, vec![claim(2, 200)]);
+    sim.send(0);
+    // Sent at once, not at the next heartbeat: a few ms of delivery suffice.
+    sim.run(sim.now + MS * 5, None, &[]);
+    assert_eq!(
+        sim.nodes[1].session.peer_claims(sim.now),
+        Some(&[claim(2, 200)][..])
+    );
+    let now = sim.now;
+    sim.nodes[0].session.set_claims(now, vec![claim(1, 150)]);
+    sim.send(0);
+    sim.run(sim.now + MS * 5, None, &[]);
+    assert_eq!(
+        sim.nodes[1].session.peer_claims(sim.now),
+        Some(&[claim(1, 150)][..])
+    );
+    // A goes silent (a partition): after peer_timeout its claims are no longer believed.
+    sim.net.loss = 1.0;
+    sim.run(sim.now + Duration::from_secs(2), None, &[]);
+    assert_eq!(sim.nodes[1].session.peer_claims(sim.now), None);
+}
+
 #[test]
 fn a_resync_survives_loss_and_a_lossy_start() {
     for seed in 1..=10 {

@@ -2,8 +2,8 @@
 //! reader skips fields a newer minor version appended to an entry).
 
 use syncd::wire::{
-    self, Body, Bulk, DataHead, DataWriter, DecodeError, Entry, Header, Heartbeat, Key, Kind, Nack,
-    Op, Phase, HEADER_LEN, MAC_LEN, MAX_DATAGRAM,
+    self, Body, Bulk, Claim, DataHead, DataWriter, DecodeError, Entry, Header, Heartbeat, Key,
+    Kind, Nack, Op, Phase, HEADER_LEN, MAC_LEN, MAX_DATAGRAM,
 };
 
 fn key() -> Key {
@@ -65,8 +65,22 @@ fn data_heartbeat_and_nack_round_trip() {
         ack: 97,
         bulk: Some((5, 90)),
         resyncing: true,
+        claims: vec![
+            Claim {
+                vrid: 51,
+                state: 2,
+                priority: 200,
+                addr: [198, 18, 1, 2],
+            },
+            Claim {
+                vrid: 52,
+                state: 2,
+                priority: 200,
+                addr: [198, 18, 2, 2],
+            },
+        ],
     };
-    let bytes = wire::encode_control(&k, header(3), &Body::Heartbeat(hb));
+    let bytes = wire::encode_control(&k, header(3), &Body::Heartbeat(hb.clone()));
     assert_eq!(wire::decode(&k, &bytes).unwrap().1, Body::Heartbeat(hb));
     let nack = Nack {
         peer_epoch: 5,
@@ -251,7 +265,8 @@ fn minor_1_and_minor_0_entries_are_read_by_each_other() {
         &[fullnat, no_proxy],
     );
     let signed = &ours[..ours.len() - MAC_LEN];
-    assert_eq!(signed[5], 1, "this build speaks 1.1");
+    assert_eq!(signed[5], wire::VERSION_MINOR, "this build's minor version");
+    assert!(wire::VERSION_MINOR >= 1, "1.1 entries or later");
     let ours = entries_of(signed);
 
     // A 1.0 reader decodes the 1.0 fields and skips the rest of the entry by its length.
@@ -285,4 +300,46 @@ fn minor_1_and_minor_0_entries_are_read_by_each_other() {
         wire::decode(&key(), &data_message(1, &[&bad])).unwrap_err(),
         DecodeError::Malformed
     );
+}
+
+/// A 1.1 heartbeat ends after `resyncing`: a 1.2 reader takes it as one without claims. A
+/// 1.2 heartbeat is the 1.1 one with the claims after it, which a 1.1 reader (postcard
+/// reads its fields and stops) never looks at.
+#[test]
+fn a_1_1_heartbeat_has_no_claims_and_a_1_2_one_appends_them() {
+    let k = key();
+    let base = Heartbeat {
+        high: 7,
+        peer_epoch: 3,
+        ack: 6,
+        bulk: None,
+        resyncing: false,
+        claims: Vec::new(),
+    };
+    let h = Header {
+        kind: Kind::Heartbeat,
+        ..header(9)
+    };
+    let with_empty = wire::encode_control(&k, h, &Body::Heartbeat(base.clone()));
+    // 1.2 with no claims: one zero byte (an empty list) after the 1.1 fields.
+    let signed = &with_empty[..with_empty.len() - MAC_LEN];
+    assert_eq!(signed.last(), Some(&0));
+    let mut old = signed[..signed.len() - 1].to_vec();
+    old[5] = 1;
+    let (h11, body) = wire::decode(&k, &seal(&old)).expect("a 1.1 heartbeat");
+    assert_eq!(h11.minor, 1);
+    assert_eq!(body, Body::Heartbeat(base.clone()));
+    // The claims come after the 1.1 fields, byte for byte.
+    let claimed = Heartbeat {
+        claims: vec![Claim {
+            vrid: 51,
+            state: 1,
+            priority: 100,
+            addr: [198, 18, 1, 3],
+        }],
+        ..base
+    };
+    let new = wire::encode_control(&k, h, &Body::Heartbeat(claimed.clone()));
+    assert_eq!(&new[HEADER_LEN..old.len()], &old[HEADER_LEN..]);
+    assert_eq!(wire::decode(&k, &new).unwrap().1, Body::Heartbeat(claimed));
 }

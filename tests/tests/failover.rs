@@ -527,7 +527,117 @@ fn malformed_and_foreign_adverts_are_counted_and_ignored() {
     assert_eq!(pair.state(1, "ext").unwrap(), "BACKUP");
 }
 
+/// Forged priority-255 adverts for the pair's VRID, every 100 ms for 3 s from a third host
+/// on the external segment and then 3 s more with the backup's own address as the source,
+/// against a NAT pair (sync group ext + int) whose sync link is up. Before the pair
+/// corroborated adverts over the sync link, this made the group oscillate (ext yields, the
+/// group pulls int to BACKUP, int times out and pulls it back; the VIP on neither node most
+/// of the time). Now: no transition on either node, the VIP stays on lb-a the whole time,
+/// both nodes count the adverts and record the episodes as events. `unicast`: the same
+/// with unicast peers, where only the spoofed source gets as far as the instance.
+fn forged_adverts_move_nothing(unicast: bool) {
+    use vrrp::wire::{encode_ipv4_datagram, Advert, ChecksumMode, Version, MULTICAST_V4};
+    let mut spec = PairSpec::new(Mode::Nat);
+    spec.interval = "100ms".into();
+    spec.sync = true;
+    spec.unicast = unicast;
+    let tag = if unicast { "fo-forge-u" } else { "fo-forge-m" };
+    let Some(pair) = pair(tag, spec) else {
+        return;
+    };
+    director_lab::wait_until(T, || {
+        pair.sync_peer_up(0).unwrap_or(false) && pair.sync_peer_up(1).unwrap_or(false)
+    })
+    .expect("the sync link comes up");
+    // Each node's claims reach the other within a monitor period and a heartbeat.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = [pair.vrrp(0).unwrap(), pair.vrrp(1).unwrap()];
+    let third = Ipv4Addr::new(198, 18, 1, 99);
+    let sources = if unicast {
+        vec![ext_addr(1)]
+    } else {
+        vec![third, ext_addr(1)]
+    };
+    let mut lost_vip = 0;
+    let mut rounds = 0;
+    for &src in &sources {
+        let advert = Advert {
+            version: Version::V3,
+            vrid: 51,
+            priority: 255,
+            interval_cs: 10,
+            addrs: vec![std::net::IpAddr::V4(VIP)],
+        };
+        // To the group, and in unicast mode straight to lb-a (as a unicast peer sends).
+        let dst = if unicast { ext_addr(0) } else { MULTICAST_V4 };
+        let datagram = encode_ipv4_datagram(&advert, src, dst, ChecksumMode::PseudoHeader);
+        for _ in 0..30 {
+            pair.client
+                .in_ns(|| send_raw("eth0", std::slice::from_ref(&datagram)))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            rounds += 1;
+            if !pair.holds_vip(0).unwrap_or(false) {
+                lost_vip += 1;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        lost_vip, 0,
+        "lb-a lost the VIP in {lost_vip} of {rounds} samples"
+    );
+    for (n, before) in before.iter().enumerate() {
+        let v = pair.vrrp(n).unwrap();
+        for (i, inst) in v["instances"].as_array().unwrap().iter().enumerate() {
+            let was = &before["instances"][i]["counters"];
+            for k in ["became_master", "became_backup"] {
+                assert_eq!(
+                    inst["counters"][k], was[k],
+                    "node {n} {}: {k} moved: {v}",
+                    inst["name"]
+                );
+            }
+        }
+    }
+    assert_eq!(pair.state(0, "ext").unwrap(), "MASTER");
+    assert_eq!(pair.state(0, "int").unwrap(), "MASTER");
+    assert_eq!(pair.state(1, "ext").unwrap(), "BACKUP");
+    let ext_counters = |n: usize| pair.vrrp(n).unwrap()["instances"][0]["counters"].clone();
+    let a = ext_counters(0);
+    let ignored_a = a["uncorroborated"].as_u64().unwrap();
+    assert!(
+        ignored_a >= 25 * sources.len() as u64,
+        "lb-a ignored {ignored_a}: {a}"
+    );
+    let events = pair.cli(0, &["events"]).unwrap();
+    let text = String::from_utf8_lossy(&events.stdout);
+    for &src in &sources {
+        assert!(
+            text.contains(&format!("advert from {src} with priority 255 ignored")),
+            "lb-a's events name the forged adverts from {src}:\n{text}"
+        );
+    }
+    if !unicast {
+        // lb-b hears the third host's adverts too (its own address is its own).
+        let b = ext_counters(1);
+        assert!(b["uncorroborated"].as_u64().unwrap() >= 25, "lb-b: {b}");
+    }
+    println!(
+        "{tag}: {rounds} forged adverts (priority 255) from {sources:?}: no transition, VIP on lb-a \
+         in every sample; lb-a ignored {ignored_a}"
+    );
+}
+
+fn forged_adverts_move_nothing_multicast() {
+    forged_adverts_move_nothing(false);
+}
+
+fn forged_adverts_move_nothing_unicast() {
+    forged_adverts_move_nothing(true);
+}
+
 director_lab::lab_tests! {
     needs: [Need::Lab];
-    tests: [sigkill_master_backup_takes_the_vip_and_the_client_follows, clean_stop_hands_over_within_skew_time, restarted_master_preempts_or_not_per_config, demote_and_promote_switch_over, nat_sync_group_moves_both_vips, interface_down_faults_the_master, notify_hooks_run_on_every_transition, malformed_and_foreign_adverts_are_counted_and_ignored]
+    tests: [sigkill_master_backup_takes_the_vip_and_the_client_follows, clean_stop_hands_over_within_skew_time, restarted_master_preempts_or_not_per_config, demote_and_promote_switch_over, nat_sync_group_moves_both_vips, interface_down_faults_the_master, notify_hooks_run_on_every_transition, malformed_and_foreign_adverts_are_counted_and_ignored, forged_adverts_move_nothing_multicast, forged_adverts_move_nothing_unicast]
 }

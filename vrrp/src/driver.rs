@@ -27,7 +27,7 @@ use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::time::TimeSpec;
 
-use crate::instance::{Action, Cause, InstanceConfig, State, Status, Track};
+use crate::instance::{Action, Cause, InstanceConfig, PeerClaim, State, Status, Track};
 use crate::io::addr::Rtnl;
 use crate::io::garp::GarpSender;
 use crate::io::link::LinkWatcher;
@@ -96,6 +96,14 @@ pub enum Notice {
         from: IpAddr,
         priority: u8,
     },
+    /// An advert the pair's peer contradicts over the sync link was ignored (once per
+    /// episode).
+    Uncorroborated {
+        instance: String,
+        from: IpAddr,
+        priority: u8,
+        why: crate::instance::Uncorroborated,
+    },
 }
 
 /// What `director vrrp` shows.
@@ -126,6 +134,8 @@ pub struct InstanceView {
 
 enum Command {
     HoldPreempt(bool),
+    /// What the pair's peer says of each VRID (`None`: nothing from the sync link now).
+    PairPeer(Option<Vec<(u8, PeerClaim)>>),
     Demote(Sender<()>),
     Promote(Sender<()>),
     Track(String, bool),
@@ -230,6 +240,14 @@ impl Vrrp {
     /// Holds preemption off or lets it go (see [`DriverConfig::hold_preempt`]).
     pub fn hold_preempt(&self, held: bool) {
         if self.commands.send(Command::HoldPreempt(held)).is_ok() {
+            wake(&self.wake);
+        }
+    }
+
+    /// What the pair's peer says over the sync link of its instances, by VRID; `None` when the
+    /// link has no word from it. See [`crate::instance::Instance::set_pair_peer`].
+    pub fn set_pair_peer(&self, claims: Option<Vec<(u8, PeerClaim)>>) {
+        if self.commands.send(Command::PairPeer(claims)).is_ok() {
             wake(&self.wake);
         }
     }
@@ -472,6 +490,7 @@ impl Io {
                     }
                     Command::Track(name, up) => router.set_track(now(), &name, up),
                     Command::HoldPreempt(held) => router.hold_preempt(held),
+                    Command::PairPeer(claims) => router.set_pair_peer(claims.as_deref()),
                     Command::Stop => stop = true,
                 }
             }
@@ -616,6 +635,22 @@ impl Io {
                         to,
                         cause,
                         priority,
+                    });
+                }
+                Action::Uncorroborated {
+                    from,
+                    priority,
+                    why,
+                } => {
+                    tracing::warn!(
+                        instance = %inst.config.name, %from, priority,
+                        "advert ignored: {why}"
+                    );
+                    (state.on_notice)(Notice::Uncorroborated {
+                        instance: inst.config.name.clone(),
+                        from,
+                        priority,
+                        why,
                     });
                 }
                 Action::DualMaster { from, priority } => {

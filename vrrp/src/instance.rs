@@ -101,6 +101,26 @@ pub enum State {
 }
 
 impl State {
+    /// As the sync link's heartbeats carry it (`syncd::wire::Claim::state`).
+    pub fn as_u8(self) -> u8 {
+        match self {
+            State::Initialize => 0,
+            State::Backup => 1,
+            State::Master => 2,
+            State::Fault => 3,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<State> {
+        Some(match v {
+            0 => State::Initialize,
+            1 => State::Backup,
+            2 => State::Master,
+            3 => State::Fault,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Initialize => "INIT",
@@ -191,6 +211,47 @@ pub enum Action {
     /// A master with lower priority is on the segment (two masters); this one stays master,
     /// has advertised at once and starts a gratuitous ARP burst. Logged and recorded.
     DualMaster { from: IpAddr, priority: u8 },
+    /// An advert the pair's peer contradicts (see [`Instance::set_pair_peer`]) was ignored:
+    /// logged and recorded once per episode.
+    Uncorroborated {
+        from: IpAddr,
+        priority: u8,
+        why: Uncorroborated,
+    },
+}
+
+/// What the pair's peer says of this VRID over the authenticated sync link (its heartbeats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerClaim {
+    /// The source of its adverts (its primary address).
+    pub addr: IpAddr,
+    pub state: State,
+    /// The priority it advertises.
+    pub priority: u8,
+}
+
+/// Why an advert was not believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uncorroborated {
+    /// From a router that is not the pair's peer (the pair is two boxes and knows its peer's
+    /// address from the sync link).
+    UnknownRouter { peer: IpAddr },
+    /// From the peer's address with a priority the peer, over the sync link, does not claim.
+    PriorityContradicted { claimed: u8 },
+}
+
+impl fmt::Display for Uncorroborated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Uncorroborated::UnknownRouter { peer } => {
+                write!(f, "not the pair's peer ({peer}, as the sync link says)")
+            }
+            Uncorroborated::PriorityContradicted { claimed } => write!(
+                f,
+                "the peer says over the sync link that it advertises priority {claimed}"
+            ),
+        }
+    }
 }
 
 /// Per-instance counters.
@@ -213,6 +274,8 @@ pub struct Counters {
     pub own: u64,
     pub dual_master: u64,
     pub garps: u64,
+    /// Adverts the pair's peer contradicts over the sync link, ignored.
+    pub uncorroborated: u64,
 }
 
 /// A snapshot for `director vrrp`.
@@ -276,6 +339,12 @@ pub struct Instance {
     lower_seen_since: Option<Time>,
     /// When a lower-priority master was last heard while we are master.
     dual_master_seen: Option<Time>,
+    /// The pair's peer, as the sync link says now (`None`: no word from it).
+    pair_peer: Option<PeerClaim>,
+    /// The peer's advert address, once the sync link has named it (kept while it is silent).
+    peer_addr: Option<IpAddr>,
+    /// When an uncorroborated advert was last ignored, and from whom.
+    uncorroborated_seen: Option<(Time, IpAddr)>,
     master: Option<(IpAddr, u8)>,
     last_transition: Option<(Time, State, State, Cause)>,
     actions: VecDeque<Action>,
@@ -309,6 +378,9 @@ impl Instance {
             started_at: Duration::ZERO,
             lower_seen_since: None,
             dual_master_seen: None,
+            pair_peer: None,
+            peer_addr: None,
+            uncorroborated_seen: None,
             master: None,
             last_transition: None,
             actions: VecDeque::new(),
@@ -463,6 +535,10 @@ impl Instance {
             self.counters.interval_mismatch += 1;
             return;
         }
+        if let Some(why) = self.uncorroborated(src, advert) {
+            self.ignore_uncorroborated(now, src, advert.priority, why);
+            return;
+        }
         self.counters.adverts_rx += 1;
         if advert.priority == 0 {
             self.counters.priority_zero_rx += 1;
@@ -544,6 +620,61 @@ impl Instance {
                         self.start_garp_burst(now);
                     }
                 }
+            }
+        }
+    }
+
+    /// What the pair's peer says of this VRID over the sync link, or `None` when the link is
+    /// down or says nothing of it. Once the peer's address is known, an advert from any
+    /// other address is not believed (the pair has two members); while the peer speaks, an
+    /// advert from its address with a priority other than the one it claims (or 0, a
+    /// resignation) is not believed either. Without a word from the sync link ever, this is
+    /// RFC 9568 as written.
+    pub fn set_pair_peer(&mut self, claim: Option<PeerClaim>) {
+        if let Some(c) = claim {
+            self.peer_addr = Some(c.addr);
+        }
+        self.pair_peer = claim;
+    }
+
+    fn uncorroborated(&self, src: IpAddr, advert: &Advert) -> Option<Uncorroborated> {
+        let peer = self.peer_addr?;
+        if src != peer {
+            return Some(Uncorroborated::UnknownRouter { peer });
+        }
+        match self.pair_peer {
+            Some(c) if advert.priority != 0 && advert.priority != c.priority => {
+                Some(Uncorroborated::PriorityContradicted {
+                    claimed: c.priority,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// An advert not believed: counted; an event once per episode; a master asserts itself
+    /// at once (and refreshes the neighbours' caches once per episode, which the forger may
+    /// have poisoned), as for a dual master it wins against.
+    fn ignore_uncorroborated(&mut self, now: Time, src: IpAddr, priority: u8, why: Uncorroborated) {
+        self.counters.uncorroborated += 1;
+        // An episode: adverts from one source, each within Master_Down_Interval of the last.
+        let episode_new = self
+            .uncorroborated_seen
+            .is_none_or(|(seen, from)| from != src || now >= seen + self.master_down_interval());
+        self.uncorroborated_seen = Some((now, src));
+        if episode_new {
+            self.actions.push_back(Action::Uncorroborated {
+                from: src,
+                priority,
+                why,
+            });
+        }
+        if self.state == State::Master {
+            let local = self.effective_priority();
+            self.send_advert(local);
+            self.adver_at = Some(now + self.cfg.advert_interval);
+            if episode_new {
+                self.start_garp_burst(now);
             }
         }
     }

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
-use crate::instance::{Action, Cause, Instance, InstanceConfig, State, Time};
+use crate::instance::{Action, Cause, Instance, InstanceConfig, PeerClaim, State, Time};
 use crate::wire::Advert;
 
 /// `[[vrrp.group]]`: instance names that move together.
@@ -109,6 +109,16 @@ impl Router {
     }
 
     /// See [`crate::instance::Instance::hold_preempt`].
+    /// What the pair's peer says of each VRID over the sync link (`None`: no word now); an
+    /// instance whose VRID it does not name gets `None`.
+    pub fn set_pair_peer(&mut self, claims: Option<&[(u8, PeerClaim)]>) {
+        for i in &mut self.instances {
+            let vrid = i.config().vrid;
+            let claim = claims.and_then(|c| c.iter().find(|(v, _)| *v == vrid).map(|(_, c)| *c));
+            i.set_pair_peer(claim);
+        }
+    }
+
     pub fn hold_preempt(&mut self, held: bool) {
         for i in &mut self.instances {
             i.hold_preempt(held);

@@ -4,10 +4,11 @@
 
 mod sim;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use sim::{config, ip, Event, Lan, MS};
-use vrrp::instance::{Action, Cause, Instance, State};
+use vrrp::instance::{Action, Cause, Instance, PeerClaim, State, Uncorroborated};
 use vrrp::router::GroupConfig;
 use vrrp::wire::{Advert, Version};
 
@@ -395,6 +396,161 @@ fn own_and_other_version_adverts_are_ignored() {
     assert_eq!(inst.poll_timeout(), down);
     assert_eq!(inst.counters().own, 1);
     assert_eq!(inst.counters().wrong_version, 1);
+}
+
+/// A priority-255 advert for VRID 51.
+fn forged(priority: u8) -> Advert {
+    Advert {
+        version: Version::V3,
+        vrid: 51,
+        priority,
+        interval_cs: 10,
+        addrs: vec![ip(100)],
+    }
+}
+
+/// The pair of [`pair`] with the sync link up: each node knows the other's address, state
+/// and priority.
+fn corroborated_pair(seed: u64) -> (Lan, usize, usize) {
+    let (mut lan, a, b) = pair(seed);
+    let claim = |last: u8, state: State, priority: u8| PeerClaim {
+        addr: ip(last),
+        state,
+        priority,
+    };
+    lan.with(a, |r, _| {
+        r.set_pair_peer(Some(&[(51, claim(3, State::Backup, 100))]))
+    });
+    lan.with(b, |r, _| {
+        r.set_pair_peer(Some(&[(51, claim(2, State::Master, 200))]))
+    });
+    (lan, a, b)
+}
+
+/// Beyond the RFC: forged priority-255 adverts every 100 ms for 5 s, from a third host and
+/// then from the backup's own address, move nothing while the sync link says who the peer is
+/// and what it advertises. Each node counts them, reports each episode once, and the master
+/// answers each at once with its own advert (and one gratuitous ARP burst).
+#[test]
+fn forged_adverts_the_sync_peer_contradicts_move_nothing() {
+    let (mut lan, a, b) = corroborated_pair(21);
+    let before = (
+        lan.nodes[a].transitions().len(),
+        lan.nodes[b].transitions().len(),
+    );
+    for (src, n) in [(99u8, 50), (3, 50)] {
+        for _ in 0..n {
+            for node in [a, b] {
+                lan.with(node, |r, now| {
+                    r.handle_advert(now, 0, ip(src), &forged(255))
+                });
+            }
+            lan.run_for(ADV);
+        }
+    }
+    assert_eq!(lan.nodes[a].state(0), State::Master);
+    assert_eq!(lan.nodes[b].state(0), State::Backup);
+    assert_eq!(
+        (
+            lan.nodes[a].transitions().len(),
+            lan.nodes[b].transitions().len()
+        ),
+        before,
+        "no transition"
+    );
+    assert_eq!(lan.holders(0), vec![a]);
+    let ca = lan.nodes[a].router.instance(0).counters().clone();
+    // From .99 to both; from .3 to A (B's own address is B's own advert: `own`).
+    assert_eq!(ca.uncorroborated, 100);
+    assert_eq!(
+        lan.nodes[b].router.instance(0).counters().uncorroborated,
+        50
+    );
+    let episodes: Vec<IpAddr> = lan.nodes[a]
+        .log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Uncorroborated { from, .. } => Some(*from),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(episodes, vec![ip(99), ip(3)], "one event per episode");
+}
+
+#[test]
+fn why_an_advert_is_not_believed() {
+    let mut inst = Instance::new(config("ext", 51, 2, 200, ADV));
+    inst.startup(Duration::ZERO);
+    inst.handle_timeout(Duration::from_secs(1));
+    assert_eq!(inst.state(), State::Master);
+    inst.set_pair_peer(Some(PeerClaim {
+        addr: ip(3),
+        state: State::Backup,
+        priority: 100,
+    }));
+    while inst.poll_action().is_some() {}
+    let now = Duration::from_secs(2);
+    inst.handle_advert(now, ip(99), &forged(255));
+    let actions: Vec<Action> = std::iter::from_fn(|| inst.poll_action()).collect();
+    assert_eq!(
+        actions[0],
+        Action::Uncorroborated {
+            from: ip(99),
+            priority: 255,
+            why: Uncorroborated::UnknownRouter { peer: ip(3) }
+        }
+    );
+    assert!(actions.contains(&Action::SendAdvert { priority: 200 }));
+    inst.handle_advert(now + ADV * 10, ip(3), &forged(255));
+    assert_eq!(
+        inst.poll_action(),
+        Some(Action::Uncorroborated {
+            from: ip(3),
+            priority: 255,
+            why: Uncorroborated::PriorityContradicted { claimed: 100 }
+        })
+    );
+    assert_eq!(inst.state(), State::Master);
+}
+
+/// What the peer claims is believed: its priority rises above ours (an operator's change,
+/// a track back up) and the sync link says so, so its advert wins as the RFC says.
+#[test]
+fn an_advert_the_sync_peer_claims_is_believed() {
+    let (mut lan, a, b) = corroborated_pair(22);
+    lan.with(a, |r, _| {
+        r.set_pair_peer(Some(&[(
+            51,
+            PeerClaim {
+                addr: ip(3),
+                state: State::Backup,
+                priority: 250,
+            },
+        )]))
+    });
+    lan.with(a, |r, now| r.handle_advert(now, 0, ip(3), &forged(250)));
+    assert_eq!(lan.nodes[a].state(0), State::Backup);
+    assert_eq!(lan.nodes[a].router.instance(0).counters().uncorroborated, 0);
+    let _ = b;
+}
+
+/// The master dies while forged adverts go on: the sync link falls silent (no claim now),
+/// but the backup still knows its peer's address, so the forger's adverts do not hold it
+/// back: it takes over at Master_Down_Interval after the master's last advert.
+#[test]
+fn a_forger_cannot_hold_the_backup_back_when_the_master_dies() {
+    let (mut lan, a, b) = corroborated_pair(23);
+    lan.kill(a);
+    let last = lan.nodes[a].last_advert_sent().expect("a advertised");
+    lan.with(b, |r, _| r.set_pair_peer(None));
+    for _ in 0..10 {
+        lan.with(b, |r, now| r.handle_advert(now, 0, ip(99), &forged(255)));
+        lan.run_for(ADV);
+    }
+    let t = lan.nodes[b].transitions();
+    let (at, _, _, to, cause) = t.last().expect("b moved").clone();
+    assert_eq!((to, cause), (State::Master, Cause::MasterDown));
+    assert_eq!(at, last + lan.delay + mdi(100, ADV));
 }
 
 /// A node with instances "ext" (vrid 51) and "int" (vrid 52) in the sync group "lb".

@@ -58,6 +58,10 @@ pub enum Event {
     DualMaster {
         instance: String,
     },
+    Uncorroborated {
+        instance: String,
+        from: IpAddr,
+    },
     Received {
         instance: String,
         from: IpAddr,
@@ -326,6 +330,13 @@ impl Lan {
                 Action::DualMaster { .. } => self.nodes[n]
                     .log
                     .push((now, Event::DualMaster { instance: name })),
+                Action::Uncorroborated { from, .. } => self.nodes[n].log.push((
+                    now,
+                    Event::Uncorroborated {
+                        instance: name,
+                        from,
+                    },
+                )),
                 Action::SendAdvert { priority } => {
                     self.nodes[n].log.push((
                         now,

@@ -16,6 +16,7 @@
 //! - `bin/ipip-decap`: LAB STAND-IN for a stock kernel's `ipip` device on TUN real servers
 //!   (this host kernel has no ipip module): raw IP-protocol-4 socket → TUN device.
 
+pub mod chaos;
 pub mod flows;
 pub mod harness;
 pub mod keepalived;

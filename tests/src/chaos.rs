@@ -1,0 +1,265 @@
+//! Failover after failover under the product load: an HA pair with a sync link, `flowcheck`
+//! on the client holding long streaming connections, idle connections (silent from their
+//! handshake to the end) and a stream of short ones. Whichever node is master is SIGKILLed
+//! at a random instant (seeded), the other takes over, the killed node is started again
+//! and, once its resync is complete, the next kill follows. Without preempt, so each kill
+//! moves the VIPs once and the master alternates.
+//!
+//! The CI test runs 10 failovers (`sync_failover::ten_failovers_in_a_row_lose_no_flow`);
+//! `scripts/bench chaos` runs as many as asked (100 by default) and prints the
+//! distribution. Neither asserts anything about speed; the test asserts that no flow is lost
+//! but short ones opened within [`SYNC_WINDOW_NS`] before a kill (the asynchronous stream's
+//! stated limit).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+
+use crate::flows::{self, stalls_from};
+use crate::lab::{mono_ns, wait_until, Lab};
+use crate::pair::{Pair, PairSpec};
+use crate::topo::{Mode, ServiceSpec};
+
+const T: Duration = Duration::from_secs(20);
+
+/// How long before a kill a short connection may have been opened and still be lost: the
+/// sync stream's 1 ms batch plus the sync thread's scheduling on a loaded 2-core machine.
+pub const SYNC_WINDOW_NS: u64 = 10_000_000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ChaosSpec {
+    pub mode: Mode,
+    pub kills: usize,
+    /// Long streaming connections and idle ones.
+    pub long: u64,
+    pub idle: u64,
+    /// The random instant of each kill: uniform in this range after the pair is steady.
+    pub wait_ms: (u64, u64),
+    pub seed: u64,
+}
+
+impl ChaosSpec {
+    pub fn new(mode: Mode, kills: usize) -> ChaosSpec {
+        ChaosSpec {
+            mode,
+            kills,
+            long: 200,
+            idle: 20,
+            wait_ms: (300, 2000),
+            seed: 1,
+        }
+    }
+}
+
+/// One failover.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// The node killed (0 = lb-a).
+    pub killed: usize,
+    pub kill_ns: u64,
+    /// The other node's MASTER, as polled.
+    pub master_ns: u64,
+    /// The killed node's restart → its resync complete.
+    pub rejoin_ms: f64,
+    /// The longest client-observed stall that began from just before this kill to just
+    /// before the next, and how many connections stalled over 100 ms.
+    pub longest_stall_ms: f64,
+    pub stalls: usize,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct ChaosReport {
+    pub failovers: Vec<Failover>,
+    /// `flowcheck`'s report.
+    pub flows: Value,
+    /// Short connections that failed, all opened within `SYNC_WINDOW_NS` before a kill.
+    pub short_lost_in_window: u64,
+}
+
+impl ChaosReport {
+    pub fn long_lost(&self) -> u64 {
+        self.flows["long"]["count"].as_u64().unwrap_or(0)
+            - self.flows["long"]["ok"].as_u64().unwrap_or(0)
+    }
+
+    pub fn idle_lost(&self) -> u64 {
+        self.flows["idle"]["count"].as_u64().unwrap_or(0)
+            - self.flows["idle"]["ok"].as_u64().unwrap_or(0)
+    }
+}
+
+/// A seeded xorshift for the kill instants.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Runs `spec` in `lab`. Every process it starts belongs to the lab and ends with it.
+pub fn run(lab: Lab, spec: &ChaosSpec) -> Result<ChaosReport> {
+    let mut ps = PairSpec::new(spec.mode);
+    ps.sync = true;
+    ps.interval = "100ms".into();
+    ps.preempt = false;
+    ps.services = vec![
+        ServiceSpec::http("rr", &[1, 1, 1]),
+        ServiceSpec::echo("rr", &[1, 1, 1]),
+    ];
+    let mut pair = Pair::new(lab, ps).context("pair topology")?;
+    pair.start(0)?;
+    pair.wait_state(0, "ext", "MASTER", T)?;
+    pair.start(1)?;
+    pair.wait_state(1, "ext", "BACKUP", T)?;
+    let synced = |pair: &Pair| {
+        pair.sync_peer_up(0).unwrap_or(false)
+            && pair.sync_peer_up(1).unwrap_or(false)
+            && pair.sync_resync_complete(0).unwrap_or(false)
+            && pair.sync_resync_complete(1).unwrap_or(false)
+    };
+    wait_until(T, || synced(&pair)).map_err(|_| anyhow!("the sync session did not come up"))?;
+    let fc = flows::start_with_idle(&pair.client, spec.long, spec.idle);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut rng = Rng(spec.seed.max(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut failovers = Vec::with_capacity(spec.kills);
+    for k in 0..spec.kills {
+        let master = if pair.state(0, "ext").is_ok_and(|s| s == "MASTER") {
+            0
+        } else {
+            1
+        };
+        let heir = 1 - master;
+        let (lo, hi) = spec.wait_ms;
+        let wait = lo + rng.next() % (hi - lo).max(1);
+        std::thread::sleep(Duration::from_millis(wait));
+        let kill_ns = mono_ns();
+        pair.kill(master)?;
+        pair.wait_state(heir, "ext", "MASTER", T)
+            .with_context(|| format!("failover {k}: the other node did not take over"))?;
+        let master_ns = mono_ns();
+        let restart_ns = mono_ns();
+        pair.start(master)
+            .with_context(|| format!("failover {k}: restart"))?;
+        wait_until(T, || synced(&pair))
+            .map_err(|_| anyhow!("failover {k}: the restarted node did not resync"))?;
+        let rejoin_ms = (mono_ns() - restart_ns) as f64 / 1e6;
+        pair.wait_state(master, "ext", "BACKUP", T)
+            .with_context(|| format!("failover {k}: the restarted node is not BACKUP"))?;
+        failovers.push(Failover {
+            killed: master,
+            kill_ns,
+            master_ns,
+            rejoin_ms,
+            longest_stall_ms: 0.0,
+            stalls: 0,
+        });
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let report = flows::stop(fc);
+    // Stalls by failover: those that began from just before its kill to just before the next.
+    let margin = 1_000_000_000;
+    let end = report["end_ns"].as_u64().unwrap_or(u64::MAX);
+    for i in 0..failovers.len() {
+        let from = failovers[i].kill_ns - margin;
+        let to = failovers.get(i + 1).map_or(end + 1, |f| f.kill_ns - margin);
+        let (ms, n) = stalls_from(&report, from, to);
+        failovers[i].longest_stall_ms = ms;
+        failovers[i].stalls = n;
+    }
+    let windows: Vec<(u64, u64)> = failovers
+        .iter()
+        .map(|f| (f.kill_ns - SYNC_WINDOW_NS, f.kill_ns))
+        .collect();
+    let short_failures = report["short"]["failures"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let short_lost_in_window = short_failures
+        .iter()
+        .filter(|f| {
+            f["opened_ns"]
+                .as_u64()
+                .is_some_and(|t| windows.iter().any(|&(a, b)| (a..=b).contains(&t)))
+        })
+        .count() as u64;
+    Ok(ChaosReport {
+        failovers,
+        flows: report,
+        short_lost_in_window,
+    })
+}
+
+/// Asserts what the product promises: every long and idle connection survived every
+/// failover, and a short one was lost only if it was opened within `SYNC_WINDOW_NS` before
+/// a kill.
+pub fn assert_nothing_lost(r: &ChaosReport, long: u64) -> u64 {
+    let windows: Vec<(u64, u64)> = r
+        .failovers
+        .iter()
+        .map(|f| (f.kill_ns - SYNC_WINDOW_NS, f.kill_ns))
+        .collect();
+    flows::assert_all_ok_but_opened_in_any(&r.flows, long, &windows)
+}
+
+/// The figures as markdown: per failover and the distribution.
+pub fn table(r: &ChaosReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut takeovers: Vec<f64> = r
+        .failovers
+        .iter()
+        .map(|f| (f.master_ns - f.kill_ns) as f64 / 1e6)
+        .collect();
+    let mut stalls: Vec<f64> = r.failovers.iter().map(|f| f.longest_stall_ms).collect();
+    let mut rejoins: Vec<f64> = r.failovers.iter().map(|f| f.rejoin_ms).collect();
+    let pct = |v: &mut Vec<f64>, p: f64| -> f64 {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return 0.0;
+        }
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i]
+    };
+    let _ = writeln!(
+        out,
+        "| measure ({} failovers) | min | p50 | p90 | max |\n|---|---|---|---|---|",
+        r.failovers.len()
+    );
+    for (name, v) in [
+        ("SIGKILL → other node MASTER (ms, polled)", &mut takeovers),
+        (
+            "longest client-observed stall per failover (ms)",
+            &mut stalls,
+        ),
+        ("restart → resync complete (ms, polled)", &mut rejoins),
+    ] {
+        let row = [0.0, 0.5, 0.9, 1.0].map(|p| pct(v, p));
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            row[0], row[1], row[2], row[3]
+        );
+    }
+    let f = &r.flows;
+    let _ = writeln!(
+        out,
+        "\nflows: long {} of {} ok, idle {} of {} ok, short {} of {} ok ({} lost, all opened within {} ms before a kill: {})",
+        f["long"]["ok"],
+        f["long"]["count"],
+        f["idle"]["ok"],
+        f["idle"]["count"],
+        f["short"]["ok"],
+        f["short"]["opened"],
+        f["short"]["failed"],
+        SYNC_WINDOW_NS / 1_000_000,
+        r.short_lost_in_window
+    );
+    out
+}

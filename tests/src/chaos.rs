@@ -5,6 +5,10 @@
 //! and, once its resync is complete, the next kill follows. Without preempt, so each kill
 //! moves the VIPs once and the master alternates.
 //!
+//! Optionally (`ChaosSpec::sync_cut_every`, `link_flap_every`), some rounds first cut the
+//! backup's sync link for 5 s while both boxes live, or fail the master by taking its
+//! external link down for 1 s instead of killing it.
+//!
 //! The CI test runs 10 failovers (`sync_failover::ten_failovers_in_a_row_lose_no_flow`);
 //! `scripts/bench chaos` runs as many as asked (100 by default) and prints the
 //! distribution. Neither asserts anything about speed; the test asserts that no flow is lost
@@ -38,6 +42,12 @@ pub struct ChaosSpec {
     /// The random instant of each kill: uniform in this range after the pair is steady.
     pub wait_ms: (u64, u64),
     pub seed: u64,
+    /// Every this many rounds, before the kill: the backup's sync link down for 5 s while
+    /// both boxes live, then up (the stream must repair what it missed).
+    pub sync_cut_every: Option<usize>,
+    /// Every this many rounds, instead of a SIGKILL: the master's external link down for
+    /// 1 s (it faults, the other takes over), then up (it comes back as BACKUP).
+    pub link_flap_every: Option<usize>,
 }
 
 impl ChaosSpec {
@@ -49,19 +59,33 @@ impl ChaosSpec {
             idle: 20,
             wait_ms: (300, 2000),
             seed: 1,
+            sync_cut_every: None,
+            link_flap_every: None,
         }
     }
+}
+
+/// How a failover was caused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Kill,
+    /// A SIGKILL after the sync link had been cut for 5 s and restored.
+    KillAfterSyncCut,
+    /// The master's external link down for 1 s.
+    LinkFlap,
 }
 
 /// One failover.
 #[derive(Debug, Clone)]
 pub struct Failover {
+    pub cause: Cause,
     /// The node killed (0 = lb-a).
     pub killed: usize,
     pub kill_ns: u64,
     /// The other node's MASTER, as polled.
     pub master_ns: u64,
-    /// The killed node's restart → its resync complete.
+    /// The killed node's restart (a flapped link's coming up) → both sync sides up and
+    /// resynced.
     pub rejoin_ms: f64,
     /// The longest client-observed stall that began from just before this kill to just
     /// before the next, and how many connections stalled over 100 ms.
@@ -137,23 +161,61 @@ pub fn run(lab: Lab, spec: &ChaosSpec) -> Result<ChaosReport> {
             1
         };
         let heir = 1 - master;
+        let every = |e: Option<usize>| e.is_some_and(|e| e > 0 && k % e == e - 1);
+        let flap = every(spec.link_flap_every);
+        let cut = !flap && every(spec.sync_cut_every);
+        if cut {
+            // Both boxes live, the stream broken for 5 s: the master's changes meanwhile
+            // reach the backup only once the link is back (NACK repair or a resync).
+            pair.nodes[heir].ip(["link", "set", "sync", "down"])?;
+            std::thread::sleep(Duration::from_secs(5));
+            pair.nodes[heir].ip(["link", "set", "sync", "up"])?;
+            wait_until(T, || {
+                synced(&pair)
+                    && [0, 1].iter().all(|&n| {
+                        pair.sync_status(n)
+                            .is_ok_and(|s| s["peer"]["behind"].as_u64() == Some(0))
+                    })
+            })
+            .map_err(|_| anyhow!("round {k}: the sync stream did not recover from the cut"))?;
+        }
         let (lo, hi) = spec.wait_ms;
         let wait = lo + rng.next() % (hi - lo).max(1);
         std::thread::sleep(Duration::from_millis(wait));
         let kill_ns = mono_ns();
-        pair.kill(master)?;
+        if flap {
+            pair.nodes[master].ip(["link", "set", "ext", "down"])?;
+        } else {
+            pair.kill(master)?;
+        }
         pair.wait_state(heir, "ext", "MASTER", T)
             .with_context(|| format!("failover {k}: the other node did not take over"))?;
         let master_ns = mono_ns();
-        let restart_ns = mono_ns();
-        pair.start(master)
-            .with_context(|| format!("failover {k}: restart"))?;
+        let restart_ns;
+        if flap {
+            std::thread::sleep(
+                Duration::from_secs(1).saturating_sub(Duration::from_nanos(master_ns - kill_ns)),
+            );
+            restart_ns = mono_ns();
+            pair.nodes[master].ip(["link", "set", "ext", "up"])?;
+        } else {
+            restart_ns = mono_ns();
+            pair.start(master)
+                .with_context(|| format!("failover {k}: restart"))?;
+        }
         wait_until(T, || synced(&pair))
-            .map_err(|_| anyhow!("failover {k}: the restarted node did not resync"))?;
+            .map_err(|_| anyhow!("failover {k}: the node did not rejoin and resync"))?;
         let rejoin_ms = (mono_ns() - restart_ns) as f64 / 1e6;
         pair.wait_state(master, "ext", "BACKUP", T)
             .with_context(|| format!("failover {k}: the restarted node is not BACKUP"))?;
         failovers.push(Failover {
+            cause: if flap {
+                Cause::LinkFlap
+            } else if cut {
+                Cause::KillAfterSyncCut
+            } else {
+                Cause::Kill
+            },
             killed: master,
             kill_ns,
             master_ns,
@@ -230,12 +292,18 @@ pub fn table(r: &ChaosReport) -> String {
         r.failovers.len()
     );
     for (name, v) in [
-        ("SIGKILL → other node MASTER (ms, polled)", &mut takeovers),
+        (
+            "SIGKILL (or link down) → other node MASTER (ms, polled)",
+            &mut takeovers,
+        ),
         (
             "longest client-observed stall per failover (ms)",
             &mut stalls,
         ),
-        ("restart → resync complete (ms, polled)", &mut rejoins),
+        (
+            "restart (or link up) → resync complete (ms, polled)",
+            &mut rejoins,
+        ),
     ] {
         let row = [0.0, 0.5, 0.9, 1.0].map(|p| pct(v, p));
         let _ = writeln!(
@@ -244,6 +312,14 @@ pub fn table(r: &ChaosReport) -> String {
             row[0], row[1], row[2], row[3]
         );
     }
+    let count = |c: Cause| r.failovers.iter().filter(|f| f.cause == c).count();
+    let _ = writeln!(
+        out,
+        "\nfailovers: {} SIGKILLs, {} SIGKILLs after a 5 s sync-link cut, {} external link flaps (1 s)",
+        count(Cause::Kill),
+        count(Cause::KillAfterSyncCut),
+        count(Cause::LinkFlap)
+    );
     let f = &r.flows;
     let _ = writeln!(
         out,

@@ -4,8 +4,10 @@
 //! ones and a stream of short ones checked throughout. Run as root through `scripts/bench
 //! chaos`, which builds in release first. It measures and reports; it asserts nothing.
 //!
-//! `chaosbench [--kills N] [--mode nat|dr|tun|fullnat] [--seed N] [--wait-ms LO,HI]`
-//! (defaults: 100 kills, NAT, seed 1, a kill 300–2000 ms after the pair is steady again).
+//! `chaosbench [--kills N] [--mode nat|dr|tun|fullnat] [--seed N] [--wait-ms LO,HI]
+//! [--sync-cut-every K] [--link-flap-every K]` (defaults: 100 rounds, NAT, seed 1, a kill
+//! 300–2000 ms after the pair is steady again; every K-th round the backup's sync link is cut
+//! for 5 s before the kill, or the master's external link flaps for 1 s instead of a kill).
 
 use anyhow::{bail, Context, Result};
 use director_lab::chaos::{self, ChaosSpec};
@@ -20,6 +22,12 @@ fn main() -> Result<()> {
         match flag.as_str() {
             "--kills" => spec.kills = value()?.parse().context("--kills N")?,
             "--seed" => spec.seed = value()?.parse().context("--seed N")?,
+            "--sync-cut-every" => {
+                spec.sync_cut_every = Some(value()?.parse().context("--sync-cut-every N")?)
+            }
+            "--link-flap-every" => {
+                spec.link_flap_every = Some(value()?.parse().context("--link-flap-every N")?)
+            }
             "--mode" => {
                 spec.mode = match value()?.as_str() {
                     "nat" => Mode::Nat,
@@ -38,7 +46,7 @@ fn main() -> Result<()> {
                 }
             }
             "-h" | "--help" => {
-                println!("chaosbench [--kills N] [--mode nat|dr|tun|fullnat] [--seed N] [--wait-ms LO,HI]");
+                println!("chaosbench [--kills N] [--mode nat|dr|tun|fullnat] [--seed N] [--wait-ms LO,HI] [--sync-cut-every K] [--link-flap-every K]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -48,7 +56,7 @@ fn main() -> Result<()> {
     let started = std::time::Instant::now();
     let r = chaos::run(lab, &spec)?;
     println!(
-        "### Chaos: {} SIGKILLs of the master, {} mode, seed {}, {:.0} s\n",
+        "### Chaos: {} failovers, {} mode, seed {}, {:.0} s\n",
         r.failovers.len(),
         spec.mode.as_str(),
         spec.seed,

@@ -50,11 +50,6 @@ fn services(proxy: Proxy) -> Vec<ServiceSpec> {
     ]
 }
 
-/// The lab's XDP mode for these tests (`DIRECTOR_LAB_XDP`), if any.
-fn spec_xdp() -> Option<&'static str> {
-    director_lab::topo::lab_xdp().expect("DIRECTOR_LAB_XDP")
-}
-
 fn tag_of(prefix: &str, mode: Mode, proxy: Proxy) -> String {
     let pp = if proxy == Proxy::V2 { "pp" } else { "" };
     format!("{prefix}-{}{pp}", mode.as_str())
@@ -170,25 +165,13 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy, preempt: bool) {
 
     // Second failover: whoever is master now dies; the other holds every flow, the idle
     // ones included, which no packet has refreshed since before the first kill.
-    //
-    // Not in FULLNAT or TUN with the XDP fast path yet: there, short connections opened after the
-    // second takeover sometimes time out in their response (seen in CI and, with two such
-    // pairs at once, in 3 of 6 local runs; not with AF_PACKET). A known defect, not yet
-    // understood: ARCHITECTURE.md, Defects.
-    let known_defect = matches!(mode, Mode::FullNat | Mode::Tun) && spec_xdp().is_some();
     let (dead, heir) = if preempt { (0, 1) } else { (1, 0) };
-    let (kill2_ns, heir_master_ns) = if known_defect {
-        eprintln!("{tag}: second failover not run (FULLNAT or TUN with XDP: known defect)");
-        (u64::MAX - SYNC_WINDOW_NS, u64::MAX - SYNC_WINDOW_NS)
-    } else {
-        let kill2_ns = mono_ns();
-        pair.kill(dead).expect("SIGKILL the master");
-        pair.wait_state(heir, "ext", "MASTER", T)
-            .expect("the other node takes over again");
-        let heir_master_ns = mono_ns();
-        std::thread::sleep(Duration::from_secs(5));
-        (kill2_ns, heir_master_ns)
-    };
+    let kill2_ns = mono_ns();
+    pair.kill(dead).expect("SIGKILL the master");
+    pair.wait_state(heir, "ext", "MASTER", T)
+        .expect("the other node takes over again");
+    let heir_master_ns = mono_ns();
+    std::thread::sleep(Duration::from_secs(5));
 
     let report = flows::stop(flows);
     // For a failure's diagnosis: each node's datapath counters (drops, ICMP errors sent and
@@ -234,11 +217,7 @@ fn failover_loses_nothing(mode: Mode, proxy: Proxy, preempt: bool) {
         if preempt { "MASTER" } else { "BACKUP" },
         ms(restart_ns, a_master_ns),
         if dead == 0 { 'a' } else { 'b' },
-        if known_defect {
-            0.0
-        } else {
-            ms(kill2_ns, heir_master_ns)
-        },
+        ms(kill2_ns, heir_master_ns),
         report["idle"],
         serde_json::json!({
             "ok": report["long"]["ok"],

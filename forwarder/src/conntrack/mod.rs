@@ -692,7 +692,12 @@ impl ShardGuard<'_> {
                 e.state = state as u8;
                 e.expiry = expiry;
                 e.reported = expiry;
-                e.flags = entry.flags;
+                // FAST is the fast-path manager's mark (the flow's rows are in the XDP
+                // map), not the peer's to clear: an update that dropped it made the
+                // observer see a closing flow that was never in the map, so its rows
+                // stayed there, and a client reusing the port had its packets sent after
+                // the old flow (see fastpath.rs, FastQueue).
+                e.flags = entry.flags | (e.flags & ConnEntry::FAST);
                 let updated = *e;
                 if old.is_active() != state.is_active() {
                     if let Some(r) = self.table.real(&updated) {

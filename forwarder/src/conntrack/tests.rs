@@ -734,6 +734,33 @@ fn install_adds_a_replica_and_brings_an_existing_entry_up_to_date() {
     assert!(matches!(rec.take()[..], [Change::Update(e)] if !e.is_replica()));
 }
 
+/// The peer's update of a flow the XDP map holds keeps the FAST mark, so that the fast
+/// path's observer hears of the flow leaving eligibility and takes its rows out.
+#[test]
+fn install_in_place_keeps_the_fast_mark() {
+    let (t, _reals, rec) = observed_table();
+    let new = conn(Protocol::Tcp, Mode::FullNat, sa(9, 5, 1), 0);
+    let mut g = t.shard_for(new.client);
+    let id = g
+        .install(&new, ConnState::Established, 1000, true)
+        .expect("install");
+    assert!(g.set_fast(&new.flow_key(), true));
+    rec.take();
+    let again = g
+        .install(&new, ConnState::TimeWait, 1100, false)
+        .expect("install");
+    assert_eq!(again, id);
+    let e = *g.entry(id);
+    assert!(e.is_fast() && e.is_replica(), "{:#04x}", e.flags);
+    assert_eq!(
+        e.flags & ConnEntry::SYNC_MARK,
+        0,
+        "the mark is the new resync's"
+    );
+    drop(g);
+    assert!(matches!(rec.take()[..], [Change::Update(e)] if e.is_fast() && e.state() == TimeWait));
+}
+
 #[test]
 fn install_removes_an_entry_holding_the_same_reply_tuple() {
     let (t, _reals, _rec) = observed_table();

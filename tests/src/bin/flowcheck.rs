@@ -52,7 +52,7 @@
 //!                       "first_mismatch":null}]},
 //!  "idle":{"count":…,"ok":…,"failures":[{"conn":…,"error":"timeout","detail":"…"}]},
 //!  "short":{"opened":…,"ok":…,"failed":…,"errors":{"reset":2},
-//!           "failures":[{"opened_ns":…,"handshake_ns":…,"error":"reset","detail":"…"}]}}
+//!           "failures":[{"opened_ns":…,"handshake_ns":…,"local":"ADDR:PORT","error":"reset","detail":"…"}]}}
 //! ```
 //! `stalls` lists every stall over 100 ms, in start order (`ongoing`: still running when the
 //! report was made, e.g. bytes never echoed; its `end_ns` is then the report's); `unclosed` counts ok connections
@@ -621,6 +621,7 @@ impl ShortStats {
                 self.failures.push(json!({
                     "opened_ns": s.opened_ns,
                     "handshake_ns": s.handshake_ns,
+                    "local": s.stream.local_addr().ok().map(|a| a.to_string()),
                     "error": kind,
                     "detail": detail,
                 }));

@@ -599,6 +599,10 @@ pub struct InstanceCounters {
     pub own: u64,
     /// Adverts the pair's peer contradicts over the sync link, ignored.
     pub uncorroborated: u64,
+    /// Times the master went silent while another sync group member heard a live one, and
+    /// the instance stayed BACKUP.
+    #[serde(default)]
+    pub group_held: u64,
 }
 
 // ---- sync ------------------------------------------------------------------------------

@@ -249,6 +249,7 @@ impl Views {
                         addr_mismatch: c.addr_mismatch,
                         own: c.own,
                         uncorroborated: c.uncorroborated,
+                        group_held: c.group_held,
                     },
                 }
             })

@@ -171,6 +171,11 @@ fn record(events: &EventLog, notice: Notice) {
             instance,
             format!("advert from {from} with priority {priority} ignored: {why}"),
         ),
+        Notice::GroupHeld { instance, by } => events.push(
+            "vrrp",
+            instance,
+            format!("master silent, but sync group member {by} hears a live master: stayed BACKUP"),
+        ),
     }
 }
 

@@ -730,6 +730,12 @@ fn vrrp(x: &mut Exposition, v: &api::VrrpView) {
             c.dual_master,
         );
         x.counter(
+            "director_vrrp_group_held_total",
+            "Times the master went silent while another sync group member heard a live one (the instance stayed BACKUP).",
+            &l,
+            c.group_held,
+        );
+        x.counter(
             "director_vrrp_gratuitous_arps_total",
             "Gratuitous ARPs sent for the instance's addresses.",
             &l,

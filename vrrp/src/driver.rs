@@ -104,6 +104,9 @@ pub enum Notice {
         priority: u8,
         why: crate::instance::Uncorroborated,
     },
+    /// This member's master went silent while another member of its sync group (`by`)
+    /// hears a live one: it stayed BACKUP (once per episode).
+    GroupHeld { instance: String, by: String },
 }
 
 /// What `director vrrp` shows.
@@ -651,6 +654,16 @@ impl Io {
                         from,
                         priority,
                         why,
+                    });
+                }
+                Action::GroupHeld { by } => {
+                    tracing::warn!(
+                        instance = %inst.config.name, member = %by,
+                        "master silent, but sync group member {by} hears a live master: staying BACKUP"
+                    );
+                    (state.on_notice)(Notice::GroupHeld {
+                        instance: inst.config.name.clone(),
+                        by,
                     });
                 }
                 Action::DualMaster { from, priority } => {

@@ -218,6 +218,9 @@ pub enum Action {
         priority: u8,
         why: Uncorroborated,
     },
+    /// This member's master went silent while another member of its sync group (`by`)
+    /// hears a live one: it stays BACKUP. Logged and recorded once per episode.
+    GroupHeld { by: String },
 }
 
 /// What the pair's peer says of this VRID over the authenticated sync link (its heartbeats).
@@ -276,6 +279,9 @@ pub struct Counters {
     pub garps: u64,
     /// Adverts the pair's peer contradicts over the sync link, ignored.
     pub uncorroborated: u64,
+    /// Times this member's down timer ran out while another member of its sync group heard
+    /// a live master, and it stayed BACKUP.
+    pub group_held: u64,
 }
 
 /// A snapshot for `director vrrp`.
@@ -346,6 +352,14 @@ pub struct Instance {
     /// When an uncorroborated advert was last ignored, and from whom.
     uncorroborated_seen: Option<(Time, IpAddr)>,
     master: Option<(IpAddr, u8)>,
+    /// When a live master last reset our down timer (Backup only): see
+    /// [`Instance::hears_live_master`].
+    master_heard_at: Option<Time>,
+    /// Sync group: another member hears a live master (its name), so this one's own timer
+    /// running out does not make the group master (see [`Instance::set_group_hold`]).
+    group_hold: Option<String>,
+    /// The current hold episode was reported.
+    group_hold_reported: bool,
     last_transition: Option<(Time, State, State, Cause)>,
     actions: VecDeque<Action>,
     counters: Counters,
@@ -382,6 +396,9 @@ impl Instance {
             peer_addr: None,
             uncorroborated_seen: None,
             master: None,
+            master_heard_at: None,
+            group_hold: None,
+            group_hold_reported: false,
             last_transition: None,
             actions: VecDeque::new(),
             counters: Counters::default(),
@@ -560,6 +577,7 @@ impl Instance {
                     self.resigned_by = Some(src);
                     self.preempting = None;
                     self.master = None;
+                    self.master_heard_at = None;
                     self.master_down_at = Some(now + self.skew_time());
                     return;
                 }
@@ -573,9 +591,11 @@ impl Instance {
                     self.preempting = None;
                     self.master_adver_interval = advert_interval;
                     self.master_down_at = Some(now + self.master_down_interval());
+                    self.master_heard_at = Some(now);
                 } else {
                     // Discard; the timer runs out and we preempt.
                     self.preempting = Some((src, advert.priority));
+                    self.master_heard_at = None;
                 }
             }
             State::Master => {
@@ -602,6 +622,7 @@ impl Instance {
                         },
                     );
                     self.master = Some((src, advert.priority));
+                    self.master_heard_at = Some(now);
                 } else {
                     // Two masters: the other will yield on our advert. Send it now, and
                     // refresh the neighbours' caches once per dual-master episode.
@@ -701,6 +722,19 @@ impl Instance {
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
         if self.state == State::Backup && self.master_down_at.is_some_and(|t| now >= t) {
+            if let Some(by) = self.group_hold.clone() {
+                // Another member of the sync group hears a live master: the group is not
+                // without one, so this member's silence does not make it master (it would
+                // pull that member up, which yields again on the next advert: the group
+                // would flap). Looked at again after an interval.
+                self.counters.group_held += 1;
+                if !self.group_hold_reported {
+                    self.group_hold_reported = true;
+                    self.actions.push_back(Action::GroupHeld { by });
+                }
+                self.master_down_at = Some(now + self.master_adver_interval);
+                return;
+            }
             let cause = match (self.resigned_by, self.preempting) {
                 (Some(from), _) => Cause::MasterResigned { from },
                 (None, Some((from, priority))) => Cause::Preempt { from, priority },
@@ -797,6 +831,27 @@ impl Instance {
         self.tracks.iter().any(|t| !t.up && t.track.weight == 0)
     }
 
+    /// The master this backup hears now, if it is live: its advert reset our down timer
+    /// within the last two advertisement intervals. A master that died is silent for at
+    /// least the down interval (three intervals and the skew) when any member's timer runs
+    /// out, so this never holds a real failover back; one lost advert does not end it.
+    pub fn hears_live_master(&self, now: Time) -> Option<(IpAddr, u8)> {
+        let heard = self.master_heard_at?;
+        (self.state == State::Backup && now < heard + 2 * self.master_adver_interval)
+            .then_some(self.master)
+            .flatten()
+    }
+
+    /// Sync group: `Some(member)` while another member hears a live master (the router
+    /// sets it before this one's timers run); the group then stays BACKUP when this
+    /// member's own master goes silent. An operator's promote is not held.
+    pub fn set_group_hold(&mut self, by: Option<&str>) {
+        if by.is_none() {
+            self.group_hold_reported = false;
+        }
+        self.group_hold = by.map(str::to_owned);
+    }
+
     /// Sync group: another member became master; a backup follows at once.
     pub fn follow_master(&mut self, now: Time, leader: &str) {
         if self.state == State::Backup {
@@ -869,6 +924,7 @@ impl Instance {
         self.clear_timers();
         self.counters.faults += 1;
         self.master = None;
+        self.master_heard_at = None;
         self.transition(now, State::Fault, cause);
     }
 
@@ -885,6 +941,7 @@ impl Instance {
     }
 
     fn become_master(&mut self, now: Time, cause: Cause) {
+        self.master_heard_at = None;
         self.transition(now, State::Master, cause);
         self.counters.became_master += 1;
         self.clear_timers();

@@ -4,7 +4,11 @@
 //! member becomes master on its own account (its timer ran out, it preempted, it was
 //! promoted), every backup member follows; when one master member yields to a higher-priority
 //! peer or is demoted, every master member follows; when one member faults, every member
-//! faults, and they recover together when no member has a fault of its own.
+//! faults, and they recover together when no member has a fault of its own. A member whose
+//! master goes silent while another member still hears a live one stays BACKUP (counted as
+//! `group_held`, reported once): the group has a master, so it must not become one, or
+//! the member hearing that master would be pulled up only to yield on its next advert, and
+//! the group would flap for as long as the other master speaks on one link only.
 //!
 //! Sans-I/O like [`Instance`]: actions come out tagged with the instance index.
 
@@ -94,6 +98,8 @@ impl Router {
     pub fn handle_timeout(&mut self, now: Time) {
         for i in 0..self.instances.len() {
             if self.instances[i].poll_timeout().is_some_and(|t| now >= t) {
+                let hold = self.group_hold(i, now);
+                self.instances[i].set_group_hold(hold.as_deref());
                 self.instances[i].handle_timeout(now);
                 self.settle(now);
             }
@@ -182,6 +188,19 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// The other member of `i`'s sync group that hears a live master, if any: the group is
+    /// not masterless then, whatever `i` hears (one link's silence with a master on
+    /// another is a forged or one-sided advert, or a partition of one link).
+    fn group_hold(&self, i: usize, now: Time) -> Option<String> {
+        let g = self.group_of[i]?;
+        self.groups[g]
+            .1
+            .iter()
+            .filter(|&&j| j != i)
+            .find(|&&j| self.instances[j].hears_live_master(now).is_some())
+            .map(|&j| self.instances[j].name().to_owned())
     }
 
     /// A member with a fault of its own faults the whole group. Returns whether any member's

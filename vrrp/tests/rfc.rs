@@ -615,6 +615,63 @@ fn sync_group_follows_a_member_that_took_over() {
     assert!(matches!(masters[1].4, Cause::Group { .. }));
 }
 
+/// Beyond keepalived: a higher-priority master heard on one member's link only (a forged
+/// advert with no sync link to contradict it, or a one-sided partition) cannot make the group
+/// flap. Without the rule, `ext` yields, the group pulls `int` down, `int` hears nobody and
+/// times out, pulls `ext` up, `ext` yields on the next advert: 50 flips in 20 s. With it,
+/// both nodes settle as BACKUP within one down interval and stay there, each `int` counting
+/// the holds and reporting the episode once; when the forger stops, the real master takes
+/// both back.
+#[test]
+fn a_master_heard_on_one_member_only_does_not_make_the_group_flap() {
+    let mut lan = Lan::new(24);
+    let (a, b) = (
+        add_grouped(&mut lan, "a", 2, 200),
+        add_grouped(&mut lan, "b", 3, 100),
+    );
+    lan.start(a);
+    lan.start(b);
+    lan.run_for(Duration::from_secs(2));
+    assert_eq!((lan.holders(0), lan.holders(1)), (vec![a], vec![a]));
+    let before = lan.nodes[a].transitions().len() + lan.nodes[b].transitions().len();
+    // 20 s of priority-255 adverts for vrid 51 every 100 ms, to both nodes.
+    let forging = |lan: &mut Lan, secs: u64| {
+        for _ in 0..secs * 10 {
+            for node in [a, b] {
+                lan.with(node, |r, now| r.handle_advert(now, 0, ip(99), &forged(255)));
+            }
+            lan.run_for(ADV);
+        }
+    };
+    forging(&mut lan, 20);
+    let moved = lan.nodes[a].transitions().len() + lan.nodes[b].transitions().len() - before;
+    // A's ext yields and its int follows; nothing else moves.
+    assert_eq!(moved, 2, "{:?}", lan.nodes[a].transitions());
+    for node in [a, b] {
+        assert_eq!(lan.nodes[node].state(0), State::Backup);
+        assert_eq!(lan.nodes[node].state(1), State::Backup);
+        let int = lan.nodes[node].router.instance(1).counters();
+        assert!(int.group_held > 100, "held {} times", int.group_held);
+        let held: Vec<_> = lan.nodes[node]
+            .log
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::GroupHeld { instance, by } => Some((instance.clone(), by.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            held,
+            vec![("int".to_string(), "ext".to_string())],
+            "one report"
+        );
+    }
+    assert!(lan.holders(1).is_empty(), "int is held on both nodes");
+    // The forger stops: A, the higher of the two, takes the group back.
+    lan.run_for(Duration::from_secs(2));
+    assert_eq!((lan.holders(0), lan.holders(1)), (vec![a], vec![a]));
+}
+
 #[test]
 fn tracking_weight_lowers_priority_and_the_peer_preempts() {
     let mut lan = Lan::new(12);

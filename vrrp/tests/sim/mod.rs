@@ -62,6 +62,10 @@ pub enum Event {
         instance: String,
         from: IpAddr,
     },
+    GroupHeld {
+        instance: String,
+        by: String,
+    },
     Received {
         instance: String,
         from: IpAddr,
@@ -337,6 +341,9 @@ impl Lan {
                         from,
                     },
                 )),
+                Action::GroupHeld { by } => self.nodes[n]
+                    .log
+                    .push((now, Event::GroupHeld { instance: name, by })),
                 Action::SendAdvert { priority } => {
                     self.nodes[n].log.push((
                         now,

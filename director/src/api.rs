@@ -312,6 +312,10 @@ pub struct DatapathStats {
     pub icmp_limited: u64,
     pub icmp_unroutable: u64,
     pub new_conns: u64,
+    /// Established flows taken up mid-flow on the real server an `mh` service's Maglev
+    /// table names (no entry here: the peer's never arrived), among `new_conns`.
+    #[serde(default)]
+    pub picked_up: u64,
     pub tx_errors: u64,
     pub tx_waits: u64,
     pub ring_drops: u64,

@@ -458,6 +458,7 @@ impl Views {
                 icmp_limited: t.icmp_limited,
                 icmp_unroutable: t.icmp_unroutable,
                 new_conns: t.new_conns,
+                picked_up: t.picked_up,
                 tx_errors: t.tx_errors,
                 tx_waits: t.tx_waits,
                 ring_drops: t.ring_drops,

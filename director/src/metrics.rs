@@ -323,6 +323,12 @@ fn datapath(x: &mut Exposition, stats: &api::StatsView) {
         d.new_conns,
     );
     x.counter(
+        "director_datapath_picked_up_total",
+        "Established flows without an entry taken up mid-flow on the real server an mh service's Maglev table names.",
+        &[],
+        d.picked_up,
+    );
+    x.counter(
         "director_datapath_transmit_errors_total",
         "Frames the datapath failed to send.",
         &[],

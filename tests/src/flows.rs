@@ -18,20 +18,29 @@ pub fn start(client: &Host, long: u64) -> Proc {
 /// [`start`] with `idle` more connections that stay silent from their handshake until the
 /// stop, then send one chunk each that must come back (`flowcheck --idle`).
 pub fn start_with_idle(client: &Host, long: u64, idle: u64) -> Proc {
+    spawn(client, long, idle, true)
+}
+
+/// [`start_with_idle`] without the short connections: established flows only.
+pub fn start_established(client: &Host, long: u64, idle: u64) -> Proc {
+    spawn(client, long, idle, false)
+}
+
+fn spawn(client: &Host, long: u64, idle: u64, short: bool) -> Proc {
     let flowcheck = workspace_bin("flowcheck").expect("flowcheck binary");
-    let mut proc = client
-        .spawn([
-            flowcheck.display().to_string(),
-            "--target".into(),
-            vip(ECHO_PORT).to_string(),
-            "--long".into(),
-            long.to_string(),
-            "--idle".into(),
-            idle.to_string(),
-            "--short-target".into(),
-            vip(80).to_string(),
-        ])
-        .expect("start flowcheck");
+    let mut argv = vec![
+        flowcheck.display().to_string(),
+        "--target".into(),
+        vip(ECHO_PORT).to_string(),
+        "--long".into(),
+        long.to_string(),
+        "--idle".into(),
+        idle.to_string(),
+    ];
+    if short {
+        argv.extend(["--short-target".into(), vip(80).to_string()]);
+    }
+    let mut proc = client.spawn(argv).expect("start flowcheck");
     let ready = wait_until(T, || {
         !proc.is_running() || proc.stderr().is_ok_and(|e| e.contains("ready"))
     });
@@ -100,6 +109,22 @@ pub fn in_windows(failure: &Value, windows: &[(u64, u64)]) -> bool {
 /// Every long connection delivered every byte and closed cleanly; every idle one (if any)
 /// got its one chunk back after its silence; every short one completed.
 pub fn assert_all_ok(report: &Value, n: u64) {
+    assert_established_ok(report, n);
+    let short = &report["short"];
+    let failures = || format!("short failures: {}", short["failures"]);
+    assert_eq!(
+        short["failed"],
+        0,
+        "short connections failed: {}",
+        failures()
+    );
+    let opened = short["opened"].as_u64().expect("short.opened");
+    assert!(opened > 0, "no short connection was opened");
+    assert_eq!(short["ok"], opened, "{}", failures());
+}
+
+/// The long and idle part of [`assert_all_ok`] (a run of [`start_established`]).
+pub fn assert_established_ok(report: &Value, n: u64) {
     let long = &report["long"];
     let short = &report["short"];
     let idle = &report["idle"];
@@ -121,15 +146,6 @@ pub fn assert_all_ok(report: &Value, n: u64) {
     }
     assert_eq!(report["long"]["ok"], n, "{}", failures());
     assert!(long["bytes"].as_u64().unwrap_or(0) > 0, "no bytes echoed");
-    assert_eq!(
-        short["failed"],
-        0,
-        "short connections failed: {}",
-        failures()
-    );
-    let opened = short["opened"].as_u64().expect("short.opened");
-    assert!(opened > 0, "no short connection was opened");
-    assert_eq!(short["ok"], opened, "{}", failures());
 }
 
 /// The longest stall (ms) that began in `[from, to)`, and how many listed stalls (> 100 ms)

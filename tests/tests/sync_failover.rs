@@ -303,6 +303,61 @@ fn ten_failovers_in_a_row_lose_no_flow() {
     eprintln!("chaos10: {lost} short connection(s) lost, each opened or handshaken within 10 ms before a kill");
 }
 
+/// Without connection sync, an `mh` service still keeps its established flows across a
+/// SIGKILL of the master: the survivor has no entry for them, but both nodes build the same
+/// Maglev table, so the first segment of each flow that reaches it is taken up on the real
+/// server the flow already talks to (`picked_up`). Every long connection streams on with
+/// every byte checked, and every idle one (silent from its handshake to its one chunk after
+/// the failover) gets its chunk back.
+fn mh_failover_without_sync_keeps_established_flows(mode: Mode) {
+    let tag = format!("mhpick-{}", mode.as_str());
+    let Some(lab) = Lab::for_test(&tag) else {
+        return;
+    };
+    const N: u64 = 50;
+    const SILENT: u64 = 10;
+    let mut spec = PairSpec::new(mode);
+    spec.interval = "100ms".into();
+    spec.services = vec![
+        ServiceSpec::http("mh", &[1, 1, 1]),
+        ServiceSpec::echo("mh", &[1, 1, 1]),
+    ];
+    let mut pair = Pair::new(lab, spec).expect("pair topology");
+    pair.start(0).expect("start lb-a");
+    pair.wait_state(0, "ext", "MASTER", T).expect("lb-a master");
+    pair.start(1).expect("start lb-b");
+    pair.wait_state(1, "ext", "BACKUP", T).expect("lb-b backup");
+    let flows = flows::start_established(&pair.client, N, SILENT);
+    std::thread::sleep(Duration::from_secs(2));
+    pair.kill(0).expect("SIGKILL lb-a");
+    pair.wait_state(1, "ext", "MASTER", T)
+        .expect("lb-b takes over");
+    std::thread::sleep(Duration::from_secs(4));
+    let report = flows::stop(flows);
+    let stats = pair.cli(1, &["--json", "stats"]).expect("director stats");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    let picked = stats["datapath"]["picked_up"].as_u64().expect("picked_up");
+    eprintln!(
+        "{tag}: long {}, idle {}, picked up on lb-b: {picked}",
+        report["long"], report["idle"]
+    );
+    assert_eq!(report["idle"]["count"], SILENT, "idle connections made");
+    flows::assert_established_ok(&report, N);
+    assert!(
+        picked >= N + SILENT,
+        "lb-b took up {picked} flows mid-flow, expected every one of the {}",
+        N + SILENT
+    );
+}
+
+fn nat_mh_failover_without_sync_keeps_established_flows() {
+    mh_failover_without_sync_keeps_established_flows(Mode::Nat);
+}
+
+fn dr_mh_failover_without_sync_keeps_established_flows() {
+    mh_failover_without_sync_keeps_established_flows(Mode::Dr);
+}
+
 /// The instrument itself: through one director and no failover, every long connection
 /// echoes every byte, every idle one gets its chunk back after its silence, and every short
 /// connection completes.
@@ -356,5 +411,5 @@ fn flowcheck_baseline_fullnat_proxy_protocol() {
 
 director_lab::lab_tests! {
     needs: [Need::Lab];
-    tests: [nat_failover_and_failback_lose_no_flow, dr_failover_and_failback_lose_no_flow, nat_failover_restart_and_second_failover_without_preempt_lose_no_flow, dr_failover_restart_and_second_failover_without_preempt_lose_no_flow, tun_failover_and_failback_lose_no_flow, fullnat_failover_and_failback_lose_no_flow, fullnat_proxy_protocol_failover_and_failback_lose_no_flow, ten_failovers_in_a_row_lose_no_flow, flowcheck_baseline_nat, flowcheck_baseline_dr, flowcheck_baseline_tun, flowcheck_baseline_fullnat, flowcheck_baseline_fullnat_proxy_protocol]
+    tests: [nat_failover_and_failback_lose_no_flow, dr_failover_and_failback_lose_no_flow, nat_failover_restart_and_second_failover_without_preempt_lose_no_flow, dr_failover_restart_and_second_failover_without_preempt_lose_no_flow, tun_failover_and_failback_lose_no_flow, fullnat_failover_and_failback_lose_no_flow, fullnat_proxy_protocol_failover_and_failback_lose_no_flow, ten_failovers_in_a_row_lose_no_flow, nat_mh_failover_without_sync_keeps_established_flows, dr_mh_failover_without_sync_keeps_established_flows, flowcheck_baseline_nat, flowcheck_baseline_dr, flowcheck_baseline_tun, flowcheck_baseline_fullnat, flowcheck_baseline_fullnat_proxy_protocol]
 }

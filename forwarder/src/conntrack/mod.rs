@@ -663,6 +663,34 @@ impl ShardGuard<'_> {
         self.link(ConnEntry::from_new(new, state, expiry))
     }
 
+    /// Adds an established connection from one of its mid-flow segments (`len` bytes,
+    /// inbound): a flow this node never saw open, whose real server a hash scheduler shared
+    /// with the peer names (see `engine/inbound.rs`). The entry lives only the SYN_RECV
+    /// timeout until a second packet confirms it (each packet then gives it the established
+    /// timeout), so a stray or forged ACK costs what a SYN does. Reported as an insert.
+    pub fn pick_up(&mut self, new: &NewConn, len: usize, now: u32) -> Result<EntryId, InsertError> {
+        if let Some(slot) = self.find_in(&new.flow_key()) {
+            if let Some(id) = self.unless_expired(slot, now) {
+                return Err(InsertError::Exists(id));
+            }
+        }
+        if let Some(slot) = self.find_reply(&new.reply_key()) {
+            if let Some(id) = self.unless_expired(slot, now) {
+                return Err(InsertError::ReplyInUse(id));
+            }
+        }
+        let expiry = now.saturating_add(self.table.timeout(ConnState::SynRecv));
+        let mut entry = ConnEntry::from_new(new, ConnState::Established, expiry);
+        entry.packets_in = 1;
+        entry.reported = expiry;
+        let id = self.link(entry)?;
+        if let Some(r) = self.table.real(&entry) {
+            r.packets_in.fetch_add(1, Ordering::Relaxed);
+            r.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Ok(id)
+    }
+
     /// Installs a copy of a connection the peer reported (connection sync), marked
     /// [`ConnEntry::REPLICA`] until a packet of it is seen here. The peer is the authority
     /// on its flows: an entry with the same inbound key is brought to `state` and `expiry`

@@ -19,7 +19,7 @@ use crate::conntrack::tcp_flags::{ACK as TCP_ACK, RST as TCP_RST, SYN as TCP_SYN
 use crate::conntrack::{
     ConnEntry, DeleteCause, Direction, FlowKey, InsertError, NewConn, ProxySeq,
 };
-use crate::model::{Mode, Protocol};
+use crate::model::{Mode, Protocol, SchedulerKind};
 
 /// What a packet's path needs of its connection entry, read under the shard's lock.
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +97,20 @@ impl Engine {
                 proxy: e.proxy_seq(),
             });
         }
-        if proto == Protocol::Tcp && !syn {
+        // A TCP segment of a flow this node has no entry for. Dropped, but for an `mh`
+        // service in NAT, DR or TUN without persistence: there the Maglev table, built from
+        // the same servers and seed on both nodes (the HA contract), names the real server
+        // the flow went to wherever it was scheduled, so an established flow whose entry
+        // never reached this node (the last milliseconds before the peer died) carries on.
+        // Not FULLNAT (the real server's socket is bound to a local port only the old node
+        // knew), not a RST, not a segment without ACK.
+        let pick_up = proto == Protocol::Tcp
+            && !syn
+            && ports.tcp_flags & (TCP_ACK | TCP_RST) == TCP_ACK
+            && svc.sched.kind() == SchedulerKind::Mh
+            && svc.persistence == 0
+            && svc.config.mode != Mode::FullNat;
+        if proto == Protocol::Tcp && !syn && !pick_up {
             return Err(DropReason::NoConnection);
         }
         if !p.meta.csum_partial && !p.meta.csum_verified && !p.l4_checksum_ok() {
@@ -166,11 +179,17 @@ impl Engine {
             real_slot: backend.slot,
             flags: if persistent { ConnEntry::PERSISTENT } else { 0 },
         };
-        match shard.insert(&new, now) {
-            Ok(id) => {
+        let inserted = if pick_up {
+            shard.pick_up(&new, len, now).inspect(|_| {
+                WorkerCounters::bump(&cx.w.counters.picked_up);
+            })
+        } else {
+            shard.insert(&new, now).inspect(|&id| {
                 shard.update(id, Direction::In, ports.tcp_flags, len, now);
-                WorkerCounters::bump(&cx.w.counters.new_conns);
-            }
+            })
+        };
+        match inserted {
+            Ok(_) => WorkerCounters::bump(&cx.w.counters.new_conns),
             Err(e) => {
                 release(self);
                 return Err(match e {

@@ -29,7 +29,10 @@
 //!   datapath does not reassemble;
 //! - TTL ≤ 1 on a packet to forward: dropped (`TtlExceeded`); forwarding decrements TTL as
 //!   any router (and IPVS) does;
-//! - TCP segment without SYN for an unknown flow: dropped (`NoConnection`), never reset;
+//! - TCP segment without SYN for an unknown flow: dropped (`NoConnection`), never reset —
+//!   but for an `mh` service in NAT, DR or TUN without persistence, where a segment with ACK
+//!   and without RST is taken up on the real server the shared Maglev table names
+//!   (`picked_up`; see `inbound.rs`);
 //! - a frame larger than the egress MTU (not a GSO frame): dropped (`TooBig`); in TUN mode
 //!   the tunnel's path MTU is handled instead (ICMP fragmentation-needed or fragments, see
 //!   `tun.rs`).
@@ -232,6 +235,9 @@ pub struct WorkerCounters {
     /// route whose next hop is unresolved out of another interface than the frame came in on.
     pub icmp_unroutable: AtomicU64,
     pub new_conns: AtomicU64,
+    /// Established flows this node had no entry for, taken up mid-flow on the real server
+    /// an `mh` service's Maglev table names (among `new_conns`).
+    pub picked_up: AtomicU64,
     pub tx_errors: AtomicU64,
     /// Times a transmit batch found the socket buffer or device queue full and waited.
     pub tx_waits: AtomicU64,

@@ -395,6 +395,7 @@ pub struct Totals {
     pub icmp_limited: u64,
     pub icmp_unroutable: u64,
     pub new_conns: u64,
+    pub picked_up: u64,
     pub tx_errors: u64,
     pub tx_waits: u64,
     pub ring_drops: u64,
@@ -417,6 +418,7 @@ impl Totals {
             t.icmp_limited += l(&c.icmp_limited);
             t.icmp_unroutable += l(&c.icmp_unroutable);
             t.new_conns += l(&c.new_conns);
+            t.picked_up += l(&c.picked_up);
             t.tx_errors += l(&c.tx_errors);
             t.tx_waits += l(&c.tx_waits);
             t.ring_drops += l(&c.ring_drops);

@@ -66,6 +66,10 @@ fn main() {
             "modes::sh_keeps_a_client_on_one_real",
         ),
         (
+            modes::mh_takes_up_an_established_flow_the_peer_scheduled,
+            "modes::mh_takes_up_an_established_flow_the_peer_scheduled",
+        ),
+        (
             modes::weight_zero_takes_no_new_flow_but_finishes_old_ones,
             "modes::weight_zero_takes_no_new_flow_but_finishes_old_ones",
         ),

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::Ordering;
 
 use forwarder::conntrack::ConnState::{self, *};
 use forwarder::engine::{DropReason, RxMeta, Verdict};
@@ -1418,6 +1419,59 @@ pub fn sh_keeps_a_client_on_one_real() {
     let spread =
         tally((0..30).map(|i| schedule(&mut lab, sa(Ipv4Addr::new(198, 19, 1, i), 1000), 1)));
     assert!(spread.len() > 1, "30 clients on one real: {spread:?}");
+}
+
+/// Two directors with the same `mh` service, as a pair is configured: a flow scheduled by
+/// one (its SYN) whose entry the other never got is taken up by the other on its first
+/// mid-flow segment, toward the same real server, as an established entry that lives the
+/// SYN_RECV timeout until a second segment confirms it. A RST of an unknown flow is still
+/// dropped, and so is a segment without ACK.
+pub fn mh_takes_up_an_established_flow_the_peer_scheduled() {
+    let mut first = web_lab(SchedulerKind::Mh, [1, 1, 1]);
+    let mut heir = web_lab(SchedulerKind::Mh, [1, 1, 1]);
+    let web = sa(VIP, 80);
+    let mut reals = BTreeMap::new();
+    for i in 0..30u8 {
+        // mh hashes the client's address (no `hash_port`): one address per flow.
+        let client = sa(Ipv4Addr::new(198, 19, 2, i + 1), 42000);
+        let real = schedule(&mut first, client, 1);
+        *reals.entry(real).or_insert(0) += 1;
+        let idx = (1..=3u8)
+            .find(|&k| nat_real(k) == real)
+            .expect("a NAT real");
+        let p = from_client(Pkt::tcp(client, web, PSH | ACK, 1001, 5001).payload(b"more"));
+        let mut f = p.build();
+        assert_eq!(
+            heir.process(&mut f, RxMeta::default(), 100),
+            Verdict::Forward { ifindex: INT },
+            "{client}"
+        );
+        assert_eq!(f, nat_to_real(&p, idx, 8080), "{client}: to the same real");
+        let e = heir.conn(TCP, client, web).expect("taken up");
+        assert_eq!(
+            (e.state(), e.real()),
+            (ConnState::Established, sa(real, 8080))
+        );
+        assert_eq!(e.expiry(), 100 + 60, "SYN_RECV's timeout until confirmed");
+        let p = from_client(Pkt::tcp(client, web, ACK, 1005, 5001));
+        let mut f = p.build();
+        heir.process(&mut f, RxMeta::default(), 101);
+        let e = heir.conn(TCP, client, web).expect("still there");
+        assert_eq!(e.expiry(), 101 + 900, "confirmed: the established timeout");
+    }
+    assert_eq!(reals.len(), 3, "the flows spread over the reals: {reals:?}");
+    assert_eq!(heir.counters.picked_up.load(Ordering::Relaxed), 30);
+    assert_eq!(heir.counts().new_conns, 30);
+    for (flags, what) in [(RST | ACK, "RST"), (PSH, "no ACK")] {
+        let client = sa(CLIENT, 43000);
+        let mut f = from_client(Pkt::tcp(client, web, flags, 1, 1)).build();
+        assert_eq!(
+            heir.process(&mut f, RxMeta::default(), 102),
+            Verdict::Drop(DropReason::NoConnection),
+            "{what}"
+        );
+        assert!(heir.conn(TCP, client, web).is_none(), "{what}");
+    }
 }
 
 pub fn weight_zero_takes_no_new_flow_but_finishes_old_ones() {

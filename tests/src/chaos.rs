@@ -5,9 +5,10 @@
 //! and, once its resync is complete, the next kill follows. Without preempt, so each kill
 //! moves the VIPs once and the master alternates.
 //!
-//! Optionally (`ChaosSpec::sync_cut_every`, `link_flap_every`), some rounds first cut the
-//! backup's sync link for 5 s while both boxes live, or fail the master by taking its
-//! external link down for 1 s instead of killing it.
+//! Optionally (`ChaosSpec::sync_cut_every`, `link_flap_every`, `resync_kill_every`), some
+//! rounds first cut the backup's sync link for 5 s while both boxes live, or fail the master
+//! by taking its external link down for 1 s instead of killing it, or SIGKILL the restarted
+//! node again at a random instant of its start and resync (it is started once more after).
 //!
 //! The CI test runs 10 failovers (`sync_failover::ten_failovers_in_a_row_lose_no_flow`);
 //! `scripts/bench chaos` runs as many as asked (100 by default) and prints the
@@ -48,6 +49,10 @@ pub struct ChaosSpec {
     /// Every this many rounds, instead of a SIGKILL: the master's external link down for
     /// 1 s (it faults, the other takes over), then up (it comes back as BACKUP).
     pub link_flap_every: Option<usize>,
+    /// Every this many rounds, after the kill: the restarted node SIGKILLed again 0–400 ms
+    /// after its start (during its resync, or just before or after it: the report says
+    /// which), then started once more.
+    pub resync_kill_every: Option<usize>,
 }
 
 impl ChaosSpec {
@@ -61,6 +66,7 @@ impl ChaosSpec {
             seed: 1,
             sync_cut_every: None,
             link_flap_every: None,
+            resync_kill_every: None,
         }
     }
 }
@@ -87,10 +93,23 @@ pub struct Failover {
     /// The killed node's restart (a flapped link's coming up) → both sync sides up and
     /// resynced.
     pub rejoin_ms: f64,
+    /// A second SIGKILL of the restarted node during its start: where it landed.
+    pub resync_kill: Option<ResyncKill>,
     /// The longest client-observed stall that began from just before this kill to just
     /// before the next, and how many connections stalled over 100 ms.
     pub longest_stall_ms: f64,
     pub stalls: usize,
+}
+
+/// Where a SIGKILL of a starting node landed, by its sync status read just before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncKill {
+    /// Its sync session with the master was not up yet.
+    BeforeSession,
+    /// Session up, its resync of the master's table not complete.
+    DuringResync,
+    /// Its resync was complete.
+    AfterResync,
 }
 
 /// What happened.
@@ -163,6 +182,7 @@ pub fn run(lab: Lab, spec: &ChaosSpec) -> Result<ChaosReport> {
         let heir = 1 - master;
         let every = |e: Option<usize>| e.is_some_and(|e| e > 0 && k % e == e - 1);
         let flap = every(spec.link_flap_every);
+        let resync_kill = !flap && every(spec.resync_kill_every);
         let cut = !flap && every(spec.sync_cut_every);
         if cut {
             // Both boxes live, the stream broken for 5 s: the master's changes meanwhile
@@ -203,6 +223,25 @@ pub fn run(lab: Lab, spec: &ChaosSpec) -> Result<ChaosReport> {
             pair.start(master)
                 .with_context(|| format!("failover {k}: restart"))?;
         }
+        let mut landed = None;
+        if resync_kill {
+            // Killed again while it starts and takes the master's table: the master lives
+            // on, so nothing may be lost; the restarted node starts over.
+            std::thread::sleep(Duration::from_millis(rng.next() % 400));
+            let status = pair.sync_status(master).ok();
+            pair.kill(master)?;
+            let up = status.as_ref().is_some_and(|s| s["peer"]["state"] == "up");
+            let done = status
+                .as_ref()
+                .is_some_and(|s| s["resync"]["complete"] == true);
+            landed = Some(match (up, done) {
+                (_, true) => ResyncKill::AfterResync,
+                (true, false) => ResyncKill::DuringResync,
+                (false, false) => ResyncKill::BeforeSession,
+            });
+            pair.start(master)
+                .with_context(|| format!("failover {k}: second restart"))?;
+        }
         wait_until(T, || synced(&pair))
             .map_err(|_| anyhow!("failover {k}: the node did not rejoin and resync"))?;
         let rejoin_ms = (mono_ns() - restart_ns) as f64 / 1e6;
@@ -220,6 +259,7 @@ pub fn run(lab: Lab, spec: &ChaosSpec) -> Result<ChaosReport> {
             kill_ns,
             master_ns,
             rejoin_ms,
+            resync_kill: landed,
             longest_stall_ms: 0.0,
             stalls: 0,
         });
@@ -320,6 +360,21 @@ pub fn table(r: &ChaosReport) -> String {
         count(Cause::KillAfterSyncCut),
         count(Cause::LinkFlap)
     );
+    let landed = |w: ResyncKill| {
+        r.failovers
+            .iter()
+            .filter(|f| f.resync_kill == Some(w))
+            .count()
+    };
+    if r.failovers.iter().any(|f| f.resync_kill.is_some()) {
+        let _ = writeln!(
+            out,
+            "restarted nodes SIGKILLed again while starting: {} before their sync session was up, {} during their resync, {} just after it",
+            landed(ResyncKill::BeforeSession),
+            landed(ResyncKill::DuringResync),
+            landed(ResyncKill::AfterResync)
+        );
+    }
     let f = &r.flows;
     let _ = writeln!(
         out,

@@ -5,9 +5,10 @@
 //! chaos`, which builds in release first. It measures and reports; it asserts nothing.
 //!
 //! `chaosbench [--kills N] [--mode nat|dr|tun|fullnat] [--seed N] [--wait-ms LO,HI]
-//! [--sync-cut-every K] [--link-flap-every K]` (defaults: 100 rounds, NAT, seed 1, a kill
-//! 300–2000 ms after the pair is steady again; every K-th round the backup's sync link is cut
-//! for 5 s before the kill, or the master's external link flaps for 1 s instead of a kill).
+//! [--sync-cut-every K] [--link-flap-every K] [--resync-kill-every K]` (defaults: 100 rounds,
+//! NAT, seed 1, a kill 300–2000 ms after the pair is steady again; every K-th round the
+//! backup's sync link is cut for 5 s before the kill, or the master's external link flaps for
+//! 1 s instead of a kill, or the restarted node is killed again 0–400 ms into its start).
 
 use anyhow::{bail, Context, Result};
 use director_lab::chaos::{self, ChaosSpec};
@@ -24,6 +25,9 @@ fn main() -> Result<()> {
             "--seed" => spec.seed = value()?.parse().context("--seed N")?,
             "--sync-cut-every" => {
                 spec.sync_cut_every = Some(value()?.parse().context("--sync-cut-every N")?)
+            }
+            "--resync-kill-every" => {
+                spec.resync_kill_every = Some(value()?.parse().context("--resync-kill-every N")?)
             }
             "--link-flap-every" => {
                 spec.link_flap_every = Some(value()?.parse().context("--link-flap-every N")?)
@@ -46,7 +50,7 @@ fn main() -> Result<()> {
                 }
             }
             "-h" | "--help" => {
-                println!("chaosbench [--kills N] [--mode nat|dr|tun|fullnat] [--seed N] [--wait-ms LO,HI] [--sync-cut-every K] [--link-flap-every K]");
+                println!("chaosbench [--kills N] [--mode nat|dr|tun|fullnat] [--seed N] [--wait-ms LO,HI] [--sync-cut-every K] [--link-flap-every K] [--resync-kill-every K]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),

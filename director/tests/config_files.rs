@@ -16,6 +16,9 @@ fn test_key() -> PathBuf {
     let path = std::env::temp_dir().join(format!("director-test-{}.key", std::process::id()));
     if !path.exists() {
         std::fs::write(&path, "an example sync key of enough bytes\n").expect("write a test key");
+        // Private, as the appliance keeps it (the check warns about a readable key).
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod the test key");
     }
     path
 }

@@ -187,11 +187,19 @@ impl Pair {
         let sockets = [lab.dir().join("lb-a.sock"), lab.dir().join("lb-b.sock")];
         let configs = [lab.dir().join("lb-a.toml"), lab.dir().join("lb-b.toml")];
         let sync_key = match spec.sync {
-            true => Some(write_file(
-                &lab,
-                "sync.key",
-                format!("{}\n", random_key_hex()?).as_bytes(),
-            )?),
+            true => {
+                let path = write_file(
+                    &lab,
+                    "sync.key",
+                    format!("{}\n", random_key_hex()?).as_bytes(),
+                )?;
+                // As an operator must keep it (the config check warns otherwise).
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )?;
+                Some(path)
+            }
             false => None,
         };
         let nodes: [Host; 2] = nodes.try_into().map_err(|_| anyhow::anyhow!("two nodes"))?;

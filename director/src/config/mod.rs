@@ -36,12 +36,33 @@ pub const DEFAULT_SOCKET_PATH: &str = "/run/director/director.sock";
 
 /// Reads and validates a config file. Errors name `path` as given.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
+    match std::fs::read(path) {
+        Ok(bytes) => match std::str::from_utf8(&bytes) {
+            Ok(text) => parse(text, path),
+            Err(e) => Err(vec![not_utf8(&bytes, &e, path)]),
+        },
         Err(e) => Err(vec![ConfigError::whole_file(
             path,
             format!("cannot read config file: {e}"),
         )]),
+    }
+}
+
+/// Where a file stops being UTF-8: the line and column of the first bad byte (counted in
+/// the valid text before it), and the byte.
+fn not_utf8(bytes: &[u8], e: &std::str::Utf8Error, path: &Path) -> ConfigError {
+    let at = e.valid_up_to();
+    // Valid up to `at` by the error's word.
+    let before = std::str::from_utf8(&bytes[..at]).unwrap_or("");
+    let (line, column) = error::line_col(before, at);
+    ConfigError {
+        file: path.to_path_buf(),
+        line,
+        column,
+        message: format!(
+            "byte 0x{:02x} is not UTF-8 text; a config file is UTF-8 (TOML): save it as UTF-8, or remove the byte",
+            bytes[at]
+        ),
     }
 }
 

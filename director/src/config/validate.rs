@@ -276,6 +276,52 @@ impl Validator<'_> {
         p
     }
 
+    /// A hook program VRRP runs (`notify`): an absolute path to an executable file, checked
+    /// now rather than at the first transition, when it would fail unseen.
+    fn program(&mut self, v: &Spanned<String>, key: &str) -> PathBuf {
+        let p = self.path(v, key);
+        if !p.is_absolute() {
+            return p;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(&p) {
+            Err(e) => self.err(
+                v.span(),
+                format!("{key} program {} cannot be used: {e}; give the absolute path of an executable script", p.display()),
+            ),
+            Ok(m) if !m.is_file() => self.err(
+                v.span(),
+                format!("{key} program {} is not a file; give the absolute path of an executable script", p.display()),
+            ),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => self.err(
+                v.span(),
+                format!("{key} program {} is not executable; chmod +x {}", p.display(), p.display()),
+            ),
+            Ok(_) => {}
+        }
+        p
+    }
+
+    /// An address the box is to own and answer for (a service VIP, a VRRP VIP): a unicast
+    /// host address. `what` names it in the message.
+    fn unicast_own(&mut self, span: Range<usize>, addr: Ipv4Addr, what: &str) -> bool {
+        let why = if addr.is_unspecified() {
+            "0.0.0.0 means no address"
+        } else if addr.is_loopback() {
+            "a loopback address (127.0.0.0/8) never leaves the box"
+        } else if addr.is_multicast() {
+            "a multicast address (224.0.0.0/4) is a group, not a host"
+        } else if addr.is_broadcast() {
+            "255.255.255.255 is the broadcast address"
+        } else if u32::from(addr) >> 28 == 0xf {
+            "240.0.0.0/4 is reserved"
+        } else {
+            return true;
+        };
+        self.err(span, format!("{what} {addr} is not a unicast host address ({why}); give an address clients can reach"));
+        false
+    }
+
     /// Reports every later occurrence of a key already seen.
     fn duplicates<K: std::hash::Hash + Eq>(
         &mut self,
@@ -427,6 +473,17 @@ impl Validator<'_> {
                 format!("vrid {vrid} is already used on {ifname} (line {line}); each instance on an interface needs its own vrid")
             },
         );
+        self.duplicates(
+            f.instance.iter().flat_map(|i| {
+                i.get_ref().vips.get_ref().iter().filter_map(|v| {
+                    let addr = v.get_ref().split('/').next()?.parse::<Ipv4Addr>().ok()?;
+                    Some((addr, v.span()))
+                })
+            }),
+            |addr, line| {
+                format!("vip {addr} is already listed on line {line}; an address belongs to one virtual router (two would fight over it)")
+            },
+        );
 
         let mut groups = Vec::new();
         let mut grouped: HashMap<String, usize> = HashMap::new();
@@ -459,7 +516,7 @@ impl Validator<'_> {
                 }
                 members.push(member.clone());
             }
-            let notify = g.notify.as_ref().map(|n| self.path(n, "notify"));
+            let notify = g.notify.as_ref().map(|n| self.program(n, "notify"));
             groups.push(DriverGroup {
                 config: GroupConfig { name, members },
                 notify,
@@ -503,16 +560,44 @@ impl Validator<'_> {
                 ),
             );
         }
+        if i.vips.get_ref().len() > 255 {
+            self.err(
+                i.vips.span(),
+                format!(
+                    "instance {name:?} has {} vips; an advertisement carries at most 255 (RFC 9568 and 3768: an 8-bit count), so a backup would see a different list; split them over several instances in one [[vrrp.group]]",
+                    i.vips.get_ref().len()
+                ),
+            );
+        }
         let vips: Vec<VipPrefix> = i
             .vips
             .get_ref()
             .iter()
-            .filter_map(|v| self.vip_prefix(v))
+            .filter_map(|v| {
+                let p = self.vip_prefix(v)?;
+                self.vip_in_its_network(v, p)
+            })
             .collect();
         let unicast_peers = i
             .unicast_peers
             .iter()
-            .filter_map(|p| self.ipv4(p, "unicast peer"))
+            .filter_map(|p| {
+                let addr = self.ipv4(p, "unicast peer")?;
+                let why = if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback() {
+                    Some("is not a unicast host address; a unicast peer is the other director's own address".to_string())
+                } else if vips.iter().any(|v| v.addr == addr) {
+                    Some(format!("is a VIP of instance {name:?}; a unicast peer is the other director's own address, which does not move"))
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => {
+                        self.err(p.span(), format!("unicast peer {addr} {why}"));
+                        None
+                    }
+                    None => Some(addr),
+                }
+            })
             .collect();
         let tracks = i
             .track_interfaces
@@ -555,8 +640,38 @@ impl Validator<'_> {
             vips: vips.iter().map(|p| (p.addr, p.prefix_len)).collect(),
             unicast_peers,
             checksum: shared.checksum,
-            notify: i.notify.as_ref().map(|n| self.path(n, "notify")),
+            notify: i.notify.as_ref().map(|n| self.program(n, "notify")),
         }
+    }
+
+    /// A VRRP VIP with a prefix must be a host of its network: not the network's own
+    /// address, not its broadcast (a /31 or /32 has neither); and a unicast host at all.
+    fn vip_in_its_network(&mut self, v: &Spanned<String>, p: VipPrefix) -> Option<VipPrefix> {
+        if !self.unicast_own(v.span(), p.addr, "vip") {
+            return None;
+        }
+        if p.prefix_len <= 30 {
+            let host = u32::MAX >> p.prefix_len;
+            let bits = u32::from(p.addr) & host;
+            let what = if bits == host {
+                Some("broadcast")
+            } else if bits == 0 {
+                Some("network")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                self.err(
+                    v.span(),
+                    format!(
+                        "vip {}/{} is the {what} address of its network; give a host address inside it",
+                        p.addr, p.prefix_len
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(p)
     }
 
     fn vip_prefix(&mut self, v: &Spanned<String>) -> Option<VipPrefix> {
@@ -606,6 +721,15 @@ impl Validator<'_> {
                     s.key_file.span(),
                     format!("{e}; the key is a file of at least 16 bytes shared by both nodes, e.g. head -c 32 /dev/urandom | base64 > {}", key_file.display()),
                 );
+            } else if let Ok(m) = std::fs::metadata(&key_file) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    self.warn(
+                        s.key_file.span(),
+                        format!("key_file {} is readable by {} (mode {mode:03o}): whoever reads it can forge and read the pair's sync stream; chmod 600 {}", key_file.display(), if mode & 0o004 != 0 { "every user" } else { "its group" }, key_file.display()),
+                    );
+                }
             }
         }
         let resync_timeout = self.opt_duration(
@@ -633,7 +757,10 @@ impl Validator<'_> {
         let keyed: Vec<((SocketAddrV4, Protocol), Range<usize>, &str)> = files
             .iter()
             .zip(&services)
-            .filter(|(f, _)| f.get_ref().vip.get_ref().parse::<SocketAddrV4>().is_ok())
+            .filter(|(f, s)| {
+                f.get_ref().vip.get_ref().parse::<SocketAddrV4>().is_ok()
+                    && !s.virtual_service.vip.ip().is_unspecified()
+            })
             .map(|(f, s)| {
                 let vs = &s.virtual_service;
                 (
@@ -665,7 +792,10 @@ impl Validator<'_> {
     fn service(&mut self, f: &ServiceFile) -> Service {
         let name = self.name(&f.name, "service");
         let placeholder = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-        let vip = self.socket_v4(&f.vip, "vip").unwrap_or(placeholder);
+        let vip = self
+            .socket_v4(&f.vip, "vip")
+            .filter(|v| self.unicast_own(f.vip.span(), *v.ip(), "vip"))
+            .unwrap_or(placeholder);
         let protocol = f
             .protocol
             .as_ref()
@@ -831,6 +961,11 @@ impl Validator<'_> {
                         self.err(
                             p.span(),
                             format!("path {:?} must start with '/'", p.get_ref()),
+                        );
+                    } else if p.get_ref().chars().any(|c| c.is_control() || c == ' ') {
+                        self.err(
+                            p.span(),
+                            format!("path {:?} has a space or control character (CR or LF would end the request line and inject headers); percent-encode it, e.g. %20 for a space", p.get_ref()),
                         );
                     }
                     p.get_ref().clone()
@@ -1003,9 +1138,14 @@ impl Validator<'_> {
                 };
                 let ip = *addr.ip();
                 let span = r.get_ref().address.span();
+                let subnet_broadcast = reach
+                    .iter()
+                    .find(|p| p.prefix_len <= 30 && u32::from(ip) == network(p).0 | !network(p).1);
                 if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()
                 {
                     self.err(span, format!("real server {addr} is not a unicast host address; give the real server's own address"));
+                } else if let Some(p) = subnet_broadcast {
+                    self.err(span, format!("real server {addr} is the broadcast address of {}/{} (a VRRP instance's network); give the real server's own address", Ipv4Addr::from(network(p).0), p.prefix_len));
                 } else if vips.contains(&ip) {
                     self.err(span, format!("real server {addr} is a VIP of this config; a real server needs its own address (the director would forward to itself)"));
                 } else if vs.mode == Mode::Dr
@@ -1083,7 +1223,15 @@ impl Validator<'_> {
     fn control(&mut self, f: Option<&ControlFile>) -> Control {
         let socket = f.and_then(|c| c.socket.as_ref()).map_or_else(
             || PathBuf::from(DEFAULT_SOCKET_PATH),
-            |s| self.path(s, "socket"),
+            |s| {
+                let p = self.path(s, "socket");
+                // sockaddr_un's sun_path: 108 bytes with the terminating NUL.
+                let len = p.as_os_str().len();
+                if len > 107 {
+                    self.err(s.span(), format!("socket path is {len} bytes; a Unix socket path has at most 107 (sockaddr_un), choose a shorter one, e.g. {DEFAULT_SOCKET_PATH}"));
+                }
+                p
+            },
         );
         let metrics = f.and_then(|c| c.metrics.as_ref()).and_then(|m| {
             let r = m.get_ref().parse::<SocketAddr>().map_err(|_| {
@@ -1092,7 +1240,16 @@ impl Validator<'_> {
                     m.get_ref()
                 )
             });
-            self.ok(m.span(), r)
+            let addr = self.ok(m.span(), r)?;
+            if !addr.ip().is_loopback() {
+                let who = if addr.ip().is_unspecified() {
+                    "any host that can reach this box".to_string()
+                } else {
+                    format!("any host that can reach {}", addr.ip())
+                };
+                self.warn(m.span(), format!("metrics on {addr} can be read, without authentication, by {who} on port {}: connection counts, real servers and their state; bind 127.0.0.1 unless a scraper elsewhere needs it", addr.port()));
+            }
+            Some(addr)
         });
         Control { socket, metrics }
     }
@@ -1266,7 +1423,7 @@ mod tests {
                         priority = 150\nvips = [\"198.18.1.100/24\", \"198.18.1.101\"]\n\
                         preempt = false\naccept = false\nunicast_peers = [\"198.18.1.3\"]\n\
                         track_interfaces = [{ name = \"eth2\", weight = -60 }, { name = \"eth3\" }]\n\
-                        notify = \"/usr/local/bin/vrrp-notify\"\n\
+                        notify = \"/bin/true\"\n\
                         [[vrrp.instance]]\nname = \"int\"\ninterface = \"eth1\"\nvrid = 52\n\
                         priority = 100\nvips = [\"198.18.2.1/24\"]\n\
                         [[vrrp.group]]\nname = \"lb\"\ninstances = [\"ext\", \"int\"]\n";
@@ -1320,10 +1477,7 @@ mod tests {
         );
         assert_eq!(ext.unicast_peers, [Ipv4Addr::new(198, 18, 1, 3)]);
         assert_eq!(ext.checksum, ChecksumMode::PseudoHeader);
-        assert_eq!(
-            ext.notify.as_deref(),
-            Some(Path::new("/usr/local/bin/vrrp-notify"))
-        );
+        assert_eq!(ext.notify.as_deref(), Some(Path::new("/bin/true")));
         // The section's settings are every instance's.
         let int = &v.instances[1];
         assert_eq!(
@@ -1405,5 +1559,64 @@ mod tests {
             sync("group = \"224.0.0.81:8848\"").destination,
             syncd::io::Destination::Group("224.0.0.81:8848".parse().unwrap())
         );
+    }
+
+    /// A sync key others can read is accepted, with a warning that says what it exposes
+    /// and the fix; a key only root reads gets none.
+    #[test]
+    fn a_sync_key_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = std::env::temp_dir().join(format!("director-keymode-{}.key", std::process::id()));
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("write a test key");
+        let text = format!(
+            "{NODE}[sync]\ninterface = \"eth2\"\npeer = \"198.18.3.3:8848\"\nkey_file = \"{}\"\n{WEB}",
+            key.display()
+        );
+        let warnings = |mode: u32| {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let c = check(&text).expect("valid");
+            c.warnings
+                .into_iter()
+                .map(|w| w.message)
+                .collect::<Vec<_>>()
+        };
+        let open = warnings(0o644);
+        let group = warnings(0o640);
+        let private = warnings(0o600);
+        let _ = std::fs::remove_file(&key);
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert!(
+            open[0].contains("readable by every user (mode 644)") && open[0].contains("chmod 600"),
+            "{open:?}"
+        );
+        assert!(
+            group[0].contains("readable by its group (mode 640)"),
+            "{group:?}"
+        );
+        assert!(private.is_empty(), "{private:?}");
+    }
+
+    /// A metrics endpoint beyond loopback is accepted with a warning naming who can read it.
+    #[test]
+    fn a_metrics_address_beyond_loopback_is_warned_about() {
+        let with = |addr: &str| {
+            let c =
+                check(&format!("{NODE}{WEB}\n[control]\nmetrics = \"{addr}\"\n")).expect("valid");
+            c.warnings
+                .into_iter()
+                .map(|w| w.message)
+                .collect::<Vec<_>>()
+        };
+        let any = with("0.0.0.0:9586");
+        assert!(
+            any.len() == 1 && any[0].contains("any host that can reach this box on port 9586"),
+            "{any:?}"
+        );
+        let one = with("198.18.3.2:9586");
+        assert!(
+            one.len() == 1 && one[0].contains("any host that can reach 198.18.3.2"),
+            "{one:?}"
+        );
+        assert!(with("127.0.0.1:9586").is_empty());
     }
 }

@@ -2,7 +2,8 @@
 //! the daemon, and the human renderers of the daemon's replies.
 //!
 //! Exit codes, as CONFIG.md fixes them: 0 ok, 1 the daemon reported an error (or
-//! `check-config` found errors), 2 usage error (clap's own), 3 no daemon.
+//! `check-config` found errors, or this user may not use the control socket), 2 usage
+//! error (clap's own), 3 no daemon.
 //!
 //! Every daemon command is one request `{"command": NAME, ...}` on the control socket; with
 //! `--json` the reply's `data` is printed as it came, otherwise [`render`] turns it into the
@@ -33,7 +34,7 @@ Examples:
   director --socket /run/director/lab-b.sock status
   director upgrade /tmp/director-0.7.0.img     write the other root slot and boot it
 
-Exit codes: 0 ok, 1 the daemon reported an error, 2 usage error, 3 no daemon.";
+Exit codes: 0 ok, 1 the daemon reported an error (or permission denied), 2 usage error, 3 no daemon.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -541,15 +542,20 @@ fn daemon_view(
             render(view, &data, out)?;
             Ok(0)
         }
-        Err(ClientError::NoDaemon(path, e)) => {
-            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                " (the control socket is root-only: run as root)"
-            } else {
-                " (is directord running? is --socket its [control] socket?)"
-            };
+        Err(ClientError::NoDaemon(path, e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // A daemon may well be there: it is this user who may not ask it.
             writeln!(
                 err,
-                "director: no daemon answers on {}: {e}{hint}",
+                "director: permission denied on {}: the control socket is root's alone (mode 0600); run director as root, e.g. sudo director {}",
+                path.display(),
+                req.command()
+            )?;
+            Ok(EXIT_ERROR)
+        }
+        Err(ClientError::NoDaemon(path, e)) => {
+            writeln!(
+                err,
+                "director: no daemon answers on {}: {e} (is directord running? is --socket its [control] socket?)",
                 path.display()
             )?;
             Ok(EXIT_NO_DAEMON)

@@ -5,6 +5,12 @@
 //! `{"ok": true, "data": VIEW}` or `{"ok": false, "error": "…"}`, VIEW being the request's view
 //! struct in [`crate::api`]. The views are read-only snapshots of the datapath's counters and
 //! tables; nothing here is on the packet path.
+//!
+//! Each connection is read and answered on a thread of its own (at most [`MAX_CLIENTS`] at
+//! once; one more is told the daemon is busy), with a deadline for the request line and one
+//! for the answer, so an idle or slow client holds only its own connection and never delays
+//! another. Requests are handled one at a time (a reload and a weight change do not
+//! interleave), which takes microseconds but for a reload.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
@@ -640,6 +646,8 @@ pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Connections being answered (each on its own thread, holding the views).
+    busy: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Listen on `path` (replacing a stale socket) and answer requests on a thread.
@@ -698,6 +706,11 @@ impl Drop for ControlListener {
     }
 }
 
+/// Connections answered at once.
+pub const MAX_CLIENTS: usize = 16;
+/// How long a client has to send its request line, and the answer to be written.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+
 fn serve_on(
     listener: UnixListener,
     path: PathBuf,
@@ -706,6 +719,10 @@ fn serve_on(
 ) -> std::io::Result<ControlServer> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    let views = Arc::new(views);
+    let handling = Arc::new(std::sync::Mutex::new(()));
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let busy_out = busy.clone();
     let thread = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || loop {
@@ -727,20 +744,53 @@ fn serve_on(
             if stop2.load(Ordering::Relaxed) {
                 break;
             }
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = answer(stream, &views);
+            let _ = stream.set_read_timeout(Some(CLIENT_DEADLINE));
+            let _ = stream.set_write_timeout(Some(CLIENT_DEADLINE));
+            if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                busy.fetch_sub(1, Ordering::AcqRel);
+                let _ = reply(
+                    &stream,
+                    Err(format!(
+                        "busy: {MAX_CLIENTS} requests in progress; try again"
+                    )),
+                );
+                continue;
+            }
+            let (views, handling, mine) = (views.clone(), handling.clone(), busy.clone());
+            let spawned = std::thread::Builder::new()
+                .name("control-client".into())
+                .spawn(move || {
+                    let _ = answer(stream, &views, &handling);
+                    mine.fetch_sub(1, Ordering::AcqRel);
+                });
+            if spawned.is_err() {
+                busy.fetch_sub(1, Ordering::AcqRel);
+            }
         })?;
     Ok(ControlServer {
         path,
         stop,
         thread: Some(thread),
+        busy: busy_out,
     })
 }
 
-fn answer(stream: UnixStream, views: &Views) -> std::io::Result<()> {
+fn answer(
+    stream: UnixStream,
+    views: &Views,
+    handling: &std::sync::Mutex<()>,
+) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    let reply = match Request::parse(&line).and_then(|req| views.handle(req)) {
+    let result = Request::parse(&line).and_then(|req| {
+        let _one_at_a_time = handling.lock().unwrap_or_else(|e| e.into_inner());
+        views.handle(req)
+    });
+    reply(&stream, result)
+}
+
+fn reply(stream: &UnixStream, result: Result<Value, String>) -> std::io::Result<()> {
+    let reply = match result {
         Ok(data) => api::Reply {
             ok: true,
             data: Some(data),
@@ -752,7 +802,7 @@ fn answer(stream: UnixStream, views: &Views) -> std::io::Result<()> {
             error: Some(e),
         },
     };
-    let mut w = &stream;
+    let mut w = stream;
     let line = serde_json::to_string(&reply)
         .unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"cannot encode the answer: {e}"}}"#));
     writeln!(w, "{line}")
@@ -769,6 +819,12 @@ impl ControlServer {
         let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // The clients still being answered hold the views (the datapath among them): wait
+        // for them, each bounded by its deadline, so that the daemon's teardown runs after.
+        let until = std::time::Instant::now() + 2 * CLIENT_DEADLINE;
+        while self.busy.load(Ordering::Acquire) > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
         }
         let _ = std::fs::remove_file(&self.path);
     }

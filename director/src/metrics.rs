@@ -7,9 +7,11 @@
 //! Names start with `director_`; counters end in `_total`; times are in seconds and sizes in
 //! bytes.
 //!
-//! [`serve`] answers one connection at a time on a plain thread; a request must arrive whole
-//! within [`REQUEST_DEADLINE`] and the answer is sent within the same deadline, so a slow
-//! client holds the endpoint for at most that long.
+//! [`serve`] accepts on a plain thread and answers each connection on a thread of its own
+//! (at most [`MAX_CLIENTS`] at once; one more gets a 503 at once): a request must arrive
+//! whole within [`REQUEST_DEADLINE`] and the answer is sent within the same deadline, so a
+//! slow or idle client holds only its own connection, for at most that long, and never
+//! delays another scrape.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -40,6 +42,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long a client has to send its request, and then to take the answer.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections answered at once; each holds a thread for at most [`REQUEST_DEADLINE`].
+pub const MAX_CLIENTS: usize = 16;
 
 /// The VRRP states, each a series of `director_vrrp_state` (one is 1, the others 0).
 const VRRP_STATES: [&str; 4] = ["INIT", "BACKUP", "MASTER", "FAULT"];
@@ -1020,16 +1024,42 @@ impl MetricsListener {
         let thread = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
+                let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 for stream in listener.incoming() {
                     if stop2.load(Ordering::Relaxed) {
                         break;
                     }
-                    match stream {
-                        Ok(stream) => {
-                            let _ = answer(stream, &*source, &stop2);
-                        }
+                    let mut stream = match stream {
+                        Ok(s) => s,
                         // Out of file descriptors and the like: do not spin.
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                        let deadline = Instant::now() + Duration::from_millis(100);
+                        let _ = respond(
+                            &mut stream,
+                            deadline,
+                            503,
+                            "text/plain",
+                            b"too many clients at once\n",
+                            &[],
+                        );
+                        continue;
+                    }
+                    let (source, stop, mine) = (source.clone(), stop2.clone(), busy.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("metrics-client".into())
+                        .spawn(move || {
+                            let _ = answer(stream, &*source, &stop);
+                            mine.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        // The stream went with the closure: the client sees the close.
+                        busy.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
             })?;

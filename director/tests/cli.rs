@@ -383,6 +383,41 @@ impl Drop for Daemon {
     }
 }
 
+/// Clients that connect and say nothing hold only their own connection: `director status`
+/// is answered while they are still connected (the server answered one client at a time
+/// before, so it would have waited out each one's 5 s deadline first). A user who may not
+/// open the control socket is told so, with exit 1, not "no daemon".
+fn idle_clients_do_not_hold_the_control_socket() {
+    let d = Daemon::start("idle");
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(&d.socket).expect("connect"))
+        .collect();
+    let out = d.cli(&["status"]);
+    assert_eq!(status(&out), 0, "{}", text(&out.stderr));
+    // The idle clients are still connected: the server neither answered nor closed them.
+    for c in &idle {
+        c.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let r = std::io::Read::read(&mut &*c, &mut b);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "an idle client was answered or closed before status: {r:?}"
+        );
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_director"))
+        .args(["--socket", d.socket.to_str().unwrap(), "status"])
+        .output()
+        .expect("run setpriv");
+    let err = text(&out.stderr);
+    assert_eq!(status(&out), 1, "{err}");
+    assert!(
+        err.contains("permission denied on") && err.contains("run director as root"),
+        "{err}"
+    );
+}
+
 fn exit_codes_against_a_running_daemon() {
     let mut d = Daemon::start("daemon");
     // 0: views render, as tables and as JSON.
@@ -621,7 +656,7 @@ fn main() {
     let root = unsafe { libc::geteuid() } == 0;
     let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
     let run_anyway = ci || args.ignored || args.include_ignored;
-    let tests: [(&str, fn(), bool); 15] = [
+    let tests: [(&str, fn(), bool); 16] = [
         (
             "check_config_accepts_a_valid_file",
             check_config_accepts_a_valid_file as fn(),
@@ -659,6 +694,11 @@ fn main() {
         (
             "exit_codes_against_a_running_daemon",
             exit_codes_against_a_running_daemon as fn(),
+            true,
+        ),
+        (
+            "idle_clients_do_not_hold_the_control_socket",
+            idle_clients_do_not_hold_the_control_socket as fn(),
             true,
         ),
         (

@@ -570,9 +570,10 @@ fn add_grouped(lan: &mut Lan, name: &str, last: u8, priority: u8) -> usize {
     )
 }
 
-#[test]
-fn sync_group_members_move_together() {
-    let mut lan = Lan::new(10);
+/// Nodes A (priority 200) and B (100) with [`add_grouped`]'s group, started and settled:
+/// A holds both VIPs.
+fn grouped_pair(seed: u64) -> (Lan, usize, usize) {
+    let mut lan = Lan::new(seed);
     let (a, b) = (
         add_grouped(&mut lan, "a", 2, 200),
         add_grouped(&mut lan, "b", 3, 100),
@@ -581,6 +582,12 @@ fn sync_group_members_move_together() {
     lan.start(b);
     lan.run_for(Duration::from_secs(2));
     assert_eq!((lan.holders(0), lan.holders(1)), (vec![a], vec![a]));
+    (lan, a, b)
+}
+
+#[test]
+fn sync_group_members_move_together() {
+    let (mut lan, a, b) = grouped_pair(10);
     // A's datapath stops (tracked with weight 0 by both instances): the group faults as a
     // whole and B takes both.
     lan.with(a, |r, now| r.set_track(now, "datapath", false));
@@ -624,15 +631,7 @@ fn sync_group_follows_a_member_that_took_over() {
 /// both back.
 #[test]
 fn a_master_heard_on_one_member_only_does_not_make_the_group_flap() {
-    let mut lan = Lan::new(24);
-    let (a, b) = (
-        add_grouped(&mut lan, "a", 2, 200),
-        add_grouped(&mut lan, "b", 3, 100),
-    );
-    lan.start(a);
-    lan.start(b);
-    lan.run_for(Duration::from_secs(2));
-    assert_eq!((lan.holders(0), lan.holders(1)), (vec![a], vec![a]));
+    let (mut lan, a, b) = grouped_pair(24);
     let before = lan.nodes[a].transitions().len() + lan.nodes[b].transitions().len();
     // 20 s of priority-255 adverts for vrid 51 every 100 ms, to both nodes.
     let forging = |lan: &mut Lan, secs: u64| {

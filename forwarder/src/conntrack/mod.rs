@@ -641,10 +641,9 @@ impl ShardGuard<'_> {
             .unwrap_or(&ConnEntry::VACANT)
     }
 
-    /// Adds a connection: SynRecv for TCP (whatever the first segment; the engine decides
-    /// whether a non-SYN may create one), Udp for UDP. Counts no packet: call
-    /// [`ShardGuard::update`] for the packet that created it, as for every other packet.
-    pub fn insert(&mut self, new: &NewConn, now: u32) -> Result<EntryId, InsertError> {
+    /// Refuses `new` when a live entry holds its inbound or its reply key (an expired one is
+    /// removed on the way).
+    fn keys_free(&mut self, new: &NewConn, now: u32) -> Result<(), InsertError> {
         if let Some(slot) = self.find_in(&new.flow_key()) {
             if let Some(id) = self.unless_expired(slot, now) {
                 return Err(InsertError::Exists(id));
@@ -655,6 +654,14 @@ impl ShardGuard<'_> {
                 return Err(InsertError::ReplyInUse(id));
             }
         }
+        Ok(())
+    }
+
+    /// Adds a connection: SynRecv for TCP (whatever the first segment; the engine decides
+    /// whether a non-SYN may create one), Udp for UDP. Counts no packet: call
+    /// [`ShardGuard::update`] for the packet that created it, as for every other packet.
+    pub fn insert(&mut self, new: &NewConn, now: u32) -> Result<EntryId, InsertError> {
+        self.keys_free(new, now)?;
         let state = match new.proto {
             Protocol::Tcp => ConnState::SynRecv,
             Protocol::Udp => ConnState::Udp,
@@ -669,16 +676,7 @@ impl ShardGuard<'_> {
     /// timeout until a second packet confirms it (each packet then gives it the established
     /// timeout), so a stray or forged ACK costs what a SYN does. Reported as an insert.
     pub fn pick_up(&mut self, new: &NewConn, len: usize, now: u32) -> Result<EntryId, InsertError> {
-        if let Some(slot) = self.find_in(&new.flow_key()) {
-            if let Some(id) = self.unless_expired(slot, now) {
-                return Err(InsertError::Exists(id));
-            }
-        }
-        if let Some(slot) = self.find_reply(&new.reply_key()) {
-            if let Some(id) = self.unless_expired(slot, now) {
-                return Err(InsertError::ReplyInUse(id));
-            }
-        }
+        self.keys_free(new, now)?;
         let expiry = now.saturating_add(self.table.timeout(ConnState::SynRecv));
         let mut entry = ConnEntry::from_new(new, ConnState::Established, expiry);
         entry.packets_in = 1;
